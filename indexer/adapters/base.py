@@ -1,0 +1,141 @@
+"""The adapter interface: one small class per architecture family maps checkpoint tensors to canonical
+components. Nothing outside ``indexer/adapters`` knows a checkpoint's tensor names.
+
+Canonical form: every component is a matrix of row vectors in residual-stream coordinates (shape
+``[n, d_model]``), whatever the checkpoint's storage layout (GPT-2 Conv1D is ``[in, out]``, nn.Linear is
+``[out, in]``). A component either *writes* into the stream (read through the unembedding, with the final
+norm folded in) or *reads* from it (read through the reading basis, with its own input norm folded in).
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+
+from indexer.checkpoint import Checkpoint
+from indexer.errors import CheckpointError
+
+Role = Literal["writes", "reads"]
+
+
+@dataclass(frozen=True)
+class Norm:
+    """A normalisation the stream passes through: LayerNorm centres then scales, RMSNorm only scales."""
+
+    kind: Literal["layernorm", "rmsnorm"]
+    weight: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Component:
+    """One kind of vector in one layer (and head), as rows in residual coordinates."""
+
+    name: str
+    layer: int
+    head: int | None
+    role: Role
+    vectors: torch.Tensor
+    norm: Norm | None = None
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """What a component is, before any tensor is read: used to plan and validate a run."""
+
+    name: str
+    role: Role
+    doc: str
+
+
+@dataclass(frozen=True)
+class Dims:
+    n_layers: int
+    d_model: int
+    d_ff: int
+    n_heads: int
+    vocab_size: int
+
+
+class Adapter(ABC):
+    """Maps one checkpoint of a family to canonical components. Subclasses hold all naming knowledge."""
+
+    family: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]
+    components: ClassVar[tuple[ComponentSpec, ...]]
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self.ckpt = ckpt
+        self.dims = self._dims()
+        self.validate()
+
+    @abstractmethod
+    def _dims(self) -> Dims: ...
+
+    @abstractmethod
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor this adapter reads, with the shape the config implies."""
+
+    @abstractmethod
+    def unembedding(self) -> torch.Tensor:
+        """W_U as ``[vocab, d_model]`` rows: what the model's output logits are computed with."""
+
+    @abstractmethod
+    def embedding(self) -> torch.Tensor:
+        """W_E as ``[vocab, d_model]`` rows."""
+
+    @abstractmethod
+    def final_norm(self) -> Norm | None:
+        """The last normalisation the stream passes through before the unembedding, if any."""
+
+    @abstractmethod
+    def component(self, name: str, layer: int) -> list[Component]:
+        """Read one component of one layer (one entry per head for per-head components)."""
+
+    def spec(self, name: str) -> ComponentSpec:
+        for spec in self.components:
+            if spec.name == name:
+                return spec
+        known = ", ".join(s.name for s in self.components)
+        raise CheckpointError(f"{self.family} models have no component {name!r}; known: {known}.")
+
+    def validate(self) -> None:
+        """Check every tensor the adapter will read exists with the shape the config implies."""
+        for name, want in self.expected_shapes().items():
+            if not self.ckpt.has(name):
+                raise CheckpointError(
+                    f"{self.ckpt.path}: tensor {name!r} is missing; the weights do not match a "
+                    f"{self.ckpt.model_type} model with this config.json."
+                )
+            got = self.ckpt.shape(name)
+            if got != want:
+                raise CheckpointError(
+                    f"{self.ckpt.path}: tensor {name!r} has shape {list(got)} but config.json implies "
+                    f"{list(want)}; the config does not match the weights."
+                )
+
+
+def config_int(ckpt: Checkpoint, *keys: str, default: int | None = None) -> int:
+    """The first of ``keys`` present in config.json, as an int; a clear error if none is."""
+    for key in keys:
+        value = ckpt.config.get(key)
+        if value is not None:
+            return int(value)
+    if default is not None:
+        return default
+    raise CheckpointError(f"{ckpt.path / 'config.json'}: needs one of {', '.join(keys)}.")
+
+
+def find_prefix(ckpt: Checkpoint, probe: str, prefixes: tuple[str, ...]) -> str:
+    """Which of ``prefixes`` the checkpoint's tensor names carry (``transformer.``, ``bert.``…)."""
+    for prefix in prefixes:
+        if ckpt.has(prefix + probe):
+            return prefix
+    raise CheckpointError(
+        f"{ckpt.path}: no tensor named {probe!r} (with any of the prefixes {list(prefixes)}); the weights do "
+        f"not look like a {ckpt.model_type} model."
+    )
+
+
+Reader = Callable[[Checkpoint], Adapter]

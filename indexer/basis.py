@@ -1,0 +1,87 @@
+"""Projection bases and the folding of norms into vectors. Pure functions: tensors in, tensors out.
+
+``folded`` (default) does what TransformerLens does to read a model's own logits: the final norm's gain is
+folded into W_U, rows are centred across d_model where that norm is a LayerNorm (it subtracts the mean of
+the vector it normalises), and W_U is centred across the vocabulary (softmax ignores a constant shift, but a
+per-token offset would otherwise change which vectors rank first for a token). Reading vectors get their own
+input norm's gain folded in instead. ``raw`` is the plain matrix, as Dar et al. use it.
+"""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from indexer.adapters.base import Norm
+
+BasisMode = Literal["folded", "raw"]
+
+
+@dataclass(frozen=True)
+class Basis:
+    """A ``[vocab, d]`` projection matrix with what is needed for exact stats of ``matrix @ v``."""
+
+    matrix: torch.Tensor
+    flags: dict[str, object]
+    col_mean: torch.Tensor = field(repr=False)
+    gram: torch.Tensor = field(repr=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.matrix.shape[0])
+
+
+def _basis(matrix: torch.Tensor, flags: dict[str, object]) -> Basis:
+    m64 = matrix.to(torch.float64)
+    return Basis(
+        matrix=matrix.contiguous(),
+        flags=flags,
+        col_mean=m64.mean(dim=0),
+        gram=(m64.T @ m64) / matrix.shape[0],
+    )
+
+
+def centre_rows(matrix: torch.Tensor) -> torch.Tensor:
+    """Subtract each row's mean across d: what a LayerNorm does to the vector it normalises."""
+    return matrix - matrix.mean(dim=1, keepdim=True)
+
+
+def write_basis(unembedding: torch.Tensor, final_norm: Norm | None, mode: BasisMode) -> Basis:
+    """The basis that reads what a vector writes into the stream as output logits."""
+    if mode == "raw":
+        return _basis(unembedding, {"matrix": "unembedding", "final_norm_gain": False, "centre_d": False,
+                                    "centre_vocab": False})
+    m = unembedding
+    if final_norm is not None:
+        m = m * final_norm.weight
+    layernorm = final_norm is not None and final_norm.kind == "layernorm"
+    if layernorm:
+        m = centre_rows(m)
+    m = m - m.mean(dim=0, keepdim=True)
+    return _basis(m, {"matrix": "unembedding", "final_norm_gain": final_norm is not None,
+                      "centre_d": layernorm, "centre_vocab": True})
+
+
+def read_basis(matrix: torch.Tensor, matrix_name: str, mode: BasisMode) -> Basis:
+    """The basis that reads what a vector reads from the stream, as token directions."""
+    if mode == "raw":
+        return _basis(matrix, {"matrix": matrix_name, "reader_norm_gain": False, "centre_vocab": False})
+    return _basis(matrix - matrix.mean(dim=0, keepdim=True),
+                  {"matrix": matrix_name, "reader_norm_gain": True, "centre_vocab": True})
+
+
+def fold_reader(vectors: torch.Tensor, norm: Norm | None, mode: BasisMode) -> torch.Tensor:
+    """A reading vector as it acts on the un-normalised stream: gain folded in, centred for LayerNorm."""
+    if mode == "raw" or norm is None:
+        return vectors
+    folded = vectors * norm.weight
+    return centre_rows(folded) if norm.kind == "layernorm" else folded
+
+
+def logit_stats(vectors: torch.Tensor, basis: Basis) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact mean and std over the vocabulary of ``basis.matrix @ v`` per row, from d×d sums alone."""
+    v = vectors.to(torch.float64)
+    mean = v @ basis.col_mean
+    second = ((v @ basis.gram) * v).sum(dim=1)
+    std = (second - mean * mean).clamp_min(0.0).sqrt()
+    return mean, std

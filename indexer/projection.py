@@ -1,0 +1,57 @@
+"""Chunked projection with a running top-k and bottom-k. Pure: tensors in, tensors out.
+
+Never materialises a dense (all vectors × vocab) matrix: vectors come in chunks sized to a memory budget and
+the vocabulary in tiles, and each tile's top/bottom-k is merged into the running answer (``torch.topk``,
+never a full sort). With one tile covering the vocabulary this is one GEMM and two top-k calls per chunk.
+"""
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class TopBottom:
+    """Per row: the k highest scores (descending) and the k lowest (ascending), with their token ids."""
+
+    top_scores: torch.Tensor
+    top_ids: torch.Tensor
+    bottom_scores: torch.Tensor
+    bottom_ids: torch.Tensor
+
+
+def _merge(scores: torch.Tensor, ids: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    best, pos = scores.topk(min(k, scores.shape[1]), dim=1, largest=largest, sorted=True)
+    return best, ids.gather(1, pos)
+
+
+def topk_bottomk(vectors: torch.Tensor, basis: torch.Tensor, k: int, vocab_tile: int | None = None) -> TopBottom:
+    """Top-k and bottom-k of ``vectors @ basis.T`` per row, tiling the vocabulary by ``vocab_tile``."""
+    vocab = basis.shape[0]
+    k = min(k, vocab)
+    tile = vocab if vocab_tile is None else max(k, vocab_tile)
+    run: TopBottom | None = None
+    for start in range(0, vocab, tile):
+        logits = vectors @ basis[start : start + tile].T
+        top_s, top_i = logits.topk(min(k, logits.shape[1]), dim=1, largest=True, sorted=run is None)
+        bot_s, bot_i = logits.topk(min(k, logits.shape[1]), dim=1, largest=False, sorted=run is None)
+        top_i, bot_i = top_i + start, bot_i + start
+        if run is not None:
+            top_s, top_i = _merge(torch.cat([run.top_scores, top_s], 1), torch.cat([run.top_ids, top_i], 1), k, True)
+            bot_s, bot_i = _merge(
+                torch.cat([run.bottom_scores, bot_s], 1), torch.cat([run.bottom_ids, bot_i], 1), k, False
+            )
+        run = TopBottom(top_s, top_i, bot_s, bot_i)
+    assert run is not None
+    return run
+
+
+def chunk_rows(vocab_size: int, budget_bytes: int) -> int:
+    """How many vectors one chunk may hold so that its fp32 logits fit in ``budget_bytes``."""
+    return max(1, budget_bytes // (4 * vocab_size))
+
+
+def chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))

@@ -1,0 +1,246 @@
+"""One index run: checkpoint → adapter → vectors → projection → Arrow → store, in one transaction.
+
+Everything that can be checked from headers (folder, config, tensor names and shapes, tokenizer) is checked
+before the database is opened. The run then writes inside a single transaction: an error or an interrupt
+anywhere leaves the file exactly as it was (a file the run created is removed).
+"""
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+import duckdb
+import torch
+from pydantic import BaseModel, Field
+from tqdm import tqdm
+
+from indexer.adapters import Adapter, adapter_for
+from indexer.basis import Basis, BasisMode, fold_reader, logit_stats, read_basis, write_basis
+from indexer.checkpoint import Checkpoint, open_checkpoint
+from indexer.errors import CheckpointError
+from indexer.projection import chunk_rows, chunks, topk_bottomk
+from indexer.records import projection_batch, token_batch, vector_batch
+from indexer.vocab import Vocabulary, load_vocabulary
+from schema.errors import LensdbError
+from schema.store import append_arrow, next_id, writer
+
+VERSION = "0.1.0"
+_STEP = re.compile(r"(?:checkpoint|step|global_step)[-_]?(\d+)$")
+
+
+class IndexOptions(BaseModel):
+    name: str | None = Field(None, description="model name; default: the folder name")
+    top_k: int = Field(50, ge=1, le=1000, description="tokens kept per vector and side")
+    basis: BasisMode = Field("folded", description="folded (TransformerLens-style) or raw")
+    components: list[str] | None = Field(None, description="components to index; default: all")
+    replace: bool = Field(False, description="re-index a checkpoint that is already in the store")
+    chunk_mb: int = Field(64, ge=1, description="memory for one chunk of logits, in MiB")
+
+
+class IndexResult(BaseModel):
+    status: Literal["indexed", "unchanged"]
+    model: str
+    checkpoint: str
+    content_hash: str
+    n_vectors: int
+    n_projections: int
+    seconds: float
+    message: str
+
+
+def checkpoint_step(ckpt: Checkpoint) -> int | None:
+    """Training step from the folder name (``checkpoint-500``) or ``trainer_state.json``."""
+    m = _STEP.search(ckpt.path.name)
+    if m:
+        return int(m.group(1))
+    state = ckpt.path / "trainer_state.json"
+    if state.exists():
+        try:
+            return int(json.loads(state.read_text())["global_step"])
+        except (ValueError, KeyError, TypeError):
+            return None
+    return None
+
+
+def default_name(ckpt: Checkpoint) -> str:
+    folder = ckpt.path.parent if _STEP.search(ckpt.path.name) else ckpt.path
+    return folder.name.lower()
+
+
+def _plan(adapter: Adapter, components: list[str] | None) -> list[tuple[str, int]]:
+    """(component, layer) units, writing components first so one basis is held at a time."""
+    names = components or [s.name for s in adapter.components]
+    specs = [adapter.spec(n) for n in names]
+    ordered = [s for s in specs if s.role == "writes"] + [s for s in specs if s.role == "reads"]
+    return [(s.name, layer) for s in ordered for layer in range(adapter.dims.n_layers)]
+
+
+class _Writer:
+    """Holds the open transaction's ids and counters while units are projected and appended."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, checkpoint_id: int, top_k: int, budget: int) -> None:
+        self.con = con
+        self.checkpoint_id = checkpoint_id
+        self.top_k = top_k
+        self.budget = budget
+        self.next_vector = next_id(con, "vectors", "vector_id")
+        self.n_vectors = 0
+        self.n_projections = 0
+        con.execute("CREATE TEMP TABLE staged_tokens AS SELECT * FROM vector_tokens LIMIT 0")
+
+    def project(self, name: str, layer: int, head: int | None, vectors: torch.Tensor, basis: Basis) -> None:
+        size = chunk_rows(basis.vocab_size, self.budget)
+        for part in chunks(vectors.shape[0], size):
+            v = vectors[part]
+            tb = topk_bottomk(v, basis.matrix, self.top_k)
+            mean, std = logit_stats(v, basis)
+            norm = v.to(torch.float64).norm(dim=1)
+            first = self.next_vector
+            append_arrow(self.con, "vectors",
+                         vector_batch(first, self.checkpoint_id, name, layer, head, part.start, norm, mean, std))
+            rows = projection_batch(first, tb, mean, std)
+            append_arrow(self.con, "staged_tokens", rows)
+            self.next_vector += v.shape[0]
+            self.n_vectors += v.shape[0]
+            self.n_projections += rows.num_rows
+
+    def finish(self) -> None:
+        """Move staged rows into vector_tokens sorted by token_id, so token lookups skip row groups."""
+        self.con.execute("INSERT INTO vector_tokens SELECT * FROM staged_tokens ORDER BY token_id, vector_id")
+        self.con.execute("DROP TABLE staged_tokens")
+
+
+def _vocab_id(con: duckdb.DuckDBPyConnection, vocab: Vocabulary) -> int:
+    h = vocab.content_hash()
+    row = con.execute("SELECT vocab_id FROM vocabularies WHERE content_hash = ?", [h]).fetchone()
+    if row:
+        return int(row[0])
+    vocab_id = next_id(con, "vocabularies", "vocab_id")
+    con.execute("INSERT INTO vocabularies VALUES (?, ?, ?, ?)", [vocab_id, h, vocab.size, vocab.kind])
+    append_arrow(con, "tokens", token_batch(vocab_id, vocab))
+    return vocab_id
+
+
+def _model_id(con: duckdb.DuckDBPyConnection, name: str, adapter: Adapter, vocab_id: int) -> int:
+    d = adapter.dims
+    row = con.execute(
+        "SELECT model_id, family, vocab_id, d_model, n_layers, d_ff FROM models WHERE name = ?", [name]
+    ).fetchone()
+    if row:
+        if (row[1], row[2], row[3], row[4], row[5]) != (adapter.family, vocab_id, d.d_model, d.n_layers, d.d_ff):
+            raise LensdbError(
+                f"model {name!r} is already in the store with a different architecture or vocabulary; "
+                "its checkpoints must share both. Pass another --name."
+            )
+        return int(row[0])
+    model_id = next_id(con, "models", "model_id")
+    con.execute(
+        "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        [model_id, name, adapter.family, adapter.ckpt.model_type, vocab_id, d.d_model, d.n_layers, d.d_ff,
+         d.n_heads],
+    )
+    return model_id
+
+
+def _delete_checkpoint(con: duckdb.DuckDBPyConnection, checkpoint_id: int) -> None:
+    con.execute(
+        "DELETE FROM vector_tokens WHERE vector_id IN (SELECT vector_id FROM vectors WHERE checkpoint_id = ?)",
+        [checkpoint_id],
+    )
+    for table in ("vectors", "index_runs", "checkpoints"):
+        con.execute(f"DELETE FROM {table} WHERE checkpoint_id = ?", [checkpoint_id])
+
+
+def _units(adapter: Adapter, plan: list[tuple[str, int]], mode: BasisMode) -> Iterator[tuple[str, int, Basis, list]]:
+    """Yield each unit with its basis, building one basis at a time (writers first, then readers)."""
+    basis: Basis | None = None
+    role: str | None = None
+    for name, layer in plan:
+        spec = adapter.spec(name)
+        if spec.role != role:
+            basis = None
+            role = spec.role
+            if role == "writes":
+                basis = write_basis(adapter.unembedding(), adapter.final_norm(), mode)
+            else:
+                basis = read_basis(adapter.unembedding(), "unembedding", mode)
+        assert basis is not None
+        yield name, layer, basis, adapter.component(name, layer)
+
+
+def index_checkpoint(
+    db_path: str | Path, checkpoint_path: str | Path, options: IndexOptions | None = None, progress: bool = False
+) -> IndexResult:
+    """Index one checkpoint into the store at ``db_path`` (created if missing)."""
+    opts = options or IndexOptions()
+    started = time.perf_counter()
+    started_at = datetime.now()
+    ckpt = open_checkpoint(checkpoint_path)
+    adapter = adapter_for(ckpt)
+    plan = _plan(adapter, opts.components)
+    vocab = load_vocabulary(ckpt.path, adapter.dims.vocab_size)
+    name = opts.name or default_name(ckpt)
+    if not name.strip():
+        raise LensdbError("model name is empty; pass --name NAME.")
+    content_hash = ckpt.content_hash()
+
+    with writer(db_path) as con:
+        found = con.execute(
+            "SELECT c.checkpoint_id, c.label, m.name, r.basis, r.top_k FROM checkpoints c "
+            "JOIN models m USING (model_id) JOIN index_runs r USING (checkpoint_id) WHERE c.content_hash = ?",
+            [content_hash],
+        ).fetchone()
+        if found and not opts.replace:
+            return IndexResult(
+                status="unchanged", model=found[2], checkpoint=found[1], content_hash=content_hash,
+                n_vectors=0, n_projections=0, seconds=time.perf_counter() - started,
+                message=f"already indexed as {found[2]}/{found[1]} (basis {found[3]}, top-k {found[4]}); "
+                "nothing to do. Pass --replace to index it again with the options given.",
+            )
+        if found:
+            _delete_checkpoint(con, int(found[0]))
+        vocab_id = _vocab_id(con, vocab)
+        model_id = _model_id(con, name, adapter, vocab_id)
+        label = ckpt.path.name
+        taken = con.execute("SELECT 1 FROM checkpoints WHERE model_id = ? AND label = ?", [model_id, label]).fetchone()
+        if taken:
+            label = f"{label}@{content_hash[:8]}"
+        checkpoint_id = next_id(con, "checkpoints", "checkpoint_id")
+        con.execute(
+            "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [checkpoint_id, model_id, label, content_hash, str(ckpt.path), checkpoint_step(ckpt), datetime.now()],
+        )
+        out = _Writer(con, checkpoint_id, opts.top_k, opts.chunk_mb << 20)
+        flags: dict[str, dict] = {}
+        bar = tqdm(total=len(plan), disable=not progress, unit="unit", desc=name, leave=False)
+        try:
+            for comp_name, layer, basis, parts in _units(adapter, plan, opts.basis):
+                bar.set_postfix_str(f"layer {layer} {comp_name}")
+                flags[adapter.spec(comp_name).role] = basis.flags
+                for part in parts:
+                    vecs = part.vectors if part.role == "writes" else fold_reader(part.vectors, part.norm, opts.basis)
+                    out.project(part.name, part.layer, part.head, vecs, basis)
+                bar.update(1)
+        finally:
+            bar.close()
+        out.finish()
+        run_id = next_id(con, "index_runs", "run_id")
+        seconds = time.perf_counter() - started
+        con.execute(
+            "INSERT INTO index_runs VALUES (?, ?, 'complete', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [run_id, checkpoint_id, started_at, datetime.now(), opts.basis, json.dumps(flags), opts.top_k,
+             json.dumps(sorted({u[0] for u in plan})), out.n_vectors, out.n_projections, seconds, VERSION],
+        )
+    return IndexResult(
+        status="indexed", model=name, checkpoint=label, content_hash=content_hash, n_vectors=out.n_vectors,
+        n_projections=out.n_projections, seconds=seconds,
+        message=f"indexed {name}/{label}: {out.n_vectors} vectors, {out.n_projections} token rows "
+        f"in {seconds:.1f}s",
+    )
+
+
+__all__ = ["CheckpointError", "IndexOptions", "IndexResult", "index_checkpoint"]

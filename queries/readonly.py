@@ -1,0 +1,79 @@
+"""Read-only SQL for users: one SELECT at a time, on a connection that cannot write or reach files,
+cut off after a time limit and capped at a row count (datasette's model)."""
+
+import threading
+from pathlib import Path
+
+import duckdb
+
+from queries.rows import SqlResult
+from schema.errors import LensdbError, StoreError
+from schema.store import open_reader
+
+# Settings that stay locked for the life of the connection: no files, no network, no extensions.
+HARDENED = {
+    "enable_external_access": "false",
+    "autoinstall_known_extensions": "false",
+    "autoload_known_extensions": "false",
+    "lock_configuration": "true",
+}
+
+
+class SqlRefused(LensdbError):
+    """The statement is not a single read-only query."""
+
+
+class SqlTimeout(LensdbError):
+    """The query ran past its time limit and was interrupted."""
+
+
+def harden(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """Lock a connection down for user SQL; after this it cannot be unlocked."""
+    for key, value in HARDENED.items():
+        con.execute(f"SET {key} = {value}")
+    return con
+
+
+def open_hardened(path: str | Path) -> duckdb.DuckDBPyConnection:
+    """A read-only, locked-down connection to an existing store."""
+    con = open_reader(path)
+    try:
+        return harden(con)
+    except duckdb.Error as err:
+        con.close()
+        raise StoreError(f"cannot lock down the connection to {path}: {err}") from None
+
+
+def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Accept exactly one SELECT; refuse anything else with a reason."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as err:
+        raise SqlRefused(f"cannot parse the SQL: {err}".strip()) from None
+    if len(statements) != 1:
+        raise SqlRefused(f"send exactly one statement (got {len(statements)}).")
+    kind = statements[0].type
+    if kind != duckdb.StatementType.SELECT:
+        raise SqlRefused(f"only SELECT queries are allowed here, not {kind.name}. The store is read-only.")
+
+
+def run_readonly(con: duckdb.DuckDBPyConnection, sql: str, max_rows: int = 1000, timeout_s: float = 10.0) -> SqlResult:
+    """Run one SELECT on a hardened connection; at most ``max_rows`` rows, ``truncated`` says if more."""
+    check_statement(con, sql)
+    timer = threading.Timer(timeout_s, con.interrupt)
+    timer.start()
+    try:
+        cur = con.execute(sql)
+        columns = [d[0] for d in cur.description or []]
+        rows = cur.fetchmany(max_rows + 1)
+    except duckdb.InterruptException:
+        raise SqlTimeout(f"the query ran longer than {timeout_s:g}s and was stopped; add filters or a LIMIT.") from None
+    except duckdb.Error as err:
+        msg = str(err)
+        if "interrupt" in msg.lower():
+            raise SqlTimeout(f"the query ran longer than {timeout_s:g}s and was stopped; add filters or a LIMIT.") from None
+        raise SqlRefused(msg) from None
+    finally:
+        timer.cancel()
+    truncated = len(rows) > max_rows
+    return SqlResult(columns=columns, rows=[list(r) for r in rows[:max_rows]], truncated=truncated)

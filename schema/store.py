@@ -1,0 +1,138 @@
+"""Opening, creating and bulk-writing the DuckDB file. The only module that issues DDL.
+
+DuckDB allows one writing process per file, and even a read-only open fails while a writer holds it; both
+cases become a ``StoreError`` that says who holds the file and what to do instead.
+"""
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+from duckdb_engine import Dialect
+from sqlalchemy.schema import CreateTable
+
+from schema.errors import StoreError
+from schema.tables import SCHEMA_VERSION, metadata
+from schema.views import VIEWS
+
+_DIALECT = Dialect()
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def schema_ddl() -> list[str]:
+    """Every statement that creates the schema (tables, comments, views), in order; idempotent."""
+    stmts: list[str] = []
+    for table in metadata.sorted_tables:
+        stmts.append(str(CreateTable(table, if_not_exists=True).compile(dialect=_DIALECT)).strip())
+        if table.comment:
+            stmts.append(f"COMMENT ON TABLE {table.name} IS {_quote(table.comment)}")
+        for col in table.columns:
+            if col.comment:
+                stmts.append(f'COMMENT ON COLUMN {table.name}."{col.name}" IS {_quote(col.comment)}')
+    for view in VIEWS:
+        stmts.append(f"CREATE OR REPLACE VIEW {view.name} AS {view.sql.strip()}")
+        stmts.append(f"COMMENT ON VIEW {view.name} IS {_quote(view.doc)}")
+    return stmts
+
+
+def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as err:
+        if "lock" in str(err).lower():
+            raise StoreError(
+                f"{path} is in use by another process that is writing to it (DuckDB allows one writer per "
+                "file, and no reader while it writes). Wait for that index run to finish, or, if `lensdb "
+                "serve` owns this file, send your request to the service instead."
+            ) from None
+        raise StoreError(f"cannot open {path}: {err}") from None
+    except duckdb.Error as err:
+        raise StoreError(f"{path} is not a DuckDB database lensdb can open: {err}") from None
+
+
+def _check_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    if "lensdb_meta" not in tables:
+        raise StoreError(f"{path} is a DuckDB file but not a lensdb store (no lensdb_meta table).")
+    row = con.execute("SELECT value FROM lensdb_meta WHERE key = 'schema_version'").fetchone()
+    if row is None or int(row[0]) != SCHEMA_VERSION:
+        found = row[0] if row else "none"
+        raise StoreError(
+            f"{path} has schema version {found}, this lensdb reads version {SCHEMA_VERSION}; "
+            "re-index into a new file with this version of lensdb."
+        )
+
+
+def open_reader(path: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to an existing store."""
+    p = Path(path)
+    if not p.exists():
+        raise StoreError(f"no lensdb store at {p}; create one with `lensdb index CHECKPOINT --db {p}`.")
+    con = _open(p, read_only=True)
+    try:
+        _check_version(con, p)
+    except StoreError:
+        con.close()
+        raise
+    return con
+
+
+@contextmanager
+def writer(path: str | os.PathLike[str]) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A write connection inside one transaction: committed on success, rolled back on any error.
+
+    A file this call creates is removed again if the transaction fails, so a failed first run leaves no
+    file behind. The schema is created inside the same transaction.
+    """
+    p = Path(path)
+    existed = p.exists()
+    if not existed and not p.parent.exists():
+        raise StoreError(f"cannot create {p}: folder {p.parent} does not exist.")
+    con = _open(p, read_only=False)
+    ok = False
+    try:
+        if existed:
+            _check_version(con, p)
+        con.execute("BEGIN TRANSACTION")
+        if not existed:
+            for stmt in schema_ddl():
+                con.execute(stmt)
+            con.execute(
+                "INSERT INTO lensdb_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
+            )
+        yield con
+        con.execute("COMMIT")
+        ok = True
+    finally:
+        if not ok:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+        con.close()
+        if not ok and not existed:
+            for leftover in (p, p.with_name(p.name + ".wal")):
+                leftover.unlink(missing_ok=True)
+
+
+def append_arrow(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table, order_by: str = "") -> None:
+    """Copy an Arrow table into ``table`` with one ``INSERT … SELECT`` (columns matched by name)."""
+    cols = ", ".join(f'"{c}"' for c in rows.column_names)
+    con.register("_lensdb_rows", rows)
+    try:
+        order = f" ORDER BY {order_by}" if order_by else ""
+        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _lensdb_rows{order}")
+    finally:
+        con.unregister("_lensdb_rows")
+
+
+def next_id(con: duckdb.DuckDBPyConnection, table: str, column: str) -> int:
+    """The next free id of ``table.column``; safe because the caller is the file's only writer."""
+    (value,) = con.execute(f"SELECT coalesce(max({column}), 0) + 1 FROM {table}").fetchone()  # type: ignore[misc]
+    return int(value)

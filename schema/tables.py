@@ -1,0 +1,126 @@
+"""The store's tables, declared once.
+
+Ids are assigned by the single writer (max + 1 inside its transaction), never by sequences: duckdb_engine
+0.17 cannot autoincrement without an explicit Sequence, and one writer per file makes max + 1 safe.
+Bulk rows (``vectors``, ``vector_tokens``) never go through SQLAlchemy: they arrive as Arrow and are
+copied with ``INSERT … SELECT`` (see ``schema.store``).
+"""
+
+import sqlalchemy as sa
+
+SCHEMA_VERSION = 1
+
+metadata = sa.MetaData()
+
+
+def _id(name: str, doc: str) -> sa.Column:
+    return sa.Column(name, sa.Integer, primary_key=True, autoincrement=False, comment=doc)
+
+
+lensdb_meta = sa.Table(
+    "lensdb_meta",
+    metadata,
+    sa.Column("key", sa.String, primary_key=True, comment="setting name, e.g. schema_version"),
+    sa.Column("value", sa.String, nullable=False, comment="its value as text"),
+    comment="Facts about the store itself; schema_version tells lensdb whether it can read this file.",
+)
+
+vocabularies = sa.Table(
+    "vocabularies",
+    metadata,
+    _id("vocab_id", "vocabulary id"),
+    sa.Column("content_hash", sa.String, nullable=False, unique=True, comment="sha256 of the token list"),
+    sa.Column("size", sa.Integer, nullable=False, comment="number of token ids (embedding rows)"),
+    sa.Column("tokenizer", sa.String, nullable=False, comment="tokenizer model: BPE, WordPiece, Unigram…"),
+    comment="One row per distinct token list; models that share a vocabulary share its tokens.",
+)
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("vocab_id", sa.Integer, nullable=False, comment="vocabulary the id belongs to"),
+    sa.Column("token_id", sa.Integer, nullable=False, comment="row of the embedding matrix"),
+    sa.Column("token", sa.String, nullable=False, comment="the tokenizer's own spelling, e.g. Ġparis, ##s"),
+    sa.Column("display", sa.String, nullable=False, comment="readable text of the token, e.g. ' paris'"),
+    sa.Column("word", sa.String, nullable=False, comment="lookup key: display without space/##/▁ markers"),
+    sa.PrimaryKeyConstraint("vocab_id", "token_id"),
+    comment="Every token of every vocabulary, with the forms users type.",
+)
+
+models = sa.Table(
+    "models",
+    metadata,
+    _id("model_id", "model id"),
+    sa.Column("name", sa.String, nullable=False, unique=True, comment="name given at index time"),
+    sa.Column("family", sa.String, nullable=False, comment="adapter that read it: gpt2, bert…"),
+    sa.Column("model_type", sa.String, nullable=False, comment="config.json model_type"),
+    sa.Column("vocab_id", sa.Integer, nullable=False, comment="its vocabulary"),
+    sa.Column("d_model", sa.Integer, nullable=False, comment="residual stream width"),
+    sa.Column("n_layers", sa.Integer, nullable=False, comment="number of transformer blocks"),
+    sa.Column("d_ff", sa.Integer, nullable=False, comment="FF neurons per layer"),
+    sa.Column("n_heads", sa.Integer, nullable=False, comment="attention heads per layer"),
+    comment="A named model; its checkpoints share one architecture and vocabulary.",
+)
+
+checkpoints = sa.Table(
+    "checkpoints",
+    metadata,
+    _id("checkpoint_id", "checkpoint id"),
+    sa.Column("model_id", sa.Integer, nullable=False, comment="model it belongs to"),
+    sa.Column("label", sa.String, nullable=False, comment="readable name: the folder name"),
+    sa.Column("content_hash", sa.String, nullable=False, unique=True, comment="sha256 of config and weights"),
+    sa.Column("path", sa.String, nullable=False, comment="folder it was read from"),
+    sa.Column("step", sa.BigInteger, nullable=True, comment="training step, where known"),
+    sa.Column("indexed_at", sa.DateTime, nullable=False, comment="when its index run committed"),
+    sa.UniqueConstraint("model_id", "label"),
+    comment="One set of weights; identity is the content hash, so identical content is indexed once.",
+)
+
+index_runs = sa.Table(
+    "index_runs",
+    metadata,
+    _id("run_id", "run id"),
+    sa.Column("checkpoint_id", sa.Integer, nullable=False, comment="checkpoint the run wrote"),
+    sa.Column("status", sa.String, nullable=False, comment="complete (only complete runs are committed)"),
+    sa.Column("started_at", sa.DateTime, nullable=False, comment="start time"),
+    sa.Column("finished_at", sa.DateTime, nullable=False, comment="commit time"),
+    sa.Column("basis", sa.String, nullable=False, comment="folded or raw"),
+    sa.Column("basis_flags", sa.String, nullable=False, comment="JSON: how each basis was built"),
+    sa.Column("top_k", sa.Integer, nullable=False, comment="tokens kept per vector and side"),
+    sa.Column("components", sa.String, nullable=False, comment="JSON list of components indexed"),
+    sa.Column("n_vectors", sa.BigInteger, nullable=False, comment="vectors written"),
+    sa.Column("n_projections", sa.BigInteger, nullable=False, comment="vector_tokens rows written"),
+    sa.Column("seconds", sa.Float, nullable=False, comment="wall time of the run"),
+    sa.Column("lensdb_version", sa.String, nullable=False, comment="version that wrote it"),
+    comment="How each checkpoint was indexed: basis, flags, k, counts, timing.",
+)
+
+vectors = sa.Table(
+    "vectors",
+    metadata,
+    # No primary key: an ART index over hundreds of millions of rows would slow every bulk load; the single
+    # writer assigns vector_id densely and uniquely.
+    sa.Column("vector_id", sa.BigInteger, nullable=False, comment="vector id"),
+    sa.Column("checkpoint_id", sa.Integer, nullable=False, comment="checkpoint it comes from"),
+    sa.Column("component", sa.String, nullable=False, comment="ff_value, ff_key, …"),
+    sa.Column("layer", sa.Integer, nullable=False, comment="block number from 0"),
+    sa.Column("head", sa.Integer, nullable=True, comment="attention head, NULL for non-head components"),
+    sa.Column("idx", sa.Integer, nullable=False, comment="index within layer (neuron number)"),
+    sa.Column("norm", sa.Float, nullable=False, comment="L2 norm of the vector"),
+    sa.Column("logit_mean", sa.Float, nullable=False, comment="mean of its projection over the vocabulary"),
+    sa.Column("logit_std", sa.Float, nullable=False, comment="std of its projection over the vocabulary"),
+    comment="Every indexed parameter vector with exact statistics of its full vocabulary projection.",
+)
+
+vector_tokens = sa.Table(
+    "vector_tokens",
+    metadata,
+    sa.Column("vector_id", sa.BigInteger, nullable=False, comment="vector"),
+    sa.Column("side", sa.String, nullable=False, comment="top (promotes) or bottom (suppresses)"),
+    sa.Column("rank", sa.SmallInteger, nullable=False, comment="1 = strongest on that side"),
+    sa.Column("token_id", sa.Integer, nullable=False, comment="token in the model's vocabulary"),
+    sa.Column("score", sa.REAL, nullable=False, comment="logit: basis row · vector"),
+    sa.Column("zscore", sa.REAL, nullable=False, comment="(score - logit_mean) / logit_std"),
+    comment="Top-k and bottom-k tokens of every vector, loaded sorted by token_id so token lookups skip "
+    "row groups by their min/max without any index.",
+)

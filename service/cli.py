@@ -1,0 +1,180 @@
+"""`lensdb`: the command line over the indexer and the query layer.
+
+``main(argv)`` takes its arguments so tests call it in-process. Every ``LensdbError`` becomes one line on
+stderr and exit status 1; usage errors exit 2 (argparse).
+"""
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from pydantic import BaseModel
+
+import queries
+from indexer import IndexOptions, index_checkpoint
+from indexer.adapters import ADAPTERS
+from schema.errors import LensdbError
+from service.render import table
+
+DEFAULT_DB = "lens.duckdb"
+
+
+def _emit(args: argparse.Namespace, items: Sequence[BaseModel] | BaseModel, columns: list[str] | None = None) -> None:
+    if args.json:
+        data = items.model_dump() if isinstance(items, BaseModel) else [i.model_dump() for i in items]
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+        return
+    rows = [items] if isinstance(items, BaseModel) else list(items)
+    cols = columns or (list(type(rows[0]).model_fields) if rows else [])
+    print(table(cols, [[getattr(r, c) for c in cols] for r in rows]) if rows else "(no rows)")
+
+
+def cmd_index(args: argparse.Namespace) -> None:
+    opts = IndexOptions(name=args.name, top_k=args.top_k, basis=args.basis, replace=args.replace,
+                        components=args.component or None)
+    result = index_checkpoint(args.db, args.checkpoint, opts, progress=not args.quiet)
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        print(result.message)
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    with queries.connect(args.db) as db:
+        models = db.models()
+    if args.json:
+        print(json.dumps([m.model_dump() for m in models], indent=2))
+        return
+    rows = [[m.name, m.family, m.n_layers, m.d_model, m.d_ff, m.vocab_size, c.label, c.step, c.basis, c.top_k,
+             c.n_vectors] for m in models for c in m.checkpoints]
+    print(table(["model", "family", "layers", "d_model", "d_ff", "vocab", "checkpoint", "step", "basis", "top_k",
+                 "vectors"], rows) if rows else "(no models)")
+
+
+def _hits(args: argparse.Namespace, side: str) -> None:
+    token: str | int = int(args.token) if args.id else args.token
+    with queries.connect(args.db) as db:
+        find = db.promoters if side == "top" else db.suppressors
+        hits = find(token, model=args.model, checkpoint=args.checkpoint, component=args.component,
+                    layer=args.layer, head=args.head, limit=args.limit, offset=args.offset)
+    _emit(args, hits, ["model", "checkpoint", "component", "layer", "head", "index", "rank", "token", "score",
+                       "zscore"])
+
+
+def cmd_vector(args: argparse.Namespace) -> None:
+    with queries.connect(args.db) as db:
+        v = db.vector(args.model, args.component, args.layer, args.index, head=args.head, checkpoint=args.checkpoint)
+    if args.json:
+        print(v.model_dump_json(indent=2))
+        return
+    head = f" head {v.head}" if v.head is not None else ""
+    print(f"{v.model}/{v.checkpoint} {v.component} layer {v.layer}{head} index {v.index}  "
+          f"norm {v.norm:.4g}  logits mean {v.logit_mean:.4g} std {v.logit_std:.4g}  basis {v.basis}")
+    n = max(len(v.top), len(v.bottom))
+    rows = []
+    for i in range(min(n, args.limit)):
+        t = v.top[i] if i < len(v.top) else None
+        b = v.bottom[i] if i < len(v.bottom) else None
+        rows.append([i + 1, t.token if t else None, t.score if t else None, b.token if b else None,
+                     b.score if b else None])
+    print(table(["rank", "promotes", "score", "suppresses", "score"], rows))
+
+
+def cmd_tokens(args: argparse.Namespace) -> None:
+    token: str | int = int(args.token) if args.id else args.token
+    with queries.connect(args.db) as db:
+        _emit(args, db.tokens(token, model=args.model))
+
+
+def cmd_sql(args: argparse.Namespace) -> None:
+    with queries.connect(args.db) as db:
+        result = db.sql(args.query, max_rows=args.max_rows, timeout_s=args.timeout)
+    if args.json:
+        print(json.dumps([dict(zip(result.columns, r, strict=True)) for r in result.rows], indent=2, default=str))
+    else:
+        print(table(result.columns, result.rows))
+    if result.truncated:
+        print(f"(truncated at {args.max_rows} rows; raise --max-rows or add a LIMIT)", file=sys.stderr)
+
+
+def cmd_architectures(args: argparse.Namespace) -> None:
+    rows = [[cls.family, ", ".join(cls.model_types), ", ".join(s.name for s in cls.components)] for cls in ADAPTERS]
+    print(table(["family", "model_type", "components"], rows))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lensdb", description="Read transformer models in embedding space.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func, help: str, db: bool = True, json_out: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        if db:
+            sp.add_argument("--db", default=DEFAULT_DB, help=f"store file (default {DEFAULT_DB})")
+        if json_out:
+            sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        return sp
+
+    sp = command("index", cmd_index, "index a checkpoint folder into the store")
+    sp.add_argument("checkpoint", help="Hugging Face folder with config.json, safetensors and tokenizer")
+    sp.add_argument("--name", help="model name (default: the folder name)")
+    sp.add_argument("--top-k", type=int, default=50, help="tokens kept per vector and side (default 50)")
+    sp.add_argument("--basis", choices=["folded", "raw"], default="folded",
+                    help="folded: final-norm gain folded into W_U, centred (default); raw: W_U as is")
+    sp.add_argument("--component", action="append", help="index only this component (repeatable)")
+    sp.add_argument("--replace", action="store_true", help="re-index a checkpoint already in the store")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    command("models", cmd_models, "list indexed models and checkpoints")
+
+    for name, side, what in (("promoters", "top", "promote"), ("suppressors", "bottom", "suppress")):
+        sp = command(name, lambda a, s=side: _hits(a, s), f"vectors that {what} a token, strongest first")
+        sp.add_argument("token", help="a word (paris), a raw token (Ġparis, ##s), or an id with --id")
+        sp.add_argument("--id", action="store_true", help="TOKEN is a token id")
+        sp.add_argument("--model", help="only this model")
+        sp.add_argument("--checkpoint", help="checkpoint label, or 'all' (default: each model's latest)")
+        sp.add_argument("--component", help="only this component, e.g. ff_value")
+        sp.add_argument("--layer", type=int, help="only this layer")
+        sp.add_argument("--head", type=int, help="only this attention head")
+        sp.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
+        sp.add_argument("--offset", type=int, default=0, help="rows to skip, for paging")
+
+    sp = command("vector", cmd_vector, "top and bottom tokens of one vector")
+    sp.add_argument("model")
+    sp.add_argument("component", help="e.g. ff_value, ff_key")
+    sp.add_argument("layer", type=int)
+    sp.add_argument("index", type=int)
+    sp.add_argument("--head", type=int, help="attention head, for per-head components")
+    sp.add_argument("--checkpoint", help="checkpoint label (default: latest)")
+    sp.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
+
+    sp = command("tokens", cmd_tokens, "how a word resolves in each model's vocabulary")
+    sp.add_argument("token")
+    sp.add_argument("--id", action="store_true", help="TOKEN is a token id")
+    sp.add_argument("--model", help="only this model")
+
+    sp = command("sql", cmd_sql, "run one read-only SELECT over the tables and views")
+    sp.add_argument("query")
+    sp.add_argument("--max-rows", type=int, default=1000, help="row cap (default 1000)")
+    sp.add_argument("--timeout", type=float, default=10.0, help="seconds before the query is stopped (default 10)")
+
+    command("architectures", cmd_architectures, "list supported architectures", db=False, json_out=False)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.func(args)
+    except LensdbError as err:
+        print(f"lensdb: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lensdb: interrupted; nothing was written.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
