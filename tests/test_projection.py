@@ -1,0 +1,85 @@
+"""The pure math against naive references: dense logits, full sorts, dense statistics."""
+
+import pytest
+import torch
+
+from indexer.adapters.base import Norm
+from indexer.basis import fold_reader, logit_stats, read_basis, write_basis
+from indexer.projection import chunk_rows, chunks, topk_bottomk
+
+
+@pytest.mark.parametrize("vocab_tile", [None, 7, 64, 1000])
+@pytest.mark.parametrize("k", [1, 5, 50])
+def test_topk_bottomk_equals_dense_sort(vocab_tile: int | None, k: int) -> None:
+    g = torch.Generator().manual_seed(k)
+    vectors, basis = torch.randn(13, 16, generator=g), torch.randn(203, 16, generator=g)
+    dense = vectors @ basis.T
+    tb = topk_bottomk(vectors, basis, k, vocab_tile=vocab_tile)
+    order = dense.argsort(dim=1, descending=True)
+    kk = min(k, basis.shape[0])
+    assert torch.equal(tb.top_ids, order[:, :kk])
+    assert torch.equal(tb.bottom_ids, order.flip(1)[:, :kk])
+    assert torch.allclose(tb.top_scores, dense.gather(1, order[:, :kk]))
+    assert torch.allclose(tb.bottom_scores, dense.gather(1, order.flip(1)[:, :kk]))
+
+
+def test_k_larger_than_vocab_is_clamped() -> None:
+    tb = topk_bottomk(torch.randn(2, 4), torch.randn(3, 4), k=10)
+    assert tb.top_ids.shape == (2, 3)
+    assert sorted(tb.top_ids[0].tolist()) == [0, 1, 2]
+
+
+def test_scaled_unembedding_row_ranks_its_token_first() -> None:
+    g = torch.Generator().manual_seed(1)
+    unembed = torch.randn(500, 24, generator=g)
+    basis = write_basis(unembed, Norm("layernorm", torch.rand(24, generator=g) + 0.5), "folded")
+    for tid in (0, 17, 499):
+        tb = topk_bottomk((3.0 * basis.matrix[tid]).unsqueeze(0), basis.matrix, 5)
+        assert tb.top_ids[0, 0] == tid
+        tb = topk_bottomk((-3.0 * basis.matrix[tid]).unsqueeze(0), basis.matrix, 5)
+        assert tb.bottom_ids[0, 0] == tid
+
+
+def test_logit_stats_equal_dense_statistics() -> None:
+    g = torch.Generator().manual_seed(2)
+    unembed, vectors = torch.randn(300, 12, generator=g) + 0.3, torch.randn(9, 12, generator=g)
+    for mode in ("folded", "raw"):
+        basis = write_basis(unembed, Norm("layernorm", torch.rand(12, generator=g) + 0.5), mode)
+        dense = (vectors.double() @ basis.matrix.double().T)
+        mean, std = logit_stats(vectors, basis)
+        assert torch.allclose(mean, dense.mean(1), atol=1e-9)
+        assert torch.allclose(std, dense.std(1, unbiased=False), atol=1e-9)
+
+
+def test_folded_basis_matches_layernorm_then_unembed() -> None:
+    """Folding is exact: ranking by the folded basis = ranking the model's logits of LN_f(x)."""
+    g = torch.Generator().manual_seed(3)
+    d, vocab = 16, 80
+    unembed, gain, x = torch.randn(vocab, d, generator=g), torch.rand(d, generator=g) + 0.5, torch.randn(d, generator=g)
+    logits = unembed @ torch.nn.functional.layer_norm(x, (d,), weight=gain)  # LN bias would add a per-token constant
+    folded = write_basis(unembed, Norm("layernorm", gain), "folded").matrix @ x
+    centred = logits - logits.mean()
+    assert torch.allclose(centred / centred.norm(), folded / folded.norm(), atol=1e-5)
+
+
+def test_raw_basis_is_the_matrix_itself() -> None:
+    unembed = torch.randn(10, 4)
+    assert torch.equal(write_basis(unembed, Norm("layernorm", torch.ones(4)), "raw").matrix, unembed)
+    assert torch.equal(read_basis(unembed, "unembedding", "raw").matrix, unembed)
+
+
+def test_fold_reader_applies_gain_and_centres_for_layernorm() -> None:
+    keys, gain = torch.randn(3, 6), torch.rand(6) + 0.5
+    ln = fold_reader(keys, Norm("layernorm", gain), "folded")
+    assert torch.allclose(ln, (keys * gain) - (keys * gain).mean(1, keepdim=True))
+    assert torch.allclose(fold_reader(keys, Norm("rmsnorm", gain), "folded"), keys * gain)
+    assert torch.equal(fold_reader(keys, Norm("layernorm", gain), "raw"), keys)
+    assert torch.equal(fold_reader(keys, None, "folded"), keys)
+
+
+def test_chunks_cover_every_row_once() -> None:
+    size = chunk_rows(vocab_size=1000, budget_bytes=4 * 1000 * 7)
+    assert size == 7
+    covered = [i for s in chunks(50, size) for i in range(s.start, s.stop)]
+    assert covered == list(range(50))
+    assert chunk_rows(vocab_size=10**9, budget_bytes=1) == 1
