@@ -65,7 +65,8 @@ def load_vocabulary(path: Path, size: int) -> Vocabulary:
     if kind == "WordPiece" or decoder is None:
         display = list(raw)
     else:
-        display = [decoder.decode([t]) for t in raw]
+        # a byte-level piece of a multi-byte character decodes to U+FFFD: its own spelling says more
+        display = [d if "\ufffd" not in d else t for t, d in ((t, decoder.decode([t])) for t in raw)]
     extra = [f"<id:{i}>" for i in range(n, size)]
     tokens, display = raw + extra, display + extra
     return Vocabulary(kind=kind, tokens=tokens, display=display, words=[lookup_word(d) for d in display])

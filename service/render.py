@@ -9,7 +9,8 @@ def _cell(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, str):
-        return repr(value)[1:-1] if value != value.strip() or not value.isprintable() else value
+        # quote tokens whose edges are spaces (' paris') or that hold unprintable characters
+        return repr(value) if value != value.strip() or not value.isprintable() or not value else value
     return str(value)
 
 

@@ -1,0 +1,97 @@
+"""The command line, called in-process: the outputs users and scripts read."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service.cli import main
+from tests.tinymodels import TinyModel
+
+HIT_FIELDS = {"model", "checkpoint", "component", "layer", "head", "index", "side", "rank", "token_id", "token",
+              "score", "zscore"}
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    assert main(list(argv)) == 0
+    return capsys.readouterr().out
+
+
+def test_promoters_json_has_the_documented_fields(indexed_store: Path, tiny_gpt2: TinyModel,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    rows = json.loads(run(capsys, "promoters", "paris", "--db", str(indexed_store), "--json", "--limit", "5"))
+    assert len(rows) == 5 and set(rows[0]) >= HIT_FIELDS
+    assert all(r["side"] == "top" and r["head"] is None for r in rows)
+    assert [r["zscore"] for r in rows] == sorted((r["zscore"] for r in rows), reverse=True)
+    gpt2 = [r for r in rows if r["model"] == "gpt2-tiny"]
+    assert gpt2[0]["token"] == " paris" and gpt2[0]["token_id"] == tiny_gpt2.token_id("paris")
+
+
+def test_suppressors_and_filters(indexed_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = json.loads(run(capsys, "suppressors", "london", "--db", str(indexed_store), "--json",
+                          "--model", "gpt2-tiny", "--component", "ff_value", "--layer", "0", "--limit", "3"))
+    assert rows[0]["index"] == 3 and rows[0]["rank"] == 1 and rows[0]["side"] == "bottom"
+    assert all(r["layer"] == 0 and r["component"] == "ff_value" for r in rows)
+
+
+def test_paging_with_offset(indexed_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first = json.loads(run(capsys, "promoters", "paris", "--db", str(indexed_store), "--json", "--limit", "4"))
+    second = json.loads(run(capsys, "promoters", "paris", "--db", str(indexed_store), "--json", "--limit", "2",
+                            "--offset", "2"))
+    assert second == first[2:4]
+
+
+def test_token_ids_are_accepted(indexed_store: Path, tiny_gpt2: TinyModel, capsys: pytest.CaptureFixture[str]) -> None:
+    tid = str(tiny_gpt2.token_id("paris"))
+    rows = json.loads(run(capsys, "promoters", tid, "--id", "--model", "gpt2-tiny", "--db", str(indexed_store),
+                          "--json", "--limit", "1"))
+    assert rows[0]["token"] == " paris"
+
+
+def test_vector_table_and_json(indexed_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = run(capsys, "vector", "gpt2-tiny", "ff_value", "1", "7", "--db", str(indexed_store), "--limit", "3")
+    assert "promotes" in text and "' paris'" in text
+    data = json.loads(run(capsys, "vector", "gpt2-tiny", "ff_value", "1", "7", "--db", str(indexed_store), "--json"))
+    assert data["top"][0]["token"] == " paris" and len(data["top"]) == len(data["bottom"]) == 50
+    assert data["norm"] > 0 and data["logit_std"] > 0 and data["basis"] == "folded"
+
+
+def test_tokens_resolve_in_each_vocabulary(indexed_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = json.loads(run(capsys, "tokens", "paris", "--db", str(indexed_store), "--json"))
+    assert {(r["model"], r["token"]) for r in rows} == {("gpt2-tiny", "Ġparis"), ("bert-tiny", "paris"),
+                                                        ("bert-tiny", "##paris")}
+    upper = json.loads(run(capsys, "tokens", "PARIS", "--db", str(indexed_store), "--json"))
+    assert {r["token"] for r in upper} == {"Ġparis", "paris", "##paris"}
+
+
+def test_models_and_sql(indexed_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    text = run(capsys, "models", "--db", str(indexed_store))
+    assert "gpt2-tiny" in text and "bert-tiny" in text and "folded" in text
+    rows = json.loads(run(capsys, "sql", "SELECT model, count(*) AS n FROM projections GROUP BY model ORDER BY model",
+                          "--db", str(indexed_store), "--json"))
+    assert rows == [{"model": "bert-tiny", "n": 256 * 100}, {"model": "gpt2-tiny", "n": 512 * 100}]
+
+
+def test_sql_row_cap_says_truncated(indexed_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sql", "SELECT * FROM tokens", "--db", str(indexed_store), "--max-rows", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.strip().splitlines()) == 2 + 3 and "truncated at 3 rows" in err
+
+
+def test_sql_runaway_query_is_stopped(indexed_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["sql", "SELECT count(*) FROM range(100000000) a, range(100000000) b", "--db", str(indexed_store),
+                 "--timeout", "0.5"])
+    assert code == 1 and "ran longer than 0.5s" in capsys.readouterr().err
+
+
+def test_index_prints_a_summary_and_then_a_no_op(tiny_bert: TinyModel, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    db = str(tmp_path / "x.duckdb")
+    assert "indexed bert/tiny-bert: 256 vectors" in run(capsys, "index", str(tiny_bert.path), "--db", db, "--name",
+                                                        "bert", "--quiet")
+    assert "already indexed as bert/tiny-bert" in run(capsys, "index", str(tiny_bert.path), "--db", db, "--quiet")
+
+
+def test_architectures_lists_families(capsys: pytest.CaptureFixture[str]) -> None:
+    text = run(capsys, "architectures")
+    assert "gpt2" in text and "bert" in text and "ff_value" in text

