@@ -66,13 +66,12 @@ def run_readonly(con: duckdb.DuckDBPyConnection, sql: str, max_rows: int = 1000,
         cur = con.execute(sql)
         columns = [d[0] for d in cur.description or []]
         rows = cur.fetchmany(max_rows + 1)
-    except duckdb.InterruptException:
-        raise SqlTimeout(f"the query ran longer than {timeout_s:g}s and was stopped; add filters or a LIMIT.") from None
     except duckdb.Error as err:
-        msg = str(err)
-        if "interrupt" in msg.lower():
-            raise SqlTimeout(f"the query ran longer than {timeout_s:g}s and was stopped; add filters or a LIMIT.") from None
-        raise SqlRefused(msg) from None
+        if isinstance(err, duckdb.InterruptException) or "interrupt" in str(err).lower():
+            raise SqlTimeout(
+                f"the query ran longer than {timeout_s:g}s and was stopped; add filters or a LIMIT."
+            ) from None
+        raise SqlRefused(str(err)) from None
     finally:
         timer.cancel()
     truncated = len(rows) > max_rows

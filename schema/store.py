@@ -6,7 +6,7 @@ cases become a ``StoreError`` that says who holds the file and what to do instea
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import duckdb
@@ -111,10 +111,8 @@ def writer(path: str | os.PathLike[str]) -> Iterator[duckdb.DuckDBPyConnection]:
         ok = True
     finally:
         if not ok:
-            try:
+            with suppress(duckdb.Error):
                 con.execute("ROLLBACK")
-            except duckdb.Error:
-                pass
         con.close()
         if not ok and not existed:
             for leftover in (p, p.with_name(p.name + ".wal")):

@@ -95,7 +95,9 @@ def test_broken_checkpoint_is_refused_and_store_unchanged(
     assert snapshot(store_copy) == before
 
 
-def test_failed_first_run_leaves_no_file(tiny_gpt2: TinyModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_failed_first_run_leaves_no_file(
+    tiny_gpt2: TinyModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ckpt = broken_copy(tiny_gpt2, tmp_path / "broken")
     _nan_in_layer_1(ckpt)
     db = tmp_path / "new.duckdb"
@@ -142,8 +144,8 @@ def test_missing_store_says_how_to_create_one(tmp_path: Path, capsys: pytest.Cap
 
 def test_store_locked_by_another_writer(store_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(store_copy)!r}); print('ok', flush=True); "
-         "time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+        [sys.executable, "-c", f"import duckdb, time; c = duckdb.connect({str(store_copy)!r}); "
+         "print('ok', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ok"
         code, _, err = run_cli(capsys, "promoters", "paris", "--db", str(store_copy))

@@ -64,7 +64,9 @@ def test_bert_values_equal_brute_force(indexed_store: Path, tiny_bert: TinyModel
 
 
 @pytest.mark.parametrize("model", ["gpt2-tiny", "bert-tiny"])
-def test_planted_vectors_rank_their_token_first(indexed_store: Path, model: str, request: pytest.FixtureRequest) -> None:
+def test_planted_vectors_rank_their_token_first(
+    indexed_store: Path, model: str, request: pytest.FixtureRequest
+) -> None:
     tiny: TinyModel = request.getfixturevalue("tiny_gpt2" if model == "gpt2-tiny" else "tiny_bert")
     with queries.connect(indexed_store) as db:
         for (layer, neuron), tid in tiny.planted.promotes.items():

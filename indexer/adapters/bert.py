@@ -39,7 +39,7 @@ class BertAdapter(Adapter):
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         d, f, v = self.dims.d_model, self.dims.d_ff, self.dims.vocab_size
-        shapes = {f"{self.p}embeddings.word_embeddings.weight": (v, d)}
+        shapes: dict[str, tuple[int, ...]] = {f"{self.p}embeddings.word_embeddings.weight": (v, d)}
         for layer in range(self.dims.n_layers):
             shapes[self._layer(layer, "intermediate.dense.weight")] = (f, d)
             shapes[self._layer(layer, "output.dense.weight")] = (d, f)

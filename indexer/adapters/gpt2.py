@@ -33,7 +33,7 @@ class GPT2Adapter(Adapter):
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         d, f, v = self.dims.d_model, self.dims.d_ff, self.dims.vocab_size
-        shapes = {f"{self.p}wte.weight": (v, d), f"{self.p}ln_f.weight": (d,)}
+        shapes: dict[str, tuple[int, ...]] = {f"{self.p}wte.weight": (v, d), f"{self.p}ln_f.weight": (d,)}
         for layer in range(self.dims.n_layers):
             shapes[self._h(layer, "ln_2.weight")] = (d,)
             shapes[self._h(layer, "mlp.c_fc.weight")] = (d, f)
