@@ -6,6 +6,7 @@ stderr and exit status 1; usage errors exit 2 (argparse).
 
 import argparse
 import json
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -106,6 +107,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     noted = server_file(settings.db)
     noted.write_text(url + "\n")
     print(f"lensdb: serving {settings.db} at {url} (pages at /, API docs at /docs)", file=sys.stderr)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it: exit cleanly then, so `finally` runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
     finally:
