@@ -1,4 +1,4 @@
-"""The real thing: `lensdb serve` in its own process on 127.0.0.1, called over HTTP and from headless Chromium."""
+"""The real thing: `lensdb serve` in its own process on 127.0.0.1, over HTTP and in headless Chromium."""
 
 import contextlib
 import shutil
@@ -87,7 +87,10 @@ def dump_dom(url: str, tmp_path: Path) -> str:
     return done.stdout
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not found; `apt-get install -y chromium` (make test does)")
+NO_CHROMIUM = "chromium not found: apt-get install -y chromium (make test does)"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason=NO_CHROMIUM)
 def test_pages_in_chromium(server, tmp_path: Path) -> None:
     url, _, _ = server
     planted = f"/vector/tiny/ff_value/{PLANTED_LAYER}/{PLANTED_INDEX}"
