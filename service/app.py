@@ -213,7 +213,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                         limit=limit + 1, offset=offset)
             matches = lens.tokens(tok, model=model)
             more = len(rows) > limit
-            return Hits(items=rows[:limit], limit=limit, offset=offset, matches=matches,
+            return Hits(items=rows[:limit], limit=limit, offset=offset, matches=matches, total=None,
                         next_offset=offset + limit if more else None)
 
         search.__doc__ = (f"Vectors that {side[:-3]}e a token (by word or id), strongest z-score first. "
@@ -282,11 +282,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if not token.strip():
                 return pages.search(token, [], [], [], None)
             try:
-                kw = dict(model=model or None, component=component or None, checkpoint=checkpoint or None,
-                          limit=limit)
-                found = lens.tokens(token, model=kw["model"])
-                promoters, suppressors = lens.promoters(token, **kw), lens.suppressors(token, **kw)
-                return pages.search(token, found, promoters, suppressors, None)
+                found = lens.tokens(token, model=model or None)
+                hits = [find(token, model=model or None, component=component or None,
+                             checkpoint=checkpoint or None, limit=limit)
+                        for find in (lens.promoters, lens.suppressors)]
+                return pages.search(token, found, hits[0], hits[1], None)
             except UnknownToken as err:
                 return pages.search(token, [], [], [], str(err))
         return html(render)

@@ -206,7 +206,7 @@ def parser() -> argparse.ArgumentParser:
     sp = command("serve", cmd_serve, "serve the store over HTTP: API, pages and index jobs", db=False,
                  json_out=False)
     for name, field in Settings.model_fields.items():
-        kind = field.annotation if field.annotation in (int, float) else str
+        kind = {int: int, float: float}.get(field.annotation, str)  # type: ignore[arg-type]
         sp.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
                         help=f"{field.description} (default {field.default}; env LENSDB_{name.upper()})")
 
