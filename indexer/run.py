@@ -173,9 +173,13 @@ def _units(adapter: Adapter, plan: list[tuple[str, int]], mode: BasisMode) -> It
 
 
 def index_checkpoint(
-    db_path: str | Path, checkpoint_path: str | Path, options: IndexOptions | None = None, progress: bool = False
+    db_path: str | Path, checkpoint_path: str | Path, options: IndexOptions | None = None, progress: bool = False,
+    con: duckdb.DuckDBPyConnection | None = None,
 ) -> IndexResult:
-    """Index one checkpoint into the store at ``db_path`` (created if missing)."""
+    """Index one checkpoint into the store at ``db_path`` (created if missing).
+
+    ``con``: the process's own open connection to ``db_path`` (``lensdb serve``), written through a cursor.
+    """
     opts = options or IndexOptions()
     started = time.perf_counter()
     started_at = datetime.now()
@@ -188,7 +192,7 @@ def index_checkpoint(
         raise LensdbError("model name is empty; pass --name NAME.")
     content_hash = ckpt.content_hash()
 
-    with writer(db_path) as con:
+    with writer(db_path, con) as con:
         found = con.execute(
             "SELECT c.checkpoint_id, c.label, m.name, r.basis, r.top_k FROM checkpoints c "
             "JOIN models m USING (model_id) JOIN index_runs r USING (checkpoint_id) WHERE c.content_hash = ?",

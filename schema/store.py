@@ -84,17 +84,45 @@ def open_reader(path: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
 
 
 @contextmanager
-def writer(path: str | os.PathLike[str]) -> Iterator[duckdb.DuckDBPyConnection]:
+def writer(
+    path: str | os.PathLike[str], con: duckdb.DuckDBPyConnection | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """A write connection inside one transaction: committed on success, rolled back on any error.
 
     A file this call creates is removed again if the transaction fails, so a failed first run leaves no
     file behind. The schema is created inside the same transaction.
+
+    ``con``: an open read-write connection to ``path`` owned by this process (``lensdb serve``); the
+    transaction then runs on a cursor of it, so readers of the same connection keep answering from the last
+    committed snapshot, and neither the connection nor the file is closed or removed afterwards.
     """
+    if con is not None:
+        cur = con.cursor()
+        with _transaction(cur, Path(path), existed=_has_schema(cur)) as tx:
+            yield tx
+        return
     p = Path(path)
     existed = p.exists()
     if not existed and not p.parent.exists():
         raise StoreError(f"cannot create {p}: folder {p.parent} does not exist.")
-    con = _open(p, read_only=False)
+    ok = False
+    try:
+        with _transaction(_open(p, read_only=False), p, existed) as opened:
+            yield opened
+        ok = True
+    finally:
+        if not ok and not existed:
+            for leftover in (p, p.with_name(p.name + ".wal")):
+                leftover.unlink(missing_ok=True)
+
+
+def _has_schema(con: duckdb.DuckDBPyConnection) -> bool:
+    return con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'lensdb_meta'").fetchone()[0] > 0  # type: ignore[index]
+
+
+@contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection, p: Path, existed: bool) -> Iterator[duckdb.DuckDBPyConnection]:
+    """Run the body in one transaction on ``con`` (creating the schema first if ``not existed``); close ``con``."""
     ok = False
     try:
         if existed:
@@ -114,9 +142,6 @@ def writer(path: str | os.PathLike[str]) -> Iterator[duckdb.DuckDBPyConnection]:
             with suppress(duckdb.Error):
                 con.execute("ROLLBACK")
         con.close()
-        if not ok and not existed:
-            for leftover in (p, p.with_name(p.name + ".wal")):
-                leftover.unlink(missing_ok=True)
 
 
 def append_arrow(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table, order_by: str = "") -> None:

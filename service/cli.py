@@ -6,16 +6,20 @@ stderr and exit status 1; usage errors exit 2 (argparse).
 
 import argparse
 import json
+import signal
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from pydantic import BaseModel
 
 import queries
-from indexer import IndexOptions, index_checkpoint
+from indexer import IndexOptions, IndexResult, index_checkpoint
 from indexer.adapters import ADAPTERS
-from schema.errors import LensdbError
+from schema.errors import LensdbError, StoreError
 from service.render import table
+from service.settings import Settings
 
 DEFAULT_DB = "lens.duckdb"
 
@@ -30,14 +34,85 @@ def _emit(args: argparse.Namespace, items: Sequence[BaseModel] | BaseModel, colu
     print(table(cols, [[getattr(r, c) for c in cols] for r in rows]) if rows else "(no rows)")
 
 
+def server_file(db: str | Path) -> Path:
+    """Where a running `lensdb serve` notes its URL next to the file it owns."""
+    return Path(f"{db}.server")
+
+
 def cmd_index(args: argparse.Namespace) -> None:
     opts = IndexOptions(name=args.name, top_k=args.top_k, basis=args.basis, replace=args.replace,
                         components=args.component or None)
-    result = index_checkpoint(args.db, args.checkpoint, opts, progress=not args.quiet)
+    if args.server:
+        result = index_via_server(args.server, args.checkpoint, opts, quiet=args.quiet)
+    else:
+        try:
+            result = index_checkpoint(args.db, args.checkpoint, opts, progress=not args.quiet)
+        except StoreError as err:
+            if "in use" not in str(err):
+                raise
+            noted = server_file(args.db)
+            url = noted.read_text().strip() if noted.exists() else "http://HOST:PORT"
+            raise StoreError(f"{err} If `lensdb serve` owns it, submit the job to the service: "
+                             f"lensdb index {args.checkpoint} --server {url}") from None
     if args.json:
         print(result.model_dump_json(indent=2))
     else:
         print(result.message)
+
+
+def index_via_server(server: str, checkpoint: str, opts: IndexOptions, quiet: bool = False,
+                     poll_s: float = 0.25) -> IndexResult:
+    """Submit an index job to a running service (POST /index) and follow GET /jobs/{id} until it ends."""
+    import httpx
+
+    base = server.rstrip("/")
+    body = {"checkpoint": str(Path(checkpoint).resolve()), **opts.model_dump()}
+    try:
+        with httpx.Client(base_url=base, timeout=30) as client:
+            job = _answer(client.post("/index", json=body))
+            shown = None
+            while job["status"] in ("queued", "running"):
+                if not quiet and job["status"] != shown:
+                    print(f"job {job['id']}: {job['status']}", file=sys.stderr)
+                    shown = job["status"]
+                time.sleep(poll_s)
+                job = _answer(client.get(f"/jobs/{job['id']}"))
+    except httpx.HTTPError as err:
+        raise LensdbError(f"cannot reach the lensdb service at {base}: {err}. "
+                          "Is `lensdb serve` running?") from None
+    if job["status"] == "failed":
+        raise LensdbError(f"index job {job['id']} failed: {job['error']}")
+    return IndexResult(**job["result"])
+
+
+def _answer(response) -> dict:
+    if response.is_success:
+        return response.json()
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    raise LensdbError(f"the service answered {response.status_code}: {detail}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from service.app import create_app
+
+    given = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name) is not None}
+    settings = Settings(**given)
+    app = create_app(settings)
+    url = f"http://{settings.host}:{settings.port}"
+    noted = server_file(settings.db)
+    noted.write_text(url + "\n")
+    print(f"lensdb: serving {settings.db} at {url} (pages at /, API docs at /docs)", file=sys.stderr)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it: exit cleanly then, so `finally` runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning")
+    finally:
+        noted.unlink(missing_ok=True)
 
 
 def cmd_models(args: argparse.Namespace) -> None:
@@ -125,6 +200,15 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--component", action="append", help="index only this component (repeatable)")
     sp.add_argument("--replace", action="store_true", help="re-index a checkpoint already in the store")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.add_argument("--server", metavar="URL",
+                    help="submit the job to a running `lensdb serve` (http://127.0.0.1:8000) and follow it")
+
+    sp = command("serve", cmd_serve, "serve the store over HTTP: API, pages and index jobs", db=False,
+                 json_out=False)
+    for name, field in Settings.model_fields.items():
+        kind = {int: int, float: float}.get(field.annotation, str)  # type: ignore[arg-type]
+        sp.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
+                        help=f"{field.description} (default {field.default}; env LENSDB_{name.upper()})")
 
     command("models", cmd_models, "list indexed models and checkpoints")
 

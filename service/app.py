@@ -1,0 +1,324 @@
+"""`lensdb serve`: one process owns the store, answers the query API over HTTP, serves the pages, and runs
+index jobs in a background thread.
+
+DuckDB allows one writing process per file and no reader while it writes, so the service keeps ONE
+read-write connection. Every request reads through its own cursor inside a READ ONLY transaction (a
+snapshot of the last commit); index jobs write through another cursor in one transaction. The connection is
+hardened once at start (``queries.readonly.harden``: no file or network access, no extensions, settings
+locked); those settings are database-wide in DuckDB, which is what we want: the indexer writes only through
+Python and needs none of them.
+"""
+
+import contextlib
+from collections.abc import Iterator
+from http import HTTPStatus
+from pathlib import Path
+from typing import Annotated, Generic, TypeVar
+
+import duckdb
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
+
+from queries import (
+    Lens,
+    ModelInfo,
+    NotFound,
+    SqlRefused,
+    SqlResult,
+    SqlTimeout,
+    TokenHit,
+    TokenMatch,
+    UnknownToken,
+    VectorView,
+)
+from queries.readonly import harden
+from schema.errors import LensdbError, StoreError
+from schema.store import writer
+from service import pages
+from service.jobs import IndexRequest, Job, JobRunner
+from service.reads import ComponentCount, RunInfo, component_counts, count_runs, index_runs
+from service.settings import Settings
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a list: ``next_offset`` is null on the last page."""
+
+    items: list[T]
+    limit: int
+    offset: int
+    next_offset: int | None
+    total: int | None = Field(None, description="size of the whole list, where it is cheap to count")
+
+
+class Hits(Page[TokenHit]):
+    """Vectors that promote (or suppress) a token, with how the token resolved in each model."""
+
+    matches: list[TokenMatch]
+
+
+class Health(BaseModel):
+    status: str
+    db: str
+    models: int
+    jobs_running: int
+
+
+class SqlRequest(BaseModel):
+    sql: str = Field(description="one SELECT over the documented tables and views (README, 'SQL')")
+    max_rows: int | None = Field(None, ge=1, description="row cap; at most the server's sql_max_rows")
+
+
+class ModelPage(ModelInfo):
+    components: list[ComponentCount]
+
+
+# Problem types (RFC 9457): a stable id per kind of error, a title, an HTTP status.
+PROBLEMS: list[tuple[type[LensdbError], int, str, str]] = [
+    (UnknownToken, 404, "unknown-token", "Token not found"),
+    (NotFound, 404, "not-found", "Not found"),
+    (SqlRefused, 400, "sql-refused", "SQL refused"),
+    (SqlTimeout, 408, "sql-timeout", "SQL query timed out"),
+    (StoreError, 503, "store-unavailable", "Store unavailable"),
+    (LensdbError, 400, "bad-request", "Bad request"),
+]
+
+
+def problem(status: int, kind: str, title: str, detail: str, **extra: object) -> JSONResponse:
+    body = {"type": f"/problems/{kind}", "title": title, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type="application/problem+json")
+
+
+def classify(err: LensdbError) -> tuple[int, str, str]:
+    for cls, status, kind, title in PROBLEMS:
+        if isinstance(err, cls):
+            return status, kind, title
+    raise AssertionError("LensdbError is last in PROBLEMS")
+
+
+def open_owner(path: Path) -> duckdb.DuckDBPyConnection:
+    """The service's one read-write connection: schema created if the file is new, then hardened."""
+    if not path.parent.exists():
+        raise StoreError(f"cannot create {path}: folder {path.parent} does not exist.")
+    try:
+        con = duckdb.connect(str(path))
+    except duckdb.Error as err:
+        if "lock" in str(err).lower():
+            raise StoreError(f"{path} is in use by another process (DuckDB allows one writer per file); "
+                             "stop it, or point this service at another --db.") from None
+        raise StoreError(f"cannot open {path}: {err}") from None
+    try:
+        with writer(path, con):
+            pass  # creates the schema in a new file, checks its version in an old one
+        harden(con)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+class Service:
+    """What one running service holds: settings, the owning connection and the job runner."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.path = Path(settings.db)
+        self.con = open_owner(self.path)
+        self.jobs = JobRunner(self.path, self.con)
+
+    def reader(self) -> Iterator[Lens]:
+        """A ``Lens`` on a fresh cursor in a READ ONLY transaction, for one request."""
+        cur = self.con.cursor()
+        try:
+            cur.execute("BEGIN TRANSACTION READ ONLY")
+            yield Lens(cur, self.path)
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                cur.execute("ROLLBACK")
+            cur.close()
+
+    def close(self) -> None:
+        self.jobs.stop()
+        self.con.close()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The whole service as an ASGI app; the store is opened here and closed at shutdown."""
+    settings = settings or Settings()
+    svc = Service(settings)
+    about = "Transformer checkpoints in embedding space: what promotes or suppresses a token."
+    app = FastAPI(title="lensdb", version="0.1.0", description=about)
+    app.state.service = svc
+    app.router.on_shutdown.append(svc.close)
+
+    Limit = Annotated[int, Query(ge=1, le=settings.page_limit, description="rows per page")]
+    Offset = Annotated[int, Query(ge=0, description="rows to skip")]
+    ReadLens = Annotated[Lens, Depends(svc.reader)]
+
+    @app.exception_handler(LensdbError)
+    def lensdb_error(request: Request, err: LensdbError) -> JSONResponse:
+        status, kind, title = classify(err)
+        return problem(status, kind, title, str(err))
+
+    @app.exception_handler(RequestValidationError)
+    def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in err.errors()]
+        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors)
+        return problem(422, "invalid-parameters", "Invalid parameters", detail, errors=errors)
+
+    @app.exception_handler(HTTPException)
+    def http_error(request: Request, err: HTTPException) -> JSONResponse:
+        title = HTTPStatus(err.status_code).phrase
+        detail = err.detail if err.status_code != 404 else f"no such path {request.url.path}; see /docs."
+        return problem(err.status_code, title.lower().replace(" ", "-"), title, str(detail))
+
+    def token_arg(token: str | None, token_id: int | None) -> str | int:
+        if (token is None) == (token_id is None):
+            raise LensdbError("pass exactly one of token (a word or spelling) and token_id (an integer id).")
+        return token if token is not None else token_id  # type: ignore[return-value]
+
+    # ---- JSON API ----------------------------------------------------------------------------------------
+
+    @app.get("/health", response_model=Health, tags=["service"])
+    def health(lens: ReadLens) -> Health:
+        running = sum(j.status == "running" for j in svc.jobs.all())
+        return Health(status="ok", db=str(svc.path), models=len(lens.models()), jobs_running=running)
+
+    @app.get("/models", response_model=Page[ModelInfo], tags=["models"])
+    def list_models(lens: ReadLens, limit: Limit = 50, offset: Offset = 0) -> Page[ModelInfo]:
+        every = lens.models()
+        return _page(every[offset:offset + limit], limit, offset, len(every))
+
+    @app.get("/models/{name}", response_model=ModelPage, tags=["models"])
+    def get_model(lens: ReadLens, name: str) -> ModelPage:
+        return _model(lens, name)
+
+    @app.get("/tokens", response_model=list[TokenMatch], tags=["search"])
+    def tokens(lens: ReadLens, token: str | None = None, token_id: int | None = None,
+               model: str | None = None) -> list[TokenMatch]:
+        return lens.tokens(token_arg(token, token_id), model=model)
+
+    def hits(side: str):
+        def search(lens: ReadLens, token: str | None = None, token_id: int | None = None,
+                   model: str | None = None, checkpoint: str | None = None, component: str | None = None,
+                   layer: int | None = None, head: int | None = None, limit: Limit = 20,
+                   offset: Offset = 0) -> Hits:
+            tok = token_arg(token, token_id)
+            find = lens.promoters if side == "promoters" else lens.suppressors
+            rows = find(tok, model=model, checkpoint=checkpoint, component=component, layer=layer, head=head,
+                        limit=limit + 1, offset=offset)
+            matches = lens.tokens(tok, model=model)
+            more = len(rows) > limit
+            return Hits(items=rows[:limit], limit=limit, offset=offset, matches=matches, total=None,
+                        next_offset=offset + limit if more else None)
+
+        search.__doc__ = (f"Vectors that {side[:-3]}e a token (by word or id), strongest z-score first. "
+                          "checkpoint: a label, 'all', or default each model's latest.")
+        return search
+
+    for side in ("promoters", "suppressors"):
+        app.get(f"/{side}", response_model=Hits, tags=["search"], name=side)(hits(side))
+
+    @app.get("/vectors/{model}/{component}/{layer}/{index}", response_model=VectorView, tags=["vectors"])
+    def vector(lens: ReadLens, model: str, component: str, layer: int, index: int, head: int | None = None,
+               checkpoint: str | None = None) -> VectorView:
+        """One vector with its top and bottom tokens and statistics (latest checkpoint unless named)."""
+        return lens.vector(model, component, layer, index, head=head, checkpoint=checkpoint)
+
+    @app.get("/runs", response_model=Page[RunInfo], tags=["index"])
+    def runs(lens: ReadLens, limit: Limit = 50, offset: Offset = 0) -> Page[RunInfo]:
+        """Committed index runs, newest first."""
+        sql, params = index_runs(limit, offset)
+        cols = list(RunInfo.model_fields)
+        items = [RunInfo(**dict(zip(cols, r, strict=True))) for r in lens.con.execute(sql, params).fetchall()]
+        (total,) = lens.con.execute(*count_runs()).fetchone()  # type: ignore[misc]
+        return _page(items, limit, offset, total)
+
+    @app.post("/index", response_model=Job, status_code=202, tags=["index"])
+    def submit(request: IndexRequest) -> Job:
+        """Queue an index job for a checkpoint folder on the server; follow it at GET /jobs/{id}."""
+        return svc.jobs.submit(request)
+
+    @app.get("/jobs", response_model=Page[Job], tags=["index"])
+    def list_jobs(limit: Limit = 50, offset: Offset = 0) -> Page[Job]:
+        """Index jobs of this service process, newest first (committed runs are at /runs)."""
+        every = svc.jobs.all()
+        return _page(every[offset:offset + limit], limit, offset, len(every))
+
+    @app.get("/jobs/{job_id}", response_model=Job, tags=["index"])
+    def get_job(job_id: int) -> Job:
+        job = svc.jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"no index job {job_id} in this service process; GET /jobs lists them.")
+        return job
+
+    @app.post("/sql", response_model=SqlResult, tags=["sql"])
+    def sql(lens: ReadLens, body: SqlRequest) -> SqlResult:
+        """One read-only SELECT, capped at sql_max_rows rows and sql_timeout_s seconds."""
+        cap = min(body.max_rows or settings.sql_max_rows, settings.sql_max_rows)
+        return lens.sql(body.sql, max_rows=cap, timeout_s=settings.sql_timeout_s)
+
+    # ---- pages -------------------------------------------------------------------------------------------
+
+    def html(render, *args: object, **kwargs: object) -> HTMLResponse:
+        try:
+            return HTMLResponse(render(*args, **kwargs))
+        except LensdbError as err:
+            status, _, title = classify(err)
+            return HTMLResponse(pages.error(title, str(err)), status_code=status)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def home(lens: ReadLens) -> HTMLResponse:
+        return html(pages.home, lens.models())
+
+    @app.get("/search", response_class=HTMLResponse, include_in_schema=False)
+    def search_page(lens: ReadLens, token: str = "", model: str | None = None, component: str | None = None,
+                    checkpoint: str | None = None, limit: Limit = 20) -> HTMLResponse:
+        def render() -> str:
+            if not token.strip():
+                return pages.search(token, [], [], [], None)
+            try:
+                found = lens.tokens(token, model=model or None)
+                hits = [find(token, model=model or None, component=component or None,
+                             checkpoint=checkpoint or None, limit=limit)
+                        for find in (lens.promoters, lens.suppressors)]
+                return pages.search(token, found, hits[0], hits[1], None)
+            except UnknownToken as err:
+                return pages.search(token, [], [], [], str(err))
+        return html(render)
+
+    @app.get("/vector/{model}/{component}/{layer}/{index}", response_class=HTMLResponse,
+             include_in_schema=False)
+    def vector_page(lens: ReadLens, model: str, component: str, layer: int, index: int,
+                    head: int | None = None, checkpoint: str | None = None) -> HTMLResponse:
+        def render() -> str:
+            v = lens.vector(model, component, layer, index, head=head, checkpoint=checkpoint)
+            labels = [c.label for m in lens.models() if m.name == model for c in m.checkpoints]
+            return pages.vector(v, labels)
+        return html(render)
+
+    @app.get("/model/{name}", response_class=HTMLResponse, include_in_schema=False)
+    def model_page(lens: ReadLens, name: str) -> HTMLResponse:
+        return html(lambda: pages.model(_model(lens, name)))
+
+    return app
+
+
+def _model(lens: Lens, name: str) -> ModelPage:
+    found = [m for m in lens.models() if m.name == name]
+    if not found:
+        known = ", ".join(m.name for m in lens.models()) or "none yet"
+        raise NotFound(f"no model {name!r}; indexed models: {known}.")
+    sql, params = component_counts(name)
+    comps = [ComponentCount(component=r[0], layers=r[1], heads=r[2], vectors=r[3])
+             for r in lens.con.execute(sql, params).fetchall()]
+    return ModelPage(**found[0].model_dump(), components=comps)
+
+
+def _page(items: list, limit: int, offset: int, total: int) -> Page:
+    return Page(items=items, limit=limit, offset=offset, total=total,
+                next_offset=offset + limit if offset + limit < total else None)

@@ -1,0 +1,139 @@
+"""Server-rendered HTML pages: plain strings, escaped, no build step and no JavaScript needed."""
+
+from html import escape
+from typing import TYPE_CHECKING
+from urllib.parse import quote, urlencode
+
+from queries import ModelInfo, TokenHit, TokenMatch, TokenScore, VectorView
+
+if TYPE_CHECKING:
+    from service.app import ModelPage
+
+CSS = """
+body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1000px;padding:0 1em;color:#222}
+header{display:flex;gap:1.2em;align-items:baseline;border-bottom:1px solid #ddd;margin-bottom:1em}
+header a{color:#333;text-decoration:none} h1{font-size:1.3em} h2{font-size:1.1em;margin-top:1.5em}
+table{border-collapse:collapse;width:100%} td,th{padding:2px 8px;text-align:left;border-bottom:1px solid #eee}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+.bar{display:inline-block;height:.8em;background:#4a7bd0;vertical-align:middle}
+.bar.neg{background:#d0644a} .tok{font-family:ui-monospace,monospace;white-space:pre}
+.err{background:#fee;border:1px solid #d99;padding:.5em}
+.cols{display:grid;grid-template-columns:1fr 1fr;gap:2em}
+input{font-size:1em;padding:3px} .muted{color:#777}
+"""
+
+
+def _layout(title: str, body: str) -> str:
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{escape(title)} · lensdb</title>"
+            f"<meta name=viewport content='width=device-width'><style>{CSS}</style></head><body>"
+            "<header><h1><a href='/'>lensdb</a></h1><a href='/search'>search</a>"
+            "<a href='/docs'>API</a></header>"
+            f"{body}</body></html>")
+
+
+def _tok(text: str) -> str:
+    return f"<span class=tok>{escape(repr(text)[1:-1] if text != text.strip() else text)}</span>"
+
+
+def _bar(value: float, scale: float) -> str:
+    width = 0 if scale <= 0 else min(100.0, 100.0 * abs(value) / scale)
+    return f"<span class='bar{' neg' if value < 0 else ''}' style='width:{width:.0f}px'></span>"
+
+
+def vector_url(model: str, component: str, layer: int, index: int, head: int | None = None,
+               checkpoint: str | None = None) -> str:
+    query = {k: v for k, v in (("head", head), ("checkpoint", checkpoint)) if v is not None}
+    path = f"/vector/{quote(model, safe='')}/{quote(component, safe='')}/{layer}/{index}"
+    return path + ("?" + urlencode(query) if query else "")
+
+
+def _search_form(token: str) -> str:
+    return ("<form action='/search' method=get><input name=token autofocus placeholder='a token, e.g. paris' "
+            f"value='{escape(token, quote=True)}'> <button>search</button></form>")
+
+
+def home(models: list[ModelInfo]) -> str:
+    rows = "".join(
+        f"<tr><td><a href='/model/{quote(m.name, safe='')}'>{escape(m.name)}</a></td>"
+        f"<td>{escape(m.family)}</td>"
+        f"<td class=n>{m.n_layers}</td><td class=n>{m.d_model}</td><td class=n>{m.vocab_size}</td>"
+        f"<td class=n>{len(m.checkpoints)}</td></tr>" for m in models)
+    table = ("<table><tr><th>model</th><th>family</th><th>layers</th><th>d_model</th><th>vocab</th>"
+             f"<th>checkpoints</th></tr>{rows}</table>")
+    if not models:
+        table = "<p class=muted>No models indexed yet.</p>"
+    return _layout("home", f"<p>Which vectors promote or suppress a token?</p>{_search_form('')}"
+                           f"<h2>Models</h2>{table}")
+
+
+def _hits_table(hits: list[TokenHit], title: str) -> str:
+    if not hits:
+        return f"<div><h2>{title}</h2><p class=muted>none</p></div>"
+    scale = max(abs(h.zscore) for h in hits)
+    rows = "".join(
+        f"<tr><td><a href='{vector_url(h.model, h.component, h.layer, h.index, h.head, h.checkpoint)}'>"
+        f"{escape(h.model)} {escape(h.component)} L{h.layer}{'' if h.head is None else f' H{h.head}'} "
+        f"#{h.index}</a>"
+        f"<div class=muted>{escape(h.checkpoint)} · rank {h.rank}</div></td>"
+        f"<td class=n>{h.zscore:.2f}</td><td>{_bar(h.zscore, scale)}</td></tr>" for h in hits)
+    return f"<div><h2>{title}</h2><table><tr><th>vector</th><th>z</th><th></th></tr>{rows}</table></div>"
+
+
+def search(token: str, matches: list[TokenMatch], promoters: list[TokenHit], suppressors: list[TokenHit],
+           error: str | None) -> str:
+    body = _search_form(token)
+    if error:
+        body += f"<p class=err>{escape(error)}</p>"
+    elif token:
+        resolved = ", ".join(f"{escape(m.model)}: {_tok(m.token)} (id {m.token_id})" for m in matches)
+        body += (f"<p class=muted>{_tok(token)} is {resolved}</p><div class=cols>"
+                 f"{_hits_table(promoters, 'promoted by')}{_hits_table(suppressors, 'suppressed by')}</div>")
+    return _layout(f"search {token}" if token else "search", body)
+
+
+def _token_bars(scores: list[TokenScore]) -> str:
+    scale = max((abs(s.score) for s in scores), default=0.0)
+    rows = "".join(
+        f"<tr><td class=n>{s.rank}</td>"
+        f"<td><a href='/search?{urlencode({'token': s.token})}'>{_tok(s.token)}</a></td>"
+        f"<td class=n>{s.score:.3f}</td><td>{_bar(s.score, scale)}</td><td class=n>{s.zscore:.2f}</td></tr>"
+        for s in scores)
+    return f"<table><tr><th>#</th><th>token</th><th>score</th><th></th><th>z</th></tr>{rows}</table>"
+
+
+def vector(v: VectorView, checkpoints: list[str]) -> str:
+    head = "" if v.head is None else f" head {v.head}"
+    title = f"{v.model} {v.component} layer {v.layer}{head} #{v.index}"
+    others = " · ".join(
+        f"<b>{escape(c)}</b>" if c == v.checkpoint else
+        f"<a href='{vector_url(v.model, v.component, v.layer, v.index, v.head, c)}'>{escape(c)}</a>"
+        for c in checkpoints)
+    stats = (f"<p>checkpoint <b>{escape(v.checkpoint)}</b> · norm {v.norm:.4g} · "
+             f"logits mean {v.logit_mean:.4g} "
+             f"std {v.logit_std:.4g} · basis {escape(v.basis)}</p><p>checkpoints: {others}</p>")
+    return _layout(title, f"<h1><a href='/model/{quote(v.model, safe='')}'>{escape(v.model)}</a> "
+                          f"{escape(v.component)} layer {v.layer}{head} #{v.index}</h1>{stats}"
+                          "<div class=cols>"
+                          f"<div><h2>promotes</h2>{_token_bars(v.top)}</div>"
+                          f"<div><h2>suppresses</h2>{_token_bars(v.bottom)}</div></div>")
+
+
+def model(m: "ModelPage") -> str:
+    info = (f"<p>{escape(m.family)} ({escape(m.model_type)}) · {m.n_layers} layers · d_model {m.d_model} · "
+            f"d_ff {m.d_ff} · {m.n_heads} heads · vocabulary {m.vocab_size}</p>")
+    ckpts = "".join(f"<tr><td>{escape(c.label)}</td><td class=n>{'' if c.step is None else c.step}</td>"
+                    f"<td>{escape(c.basis)}</td><td class=n>{c.top_k}</td><td class=n>{c.n_vectors}</td>"
+                    f"<td class=tok>{escape(c.content_hash[:12])}</td></tr>" for c in m.checkpoints)
+    comps = "".join(f"<tr><td><a href='{vector_url(m.name, c.component, 0, 0, 0 if c.heads else None)}'>"
+                    f"{escape(c.component)}</a></td><td class=n>{c.layers}</td>"
+                    f"<td class=n>{c.heads or ''}</td>"
+                    f"<td class=n>{c.vectors}</td></tr>" for c in m.components)
+    return _layout(m.name, f"<h1>{escape(m.name)}</h1>{info}<h2>checkpoints</h2><table><tr><th>label</th>"
+                           "<th>step</th><th>basis</th><th>top-k</th><th>vectors</th><th>hash</th></tr>"
+                           f"{ckpts}</table><h2>components (latest checkpoint)</h2>"
+                           "<table><tr><th>component</th>"
+                           f"<th>layers</th><th>heads</th><th>vectors</th></tr>{comps}</table>")
+
+
+def error(title: str, detail: str) -> str:
+    return _layout(title, f"<h1>{escape(title)}</h1><p class=err>{escape(detail)}</p>")

@@ -1,0 +1,21 @@
+"""Every setting of `lensdb serve`, declared once with its help text.
+
+Layered: defaults here → ``LENSDB_*`` environment variables → ``lensdb serve`` flags (generated from these
+fields, so the help text lives only here).
+"""
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LENSDB_")
+
+    db: Path = Field(Path("lens.duckdb"), description="store file the service owns (created if missing)")
+    host: str = Field("127.0.0.1", description="interface to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
+    sql_timeout_s: float = Field(10.0, gt=0, description="seconds before a POST /sql query is stopped")
+    sql_max_rows: int = Field(1000, ge=1, description="most rows POST /sql returns (truncated is set beyond)")
+    page_limit: int = Field(200, ge=1, description="largest limit any list endpoint accepts")
