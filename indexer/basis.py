@@ -7,7 +7,7 @@ per-token offset would otherwise change which vectors rank first for a token). R
 input norm's gain folded in instead. ``raw`` is the plain matrix, as Dar et al. use it.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -26,9 +26,17 @@ class Basis:
     col_mean: torch.Tensor = field(repr=False)
     gram: torch.Tensor = field(repr=False)
 
+    fast: torch.Tensor | None = field(default=None, repr=False)
+
     @property
     def vocab_size(self) -> int:
         return int(self.matrix.shape[0])
+
+    def to(self, device: torch.device, fast_dtype: torch.dtype | None = None) -> "Basis":
+        """This basis on ``device``, with a ``fast`` low-precision copy of the matrix when asked for."""
+        matrix = self.matrix.to(device)
+        fast = None if fast_dtype is None else matrix.to(fast_dtype)
+        return replace(self, matrix=matrix, col_mean=self.col_mean.to(device), gram=self.gram.to(device), fast=fast)
 
 
 def _basis(matrix: torch.Tensor, flags: dict[str, object]) -> Basis:

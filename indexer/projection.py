@@ -26,14 +26,48 @@ def _merge(scores: torch.Tensor, ids: torch.Tensor, k: int, largest: bool) -> tu
     return best, ids.gather(1, pos)
 
 
-def topk_bottomk(vectors: torch.Tensor, basis: torch.Tensor, k: int, vocab_tile: int | None = None) -> TopBottom:
-    """Top-k and bottom-k of ``vectors @ basis.T`` per row, tiling the vocabulary by ``vocab_tile``."""
+def topk_bottomk(
+    vectors: torch.Tensor, basis: torch.Tensor, k: int, vocab_tile: int | None = None,
+    exact_basis: torch.Tensor | None = None, oversample: int = 2, workspace: torch.Tensor | None = None,
+) -> TopBottom:
+    """Top-k and bottom-k of ``vectors @ basis.T`` per row, tiling the vocabulary by ``vocab_tile``.
+
+    With ``exact_basis`` (the fp32 basis, ``basis`` then being a low-precision copy), ``oversample · k``
+    candidates per side are chosen from the fast logits and rescored exactly against ``exact_basis``.
+    ``workspace``, a flat buffer of at least rows × tile elements of ``basis.dtype``, receives the logits:
+    reusing it spares the allocator a fresh multi-MiB block (and its page faults) per chunk.
+    """
+    if exact_basis is None:
+        return _running_topk(vectors, basis, k, vocab_tile, workspace)
+    vocab = basis.shape[0]
+    k = min(k, vocab)
+    fast = _running_topk(vectors.to(basis.dtype), basis, min(vocab, oversample * k), vocab_tile, workspace)
+    exact = vectors.to(exact_basis.dtype)
+    top_s, top_i = _rescore(exact, exact_basis, fast.top_ids, k, largest=True)
+    bot_s, bot_i = _rescore(exact, exact_basis, fast.bottom_ids, k, largest=False)
+    return TopBottom(top_s, top_i, bot_s, bot_i)
+
+
+def _rescore(vectors: torch.Tensor, basis: torch.Tensor, ids: torch.Tensor, k: int,
+             largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    # an elementwise product, not a matmul, so TF32 mode cannot touch the exact scores
+    scores = (vectors.unsqueeze(1) * basis[ids]).sum(dim=2)
+    return _merge(scores, ids, k, largest)
+
+
+def _running_topk(vectors: torch.Tensor, basis: torch.Tensor, k: int, vocab_tile: int | None,
+                  workspace: torch.Tensor | None = None) -> TopBottom:
     vocab = basis.shape[0]
     k = min(k, vocab)
     tile = vocab if vocab_tile is None else max(k, vocab_tile)
     run: TopBottom | None = None
     for start in range(0, vocab, tile):
-        logits = vectors @ basis[start : start + tile].T
+        part = basis[start : start + tile]
+        if workspace is None:
+            logits = vectors @ part.T
+        else:
+            logits = torch.mm(vectors, part.T, out=workspace[: vectors.shape[0] * part.shape[0]].view(
+                vectors.shape[0], part.shape[0]))
         top_s, top_i = logits.topk(min(k, logits.shape[1]), dim=1, largest=True, sorted=run is None)
         bot_s, bot_i = logits.topk(min(k, logits.shape[1]), dim=1, largest=False, sorted=run is None)
         top_i, bot_i = top_i + start, bot_i + start

@@ -26,27 +26,25 @@ def vector_batch(
     })
 
 
+_SIDES = pa.array(["top", "bottom"], pa.string())
+
+
 def projection_batch(first_id: int, tb: TopBottom, mean: torch.Tensor, std: torch.Tensor) -> pa.Table:
-    """One row per (vector, side, rank): top side first, rank 1 = strongest."""
+    """One row per (vector, side, rank), rank 1 = strongest; ``side`` dictionary-encoded (cheap to build)."""
     n, k = tb.top_scores.shape
-    ids = np.repeat(np.arange(first_id, first_id + n, dtype=np.int64), k)
-    ranks = np.tile(np.arange(1, k + 1, dtype=np.int16), n)
-    mu = np.repeat(mean.numpy(), k)
-    sd = np.repeat(std.numpy(), k)
-    sd = np.where(sd > 0, sd, 1.0)
-
-    def side(name: str, scores: torch.Tensor, token_ids: torch.Tensor) -> pa.Table:
-        s = scores.reshape(-1).to(torch.float64).numpy()
-        return pa.table({
-            "vector_id": ids,
-            "side": pa.array(np.full(n * k, name, dtype=object), pa.string()),
-            "rank": ranks,
-            "token_id": token_ids.reshape(-1).to(torch.int32).numpy(),
-            "score": s.astype(np.float32),
-            "zscore": ((s - mu) / sd).astype(np.float32),
-        })
-
-    return pa.concat_tables([side("top", tb.top_scores, tb.top_ids), side("bottom", tb.bottom_scores, tb.bottom_ids)])
+    scores = torch.cat([tb.top_scores, tb.bottom_scores], dim=1).to(torch.float64)
+    token_ids = torch.cat([tb.top_ids, tb.bottom_ids], dim=1)
+    sd = torch.where(std > 0, std, torch.ones_like(std)).to(torch.float64)
+    z = (scores - mean.to(torch.float64)[:, None]) / sd[:, None]
+    side = np.tile(np.repeat(np.array([0, 1], dtype=np.int8), k), n)
+    return pa.table({
+        "vector_id": np.repeat(np.arange(first_id, first_id + n, dtype=np.int64), 2 * k),
+        "side": pa.DictionaryArray.from_arrays(pa.array(side), _SIDES),
+        "rank": np.tile(np.arange(1, k + 1, dtype=np.int16), 2 * n),
+        "token_id": token_ids.reshape(-1).to(torch.int32).numpy(),
+        "score": scores.reshape(-1).to(torch.float32).numpy(),
+        "zscore": z.reshape(-1).to(torch.float32).numpy(),
+    })
 
 
 def token_batch(vocab_id: int, vocab: Vocabulary) -> pa.Table:

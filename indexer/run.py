@@ -5,15 +5,19 @@ before the database is opened. The run then writes inside a single transaction: 
 anywhere leaves the file exactly as it was (a file the run created is removed).
 """
 
+import functools
 import json
 import re
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
 import duckdb
+import pyarrow as pa
 import torch
 from pydantic import BaseModel, Field
 from tqdm import tqdm
@@ -21,8 +25,9 @@ from tqdm import tqdm
 from indexer.adapters import Adapter, adapter_for
 from indexer.basis import Basis, BasisMode, fold_reader, logit_stats, read_basis, write_basis
 from indexer.checkpoint import Checkpoint, open_checkpoint
+from indexer.compute import Compute, DeviceChoice, Precision, matmul_mode, resolve_compute
 from indexer.errors import CheckpointError
-from indexer.projection import chunk_rows, chunks, topk_bottomk
+from indexer.projection import TopBottom, chunk_rows, chunks, topk_bottomk
 from indexer.records import projection_batch, token_batch, vector_batch
 from indexer.vocab import Vocabulary, load_vocabulary
 from schema.errors import LensdbError
@@ -38,7 +43,10 @@ class IndexOptions(BaseModel):
     basis: BasisMode = Field("folded", description="folded (TransformerLens-style) or raw")
     components: list[str] | None = Field(None, description="components to index; default: all")
     replace: bool = Field(False, description="re-index a checkpoint that is already in the store")
-    chunk_mb: int = Field(64, ge=1, description="memory for one chunk of logits, in MiB")
+    chunk_mb: int | None = Field(None, ge=1, description="memory for one chunk of logits, in MiB "
+                                 "(default 64 on the CPU, 1024 on CUDA)")
+    device: DeviceChoice = Field("auto", description="cpu, cuda, or auto (CUDA when present)")
+    precision: Precision = Field("fp32", description="fp32 (exact), or tf32/bf16 candidates rescored in fp32 (CUDA)")
 
 
 class IndexResult(BaseModel):
@@ -80,38 +88,87 @@ def _plan(adapter: Adapter, components: list[str] | None) -> list[tuple[str, int
 
 
 class _Writer:
-    """Holds the open transaction's ids and counters while units are projected and appended."""
+    """Projects units on the compute device and appends their rows from one background thread.
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, checkpoint_id: int, top_k: int, budget: int) -> None:
+    The DuckDB appends (and the Arrow batches behind them) overlap with the next chunk's GEMM; at most two
+    chunks wait at a time, so memory stays at one chunk of logits plus two chunks of top-k rows.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, checkpoint_id: int, top_k: int, budget: int,
+                 compute: Compute) -> None:
         self.con = con
         self.checkpoint_id = checkpoint_id
         self.top_k = top_k
         self.budget = budget
+        self.compute = compute
         self.next_vector = next_id(con, "vectors", "vector_id")
         self.n_vectors = 0
         self.n_projections = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lensdb-append")
+        self._pending: deque[Future[None]] = deque()
+        self._ws: torch.Tensor | None = None
         con.execute("CREATE TEMP TABLE staged_tokens AS SELECT * FROM vector_tokens LIMIT 0")
+
+    def _workspace(self, basis: Basis, rows: int) -> torch.Tensor:
+        """One logits buffer for the whole run (reallocated only if a basis needs a bigger or other one)."""
+        fast = basis.fast if basis.fast is not None else basis.matrix
+        need = rows * basis.vocab_size
+        ws = self._ws
+        if ws is None or ws.numel() < need or ws.dtype != fast.dtype or ws.device != fast.device:
+            ws = self._ws = torch.empty(need, dtype=fast.dtype, device=fast.device)
+        return ws
 
     def project(self, name: str, layer: int, head: int | None, vectors: torch.Tensor, basis: Basis) -> None:
         size = chunk_rows(basis.vocab_size, self.budget)
+        exact = self.compute.exact
+        ws = self._workspace(basis, min(size, vectors.shape[0]))
         for part in chunks(vectors.shape[0], size):
-            v = vectors[part]
-            tb = topk_bottomk(v, basis.matrix, self.top_k)
+            v = vectors[part].to(self.compute.device)
+            if exact:
+                tb = topk_bottomk(v, basis.matrix, self.top_k, workspace=ws)
+            else:
+                fast = basis.fast if basis.fast is not None else basis.matrix
+                tb = topk_bottomk(v, fast, self.top_k, exact_basis=basis.matrix, workspace=ws)
             mean, std = logit_stats(v, basis)
             norm = v.to(torch.float64).norm(dim=1)
+            tb, mean, std, norm = (_cpu(tb), mean.cpu(), std.cpu(), norm.cpu())
             first = self.next_vector
-            append_arrow(self.con, "vectors",
-                         vector_batch(first, self.checkpoint_id, name, layer, head, part.start, norm, mean, std))
-            rows = projection_batch(first, tb, mean, std)
-            append_arrow(self.con, "staged_tokens", rows)
             self.next_vector += v.shape[0]
-            self.n_vectors += v.shape[0]
-            self.n_projections += rows.num_rows
+            vecs = vector_batch(first, self.checkpoint_id, name, layer, head, part.start, norm, mean, std)
+            rows = projection_batch(first, tb, mean, std)
+            self._submit(functools.partial(self._append, vecs, rows))
+
+    def _append(self, vecs: pa.Table, rows: pa.Table) -> None:
+        append_arrow(self.con, "vectors", vecs)
+        append_arrow(self.con, "staged_tokens", rows)
+        self.n_vectors += vecs.num_rows
+        self.n_projections += rows.num_rows
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        while len(self._pending) >= 2:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(job))
+
+    def drain(self) -> None:
+        """Wait for every append; re-raises the first error. Must run before the transaction ends."""
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            for fut in self._pending:
+                fut.cancel()
+            self._pool.shutdown(wait=True)
 
     def finish(self) -> None:
         """Move staged rows into vector_tokens sorted by token_id, so token lookups skip row groups."""
+        self.drain()
         self.con.execute("INSERT INTO vector_tokens SELECT * FROM staged_tokens ORDER BY token_id, vector_id")
         self.con.execute("DROP TABLE staged_tokens")
+
+
+def _cpu(tb: TopBottom) -> TopBottom:
+    return TopBottom(tb.top_scores.float().cpu(), tb.top_ids.cpu(), tb.bottom_scores.float().cpu(),
+                     tb.bottom_ids.cpu())
 
 
 def _vocab_id(con: duckdb.DuckDBPyConnection, vocab: Vocabulary) -> int:
@@ -155,7 +212,8 @@ def _delete_checkpoint(con: duckdb.DuckDBPyConnection, checkpoint_id: int) -> No
         con.execute(f"DELETE FROM {table} WHERE checkpoint_id = ?", [checkpoint_id])
 
 
-def _units(adapter: Adapter, plan: list[tuple[str, int]], mode: BasisMode) -> Iterator[tuple[str, int, Basis, list]]:
+def _units(adapter: Adapter, plan: list[tuple[str, int]], mode: BasisMode,
+           compute: Compute) -> Iterator[tuple[str, int, Basis, list]]:
     """Yield each unit with its basis, building one basis at a time (writers first, then readers)."""
     basis: Basis | None = None
     role: str | None = None
@@ -168,6 +226,7 @@ def _units(adapter: Adapter, plan: list[tuple[str, int]], mode: BasisMode) -> It
                 basis = write_basis(adapter.unembedding(), adapter.final_norm(), mode)
             else:
                 basis = read_basis(adapter.unembedding(), "unembedding", mode)
+            basis = basis.to(compute.device, torch.bfloat16 if compute.precision == "bf16" else None)
         assert basis is not None
         yield name, layer, basis, adapter.component(name, layer)
 
@@ -183,6 +242,7 @@ def index_checkpoint(
     opts = options or IndexOptions()
     started = time.perf_counter()
     started_at = datetime.now()
+    compute = resolve_compute(opts.device, opts.precision)
     ckpt = open_checkpoint(checkpoint_path)
     adapter = adapter_for(ckpt)
     plan = _plan(adapter, opts.components)
@@ -218,20 +278,25 @@ def index_checkpoint(
             "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
             [checkpoint_id, model_id, label, content_hash, str(ckpt.path), checkpoint_step(ckpt), datetime.now()],
         )
-        out = _Writer(con, checkpoint_id, opts.top_k, opts.chunk_mb << 20)
-        flags: dict[str, dict] = {}
+        chunk_mb = opts.chunk_mb or (1024 if compute.device.type == "cuda" else 64)
+        out = _Writer(con, checkpoint_id, opts.top_k, chunk_mb << 20, compute)
+        flags: dict[str, dict] = {"compute": compute.flags()}
         bar = tqdm(total=len(plan), disable=not progress, unit="unit", desc=name, leave=False)
         try:
-            for comp_name, layer, basis, parts in _units(adapter, plan, opts.basis):
-                bar.set_postfix_str(f"layer {layer} {comp_name}")
-                flags[adapter.spec(comp_name).role] = basis.flags
-                for part in parts:
-                    vecs = part.vectors if part.role == "writes" else fold_reader(part.vectors, part.norm, opts.basis)
-                    out.project(part.name, part.layer, part.head, vecs, basis)
-                bar.update(1)
+            with matmul_mode(compute):
+                for comp_name, layer, basis, parts in _units(adapter, plan, opts.basis, compute):
+                    bar.set_postfix_str(f"layer {layer} {comp_name}")
+                    flags[adapter.spec(comp_name).role] = basis.flags
+                    for part in parts:
+                        vecs = part.vectors
+                        if part.role == "reads":
+                            vecs = fold_reader(vecs, part.norm, opts.basis)
+                        out.project(part.name, part.layer, part.head, vecs, basis)
+                    bar.update(1)
+            out.finish()
         finally:
+            out.drain()
             bar.close()
-        out.finish()
         run_id = next_id(con, "index_runs", "run_id")
         seconds = time.perf_counter() - started
         con.execute(

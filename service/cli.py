@@ -41,7 +41,7 @@ def server_file(db: str | Path) -> Path:
 
 def cmd_index(args: argparse.Namespace) -> None:
     opts = IndexOptions(name=args.name, top_k=args.top_k, basis=args.basis, replace=args.replace,
-                        components=args.component or None)
+                        components=args.component or None, device=args.device, precision=args.precision)
     if args.server:
         result = index_via_server(args.server, args.checkpoint, opts, quiet=args.quiet)
     else:
@@ -199,6 +199,10 @@ def parser() -> argparse.ArgumentParser:
                     help="folded: final-norm gain folded into W_U, centred (default); raw: W_U as is")
     sp.add_argument("--component", action="append", help="index only this component (repeatable)")
     sp.add_argument("--replace", action="store_true", help="re-index a checkpoint already in the store")
+    sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="where to project: auto uses CUDA when torch sees it (default auto)")
+    sp.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32",
+                    help="fp32 is exact (default); tf32/bf16 (CUDA) pick candidates fast and rescore them in fp32")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.add_argument("--server", metavar="URL",
                     help="submit the job to a running `lensdb serve` (http://127.0.0.1:8000) and follow it")

@@ -83,3 +83,13 @@ def test_chunks_cover_every_row_once() -> None:
     covered = [i for s in chunks(50, size) for i in range(s.start, s.stop)]
     assert covered == list(range(50))
     assert chunk_rows(vocab_size=10**9, budget_bytes=1) == 1
+
+
+def test_workspace_gives_the_same_answer_as_fresh_buffers() -> None:
+    g = torch.Generator().manual_seed(4)
+    vectors, basis = torch.randn(6, 8, generator=g), torch.randn(50, 8, generator=g)
+    ws = torch.full((6 * 50,), float("nan"))
+    for tile in (None, 20):
+        a = topk_bottomk(vectors, basis, 5, vocab_tile=tile)
+        b = topk_bottomk(vectors, basis, 5, vocab_tile=tile, workspace=ws)
+        assert torch.equal(a.top_ids, b.top_ids) and torch.equal(a.bottom_scores, b.bottom_scores)
