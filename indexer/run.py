@@ -39,6 +39,9 @@ class IndexOptions(BaseModel):
     components: list[str] | None = Field(None, description="components to index; default: all")
     replace: bool = Field(False, description="re-index a checkpoint that is already in the store")
     chunk_mb: int = Field(64, ge=1, description="memory for one chunk of logits, in MiB")
+    label: str | None = Field(None, description="checkpoint label; default: the folder name")
+    step: int | None = Field(None, ge=0, description="training step; default: from the folder name or "
+                             "trainer_state.json")
 
 
 class IndexResult(BaseModel):
@@ -54,10 +57,21 @@ class IndexResult(BaseModel):
 
 def checkpoint_step(ckpt: Checkpoint) -> int | None:
     """Training step from the folder name (``checkpoint-500``) or ``trainer_state.json``."""
-    m = _STEP.search(ckpt.path.name)
-    if m:
-        return int(m.group(1))
-    state = ckpt.path / "trainer_state.json"
+    return folder_step(ckpt.path)
+
+
+def name_step(name: str) -> int | None:
+    """The step a folder or revision name carries: ``checkpoint-500``, ``step1000``, ``global_step20``."""
+    m = _STEP.search(name)
+    return int(m.group(1)) if m else None
+
+
+def folder_step(folder: Path) -> int | None:
+    """Training step of a checkpoint folder from its name or its ``trainer_state.json``."""
+    step = name_step(folder.name)
+    if step is not None:
+        return step
+    state = folder / "trainer_state.json"
     if state.exists():
         try:
             return int(json.loads(state.read_text())["global_step"])
@@ -209,14 +223,15 @@ def index_checkpoint(
             _delete_checkpoint(con, int(found[0]))
         vocab_id = _vocab_id(con, vocab)
         model_id = _model_id(con, name, adapter, vocab_id)
-        label = ckpt.path.name
+        label = opts.label or ckpt.path.name
         taken = con.execute("SELECT 1 FROM checkpoints WHERE model_id = ? AND label = ?", [model_id, label]).fetchone()
         if taken:
             label = f"{label}@{content_hash[:8]}"
         checkpoint_id = next_id(con, "checkpoints", "checkpoint_id")
         con.execute(
             "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [checkpoint_id, model_id, label, content_hash, str(ckpt.path), checkpoint_step(ckpt), datetime.now()],
+            [checkpoint_id, model_id, label, content_hash, str(ckpt.path),
+             opts.step if opts.step is not None else checkpoint_step(ckpt), datetime.now()],
         )
         out = _Writer(con, checkpoint_id, opts.top_k, opts.chunk_mb << 20)
         flags: dict[str, dict] = {}
