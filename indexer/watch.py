@@ -186,11 +186,12 @@ def _linked_target(db_path: Path, con: duckdb.DuckDBPyConnection | None, content
 
 def watch_cycle(db_path: str | Path, *, settle_s: float = 60.0, look_gap_s: float = 2.0,
                 index: IndexFn | None = None, con: duckdb.DuckDBPyConnection | None = None,
-                only: str | None = None) -> WatchReport:
+                only: str | None = None, stop: threading.Event | None = None) -> WatchReport:
     """One pass over every registered source (or only ``only``): index what is new, complete and stable.
 
     ``index``: how to index one checkpoint (default: ``index_checkpoint`` on ``db_path``/``con``; the service
-    passes one that queues a job on its JobRunner and waits for it).
+    passes one that queues a job on its JobRunner and waits for it). ``stop``: when set, the cycle ends after
+    the checkpoint in hand and is recorded as interrupted; the rest is found again next cycle.
     """
     db = Path(db_path)
     run: IndexFn = index or (lambda path, opts: index_checkpoint(db, path, opts, con=con))
@@ -218,6 +219,8 @@ def watch_cycle(db_path: str | Path, *, settle_s: float = 60.0, look_gap_s: floa
         if looked and look_gap_s > 0:
             time.sleep(look_gap_s)
         for sid, source, c, before in looked:
+            if stop is not None and stop.is_set():
+                return cycle.finish("interrupted")
             moved = changed(before, fingerprint(c.path), look_gap_s) if c.path.is_dir() else "folder disappeared"
             if moved:
                 cycle.record(source, c, "skipped", moved)
