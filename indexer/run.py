@@ -47,6 +47,9 @@ class IndexOptions(BaseModel):
                                  "(default 64 on the CPU, 1024 on CUDA)")
     device: DeviceChoice = Field("auto", description="cpu, cuda, or auto (CUDA when present)")
     precision: Precision = Field("fp32", description="fp32 (exact), or tf32/bf16 candidates rescored in fp32 (CUDA)")
+    label: str | None = Field(None, description="checkpoint label; default: the folder name")
+    step: int | None = Field(None, ge=0, description="training step; default: from the folder name or "
+                             "trainer_state.json")
 
 
 class IndexResult(BaseModel):
@@ -62,10 +65,21 @@ class IndexResult(BaseModel):
 
 def checkpoint_step(ckpt: Checkpoint) -> int | None:
     """Training step from the folder name (``checkpoint-500``) or ``trainer_state.json``."""
-    m = _STEP.search(ckpt.path.name)
-    if m:
-        return int(m.group(1))
-    state = ckpt.path / "trainer_state.json"
+    return folder_step(ckpt.path)
+
+
+def name_step(name: str) -> int | None:
+    """The step a folder or revision name carries: ``checkpoint-500``, ``step1000``, ``global_step20``."""
+    m = _STEP.search(name)
+    return int(m.group(1)) if m else None
+
+
+def folder_step(folder: Path) -> int | None:
+    """Training step of a checkpoint folder from its name or its ``trainer_state.json``."""
+    step = name_step(folder.name)
+    if step is not None:
+        return step
+    state = folder / "trainer_state.json"
     if state.exists():
         try:
             return int(json.loads(state.read_text())["global_step"])
@@ -269,14 +283,15 @@ def index_checkpoint(
             _delete_checkpoint(con, int(found[0]))
         vocab_id = _vocab_id(con, vocab)
         model_id = _model_id(con, name, adapter, vocab_id)
-        label = ckpt.path.name
+        label = opts.label or ckpt.path.name
         taken = con.execute("SELECT 1 FROM checkpoints WHERE model_id = ? AND label = ?", [model_id, label]).fetchone()
         if taken:
             label = f"{label}@{content_hash[:8]}"
         checkpoint_id = next_id(con, "checkpoints", "checkpoint_id")
         con.execute(
             "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [checkpoint_id, model_id, label, content_hash, str(ckpt.path), checkpoint_step(ckpt), datetime.now()],
+            [checkpoint_id, model_id, label, content_hash, str(ckpt.path),
+             opts.step if opts.step is not None else checkpoint_step(ckpt), datetime.now()],
         )
         chunk_mb = opts.chunk_mb or (1024 if compute.device.type == "cuda" else 64)
         out = _Writer(con, checkpoint_id, opts.top_k, chunk_mb << 20, compute)

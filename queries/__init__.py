@@ -2,7 +2,21 @@
 
 from queries.api import Lens, NotFound, UnknownToken, connect
 from queries.readonly import SqlRefused, SqlTimeout
-from queries.rows import ModelInfo, SqlResult, TokenHit, TokenMatch, TokenScore, VectorView
+from queries.rows import (
+    ChangedVector,
+    ModelInfo,
+    SourceInfo,
+    SqlResult,
+    StepInfo,
+    TokenHit,
+    TokenMatch,
+    TokenRankStep,
+    TokenScore,
+    VectorStep,
+    VectorView,
+    WatchRunInfo,
+)
 
-__all__ = ["Lens", "ModelInfo", "NotFound", "SqlRefused", "SqlResult", "SqlTimeout", "TokenHit", "TokenMatch",
-           "TokenScore", "UnknownToken", "VectorView", "connect"]
+__all__ = ["ChangedVector", "Lens", "ModelInfo", "NotFound", "SourceInfo", "SqlRefused", "SqlResult", "SqlTimeout",
+           "StepInfo", "TokenHit", "TokenMatch", "TokenRankStep", "TokenScore", "UnknownToken", "VectorStep",
+           "VectorView", "WatchRunInfo", "connect"]

@@ -6,8 +6,23 @@ import duckdb
 
 from queries import sql as q
 from queries.readonly import open_hardened, run_readonly
-from queries.rows import CheckpointInfo, ModelInfo, SqlResult, TokenHit, TokenMatch, TokenScore, VectorView
-from schema.errors import LensdbError
+from queries.rows import (
+    ChangedVector,
+    CheckpointInfo,
+    ModelInfo,
+    SourceInfo,
+    SqlResult,
+    StepInfo,
+    TokenHit,
+    TokenMatch,
+    TokenRankStep,
+    TokenScore,
+    VectorStep,
+    VectorView,
+    WatchItemInfo,
+    WatchRunInfo,
+)
+from schema.errors import LensdbError, StoreError
 
 
 class UnknownToken(LensdbError):
@@ -133,6 +148,97 @@ class Lens:
                 info.checkpoints.append(CheckpointInfo(label=r[8], step=r[9], content_hash=r[10], path=r[11],
                                                        basis=r[12], top_k=r[13], n_vectors=r[14]))
         return list(out.values())
+
+    # ---- training runs ---------------------------------------------------------------------------------
+
+    def _require_training_tables(self) -> None:
+        have = {r[0] for r in self.con.execute(
+            "SELECT view_name FROM duckdb_views() UNION ALL SELECT table_name FROM duckdb_tables()").fetchall()}
+        if not {"sources", "checkpoint_aliases", "watch_runs", "vector_drift"} <= have:
+            raise StoreError(f"{self.path} was written before lensdb tracked training runs; any write adds the "
+                             f"new tables: run `lensdb watch --once --db {self.path}` once.")
+
+    def _steps(self, model: str) -> list[tuple]:
+        self._require_training_tables()
+        rows = self._rows(q.model_steps(model))
+        if not rows:
+            known = sorted({*self._model_names(), *(s.name for s in self.registered())}) or ["none yet"]
+            raise NotFound(f"no indexed steps of model {model!r} in {self.path}; models: {', '.join(known)}.")
+        return rows
+
+    def steps(self, model: str) -> list[StepInfo]:
+        """Every step of a model, oldest first: indexed, or linked to an identical indexed checkpoint."""
+        return [StepInfo(checkpoint=r[0], step=r[1], linked_to=r[2]) for r in self._steps(model)]
+
+    def _resolve_step(self, model: str, which: str | int) -> tuple:
+        rows = self._steps(model)
+        for r in rows:
+            if r[0] == str(which):
+                return r
+        for r in rows:
+            if r[1] is not None and str(r[1]) == str(which).removeprefix("step"):
+                return r
+        labels = ", ".join(r[0] if r[1] is None else f"{r[0]} (step {r[1]})" for r in rows)
+        raise NotFound(f"model {model!r} has no checkpoint or step {which!r}; it has: {labels}.")
+
+    def drift_vector(self, model: str, component: str, layer: int, index: int, head: int | None = None,
+                     k: int = 10) -> list[VectorStep]:
+        """One vector across training: its top ``k`` tokens at every step, and how much of its top-k set it
+        shares with the previous step (``shared``, ``overlap`` = shared / k, ``jaccard``)."""
+        self._steps(model)
+        rows = self._rows(q.vector_drift(model, component, layer, index, head))
+        if not rows:
+            raise NotFound(self._missing_vector(model, component, layer, index, "all"))
+        tops: dict[int, list[TokenScore]] = {}
+        for vid, rank, token_id, token, score, z in self._rows(q.top_tokens(sorted({r[9] for r in rows}), "top", k)):
+            tops.setdefault(vid, []).append(TokenScore(rank=rank, token_id=token_id, token=token, score=score,
+                                                       zscore=z))
+        return [VectorStep(checkpoint=r[0], step=r[1], linked_to=r[2], previous_checkpoint=r[3], norm=r[4],
+                           norm_change=r[5], shared=r[6], overlap=r[7], jaccard=r[8], top=tops.get(r[9], []))
+                for r in rows]
+
+    def token_rank_over_training(self, model: str, token: str | int, component: str, layer: int, index: int,
+                                 head: int | None = None, side: str = "top") -> list[TokenRankStep]:
+        """The rank of ``token`` among one vector's top (or bottom) tokens at every step; ``rank`` is None
+        where the token is not in that step's top-k."""
+        self._steps(model)
+        matches = self.tokens(token, model=model)
+        rows = self._rows(q.token_rank(model, component, layer, index, head, [m.token_id for m in matches], side))
+        if not rows:
+            raise NotFound(self._missing_vector(model, component, layer, index, "all"))
+        return [TokenRankStep(checkpoint=r[0], step=r[1], linked_to=r[2], rank=r[3], score=r[4], zscore=r[5],
+                              top_k=r[6], token=r[7]) for r in rows]
+
+    def changed_most(self, model: str, from_checkpoint: str | int, to_checkpoint: str | int,
+                     component: str | None = None, limit: int = 20) -> list[ChangedVector]:
+        """Vectors whose top-k tokens changed most between two checkpoints (labels or steps) of a model:
+        lowest overlap first, ties broken by the largest change in norm."""
+        a = self._resolve_step(model, from_checkpoint)
+        b = self._resolve_step(model, to_checkpoint)
+        if component is not None:
+            comps = [r[0] for r in self._rows(q.model_components(model))]
+            if comps and component not in comps:
+                raise NotFound(f"model {model!r} has no component {component!r}; indexed: {', '.join(comps)}.")
+        rows = self._rows(q.changed_most(a[3], b[3], a[4], b[4], b[5], component, limit))
+        cols = list(ChangedVector.model_fields)
+        return [ChangedVector(**dict(zip(cols, r, strict=True))) for r in rows]
+
+    def registered(self) -> list[SourceInfo]:
+        """Registered models: the folders `lensdb watch` re-scans, with how many steps are indexed and linked."""
+        self._require_training_tables()
+        cols = list(SourceInfo.model_fields)
+        return [SourceInfo(**dict(zip(cols, r, strict=True))) for r in self._rows(q.list_sources())]
+
+    def watch_runs(self, limit: int = 20, offset: int = 0) -> list[WatchRunInfo]:
+        """Watch cycles, newest first, each with what it did to every new checkpoint it found."""
+        self._require_training_tables()
+        runs = self._rows(q.list_watch_runs(limit, offset))
+        items: dict[int, list[WatchItemInfo]] = {}
+        for r in self._rows(q.watch_items([r[0] for r in runs])):
+            items.setdefault(r[0], []).append(WatchItemInfo(source=r[1], path=r[2], label=r[3], step=r[4],
+                                                            action=r[5], reason=r[6]))
+        cols = [c for c in WatchRunInfo.model_fields if c != "items"]
+        return [WatchRunInfo(**dict(zip(cols, r, strict=True)), items=items.get(r[0], [])) for r in runs]
 
     def sql(self, statement: str, max_rows: int = 1000, timeout_s: float = 10.0) -> SqlResult:
         """Run one read-only SELECT over the tables and views (see README, "SQL")."""

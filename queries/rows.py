@@ -1,5 +1,6 @@
 """Typed rows the query layer returns (and the CLI and service serialise)."""
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel
@@ -84,3 +85,92 @@ class SqlResult(BaseModel):
     columns: list[str]
     rows: list[list]
     truncated: bool
+
+
+class StepInfo(BaseModel):
+    """One step of a model: indexed itself, or linked to an identical indexed checkpoint."""
+
+    checkpoint: str
+    step: int | None
+    linked_to: str | None
+
+
+class VectorStep(BaseModel):
+    """One vector at one step, compared with the same vector at the previous step."""
+
+    checkpoint: str
+    step: int | None
+    linked_to: str | None
+    previous_checkpoint: str | None
+    norm: float
+    norm_change: float | None
+    shared: int | None = None
+    overlap: float | None = None
+    jaccard: float | None = None
+    top: list[TokenScore]
+
+
+class TokenRankStep(BaseModel):
+    """Where a token ranks among one vector's top (or bottom) tokens at one step; None: not in the top-k."""
+
+    checkpoint: str
+    step: int | None
+    linked_to: str | None
+    rank: int | None
+    score: float | None
+    zscore: float | None
+    top_k: int
+    token: str | None = None
+
+
+class ChangedVector(BaseModel):
+    """A vector compared between two checkpoints: top-k overlap (low = changed) and norm change."""
+
+    component: str
+    layer: int
+    head: int | None
+    index: int
+    shared: int
+    overlap: float
+    jaccard: float
+    norm_from: float
+    norm_to: float
+    norm_change: float
+    top_from: str | None
+    top_to: str | None
+
+
+class SourceInfo(BaseModel):
+    """A registered model: the folder watched and how its checkpoints are indexed."""
+
+    name: str
+    path: str
+    kind: str
+    top_k: int
+    basis: str
+    registered_at: datetime
+    indexed: int
+    linked: int
+
+
+class WatchItemInfo(BaseModel):
+    source: str
+    path: str
+    label: str
+    step: int | None
+    action: str
+    reason: str | None
+
+
+class WatchRunInfo(BaseModel):
+    watch_id: int
+    started_at: datetime
+    finished_at: datetime | None
+    status: str
+    error: str | None
+    n_indexed: int
+    n_linked: int
+    n_skipped: int
+    n_failed: int
+    n_known: int
+    items: list[WatchItemInfo]

@@ -139,3 +139,157 @@ def model_components(model: str) -> Sql:
         "JOIN models m USING (model_id) WHERE m.name = ? ORDER BY 1",
         [model],
     )
+
+
+# ---- training runs: steps, drift, registered sources, watch cycles -----------------------------------------
+
+_STEP_ORDER = "step NULLS LAST, checkpoint"
+
+
+def _head(head: int | None, params: list, column: str = "head") -> str:
+    if head is None:
+        return f"{column} IS NULL"
+    params.append(head)
+    return f"{column} = ?"
+
+
+def model_steps(model: str) -> Sql:
+    """Every step of a model (indexed or linked) with the indexed checkpoint, its k and vocabulary."""
+    return (
+        """SELECT cs.checkpoint, cs.step, cs.linked_to, cs.checkpoint_id, r.top_k, m.vocab_id
+FROM checkpoint_steps cs
+JOIN index_runs r ON r.checkpoint_id = cs.checkpoint_id
+JOIN checkpoints c ON c.checkpoint_id = cs.checkpoint_id
+JOIN models m ON m.model_id = c.model_id
+WHERE cs.model = ? ORDER BY cs.step NULLS LAST, cs.checkpoint""",
+        [model],
+    )
+
+
+def vector_drift(model: str, component: str, layer: int, index: int, head: int | None) -> Sql:
+    """One vector at every step of its model, compared with the previous step (view ``vector_drift``)."""
+    params: list = [model, component, layer, index]
+    head_cond = _head(head, params)
+    return (
+        f"""SELECT checkpoint, step, linked_to, previous_checkpoint, norm, norm_change, shared, overlap, jaccard,
+       vector_id
+FROM vector_drift WHERE model = ? AND component = ? AND layer = ? AND "index" = ? AND {head_cond}
+ORDER BY {_STEP_ORDER}""",
+        params,
+    )
+
+
+def top_tokens(vector_ids: list[int], side: str, k: int) -> Sql:
+    """The first ``k`` tokens on ``side`` of each vector, with their display text."""
+    if not vector_ids:
+        raise LensdbError("no vectors to look up.")
+    marks = ", ".join("?" * len(vector_ids))
+    return (
+        f"""SELECT p.vector_id, p.rank, p.token_id, t.display, p.score, p.zscore
+FROM vector_tokens p
+JOIN vectors v ON v.vector_id = p.vector_id
+JOIN checkpoints c ON c.checkpoint_id = v.checkpoint_id
+JOIN models m ON m.model_id = c.model_id
+JOIN tokens t ON t.vocab_id = m.vocab_id AND t.token_id = p.token_id
+WHERE p.vector_id IN ({marks}) AND p.side = ? AND p.rank <= ?
+ORDER BY p.vector_id, p.rank""",
+        [*vector_ids, side, k],
+    )
+
+
+def token_rank(model: str, component: str, layer: int, index: int, head: int | None, token_ids: list[int],
+               side: str) -> Sql:
+    """Per step of ``model``: the best rank any of ``token_ids`` has on ``side`` of one vector (NULL: absent)."""
+    if side not in ("top", "bottom"):
+        raise LensdbError(f"side must be 'top' or 'bottom', not {side!r}.")
+    if not token_ids:
+        raise LensdbError("no tokens to look up.")
+    params: list = [*token_ids, side, component, layer, index]
+    head_cond = _head(head, params, "v.head")
+    params.append(model)
+    return (
+        f"""WITH hits AS (
+    SELECT p.vector_id, p.rank, p.score, p.zscore, p.token_id,
+           row_number() OVER (PARTITION BY p.vector_id ORDER BY p.rank) AS n
+    FROM vector_tokens p WHERE p.token_id IN ({', '.join('?' * len(token_ids))}) AND p.side = ?
+)
+SELECT cs.checkpoint, cs.step, cs.linked_to, h.rank, h.score, h.zscore, r.top_k, t.display
+FROM checkpoint_steps cs
+JOIN index_runs r ON r.checkpoint_id = cs.checkpoint_id
+JOIN checkpoints c ON c.checkpoint_id = cs.checkpoint_id
+JOIN models m ON m.model_id = c.model_id
+JOIN vectors v ON v.checkpoint_id = cs.checkpoint_id AND v.component = ? AND v.layer = ? AND v.idx = ?
+     AND {head_cond}
+LEFT JOIN hits h ON h.vector_id = v.vector_id AND h.n = 1
+LEFT JOIN tokens t ON t.vocab_id = m.vocab_id AND t.token_id = h.token_id
+WHERE cs.model = ?
+ORDER BY cs.step NULLS LAST, cs.checkpoint""",
+        params,
+    )
+
+
+def changed_most(from_id: int, to_id: int, from_k: int, to_k: int, vocab_id: int, component: str | None,
+                 limit: int) -> Sql:
+    """Vectors of two checkpoints paired by (component, layer, head, index), lowest top-k overlap first,
+    ties broken by the largest change in norm."""
+    comp = "" if component is None else "AND component = ?"
+    comp_params = [] if component is None else [component]
+    sql = f"""WITH a AS (SELECT vector_id, component, layer, head, idx, norm FROM vectors
+                WHERE checkpoint_id = ? {comp}),
+b AS (SELECT vector_id, component, layer, head, idx, norm FROM vectors WHERE checkpoint_id = ? {comp}),
+pairs AS (
+    SELECT a.component, a.layer, a.head, a.idx, a.vector_id AS a_id, b.vector_id AS b_id,
+           a.norm AS norm_from, b.norm AS norm_to
+    FROM a JOIN b ON a.component = b.component AND a.layer = b.layer AND a.idx = b.idx
+                 AND a.head IS NOT DISTINCT FROM b.head
+),
+ta AS (SELECT vector_id, token_id, rank FROM vector_tokens WHERE side = 'top'
+       AND vector_id IN (SELECT a_id FROM pairs)),
+tb AS (SELECT vector_id, token_id, rank FROM vector_tokens WHERE side = 'top'
+       AND vector_id IN (SELECT b_id FROM pairs)),
+sh AS (SELECT p.a_id, count(*) AS shared FROM pairs p
+       JOIN ta ON ta.vector_id = p.a_id JOIN tb ON tb.vector_id = p.b_id AND tb.token_id = ta.token_id
+       GROUP BY p.a_id),
+scored AS (
+    SELECT p.*, coalesce(sh.shared, 0) AS shared FROM pairs p LEFT JOIN sh ON sh.a_id = p.a_id
+)
+SELECT s.component, s.layer, s.head, s.idx, s.shared, s.shared / least(?, ?) AS overlap,
+       s.shared / (? + ? - s.shared) AS jaccard, s.norm_from, s.norm_to, s.norm_to - s.norm_from AS norm_change,
+       tf.display AS top_from, tt.display AS top_to
+FROM scored s
+LEFT JOIN ta ON ta.vector_id = s.a_id AND ta.rank = 1
+LEFT JOIN tokens tf ON tf.vocab_id = ? AND tf.token_id = ta.token_id
+LEFT JOIN tb ON tb.vector_id = s.b_id AND tb.rank = 1
+LEFT JOIN tokens tt ON tt.vocab_id = ? AND tt.token_id = tb.token_id
+ORDER BY overlap, abs(s.norm_to - s.norm_from) DESC, s.component, s.layer, s.head NULLS FIRST, s.idx
+LIMIT ?"""
+    params = [from_id, *comp_params, to_id, *comp_params, from_k, to_k, from_k, to_k, vocab_id, vocab_id, limit]
+    return sql, params
+
+
+def list_sources() -> Sql:
+    return (
+        """SELECT s.name, s.path, s.kind, s.top_k, s.basis, s.registered_at,
+       (SELECT count(*) FROM checkpoints c JOIN models m USING (model_id) WHERE m.name = s.name) AS indexed,
+       (SELECT count(*) FROM checkpoint_aliases a WHERE a.source_id = s.source_id) AS linked
+FROM sources s ORDER BY s.name""",
+        [],
+    )
+
+
+def list_watch_runs(limit: int, offset: int) -> Sql:
+    return (
+        """SELECT watch_id, started_at, finished_at, status, error, n_indexed, n_linked, n_skipped, n_failed,
+       n_known FROM watch_runs ORDER BY watch_id DESC LIMIT ? OFFSET ?""",
+        [limit, offset],
+    )
+
+
+def watch_items(watch_ids: list[int]) -> Sql:
+    if not watch_ids:
+        return "SELECT NULL WHERE FALSE", []
+    return (
+        f"""SELECT watch_id, source, path, label, step, action, reason FROM watch_items
+WHERE watch_id IN ({', '.join('?' * len(watch_ids))}) ORDER BY watch_id, decided_at, label""",
+        list(watch_ids),
+    )

@@ -128,9 +128,12 @@ def _transaction(con: duckdb.DuckDBPyConnection, p: Path, existed: bool) -> Iter
         if existed:
             _check_version(con, p)
         con.execute("BEGIN TRANSACTION")
-        if not existed:
+        if not existed or _missing_objects(con):
+            # A new file, or one written before the newest tables and views (they are all IF NOT EXISTS /
+            # OR REPLACE): created inside this transaction, so a failed write leaves the file as it was.
             for stmt in schema_ddl():
                 con.execute(stmt)
+        if not existed:
             con.execute(
                 "INSERT INTO lensdb_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
             )
@@ -142,6 +145,14 @@ def _transaction(con: duckdb.DuckDBPyConnection, p: Path, existed: bool) -> Iter
             with suppress(duckdb.Error):
                 con.execute("ROLLBACK")
         con.close()
+
+
+def _missing_objects(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether a declared table or view is absent (a store from an older lensdb with the same version)."""
+    have = {r[0] for r in con.execute(
+        "SELECT table_name FROM duckdb_tables() UNION ALL SELECT view_name FROM duckdb_views()").fetchall()}
+    want = {t.name for t in metadata.sorted_tables} | {v.name for v in VIEWS}
+    return not want <= have
 
 
 def append_arrow(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table, order_by: str = "") -> None:

@@ -124,3 +124,66 @@ vector_tokens = sa.Table(
     comment="Top-k and bottom-k tokens of every vector, loaded sorted by token_id so token lookups skip "
     "row groups by their min/max without any index.",
 )
+
+# ---- training runs (issue 6): registered sources, linked identical steps, watch cycles -------------------
+# Added with CREATE TABLE IF NOT EXISTS: a store written before these tables gains them on its next write
+# (``schema.store.writer``), so SCHEMA_VERSION stays 1 and nothing needs re-indexing.
+
+sources = sa.Table(
+    "sources",
+    metadata,
+    _id("source_id", "source id"),
+    sa.Column("name", sa.String, nullable=False, unique=True, comment="model name its checkpoints are indexed as"),
+    sa.Column("path", sa.String, nullable=False, comment="folder watched (absolute)"),
+    sa.Column("kind", sa.String, nullable=False, comment="checkpoint, trainer (checkpoint-N folders) or hf_cache"),
+    sa.Column("top_k", sa.Integer, nullable=False, comment="tokens kept per vector and side when indexing"),
+    sa.Column("basis", sa.String, nullable=False, comment="folded or raw"),
+    sa.Column("registered_at", sa.DateTime, nullable=False, comment="when it was registered"),
+    comment="Registered models: folders `lensdb watch` re-scans for new complete checkpoints.",
+)
+
+checkpoint_aliases = sa.Table(
+    "checkpoint_aliases",
+    metadata,
+    _id("alias_id", "alias id"),
+    sa.Column("source_id", sa.Integer, nullable=False, comment="registered source the step was found in"),
+    sa.Column("label", sa.String, nullable=False, comment="the step's own label (folder or ref name)"),
+    sa.Column("step", sa.BigInteger, nullable=True, comment="training step, where known"),
+    sa.Column("path", sa.String, nullable=False, comment="folder it was found at"),
+    sa.Column("content_hash", sa.String, nullable=False, comment="sha256 of config and weights"),
+    sa.Column("checkpoint_id", sa.Integer, nullable=False, comment="the indexed checkpoint with identical content"),
+    sa.Column("linked_at", sa.DateTime, nullable=False, comment="when the watcher linked it"),
+    sa.UniqueConstraint("source_id", "label"),
+    comment="Steps whose content is bit-identical to an already indexed checkpoint: linked, not re-indexed.",
+)
+
+watch_runs = sa.Table(
+    "watch_runs",
+    metadata,
+    _id("watch_id", "watch cycle id"),
+    sa.Column("started_at", sa.DateTime, nullable=False, comment="start of the cycle"),
+    sa.Column("finished_at", sa.DateTime, nullable=True, comment="end of the cycle; NULL while running"),
+    sa.Column("status", sa.String, nullable=False,
+              comment="running, ok, failed (some checkpoint failed), interrupted (process ended mid-cycle)"),
+    sa.Column("error", sa.String, nullable=True, comment="first failure of the cycle, if any"),
+    sa.Column("n_indexed", sa.Integer, nullable=False, comment="checkpoints indexed"),
+    sa.Column("n_linked", sa.Integer, nullable=False, comment="steps linked to identical indexed content"),
+    sa.Column("n_skipped", sa.Integer, nullable=False, comment="checkpoints skipped as incomplete"),
+    sa.Column("n_failed", sa.Integer, nullable=False, comment="checkpoints that failed to index"),
+    sa.Column("n_known", sa.Integer, nullable=False, comment="checkpoints already indexed or linked"),
+    comment="One row per watch cycle; its checkpoints are in watch_items.",
+)
+
+watch_items = sa.Table(
+    "watch_items",
+    metadata,
+    sa.Column("watch_id", sa.Integer, nullable=False, comment="watch cycle"),
+    sa.Column("source", sa.String, nullable=False, comment="registered source name"),
+    sa.Column("path", sa.String, nullable=False, comment="checkpoint folder"),
+    sa.Column("label", sa.String, nullable=False, comment="checkpoint label"),
+    sa.Column("step", sa.BigInteger, nullable=True, comment="training step, where known"),
+    sa.Column("action", sa.String, nullable=False, comment="indexed, linked, skipped or failed"),
+    sa.Column("reason", sa.String, nullable=True, comment="why it was skipped or failed; what it was linked to"),
+    sa.Column("decided_at", sa.DateTime, nullable=False, comment="when it was decided"),
+    comment="What each watch cycle did with each new checkpoint it found, and why.",
+)

@@ -70,4 +70,56 @@ MODEL_SUMMARY = View(
     """,
 )
 
-VIEWS: tuple[View, ...] = (LATEST_CHECKPOINTS, VECTOR_INFO, PROJECTIONS, MODEL_SUMMARY)
+CHECKPOINT_STEPS = View(
+    "checkpoint_steps",
+    "Every step of every model, indexed or linked: checkpoint_id is the indexed checkpoint whose vectors "
+    "answer for the step; linked_to names it (model/label) when the step's content was identical to an "
+    "already indexed checkpoint and was linked instead of indexed (NULL otherwise).",
+    """
+    SELECT m.name AS model, c.label AS checkpoint, c.step, c.checkpoint_id, NULL::VARCHAR AS linked_to
+    FROM checkpoints c JOIN models m USING (model_id)
+    UNION ALL
+    SELECT s.name AS model, a.label AS checkpoint, a.step, a.checkpoint_id, m.name || '/' || c.label AS linked_to
+    FROM checkpoint_aliases a
+    JOIN sources s ON s.source_id = a.source_id
+    JOIN checkpoints c ON c.checkpoint_id = a.checkpoint_id
+    JOIN models m ON m.model_id = c.model_id
+    """,
+)
+
+VECTOR_DRIFT = View(
+    "vector_drift",
+    "Every vector at every step of its model (ordered by step, then label) compared with the same vector "
+    "(component, layer, head, index) at the previous step: shared = how many top-k tokens both steps have, "
+    "overlap = shared / k, jaccard = shared / |union|, norm_change = norm - previous norm. The first step "
+    "has NULLs. Filter on model, component, layer and index.",
+    """
+    WITH s AS (
+        SELECT cs.model, cs.checkpoint, cs.step, cs.linked_to, v.component, v.layer, v.head, v.idx, v.norm,
+               v.vector_id, r.top_k
+        FROM checkpoint_steps cs
+        JOIN vectors v ON v.checkpoint_id = cs.checkpoint_id
+        JOIN index_runs r ON r.checkpoint_id = cs.checkpoint_id
+    ), w AS (
+        SELECT *, lag(checkpoint) OVER win AS previous_checkpoint, lag(vector_id) OVER win AS previous_vector_id,
+               lag(norm) OVER win AS previous_norm, lag(top_k) OVER win AS previous_top_k
+        FROM s
+        WINDOW win AS (PARTITION BY model, component, layer, head, idx ORDER BY step NULLS LAST, checkpoint)
+    ), x AS (
+        SELECT w.*, CASE WHEN previous_vector_id IS NULL THEN NULL ELSE (
+            SELECT count(*) FROM vector_tokens a JOIN vector_tokens b ON b.token_id = a.token_id
+            WHERE a.vector_id = w.vector_id AND a.side = 'top'
+              AND b.vector_id = w.previous_vector_id AND b.side = 'top') END AS shared
+        FROM w
+    )
+    SELECT model, checkpoint, step, linked_to, previous_checkpoint, component, layer, head, idx AS "index",
+           norm, norm - previous_norm AS norm_change, shared,
+           shared / least(top_k, previous_top_k) AS overlap,
+           shared / (top_k + previous_top_k - shared) AS jaccard,
+           vector_id, previous_vector_id
+    FROM x
+    """,
+)
+
+VIEWS: tuple[View, ...] = (LATEST_CHECKPOINTS, VECTOR_INFO, PROJECTIONS, MODEL_SUMMARY, CHECKPOINT_STEPS,
+                           VECTOR_DRIFT)

@@ -10,6 +10,8 @@ Python and needs none of them.
 """
 
 import contextlib
+import sys
+import threading
 from collections.abc import Iterator
 from http import HTTPStatus
 from pathlib import Path
@@ -22,17 +24,27 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
+from indexer import IndexOptions, IndexResult
+from indexer.basis import BasisMode
+from indexer.discover import SourceKind
+from indexer.watch import RegisterResult, WatchReport, parse_every, register_source, watch_cycle, watch_loop
 from queries import (
+    ChangedVector,
     Lens,
     ModelInfo,
     NotFound,
+    SourceInfo,
     SqlRefused,
     SqlResult,
     SqlTimeout,
+    StepInfo,
     TokenHit,
     TokenMatch,
+    TokenRankStep,
     UnknownToken,
+    VectorStep,
     VectorView,
+    WatchRunInfo,
 )
 from queries.readonly import harden
 from schema.errors import LensdbError, StoreError
@@ -71,6 +83,16 @@ class Health(BaseModel):
 class SqlRequest(BaseModel):
     sql: str = Field(description="one SELECT over the documented tables and views (README, 'SQL')")
     max_rows: int | None = Field(None, ge=1, description="row cap; at most the server's sql_max_rows")
+
+
+class RegisterRequest(BaseModel):
+    """Body of ``POST /sources``: a folder on the server's disk to watch as model ``name``."""
+
+    name: str = Field(description="model name its checkpoints are indexed as")
+    path: str = Field(description="checkpoint folder, Trainer output folder or HF cache entry, on the server")
+    kind: SourceKind | None = Field(None, description="checkpoint, trainer or hf_cache (default: detected)")
+    top_k: int = Field(50, ge=1, le=1000, description="tokens kept per vector and side")
+    basis: BasisMode = Field("folded", description="folded or raw")
 
 
 class ModelPage(ModelInfo):
@@ -129,6 +151,28 @@ class Service:
         self.path = Path(settings.db)
         self.con = open_owner(self.path)
         self.jobs = JobRunner(self.path, self.con)
+        self.stop_watch = threading.Event()
+        self._one_cycle = threading.Lock()  # cycles never overlap, whoever starts them
+        self.watcher: threading.Thread | None = None
+        if settings.watch_every:
+            every = parse_every(settings.watch_every)
+            self.watcher = threading.Thread(
+                target=watch_loop, args=(self.watch_once, every, self.stop_watch), name="lensdb-watch", daemon=True,
+                kwargs={"on_error": lambda e: print(f"lensdb: watch cycle failed: {e}", file=sys.stderr)})
+            self.watcher.start()
+
+    def index_via_jobs(self, path: Path, options: IndexOptions) -> IndexResult:
+        """Index one checkpoint as a job on the runner (the one writer of checkpoints) and wait for it."""
+        job = self.jobs.wait(self.jobs.submit(IndexRequest(checkpoint=str(path), **options.model_dump())).id)
+        if job.status == "failed" or job.result is None:
+            raise LensdbError(job.error or "the index job failed")
+        return job.result
+
+    def watch_once(self) -> WatchReport:
+        """One watch cycle over the registered models, indexing through the job queue."""
+        with self._one_cycle:
+            return watch_cycle(self.path, settle_s=self.settings.watch_settle_s, index=self.index_via_jobs,
+                               con=self.con, stop=self.stop_watch)
 
     def reader(self) -> Iterator[Lens]:
         """A ``Lens`` on a fresh cursor in a READ ONLY transaction, for one request."""
@@ -142,6 +186,9 @@ class Service:
             cur.close()
 
     def close(self) -> None:
+        self.stop_watch.set()
+        if self.watcher is not None:
+            self.watcher.join(60)
         self.jobs.stop()
         self.con.close()
 
@@ -262,6 +309,51 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cap = min(body.max_rows or settings.sql_max_rows, settings.sql_max_rows)
         return lens.sql(body.sql, max_rows=cap, timeout_s=settings.sql_timeout_s)
 
+    # ---- training runs -----------------------------------------------------------------------------------
+
+    @app.get("/models/{name}/steps", response_model=list[StepInfo], tags=["training"])
+    def steps(lens: ReadLens, name: str) -> list[StepInfo]:
+        """Every step of a model, oldest first; linked_to names the identical checkpoint a step was linked to."""
+        return lens.steps(name)
+
+    @app.get("/drift/{model}/{component}/{layer}/{index}", response_model=list[VectorStep], tags=["training"])
+    def drift(lens: ReadLens, model: str, component: str, layer: int, index: int, head: int | None = None,
+              k: Annotated[int, Query(ge=1, le=1000, description="top tokens per step")] = 10) -> list[VectorStep]:
+        """One vector at every step: top tokens and top-k overlap with the previous step."""
+        return lens.drift_vector(model, component, layer, index, head=head, k=k)
+
+    @app.get("/drift/{model}/{component}/{layer}/{index}/rank", response_model=list[TokenRankStep],
+             tags=["training"])
+    def rank(lens: ReadLens, model: str, component: str, layer: int, index: int, token: str | None = None,
+             token_id: int | None = None, head: int | None = None,
+             side: Annotated[str, Query(pattern="^(top|bottom)$")] = "top") -> list[TokenRankStep]:
+        """A token's rank among one vector's top (or bottom) tokens at every step; null where absent."""
+        return lens.token_rank_over_training(model, token_arg(token, token_id), component, layer, index,
+                                             head=head, side=side)
+
+    @app.get("/changed/{model}", response_model=list[ChangedVector], tags=["training"])
+    def changed(lens: ReadLens, model: str, from_checkpoint: Annotated[str, Query(alias="from")],
+                to_checkpoint: Annotated[str, Query(alias="to")], component: str | None = None,
+                limit: Limit = 20) -> list[ChangedVector]:
+        """Vectors whose top-k tokens changed most between two checkpoints (labels or steps)."""
+        return lens.changed_most(model, from_checkpoint, to_checkpoint, component=component, limit=limit)
+
+    @app.get("/sources", response_model=list[SourceInfo], tags=["training"])
+    def sources(lens: ReadLens) -> list[SourceInfo]:
+        """Registered models and the folders the watcher re-scans."""
+        return lens.registered()
+
+    @app.post("/sources", response_model=RegisterResult, tags=["training"])
+    def register(body: RegisterRequest) -> RegisterResult:
+        """Register a folder on the server as a model to watch."""
+        return register_source(svc.path, body.name, body.path, kind=body.kind, top_k=body.top_k, basis=body.basis,
+                               con=svc.con)
+
+    @app.get("/watch", response_model=list[WatchRunInfo], tags=["training"])
+    def watch_runs(lens: ReadLens, limit: Limit = 20, offset: Offset = 0) -> list[WatchRunInfo]:
+        """Watch cycles, newest first, with what each did to every new checkpoint and why."""
+        return lens.watch_runs(limit, offset)
+
     # ---- pages -------------------------------------------------------------------------------------------
 
     def html(render, *args: object, **kwargs: object) -> HTMLResponse:
@@ -299,6 +391,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             v = lens.vector(model, component, layer, index, head=head, checkpoint=checkpoint)
             labels = [c.label for m in lens.models() if m.name == model for c in m.checkpoints]
             return pages.vector(v, labels)
+        return html(render)
+
+    @app.get("/vector/{model}/{component}/{layer}/{index}/training", response_class=HTMLResponse,
+             include_in_schema=False)
+    def training_page(lens: ReadLens, model: str, component: str, layer: int, index: int, head: int | None = None,
+                      token: str = "") -> HTMLResponse:
+        def render() -> str:
+            steps = lens.drift_vector(model, component, layer, index, head=head, k=5)
+            chosen = token.strip() or (steps[0].top[0].token.strip() if steps and steps[0].top else "")
+            ranks, error = [], None
+            if chosen:
+                try:
+                    ranks = lens.token_rank_over_training(model, chosen, component, layer, index, head=head)
+                except UnknownToken as err:
+                    error = str(err)
+            return pages.training(model, component, layer, index, head, chosen, steps, ranks, error)
         return html(render)
 
     @app.get("/model/{name}", response_class=HTMLResponse, include_in_schema=False)

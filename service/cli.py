@@ -8,6 +8,7 @@ import argparse
 import json
 import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,8 @@ from pydantic import BaseModel
 import queries
 from indexer import IndexOptions, IndexResult, index_checkpoint
 from indexer.adapters import ADAPTERS
+from indexer.discover import KINDS
+from indexer.watch import WatchReport, parse_every, register_source, watch_cycle, watch_loop
 from schema.errors import LensdbError, StoreError
 from service.render import table
 from service.settings import Settings
@@ -173,6 +176,73 @@ def cmd_sql(args: argparse.Namespace) -> None:
         print(f"(truncated at {args.max_rows} rows; raise --max-rows or add a LIMIT)", file=sys.stderr)
 
 
+def cmd_register(args: argparse.Namespace) -> None:
+    result = register_source(args.db, args.name, args.source, kind=args.kind, top_k=args.top_k, basis=args.basis)
+    print(result.model_dump_json(indent=2) if args.json else result.message)
+
+
+def cmd_registered(args: argparse.Namespace) -> None:
+    with queries.connect(args.db) as db:
+        _emit(args, db.registered(), ["name", "kind", "path", "top_k", "basis", "indexed", "linked"])
+
+
+def _print_report(args: argparse.Namespace, report: WatchReport) -> None:
+    if args.json:
+        print(report.model_dump_json(), flush=True)
+        return
+    print(report.message, flush=True)
+    for item in report.items:
+        step = "" if item.step is None else f" (step {item.step})"
+        print(f"  {item.action:8} {item.source}/{item.label}{step}: {item.reason or ''}", flush=True)
+
+
+def cmd_watch(args: argparse.Namespace) -> None:
+    every = parse_every(args.every)
+    settle = parse_every(args.settle) if args.settle not in ("0", "0s") else 0.0
+    if not Path(args.db).exists():
+        raise StoreError(f"no lensdb store at {args.db}; register a model first: lensdb register NAME FOLDER "
+                         f"--db {args.db}")
+
+    def cycle() -> WatchReport:
+        return watch_cycle(args.db, settle_s=settle, look_gap_s=args.look_gap, only=args.model)
+
+    if not args.once:
+        print(f"lensdb: watching every {args.every} (Ctrl-C to stop)", file=sys.stderr)
+    watch_loop(cycle, every, threading.Event(), once=args.once, report=lambda r: _print_report(args, r),
+               on_error=lambda e: print(f"lensdb: watch cycle failed: {e}", file=sys.stderr, flush=True))
+
+
+def cmd_drift(args: argparse.Namespace) -> None:
+    with queries.connect(args.db) as db:
+        if args.token is not None:
+            token: str | int = int(args.token) if args.id else args.token
+            ranks = db.token_rank_over_training(args.model, token, args.component, args.layer, args.index,
+                                                head=args.head, side=args.side)
+            if args.json:
+                _emit(args, ranks)
+                return
+            rows = [[r.checkpoint, r.step, r.linked_to, r.rank if r.rank is not None else f"not in top {r.top_k}",
+                     r.score, r.zscore] for r in ranks]
+            print(table(["checkpoint", "step", "linked_to", "rank", "score", "zscore"], rows))
+            return
+        steps = db.drift_vector(args.model, args.component, args.layer, args.index, head=args.head, k=args.k)
+    if args.json:
+        _emit(args, steps)
+        return
+    rows = [[s.checkpoint, s.step, s.linked_to, s.shared, s.overlap, s.jaccard, s.norm, s.norm_change,
+             " ".join(repr(t.token) for t in s.top)] for s in steps]
+    print(table(["checkpoint", "step", "linked_to", "shared", "overlap", "jaccard", "norm", "norm_change",
+                 f"top {args.k}"], rows))
+
+
+def cmd_changed(args: argparse.Namespace) -> None:
+    with queries.connect(args.db) as db:
+        changed = db.changed_most(args.model, args.from_checkpoint, args.to_checkpoint, component=args.component,
+                                  limit=args.limit)
+    _emit(args, changed, ["component", "layer", "head", "index", "shared", "overlap", "jaccard", "norm_from",
+                          "norm_to", "norm_change", "top_from", "top_to"])
+
+
 def cmd_architectures(args: argparse.Namespace) -> None:
     rows = [[cls.family, ", ".join(cls.model_types), ", ".join(s.name for s in cls.components)] for cls in ADAPTERS]
     print(table(["family", "model_type", "components"], rows))
@@ -246,6 +316,44 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("query")
     sp.add_argument("--max-rows", type=int, default=1000, help="row cap (default 1000)")
     sp.add_argument("--timeout", type=float, default=10.0, help="seconds before the query is stopped (default 10)")
+
+    sp = command("register", cmd_register, "register a model's folder for `lensdb watch`: one checkpoint, a "
+                 "Trainer output folder (checkpoint-N/) or a Hugging Face cache entry (models--org--name)")
+    sp.add_argument("name", help="model name its checkpoints are indexed as")
+    sp.add_argument("source", help="the folder to watch")
+    sp.add_argument("--kind", choices=KINDS, help="what the folder is (default: detected)")
+    sp.add_argument("--top-k", type=int, default=50, help="tokens kept per vector and side (default 50)")
+    sp.add_argument("--basis", choices=["folded", "raw"], default="folded", help="projection basis (default folded)")
+
+    command("registered", cmd_registered, "list registered models and how many steps are indexed or linked")
+
+    sp = command("watch", cmd_watch, "index new complete checkpoints of registered models, now and every --every")
+    sp.add_argument("--every", default="10m", help="time between cycles: 30s, 10m, 2h (default 10m)")
+    sp.add_argument("--once", action="store_true", help="run one cycle and exit")
+    sp.add_argument("--settle", default="60s",
+                    help="only index folders whose files are at least this old (default 60s)")
+    sp.add_argument("--look-gap", type=float, default=2.0,
+                    help="seconds between the two looks that must agree before indexing (default 2)")
+    sp.add_argument("--model", help="only this registered model")
+
+    sp = command("drift", cmd_drift, "one vector across training: top tokens per step and overlap with the "
+                 "previous step; with --token, that token's rank per step")
+    sp.add_argument("model")
+    sp.add_argument("component", help="e.g. ff_value, ff_key")
+    sp.add_argument("layer", type=int)
+    sp.add_argument("index", type=int)
+    sp.add_argument("--head", type=int, help="attention head, for per-head components")
+    sp.add_argument("--k", type=int, default=10, help="top tokens shown per step (default 10)")
+    sp.add_argument("--token", help="show this token's rank per step instead (a word, raw token, or id with --id)")
+    sp.add_argument("--id", action="store_true", help="--token is a token id")
+    sp.add_argument("--side", choices=["top", "bottom"], default="top", help="rank among top or bottom tokens")
+
+    sp = command("changed", cmd_changed, "vectors whose top-k tokens changed most between two checkpoints")
+    sp.add_argument("model")
+    sp.add_argument("from_checkpoint", metavar="FROM", help="checkpoint label or step")
+    sp.add_argument("to_checkpoint", metavar="TO", help="checkpoint label or step")
+    sp.add_argument("--component", help="only this component, e.g. ff_value")
+    sp.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
 
     command("architectures", cmd_architectures, "list supported architectures", db=False, json_out=False)
     return p

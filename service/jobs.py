@@ -8,6 +8,7 @@ shared connection, while requests keep reading the last committed snapshot.
 import itertools
 import queue
 import threading
+import time
 import traceback
 from datetime import datetime
 from pathlib import Path
@@ -70,6 +71,16 @@ class JobRunner:
     def all(self) -> list[Job]:
         with self._lock:
             return [j.model_copy() for j in sorted(self._jobs.values(), key=lambda j: -j.id)]
+
+    def wait(self, job_id: int, poll_s: float = 0.05) -> Job:
+        """Block until the job has finished (done or failed) and return it."""
+        while True:
+            job = self.get(job_id)
+            if job is None:
+                raise LensdbError(f"no index job {job_id}.")
+            if job.status in ("done", "failed"):
+                return job
+            time.sleep(poll_s)
 
     def _update(self, job_id: int, **changes: object) -> None:
         with self._lock:

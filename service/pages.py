@@ -4,7 +4,7 @@ from html import escape
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
-from queries import ModelInfo, TokenHit, TokenMatch, TokenScore, VectorView
+from queries import ModelInfo, TokenHit, TokenMatch, TokenRankStep, TokenScore, VectorStep, VectorView
 
 if TYPE_CHECKING:
     from service.app import ModelPage
@@ -101,6 +101,12 @@ def _token_bars(scores: list[TokenScore]) -> str:
     return f"<table><tr><th>#</th><th>token</th><th>score</th><th></th><th>z</th></tr>{rows}</table>"
 
 
+def _training_url(v: VectorView) -> str:
+    path = vector_url(v.model, v.component, v.layer, v.index, v.head)
+    base, _, query = path.partition("?")
+    return f"{base}/training" + (f"?{query}" if query else "")
+
+
 def vector(v: VectorView, checkpoints: list[str]) -> str:
     head = "" if v.head is None else f" head {v.head}"
     title = f"{v.model} {v.component} layer {v.layer}{head} #{v.index}"
@@ -110,12 +116,89 @@ def vector(v: VectorView, checkpoints: list[str]) -> str:
         for c in checkpoints)
     stats = (f"<p>checkpoint <b>{escape(v.checkpoint)}</b> · norm {v.norm:.4g} · "
              f"logits mean {v.logit_mean:.4g} "
-             f"std {v.logit_std:.4g} · basis {escape(v.basis)}</p><p>checkpoints: {others}</p>")
+             f"std {v.logit_std:.4g} · basis {escape(v.basis)}</p><p>checkpoints: {others}"
+             f"{' · <a href=' + repr(_training_url(v)) + '>over training</a>' if len(checkpoints) > 1 else ''}</p>")
     return _layout(title, f"<h1><a href='/model/{quote(v.model, safe='')}'>{escape(v.model)}</a> "
                           f"{escape(v.component)} layer {v.layer}{head} #{v.index}</h1>{stats}"
                           "<div class=cols>"
                           f"<div><h2>promotes</h2>{_token_bars(v.top)}</div>"
                           f"<div><h2>suppresses</h2>{_token_bars(v.bottom)}</div></div>")
+
+
+def rank_plot(ranks: list[TokenRankStep], width: int = 640, height: int = 260) -> str:
+    """An inline SVG of a token's rank per step: rank 1 at the top, 'not in top-k' as hollow marks at the
+    bottom; x is the step where every step is known, else the order of the checkpoints."""
+    if not ranks:
+        return "<p class=muted>no steps</p>"
+    k = max(r.top_k for r in ranks)
+    left, right, top, bottom = 70, 20, 20, 50
+    steps = [r.step for r in ranks]
+    by_step = all(s is not None for s in steps) and len(set(steps)) == len(steps) and len(steps) > 1
+    xs_raw = [float(s) for s in steps] if by_step else [float(i) for i in range(len(ranks))]  # type: ignore[arg-type]
+    lo, hi = min(xs_raw), max(xs_raw)
+    span = (hi - lo) or 1.0
+    xs = [left + (x - lo) / span * (width - left - right) if len(ranks) > 1 else width / 2 for x in xs_raw]
+    plot_h = height - top - bottom
+
+    def y(rank: int | None) -> float:
+        return top + plot_h if rank is None else top + (rank - 1) / max(k, 1) * plot_h
+
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
+             f"aria-label='rank over training'><rect width='100%' height='100%' fill='#fff'/>",
+             f"<line x1='{left}' y1='{top}' x2='{left}' y2='{top + plot_h}' stroke='#999'/>",
+             f"<text x='{left - 6}' y='{top + 4}' text-anchor='end' font-size='11'>rank 1</text>",
+             f"<text x='{left - 6}' y='{y(k) + 4:.1f}' text-anchor='end' font-size='11'>{k}</text>",
+             f"<text x='{left - 6}' y='{top + plot_h + 4}' text-anchor='end' font-size='11' fill='#c33'>absent"
+             "</text>"]
+    run: list[str] = []
+    for x, r in zip(xs, ranks, strict=True):
+        if r.rank is None:
+            if len(run) > 1:
+                parts.append(f"<polyline fill='none' stroke='#4a7bd0' stroke-width='2' points='{' '.join(run)}'/>")
+            run = []
+            continue
+        run.append(f"{x:.1f},{y(r.rank):.1f}")
+    if len(run) > 1:
+        parts.append(f"<polyline fill='none' stroke='#4a7bd0' stroke-width='2' points='{' '.join(run)}'/>")
+    for x, r in zip(xs, ranks, strict=True):
+        label = escape(r.checkpoint if r.step is None else str(r.step))
+        what = "not in top-k" if r.rank is None else f"rank {r.rank}"
+        link = f" (linked to {escape(r.linked_to)})" if r.linked_to else ""
+        mark = ("fill='#fff' stroke='#c33' stroke-width='2'" if r.rank is None else "fill='#4a7bd0'")
+        parts.append(f"<circle class='{'absent' if r.rank is None else 'rank'}' cx='{x:.1f}' cy='{y(r.rank):.1f}' "
+                     f"r='4' {mark}><title>{escape(r.checkpoint)}: {what}{link}</title></circle>")
+        parts.append(f"<text x='{x:.1f}' y='{height - bottom + 18}' text-anchor='middle' font-size='11'>{label}"
+                     "</text>")
+    parts.append(f"<text x='{(left + width - right) / 2:.0f}' y='{height - 8}' text-anchor='middle' "
+                 f"font-size='11'>{'step' if by_step else 'checkpoint'}</text></svg>")
+    return "".join(parts)
+
+
+def _step_cell(model: str, component: str, layer: int, index: int, head: int | None, s: VectorStep) -> str:
+    if s.linked_to:  # linked steps have no vector page of their own: they are the checkpoint named
+        return f"{escape(s.checkpoint)} <span class=muted>= {escape(s.linked_to)}</span>"
+    return f"<a href='{vector_url(model, component, layer, index, head, s.checkpoint)}'>{escape(s.checkpoint)}</a>"
+
+
+def training(model: str, component: str, layer: int, index: int, head: int | None, token: str,
+             steps: list[VectorStep], ranks: list[TokenRankStep], error: str | None) -> str:
+    """One vector across training: the chosen token's rank per step as a plot, then top tokens per step."""
+    hd = "" if head is None else f" head {head}"
+    title = f"{model} {component} layer {layer}{hd} #{index} over training"
+    form = (f"<form method=get><input name=token value='{escape(token, quote=True)}' placeholder='a token'>"
+            + ("" if head is None else f"<input type=hidden name=head value='{head}'>")
+            + " <button>plot rank</button></form>")
+    plot = f"<p class=err>{escape(error)}</p>" if error else (
+        f"<h2>rank of {_tok(token)} among the top tokens</h2>{rank_plot(ranks)}" if token else "")
+    rows = "".join(
+        f"<tr><td>{_step_cell(model, component, layer, index, head, s)}"
+        f"</td><td class=n>{'' if s.step is None else s.step}</td>"
+        f"<td class=n>{'' if s.overlap is None else f'{s.overlap:.2f}'}</td><td class=n>{s.norm:.3g}</td>"
+        f"<td>{' '.join(_tok(t.token) for t in s.top)}</td></tr>" for s in steps)
+    table = ("<h2>top tokens per step</h2><table><tr><th>checkpoint</th><th>step</th><th>overlap with previous</th>"
+             f"<th>norm</th><th>top tokens</th></tr>{rows}</table>")
+    head_link = f"<a href='/model/{quote(model, safe='')}'>{escape(model)}</a>"
+    return _layout(title, f"<h1>{head_link} {escape(component)} layer {layer}{hd} #{index}</h1>{form}{plot}{table}")
 
 
 def model(m: "ModelPage") -> str:

@@ -19,3 +19,7 @@ class Settings(BaseSettings):
     sql_timeout_s: float = Field(10.0, gt=0, description="seconds before a POST /sql query is stopped")
     sql_max_rows: int = Field(1000, ge=1, description="most rows POST /sql returns (truncated is set beyond)")
     page_limit: int = Field(200, ge=1, description="largest limit any list endpoint accepts")
+    watch_every: str = Field("", description="re-scan registered models this often (30s, 10m, 2h) and index new "
+                             "checkpoints through the job queue; empty: off")
+    watch_settle_s: float = Field(60.0, ge=0, description="the watcher indexes only folders whose files are at "
+                                  "least this many seconds old")
