@@ -20,6 +20,7 @@ from indexer import IndexOptions, IndexResult, index_checkpoint
 from indexer.adapters import ADAPTERS
 from indexer.discover import KINDS
 from indexer.watch import WatchReport, parse_every, register_source, watch_cycle, watch_loop
+from queries.export import export_parquet
 from schema.errors import LensdbError, StoreError
 from service.render import table
 from service.settings import Settings
@@ -243,6 +244,15 @@ def cmd_changed(args: argparse.Namespace) -> None:
                           "norm_to", "norm_change", "top_from", "top_to"])
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    result = export_parquet(args.db, args.parquet, overwrite=args.overwrite)
+    if args.json:
+        print(result.model_dump_json(indent=2))
+        return
+    counts = ", ".join(f"{name} {n}" for name, n in result.rows.items())
+    print(f"wrote {result.files} Parquet files under {result.folder} ({counts} rows)")
+
+
 def cmd_architectures(args: argparse.Namespace) -> None:
     rows = [[cls.family, ", ".join(cls.model_types), ", ".join(s.name for s in cls.components)] for cls in ADAPTERS]
     print(table(["family", "model_type", "components"], rows))
@@ -354,6 +364,10 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("to_checkpoint", metavar="TO", help="checkpoint label or step")
     sp.add_argument("--component", help="only this component, e.g. ff_value")
     sp.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
+
+    sp = command("export", cmd_export, "write the store as Hive-partitioned Parquet (model/checkpoint/component)")
+    sp.add_argument("--parquet", required=True, metavar="DIR", help="target folder (must be empty)")
+    sp.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
 
     command("architectures", cmd_architectures, "list supported architectures", db=False, json_out=False)
     return p
