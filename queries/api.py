@@ -5,6 +5,7 @@ from pathlib import Path
 import duckdb
 
 from queries import sql as q
+from queries.catalog import Catalog, catalog
 from queries.readonly import open_hardened, run_readonly
 from queries.rows import (
     ChangedVector,
@@ -53,46 +54,80 @@ class Lens:
         sql, params = built
         return self.con.execute(sql, params).fetchall()
 
-    def _model_names(self) -> list[str]:
-        return [r[0] for r in self.con.execute("SELECT name FROM models ORDER BY name").fetchall()]
+    def _catalog(self) -> Catalog:
+        return catalog(self.con, self.path)
 
     def _check_model(self, model: str | None) -> None:
-        if model is not None and model not in self._model_names():
-            known = ", ".join(self._model_names()) or "none yet"
-            raise NotFound(f"no model {model!r} in {self.path}; indexed models: {known}.")
+        names = sorted(self._catalog().models)
+        if model is not None and model not in names:
+            raise NotFound(f"no model {model!r} in {self.path}; indexed models: {', '.join(names) or 'none yet'}.")
 
-    def tokens(self, token: str | int, model: str | None = None) -> list[TokenMatch]:
-        """How ``token`` (a word, a raw token spelling, or an int id) resolves in each model's vocabulary.
-
-        A word matches case-sensitively where it can (``paris`` finds ``Ġparis``, ``paris`` and ``##paris``)
-        and falls back to case-insensitive matching only when nothing matches exactly.
-        """
+    def _resolve(self, token: str | int, model: str | None) -> dict[int, list[int]]:
+        """vocab_id → token ids that ``token`` names there (see ``tokens``); a clear error if none."""
         self._check_model(model)
+        cat = self._catalog()
+        vocab_ids = sorted({cat.models[model]} if model else set(cat.models.values()))
+        found: dict[int, list[int]] = {}
         if isinstance(token, int):
-            rows = self._rows(q.token_by_id(token))
+            for vid in vocab_ids:
+                if 0 <= token < len(cat.vocab(self.con, vid).tokens):
+                    found[vid] = [token]
         else:
-            rows = self._rows(q.resolve_token(token, ignore_case=False)) or self._rows(
-                q.resolve_token(token, ignore_case=True)
-            )
-        rows = [r for r in rows if model is None or r[0] == model]
-        if not rows:
+            for ignore_case in (False, True):
+                for vid in vocab_ids:
+                    maps = cat.vocab(self.con, vid)
+                    ids = (maps.folded if ignore_case else maps.exact).get(token.lower() if ignore_case else token)
+                    if ids:
+                        found[vid] = sorted(ids)
+                if found:
+                    break
+        if not found:
             where = f"model {model!r}" if model else "any indexed vocabulary"
             hint = ""
             if isinstance(token, str):
                 near = [r[0] for r in self._rows(q.similar_words(token))]
                 hint = f" Similar tokens: {', '.join(near)}." if near else ""
             raise UnknownToken(f"token {token!r} is not in {where}.{hint}")
-        self._matches = rows
-        return [TokenMatch(model=r[0], token_id=r[2], token=r[3], display=r[4]) for r in rows]
+        return found
+
+    def tokens(self, token: str | int, model: str | None = None) -> list[TokenMatch]:
+        """How ``token`` (a word, a raw token spelling, or an int id) resolves in each model's vocabulary.
+
+        A word matches its lookup form, raw spelling or display text case-sensitively where it can (``paris``
+        finds ``Ġparis``, ``paris`` and ``##paris``) and case-insensitively only when nothing matches exactly.
+        """
+        cat = self._catalog()
+        by_vocab = cat.vocab_models()
+        out = []
+        for vid, ids in self._resolve(token, model).items():
+            maps = cat.vocab(self.con, vid)
+            for name in by_vocab.get(vid, []):
+                if model is None or name == model:
+                    out += [TokenMatch(model=name, token_id=i, token=maps.tokens[i], display=maps.display[i])
+                            for i in ids]
+        return sorted(out, key=lambda m: (m.model, m.token_id))
 
     def _hits(self, token: str | int, side: str, model: str | None, checkpoint: str | None,
               component: str | None, layer: int | None, head: int | None, limit: int, offset: int) -> list[TokenHit]:
-        self.tokens(token, model)
-        pairs = sorted({(r[1], r[2]) for r in self._matches})
-        built = q.token_hits(pairs, side, model=model, checkpoint=checkpoint, component=component, layer=layer,
-                             head=head, limit=limit, offset=offset)
-        cols = list(TokenHit.model_fields)
-        return [TokenHit(**dict(zip(cols, r, strict=True))) for r in self._rows(built)]
+        found = self._resolve(token, model)
+        cat = self._catalog()
+        refs = [r for r in cat.checkpoints.values() if (model is None or r.model == model) and (
+            r.latest if checkpoint is None else checkpoint == "all" or r.label == checkpoint)]
+        if checkpoint not in (None, "all") and not refs:
+            raise NotFound(f"no checkpoint {checkpoint!r}" + (f" in model {model!r}." if model else " in any model."))
+        groups = [([r.checkpoint_id for r in refs if r.vocab_id == vid], ids) for vid, ids in found.items()]
+        groups = [(ckpts, ids) for ckpts, ids in groups if ckpts]
+        if not groups:
+            return []
+        built = q.hits_by_checkpoint(groups, side, component=component, layer=layer, head=head, limit=limit,
+                                     offset=offset)
+        hits = []
+        for ckpt_id, comp, lay, hd, idx, sd, rank, token_id, score, z in self._rows(built):
+            ref = cat.checkpoints[ckpt_id]
+            hits.append(TokenHit(model=ref.model, checkpoint=ref.label, component=comp, layer=lay, head=hd, index=idx,
+                                 side=sd, rank=rank, token_id=token_id,
+                                 token=cat.vocab(self.con, ref.vocab_id).display[token_id], score=score, zscore=z))
+        return hits
 
     def promoters(self, token: str | int, *, model: str | None = None, checkpoint: str | None = None,
                   component: str | None = None, layer: int | None = None, head: int | None = None,
@@ -162,7 +197,7 @@ class Lens:
         self._require_training_tables()
         rows = self._rows(q.model_steps(model))
         if not rows:
-            known = sorted({*self._model_names(), *(s.name for s in self.registered())}) or ["none yet"]
+            known = sorted({*self._catalog().models, *(s.name for s in self.registered())}) or ["none yet"]
             raise NotFound(f"no indexed steps of model {model!r} in {self.path}; models: {', '.join(known)}.")
         return rows
 

@@ -5,10 +5,6 @@ from schema.errors import LensdbError
 
 Sql = tuple[str, list]
 
-_HIT_COLUMNS = """m.name AS model, c.label AS checkpoint, v.component, v.layer, v.head, v.idx AS "index",
-       p.side, p.rank, p.token_id, t.display AS token, p.score, p.zscore"""
-
-
 def checkpoint_filter(checkpoint: str | None, params: list) -> str:
     """``None``: each model's latest checkpoint; ``"all"``: every checkpoint; else that label."""
     if checkpoint is None:
@@ -19,22 +15,67 @@ def checkpoint_filter(checkpoint: str | None, params: list) -> str:
     return "c.label = ?"
 
 
-def resolve_token(word: str, ignore_case: bool) -> Sql:
-    """Token ids whose lookup word, raw spelling or display text equals ``word``, per model."""
-    cmp = "lower({col}) = lower(?)" if ignore_case else "{col} = ?"
-    cond = " OR ".join(cmp.format(col=f"t.{col}") for col in ("word", "token", "display"))
+def store_generation() -> Sql:
+    """A cheap fingerprint that changes whenever checkpoints or vocabularies are added, replaced or removed."""
     return (
-        f"SELECT m.name, m.vocab_id, t.token_id, t.token, t.display FROM tokens t "
-        f"JOIN models m USING (vocab_id) WHERE {cond} ORDER BY m.name, t.token_id",
-        [word, word, word],
+        "SELECT (SELECT count(*) FROM checkpoints), (SELECT max(checkpoint_id) FROM checkpoints), "
+        "(SELECT count(*) FROM vocabularies), (SELECT max(run_id) FROM index_runs), (SELECT count(*) FROM models)",
+        [],
     )
 
 
-def token_by_id(token_id: int) -> Sql:
+def checkpoint_catalog() -> Sql:
+    """Every checkpoint with its model, vocabulary and whether it is its model's latest."""
     return (
-        "SELECT m.name, m.vocab_id, t.token_id, t.token, t.display FROM tokens t JOIN models m USING (vocab_id) "
-        "WHERE t.token_id = ? ORDER BY m.name",
-        [token_id],
+        """SELECT c.checkpoint_id, m.name, m.vocab_id, c.label, c.step,
+       c.checkpoint_id IN (SELECT checkpoint_id FROM latest_checkpoints)
+FROM checkpoints c JOIN models m USING (model_id) ORDER BY c.checkpoint_id""",
+        [],
+    )
+
+
+def model_vocabularies() -> Sql:
+    return "SELECT name, vocab_id FROM models ORDER BY name", []
+
+
+def vocabulary(vocab_id: int) -> Sql:
+    return "SELECT token_id, token, display, word FROM tokens WHERE vocab_id = ? ORDER BY token_id", [vocab_id]
+
+
+def hits_by_checkpoint(
+    groups: list[tuple[list[int], list[int]]], side: str, *, component: str | None = None,
+    layer: int | None = None, head: int | None = None, limit: int = 20, offset: int = 0,
+) -> Sql:
+    """Vectors of the given checkpoints with one of the given token ids on ``side``, strongest first.
+
+    ``groups`` pairs checkpoint ids with token ids of their vocabulary. The bare ``token_id IN (…)`` over all
+    ids lets DuckDB skip row groups of the token-sorted table by min/max before any join.
+    """
+    if side not in ("top", "bottom"):
+        raise LensdbError(f"side must be 'top' or 'bottom', not {side!r}.")
+    if not groups:
+        raise LensdbError("no tokens to look up.")
+    all_ids = sorted({t for _, ids in groups for t in ids})
+    params: list = [*all_ids, side]
+    ors = []
+    for checkpoint_ids, token_ids in groups:
+        ors.append(f"(v.checkpoint_id IN ({', '.join('?' * len(checkpoint_ids))}) "
+                   f"AND p.token_id IN ({', '.join('?' * len(token_ids))}))")
+        params += [*checkpoint_ids, *token_ids]
+    where = [f"p.token_id IN ({', '.join('?' * len(all_ids))})", "p.side = ?", "(" + " OR ".join(ors) + ")"]
+    for column, value in (("v.component", component), ("v.layer", layer), ("v.head", head)):
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    order = "DESC" if side == "top" else "ASC"
+    params += [limit, offset]
+    return (
+        f"""SELECT v.checkpoint_id, v.component, v.layer, v.head, v.idx, p.side, p.rank, p.token_id, p.score, p.zscore
+FROM vector_tokens p JOIN vectors v ON v.vector_id = p.vector_id
+WHERE {' AND '.join(where)}
+ORDER BY p.zscore {order}, v.checkpoint_id, v.layer, v.idx
+LIMIT ? OFFSET ?""",
+        params,
     )
 
 
@@ -43,48 +84,6 @@ def similar_words(word: str, limit: int = 5) -> Sql:
         "SELECT DISTINCT word FROM tokens WHERE word ILIKE ? ORDER BY length(word), word LIMIT ?",
         [word[:3] + "%", limit],
     )
-
-
-def token_hits(
-    pairs: list[tuple[int, int]], side: str, *, model: str | None = None, checkpoint: str | None = None,
-    component: str | None = None, layer: int | None = None, head: int | None = None,
-    limit: int = 20, offset: int = 0,
-) -> Sql:
-    """Vectors with one of the (vocab_id, token_id) pairs on ``side``, strongest z-score first.
-
-    The bare ``token_id IN (…)`` lets DuckDB skip row groups of the token-sorted table by min/max; the
-    vocabulary check then keeps only ids from each model's own vocabulary.
-    """
-    if side not in ("top", "bottom"):
-        raise LensdbError(f"side must be 'top' or 'bottom', not {side!r}.")
-    if not pairs:
-        raise LensdbError("no tokens to look up.")
-    token_ids = sorted({t for _, t in pairs})
-    params: list = [*token_ids, side]
-    where = [
-        f"p.token_id IN ({', '.join('?' * len(token_ids))})",
-        "p.side = ?",
-        "(" + " OR ".join("(m.vocab_id = ? AND p.token_id = ?)" for _ in pairs) + ")",
-    ]
-    for vocab_id, token_id in pairs:
-        params += [vocab_id, token_id]
-    where.append(checkpoint_filter(checkpoint, params))
-    for column, value in (("m.name", model), ("v.component", component), ("v.layer", layer), ("v.head", head)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
-    order = "DESC" if side == "top" else "ASC"
-    params += [limit, offset]
-    sql = f"""SELECT {_HIT_COLUMNS}
-FROM vector_tokens p
-JOIN vectors v ON v.vector_id = p.vector_id
-JOIN checkpoints c ON c.checkpoint_id = v.checkpoint_id
-JOIN models m ON m.model_id = c.model_id
-JOIN tokens t ON t.vocab_id = m.vocab_id AND t.token_id = p.token_id
-WHERE {' AND '.join(where)}
-ORDER BY p.zscore {order}, m.name, v.layer, v.idx
-LIMIT ? OFFSET ?"""
-    return sql, params
 
 
 def find_vector(model: str, component: str, layer: int, index: int, head: int | None, checkpoint: str | None) -> Sql:

@@ -1,0 +1,123 @@
+"""Token lookups at scale: a synthetic store of N projection rows (default 100 M), "who promotes X" across
+all models through the real query API, p50/p99 warm (one open connection) and cold (a fresh process per
+query: empty DuckDB buffer pool; the OS page cache is dropped first when this process may do so).
+
+The store is built with the real schema and the real load order (each checkpoint's rows sorted by
+token_id), from SQL generators: M models × one checkpoint × L layers × F neurons, 2k rows per vector,
+random token ids over a 50257-token vocabulary.
+
+    .venv/bin/python bench/query_scale.py [--rows 100_000_000] [--db /tmp/lensdb-scale.duckdb] [--keep]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import queries  # noqa: E402
+from schema.store import writer  # noqa: E402
+
+VOCAB, K, LAYERS, D_FF = 50257, 50, 12, 3072
+
+
+def build(db: Path, rows: int) -> None:
+    per_vector = 2 * K
+    n_vectors = rows // per_vector
+    per_model = LAYERS * D_FF
+    n_models = max(1, n_vectors // per_model)
+    t = time.perf_counter()
+    with writer(db) as con:
+        con.execute("INSERT INTO vocabularies VALUES (1, 'synthetic', ?, 'WordLevel')", [VOCAB])
+        con.execute("INSERT INTO tokens SELECT 1, i, 't' || i, 't' || i, 't' || i FROM range(?) r(i)", [VOCAB])
+        for m in range(1, n_models + 1):
+            con.execute("INSERT INTO models VALUES (?, ?, 'gpt2', 'gpt2', 1, 768, ?, ?, 12)",
+                        [m, f"model-{m}", LAYERS, D_FF])
+            con.execute("INSERT INTO checkpoints VALUES (?, ?, 'synthetic', ?, '/synthetic', NULL, now())",
+                        [m, m, f"hash-{m}"])
+            con.execute("INSERT INTO index_runs VALUES (?, ?, 'complete', now(), now(), 'folded', '{}', ?, "
+                        "'[\"ff_value\"]', ?, ?, 0, 'bench')", [m, m, K, per_model, per_model * per_vector])
+            first = (m - 1) * per_model
+            con.execute("""INSERT INTO vectors SELECT ? + i, ?, 'ff_value', i // ?, NULL, i % ?, 1.0, 0.0, 0.02
+                           FROM range(?) r(i)""", [first, m, D_FF, D_FF, per_model])
+            con.execute("""INSERT INTO vector_tokens
+                SELECT ? + v, CASE WHEN j < ? THEN 'top' ELSE 'bottom' END, (j % ?) + 1,
+                       (hash(v * 131 + j + ? * 7919) % ?)::INTEGER AS token_id,
+                       (CASE WHEN j < ? THEN 1 ELSE -1 END) * (0.1 - (j % ?) * 0.001),
+                       (CASE WHEN j < ? THEN 1 ELSE -1 END) * (5.0 - (j % ?) * 0.01 + (hash(v) % 100) / 100.0)
+                FROM range(?) a(v), range(?) b(j) ORDER BY token_id""",
+                        [first, K, K, m, VOCAB, K, K, K, K, per_model, per_vector])
+            print(f"  model {m}/{n_models}: {(m * per_model * per_vector) / 1e6:.0f} M rows, "
+                  f"{time.perf_counter() - t:.0f}s", flush=True)
+
+
+_COLD = """
+import sys, time
+sys.path.insert(0, {root!r})
+import queries
+t = time.perf_counter()
+with queries.connect({db!r}) as db:
+    db.promoters({token!r}, limit=20)
+print(time.perf_counter() - t)
+"""
+
+
+def drop_os_cache() -> bool:
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=100_000_000)
+    ap.add_argument("--db", default="/tmp/lensdb-scale.duckdb")
+    ap.add_argument("--queries", type=int, default=50)
+    ap.add_argument("--cold", type=int, default=10, help="cold queries (each a fresh process)")
+    ap.add_argument("--keep", action="store_true", help="keep the store for another run")
+    args = ap.parse_args()
+    db = Path(args.db)
+    if not db.exists():
+        print(f"building {args.rows / 1e6:.0f} M rows into {db} …", flush=True)
+        build(db, args.rows)
+    with queries.connect(db) as lens:
+        (n,) = lens.sql("SELECT count(*) FROM vector_tokens").rows[0]
+        tokens = [f"t{(i * 7919) % VOCAB}" for i in range(args.queries)]
+        lens.promoters(tokens[0], limit=20)
+        warm = []
+        for tok in tokens:
+            t = time.perf_counter()
+            hits = lens.promoters(tok, limit=20)
+            warm.append(time.perf_counter() - t)
+        assert hits, "no hits: the synthetic store is broken"
+    cold, dropped = [], False
+    for i in range(args.cold):
+        dropped = drop_os_cache() or dropped
+        code = _COLD.format(root=str(ROOT), db=str(db), token=f"t{(i * 104729 + 13) % VOCAB}")
+        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+        cold.append(float(out.strip().splitlines()[-1]))
+
+    def pct(xs: list[float], q: float) -> float:
+        return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))] * 1000
+
+    result = {"rows": n, "store_MiB": db.stat().st_size / 2**20, "warm_p50_ms": statistics.median(warm) * 1000,
+              "warm_p99_ms": pct(warm, 0.99), "cold_p50_ms": statistics.median(cold) * 1000,
+              "cold_p99_ms": pct(cold, 0.99), "os_cache_dropped": dropped}
+    print(json.dumps(result, indent=2))
+    print("cold = open a connection in a fresh process and answer one query"
+          + ("" if dropped else " (the OS page cache could not be dropped here: file pages may be cached)"))
+    if not args.keep:
+        db.unlink()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""The small, slowly changing part of a store held in memory: checkpoints with their models and
+vocabularies, and per vocabulary the maps from what users type to token ids.
+
+Token lookups are the hot path ("who promotes X"); resolving the word and the latest checkpoints in SQL
+costs more than the lookup itself. A catalog is shared by every connection to the same file and rebuilt
+when the store's generation (checkpoint and vocabulary counts and maxima, last run id) changes, so a
+long-lived service sees new index runs at once.
+"""
+
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from queries import sql as q
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    checkpoint_id: int
+    model: str
+    vocab_id: int
+    label: str
+    step: int | None
+    latest: bool
+
+
+@dataclass
+class VocabMaps:
+    """How users name tokens in one vocabulary: exact forms, lower-cased forms, and display text by id."""
+
+    exact: dict[str, list[int]]
+    folded: dict[str, list[int]]
+    tokens: list[str]
+    display: list[str]
+
+
+@dataclass
+class Catalog:
+    generation: tuple
+    checkpoints: dict[int, CheckpointRef]
+    models: dict[str, int]
+    _vocabs: dict[int, VocabMaps] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def vocab(self, con: duckdb.DuckDBPyConnection, vocab_id: int) -> VocabMaps:
+        with self._lock:
+            if vocab_id not in self._vocabs:
+                sql, params = q.vocabulary(vocab_id)
+                exact: dict[str, list[int]] = defaultdict(list)
+                folded: dict[str, list[int]] = defaultdict(list)
+                tokens, display = [], []
+                for token_id, token, shown, word in con.execute(sql, params).fetchall():
+                    tokens.append(token)
+                    display.append(shown)
+                    for form in {token, shown, word}:
+                        exact[form].append(token_id)
+                        folded[form.lower()].append(token_id)
+                self._vocabs[vocab_id] = VocabMaps(dict(exact), dict(folded), tokens, display)
+            return self._vocabs[vocab_id]
+
+    def vocab_models(self) -> dict[int, list[str]]:
+        """Model names per vocabulary id."""
+        out: dict[int, list[str]] = defaultdict(list)
+        seen = set()
+        for ref in self.checkpoints.values():
+            if (ref.vocab_id, ref.model) not in seen:
+                seen.add((ref.vocab_id, ref.model))
+                out[ref.vocab_id].append(ref.model)
+        return {v: sorted(names) for v, names in out.items()}
+
+
+_CATALOGS: dict[str, Catalog] = {}
+_GLOBAL = threading.Lock()
+
+
+def catalog(con: duckdb.DuckDBPyConnection, path: Path) -> Catalog:
+    """The catalog of the store at ``path`` as ``con`` sees it (rebuilt when the store changed)."""
+    gen_sql, gen_params = q.store_generation()
+    generation = tuple(con.execute(gen_sql, gen_params).fetchone() or ())
+    key = str(path.resolve())
+    with _GLOBAL:
+        cached = _CATALOGS.get(key)
+        if cached is not None and cached.generation == generation:
+            return cached
+    sql, params = q.checkpoint_catalog()
+    checkpoints = {r[0]: CheckpointRef(r[0], r[1], r[2], r[3], r[4], bool(r[5]))
+                   for r in con.execute(sql, params).fetchall()}
+    models = {name: vocab_id for name, vocab_id in con.execute(*q.model_vocabularies()).fetchall()}
+    built = Catalog(generation, checkpoints, models)
+    with _GLOBAL:
+        _CATALOGS[key] = built
+    return built
