@@ -3,7 +3,7 @@ vocabularies, and per vocabulary the maps from what users type to token ids.
 
 Token lookups are the hot path ("who promotes X"); resolving the word and the latest checkpoints in SQL
 costs more than the lookup itself. A catalog is shared by every connection to the same file and rebuilt
-when the store's generation (checkpoint and vocabulary counts and maxima, last run id) changes, so a
+when the store's generation (count, max and sum of checkpoint ids) changes, so a
 long-lived service sees new index runs at once.
 """
 
