@@ -115,18 +115,25 @@ class Lens:
             r.latest if checkpoint is None else checkpoint == "all" or r.label == checkpoint)]
         if checkpoint not in (None, "all") and not refs:
             raise NotFound(f"no checkpoint {checkpoint!r}" + (f" in model {model!r}." if model else " in any model."))
-        groups = [([r.checkpoint_id for r in refs if r.vocab_id == vid], ids) for vid, ids in found.items()]
-        groups = [(ckpts, ids) for ckpts, ids in groups if ckpts]
+        wanted = {r.checkpoint_id for r in refs}
+        units = [u for u in cat.units if u.checkpoint_id in wanted and (component is None or u.component == component)
+                 and (layer is None or u.layer == layer) and (head is None or u.head == head)]
+        groups = []
+        for vid, ids in found.items():
+            ranges = _merged([(u.first_id, u.last_id) for u in units
+                              if cat.checkpoints[u.checkpoint_id].vocab_id == vid])
+            if ranges:
+                groups.append((ranges, ids))
         if not groups:
             return []
-        built = q.hits_by_checkpoint(groups, side, component=component, layer=layer, head=head, limit=limit,
-                                     offset=offset)
         hits = []
-        for ckpt_id, comp, lay, hd, idx, sd, rank, token_id, score, z in self._rows(built):
-            ref = cat.checkpoints[ckpt_id]
-            hits.append(TokenHit(model=ref.model, checkpoint=ref.label, component=comp, layer=lay, head=hd, index=idx,
-                                 side=sd, rank=rank, token_id=token_id,
-                                 token=cat.vocab(self.con, ref.vocab_id).display[token_id], score=score, zscore=z))
+        for vector_id, sd, rank, token_id, score, z in self._rows(q.hits_in_ranges(groups, side, limit, offset)):
+            u = cat.unit_of(vector_id)
+            ref = cat.checkpoints[u.checkpoint_id]
+            hits.append(TokenHit(model=ref.model, checkpoint=ref.label, component=u.component, layer=u.layer,
+                                 head=u.head, index=u.first_index + vector_id - u.first_id, side=sd, rank=rank,
+                                 token_id=token_id, token=cat.vocab(self.con, ref.vocab_id).display[token_id],
+                                 score=score, zscore=z))
         return hits
 
     def promoters(self, token: str | int, *, model: str | None = None, checkpoint: str | None = None,
@@ -278,6 +285,17 @@ class Lens:
     def sql(self, statement: str, max_rows: int = 1000, timeout_s: float = 10.0) -> SqlResult:
         """Run one read-only SELECT over the tables and views (see README, "SQL")."""
         return run_readonly(self.con, statement, max_rows=max_rows, timeout_s=timeout_s)
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Adjacent id ranges joined into one (a whole checkpoint is usually a single range)."""
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(hi, out[-1][1]))
+        else:
+            out.append((lo, hi))
+    return out
 
 
 def connect(path: str | Path) -> Lens:

@@ -7,6 +7,7 @@ when the store's generation (count, max and sum of checkpoint ids) changes, so a
 long-lived service sees new index runs at once.
 """
 
+import bisect
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -27,6 +28,19 @@ class CheckpointRef:
     latest: bool
 
 
+@dataclass(frozen=True)
+class Unit:
+    """One contiguous block of vector ids: a (checkpoint, component, layer, head) of one run."""
+
+    checkpoint_id: int
+    component: str
+    layer: int
+    head: int | None
+    first_id: int
+    last_id: int
+    first_index: int
+
+
 @dataclass
 class VocabMaps:
     """How users name tokens in one vocabulary: exact forms, lower-cased forms, and display text by id."""
@@ -42,6 +56,8 @@ class Catalog:
     generation: tuple
     checkpoints: dict[int, CheckpointRef]
     models: dict[str, int]
+    units: list[Unit]
+    _starts: list[int] = field(default_factory=list)
     _vocabs: dict[int, VocabMaps] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -60,6 +76,12 @@ class Catalog:
                         folded[form.lower()].append(token_id)
                 self._vocabs[vocab_id] = VocabMaps(dict(exact), dict(folded), tokens, display)
             return self._vocabs[vocab_id]
+
+    def unit_of(self, vector_id: int) -> Unit:
+        """The unit a vector id belongs to (units are sorted by first id and do not overlap)."""
+        if not self._starts:
+            self._starts = [u.first_id for u in self.units]
+        return self.units[bisect.bisect_right(self._starts, vector_id) - 1]
 
     def vocab_models(self) -> dict[int, list[str]]:
         """Model names per vocabulary id."""
@@ -89,7 +111,8 @@ def catalog(con: duckdb.DuckDBPyConnection, path: Path) -> Catalog:
     checkpoints = {r[0]: CheckpointRef(r[0], r[1], r[2], r[3], r[4], bool(r[5]))
                    for r in con.execute(sql, params).fetchall()}
     models = {name: vocab_id for name, vocab_id in con.execute(*q.model_vocabularies()).fetchall()}
-    built = Catalog(generation, checkpoints, models)
+    units = [Unit(*r) for r in con.execute(*q.vector_units()).fetchall()]
+    built = Catalog(generation, checkpoints, models, units)
     with _GLOBAL:
         _CATALOGS[key] = built
     return built

@@ -42,39 +42,47 @@ def vocabulary(vocab_id: int) -> Sql:
     return "SELECT token_id, token, display, word FROM tokens WHERE vocab_id = ? ORDER BY token_id", [vocab_id]
 
 
-def hits_by_checkpoint(
-    groups: list[tuple[list[int], list[int]]], side: str, *, component: str | None = None,
-    layer: int | None = None, head: int | None = None, limit: int = 20, offset: int = 0,
-) -> Sql:
-    """Vectors of the given checkpoints with one of the given token ids on ``side``, strongest first.
+def vector_units() -> Sql:
+    """Each run writes one contiguous block of vector ids per (checkpoint, component, layer, head): their
+    bounds let token lookups filter and label hits without joining the vectors table."""
+    return (
+        """SELECT checkpoint_id, component, layer, head, min(vector_id), max(vector_id), min(idx)
+FROM vectors GROUP BY ALL ORDER BY 5""",
+        [],
+    )
 
-    ``groups`` pairs checkpoint ids with token ids of their vocabulary. The bare ``token_id IN (…)`` over all
-    ids lets DuckDB skip row groups of the token-sorted table by min/max before any join.
+
+def hits_in_ranges(
+    groups: list[tuple[list[tuple[int, int]], list[int]]], side: str, limit: int = 20, offset: int = 0,
+) -> Sql:
+    """Rows with one of the token ids on ``side`` whose vector id falls in one of the ranges, strongest first.
+
+    ``groups`` pairs vector-id ranges (the wanted checkpoints' units) with the token ids of their vocabulary.
+    The rows of each token id are fetched by an equality filter and materialised first: on the token-sorted
+    table an equality lets DuckDB skip row groups by min/max, which IN lists and pushed-down Top-N filters
+    defeat (100 M rows: ~2 ms against ~50 ms).
     """
     if side not in ("top", "bottom"):
         raise LensdbError(f"side must be 'top' or 'bottom', not {side!r}.")
-    if not groups:
-        raise LensdbError("no tokens to look up.")
-    all_ids = sorted({t for _, ids in groups for t in ids})
-    params: list = [*all_ids, side]
+    token_ids = sorted({t for _, ids in groups for t in ids})
+    if not token_ids or not any(r for r, _ in groups):
+        raise LensdbError("no tokens or vectors to look up.")
+    fetch = " UNION ALL ".join(
+        "SELECT vector_id, side, rank, token_id, score, zscore FROM vector_tokens WHERE token_id = ?"
+        for _ in token_ids)
+    params: list = [*token_ids, side]
     ors = []
-    for checkpoint_ids, token_ids in groups:
-        ors.append(f"(v.checkpoint_id IN ({', '.join('?' * len(checkpoint_ids))}) "
-                   f"AND p.token_id IN ({', '.join('?' * len(token_ids))}))")
-        params += [*checkpoint_ids, *token_ids]
-    where = [f"p.token_id IN ({', '.join('?' * len(all_ids))})", "p.side = ?", "(" + " OR ".join(ors) + ")"]
-    for column, value in (("v.component", component), ("v.layer", layer), ("v.head", head)):
-        if value is not None:
-            where.append(f"{column} = ?")
-            params.append(value)
+    for ranges, ids in groups:
+        spans = " OR ".join("vector_id BETWEEN ? AND ?" for _ in ranges)
+        ors.append(f"(({spans}) AND token_id IN ({', '.join('?' * len(ids))}))")
+        params += [x for r in ranges for x in r] + list(ids)
     order = "DESC" if side == "top" else "ASC"
     params += [limit, offset]
     return (
-        f"""SELECT v.checkpoint_id, v.component, v.layer, v.head, v.idx, p.side, p.rank, p.token_id, p.score, p.zscore
-FROM vector_tokens p JOIN vectors v ON v.vector_id = p.vector_id
-WHERE {' AND '.join(where)}
-ORDER BY p.zscore {order}, v.checkpoint_id, v.layer, v.idx
-LIMIT ? OFFSET ?""",
+        f"""WITH hits AS MATERIALIZED ({fetch})
+SELECT vector_id, side, rank, token_id, score, zscore FROM hits
+WHERE side = ? AND ({' OR '.join(ors)})
+ORDER BY zscore {order}, vector_id LIMIT ? OFFSET ?""",
         params,
     )
 
