@@ -99,10 +99,11 @@ def default_name(ckpt: Checkpoint) -> str:
 def _plan(adapter: Adapter, components: list[str] | None) -> list[tuple[str, int]]:
     """(component, layer) units, writing components first so one basis is held at a time.
 
-    Model-level components (the embedding) are one unit, under layer 0; by default every component this
-    checkpoint has is planned (a family's optional biases may be absent).
+    Model-level components (the embedding) are one unit, under layer 0. By default every component this
+    checkpoint has is planned (a family's optional biases may be absent) except those marked opt-in: the
+    embedding costs vocab² · d and, in a tied model, trivially promotes its own token first.
     """
-    names = components or [s.name for s in adapter.available()]
+    names = components or [s.name for s in adapter.available() if s.default]
     specs = [adapter.spec(n) for n in names]
     ordered = [s for s in specs if s.role == "writes"] + [s for s in specs if s.role == "reads"]
     return [(s.name, layer) for s in ordered for layer in adapter.layers(s.name)]

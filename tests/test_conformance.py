@@ -276,13 +276,17 @@ def test_cli_indexes_every_architecture(arch: str, tmp_path: Path,
     build(arch, tmp_path / arch)
     db = tmp_path / "lens.duckdb"
     assert main(["index", str(tmp_path / arch), "--db", str(db), "--quiet", "--top-k", "3"]) == 0
+    assert main(["index", str(tmp_path / arch), "--db", str(tmp_path / "emb.duckdb"), "--quiet", "--top-k", "3",
+                 "--component", "embedding"]) == 0
     with queries.connect(db) as lens:
         o = lens.vector(arch, "attn_o", 1, 0, head=N_HEADS - 1)
         assert len(o.top) == 3 and len(o.bottom) == 3
-        assert len(lens.vector(arch, "embedding", 0, 5).top) == 3
         assert len(lens.vector(arch, "attn_k", 0, 0, head=0).top) == 3
         comps = {r[0] for r in lens.sql("SELECT DISTINCT component FROM vectors").rows}
-    assert {"embedding", "attn_q", "attn_k", "attn_v", "attn_o", "ff_key", "ff_value"} <= comps
+    assert {"attn_q", "attn_k", "attn_v", "attn_o", "ff_key", "ff_value"} <= comps
+    assert "embedding" not in comps  # opt-in
+    with queries.connect(tmp_path / "emb.duckdb") as lens:
+        assert len(lens.vector(arch, "embedding", 0, 5).top) == 3
     assert ("ff_gate" in comps) == (arch in GQA)
     capsys.readouterr()
 

@@ -94,8 +94,8 @@ def test_run_is_recorded_with_basis_and_counts(indexed_store: Path) -> None:
     name, basis, flags, k, n_vec, n_proj, status, counted = by_name["gpt2-tiny"]
     assert (basis, k, status) == ("folded", 50, "complete")
     assert '"final_norm_gain": true' in flags and '"centre_vocab": true' in flags
-    vocab = 338  # every parameter: 2 layers × (keys + values × d_ff + q, k, v, o × d_model + 2 biases), embedding
-    assert n_vec == counted == 2 * (2 * 128 + 4 * 32 + 2) + vocab
+    # every parameter but the opt-in embedding: 2 layers × ((keys + values) × d_ff + (q, k, v, o) × d + 2 biases)
+    assert n_vec == counted == 2 * (2 * 128 + 4 * 32 + 2)
     assert n_proj == n_vec * 2 * 50
 
 

@@ -45,13 +45,15 @@ class ComponentSpec:
     """What a component is, before any tensor is read: used to plan and validate a run.
 
     ``per_layer=False`` marks a model-level component (the token embedding): it has one unit, stored as
-    layer 0, and the plan visits it once rather than once per layer.
+    layer 0, and the plan visits it once rather than once per layer. ``default=False``: indexed only when
+    asked for by name.
     """
 
     name: str
     role: Role
     doc: str
     per_layer: bool = True
+    default: bool = True
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ ATTN_O = ComponentSpec("attn_o", "writes", "the d_head rows of W_O belonging to 
 ATTN_OUT_BIAS = ComponentSpec("attn_out_bias", "writes", "the attention output bias, if any (1 per layer)")
 EMBEDDING = ComponentSpec(
     "embedding", "writes", "row t of the input embedding, read through the unembedding (model-level: "
-    "stored once as layer 0, idx = token id)", per_layer=False)
+    "stored once as layer 0, idx = token id; only when asked for)", per_layer=False, default=False)
 
 BIASES = {FF_OUT_BIAS.name: "ff_out", ATTN_OUT_BIAS.name: "attn_out"}
 
@@ -114,7 +114,7 @@ class StandardAdapter(Adapter):
     def qkv_shapes(self) -> dict[str, tuple[int, ...]]:
         d, dh = self.dims.d_model, self.dims.head_size
         q, kv = self.dims.n_heads * dh, self.dims.kv_heads * dh
-        shapes = {}
+        shapes: dict[str, tuple[int, ...]] = {}
         for layer in range(self.dims.n_layers):
             for key, out in (("q", q), ("k", kv), ("v", kv)):
                 shapes[self._w(key, layer)] = (out, d) if not self.layout.conv1d else (d, out)
