@@ -102,7 +102,7 @@ class Run:
     logits: torch.Tensor
 
     def module(self, key: str, layer: int) -> torch.nn.Module:
-        path = self.adapter.module_path(key, layer)  # type: ignore[attr-defined]
+        path = self.adapter.module_path(key, layer)
         assert path is not None
         return self.model.get_submodule(path)
 
@@ -120,7 +120,7 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             "attn_source", "ff_source"]
     for layer in range(N_LAYERS):
         for key in keys:
-            path_ = adapter.module_path(key, layer)  # type: ignore[attr-defined]
+            path_ = adapter.module_path(key, layer)
             if path_ is None:
                 continue
 
@@ -132,7 +132,7 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 
             handles.append(model.get_submodule(path_).register_forward_hook(hook))
     final: dict[str, torch.Tensor] = {}
-    fmod = model.get_submodule(adapter.module_path("final_norm"))  # type: ignore[attr-defined]
+    fmod = model.get_submodule(str(adapter.module_path("final_norm")))
     handles.append(fmod.register_forward_hook(lambda _m, a, o: final.update(x=a[0].detach(), y=o.detach())))
     # OPT flattens batch and sequence inside its layers; every capture is [positions, features]
     torch.manual_seed(1)
@@ -161,7 +161,9 @@ def _scale(run: Run, key: str, layer: int, x: torch.Tensor) -> torch.Tensor:
     """The norm's 1/σ per position, computed from its input with its own eps."""
     module = run.module(key, layer)
     eps = getattr(module, "eps", None) or getattr(module, "variance_epsilon", None) or 1e-5
-    if run.adapter.layout.norm_kind == "layernorm":  # type: ignore[attr-defined]
+    final = run.adapter.final_norm()
+    assert final is not None
+    if final.kind == "layernorm":  # every norm of a model is of one kind
         var = x.var(dim=-1, unbiased=False, keepdim=True)
     else:
         var = x.pow(2).mean(dim=-1, keepdim=True)
@@ -299,9 +301,12 @@ def test_planted_directions_in_an_untied_model(tmp_path: Path) -> None:
     w_u = model.get_output_embeddings().weight.detach()
     w_e = model.get_input_embeddings().weight.detach()
     assert not torch.allclose(w_u, w_e)
+    adapter = adapter_for(open_checkpoint(path))
+    ff_out = model.get_submodule(str(adapter.module_path("ff_out", 1)))
+    ff_in = model.get_submodule(str(adapter.module_path("ff_in", 0)))
     with torch.no_grad():
-        model.gpt_neox.layers[1].mlp.dense_4h_to_h.weight[:, 7] = w_u[42] * 40.0
-        model.gpt_neox.layers[0].mlp.dense_h_to_4h.weight[5] = w_e[17] * 40.0
+        ff_out.weight[:, 7] = w_u[42] * 40.0  # nn.Linear [out, in]: neuron 7 writes column 7
+        ff_in.weight[5] = w_e[17] * 40.0
     model.save_pretrained(path, safe_serialization=True)
     db = tmp_path / "lens.duckdb"
     args = ["index", str(path), "--db", str(db), "--quiet", "--name", "neox", "--component", "ff_value",

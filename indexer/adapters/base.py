@@ -111,6 +111,11 @@ class Adapter(ABC):
     def component(self, name: str, layer: int) -> list[Component]:
         """Read one component of one layer (one entry per head for per-head components)."""
 
+    def module_path(self, key: str, layer: int = 0) -> str | None:
+        """The Hugging Face module that computes ``key`` (``ff_out``, ``attn_out``, ``q``…) in ``layer``, so
+        tests can hook what an adapter claims to read; ``None`` where the family has no such module."""
+        return None
+
     def available(self) -> tuple[ComponentSpec, ...]:
         """The components this checkpoint has (a family's optional biases may be absent)."""
         return self.components
