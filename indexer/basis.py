@@ -43,8 +43,8 @@ def _basis(matrix: torch.Tensor, flags: dict[str, object], block: int = 2048) ->
     """Exact float64 column means and Gram matrix, summed over row blocks: never a float64 copy of the
     whole matrix (1 GB for a 32000 × 4096 vocabulary)."""
     d = matrix.shape[1]
-    total = torch.zeros(d, dtype=torch.float64)
-    gram = torch.zeros(d, d, dtype=torch.float64)
+    total = torch.zeros(d, dtype=torch.float64, device=matrix.device)
+    gram = torch.zeros(d, d, dtype=torch.float64, device=matrix.device)
     for start in range(0, matrix.shape[0], block):
         rows = matrix[start : start + block].to(torch.float64)
         total += rows.sum(dim=0)
