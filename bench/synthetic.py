@@ -17,11 +17,14 @@ def save_tokenizer(path: Path, vocab_size: int) -> None:
 
 
 def save_gpt2_shaped(path: Path, n_layer: int, d: int, d_ff: int, vocab: int, seed: int = 0) -> Path:
-    """A GPT-2-family checkpoint with the FF tensors and embeddings only (what ff_key/ff_value need)."""
+    """A GPT-2-family checkpoint: embeddings, FF and attention tensors (the adapter checks every one)."""
     path.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
     tensors = {"wte.weight": torch.randn(vocab, d, generator=g) * 0.02, "ln_f.weight": torch.ones(d)}
     for layer in range(n_layer):
+        tensors[f"h.{layer}.ln_1.weight"] = torch.ones(d)
+        tensors[f"h.{layer}.attn.c_attn.weight"] = torch.randn(d, 3 * d, generator=g) * 0.02
+        tensors[f"h.{layer}.attn.c_proj.weight"] = torch.randn(d, d, generator=g) * 0.02
         tensors[f"h.{layer}.ln_2.weight"] = torch.ones(d)
         tensors[f"h.{layer}.mlp.c_fc.weight"] = torch.randn(d, d_ff, generator=g) * 0.02
         tensors[f"h.{layer}.mlp.c_proj.weight"] = torch.randn(d_ff, d, generator=g) * 0.02

@@ -39,14 +39,18 @@ class Basis:
         return replace(self, matrix=matrix, col_mean=self.col_mean.to(device), gram=self.gram.to(device), fast=fast)
 
 
-def _basis(matrix: torch.Tensor, flags: dict[str, object]) -> Basis:
-    m64 = matrix.to(torch.float64)
-    return Basis(
-        matrix=matrix.contiguous(),
-        flags=flags,
-        col_mean=m64.mean(dim=0),
-        gram=(m64.T @ m64) / matrix.shape[0],
-    )
+def _basis(matrix: torch.Tensor, flags: dict[str, object], block: int = 2048) -> Basis:
+    """Exact float64 column means and Gram matrix, summed over row blocks: never a float64 copy of the
+    whole matrix (1 GB for a 32000 × 4096 vocabulary)."""
+    d = matrix.shape[1]
+    total = torch.zeros(d, dtype=torch.float64, device=matrix.device)
+    gram = torch.zeros(d, d, dtype=torch.float64, device=matrix.device)
+    for start in range(0, matrix.shape[0], block):
+        rows = matrix[start : start + block].to(torch.float64)
+        total += rows.sum(dim=0)
+        gram.addmm_(rows.T, rows)
+    n = matrix.shape[0]
+    return Basis(matrix=matrix.contiguous(), flags=flags, col_mean=total / n, gram=gram / n)
 
 
 def centre_rows(matrix: torch.Tensor) -> torch.Tensor:
@@ -59,13 +63,12 @@ def write_basis(unembedding: torch.Tensor, final_norm: Norm | None, mode: BasisM
     if mode == "raw":
         return _basis(unembedding, {"matrix": "unembedding", "final_norm_gain": False, "centre_d": False,
                                     "centre_vocab": False})
-    m = unembedding
-    if final_norm is not None:
-        m = m * final_norm.weight
+    # one new [vocab, d] matrix, centred in place: the input is left as it was
+    m = unembedding * final_norm.weight if final_norm is not None else unembedding.clone()
     layernorm = final_norm is not None and final_norm.kind == "layernorm"
     if layernorm:
-        m = centre_rows(m)
-    m = m - m.mean(dim=0, keepdim=True)
+        m.sub_(m.mean(dim=1, keepdim=True))
+    m.sub_(m.mean(dim=0, keepdim=True))
     return _basis(m, {"matrix": "unembedding", "final_norm_gain": final_norm is not None,
                       "centre_d": layernorm, "centre_vocab": True})
 

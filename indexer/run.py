@@ -50,6 +50,9 @@ class IndexOptions(BaseModel):
     label: str | None = Field(None, description="checkpoint label; default: the folder name")
     step: int | None = Field(None, ge=0, description="training step; default: from the folder name or "
                              "trainer_state.json")
+    read_basis: Literal["unembedding", "embedding"] = Field(
+        "unembedding", description="matrix that reads what reading vectors read: the unembedding or the "
+        "input embedding (they differ in untied models such as Pythia and Llama)")
 
 
 class IndexResult(BaseModel):
@@ -94,11 +97,16 @@ def default_name(ckpt: Checkpoint) -> str:
 
 
 def _plan(adapter: Adapter, components: list[str] | None) -> list[tuple[str, int]]:
-    """(component, layer) units, writing components first so one basis is held at a time."""
-    names = components or [s.name for s in adapter.components]
+    """(component, layer) units, writing components first so one basis is held at a time.
+
+    Model-level components (the embedding) are one unit, under layer 0. By default every component this
+    checkpoint has is planned (a family's optional biases may be absent) except those marked opt-in: the
+    embedding costs vocab² · d and, in a tied model, trivially promotes its own token first.
+    """
+    names = components or [s.name for s in adapter.available() if s.default]
     specs = [adapter.spec(n) for n in names]
     ordered = [s for s in specs if s.role == "writes"] + [s for s in specs if s.role == "reads"]
-    return [(s.name, layer) for s in ordered for layer in range(adapter.dims.n_layers)]
+    return [(s.name, layer) for s in ordered for layer in adapter.layers(s.name)]
 
 
 class _Writer:
@@ -227,7 +235,7 @@ def _delete_checkpoint(con: duckdb.DuckDBPyConnection, checkpoint_id: int) -> No
 
 
 def _units(adapter: Adapter, plan: list[tuple[str, int]], mode: BasisMode,
-           compute: Compute) -> Iterator[tuple[str, int, Basis, list]]:
+           compute: Compute, reader: str = "unembedding") -> Iterator[tuple[str, int, Basis, list]]:
     """Yield each unit with its basis, building one basis at a time (writers first, then readers)."""
     basis: Basis | None = None
     role: str | None = None
@@ -239,7 +247,8 @@ def _units(adapter: Adapter, plan: list[tuple[str, int]], mode: BasisMode,
             if role == "writes":
                 basis = write_basis(adapter.unembedding(), adapter.final_norm(), mode)
             else:
-                basis = read_basis(adapter.unembedding(), "unembedding", mode)
+                matrix = adapter.embedding() if reader == "embedding" else adapter.unembedding()
+                basis = read_basis(matrix, reader, mode)
             basis = basis.to(compute.device, torch.bfloat16 if compute.precision == "bf16" else None)
         assert basis is not None
         yield name, layer, basis, adapter.component(name, layer)
@@ -299,7 +308,7 @@ def index_checkpoint(
         bar = tqdm(total=len(plan), disable=not progress, unit="unit", desc=name, leave=False)
         try:
             with matmul_mode(compute):
-                for comp_name, layer, basis, parts in _units(adapter, plan, opts.basis, compute):
+                for comp_name, layer, basis, parts in _units(adapter, plan, opts.basis, compute, opts.read_basis):
                     bar.set_postfix_str(f"layer {layer} {comp_name}")
                     flags[adapter.spec(comp_name).role] = basis.flags
                     for part in parts:

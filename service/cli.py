@@ -45,7 +45,8 @@ def server_file(db: str | Path) -> Path:
 
 def cmd_index(args: argparse.Namespace) -> None:
     opts = IndexOptions(name=args.name, top_k=args.top_k, basis=args.basis, replace=args.replace,
-                        components=args.component or None, device=args.device, precision=args.precision)
+                        components=args.component or None, device=args.device, precision=args.precision,
+                        read_basis=args.read_basis)
     if args.server:
         result = index_via_server(args.server, args.checkpoint, opts, quiet=args.quiet)
     else:
@@ -256,6 +257,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_architectures(args: argparse.Namespace) -> None:
     rows = [[cls.family, ", ".join(cls.model_types), ", ".join(s.name for s in cls.components)] for cls in ADAPTERS]
     print(table(["family", "model_type", "components"], rows))
+    specs = {s.name: s for cls in ADAPTERS for s in cls.components}
+    print()
+    print(table(["component", "role", "meaning"], [[s.name, s.role, s.doc] for s in specs.values()]))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -277,7 +281,11 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--top-k", type=int, default=50, help="tokens kept per vector and side (default 50)")
     sp.add_argument("--basis", choices=["folded", "raw"], default="folded",
                     help="folded: final-norm gain folded into W_U, centred (default); raw: W_U as is")
-    sp.add_argument("--component", action="append", help="index only this component (repeatable)")
+    sp.add_argument("--component", action="append", help="index only this component (repeatable); "
+                    "see `lensdb architectures`")
+    sp.add_argument("--read-basis", choices=["unembedding", "embedding"], default="unembedding",
+                    help="matrix that reads what reading vectors (ff_key, attn_q/k/v) read: the unembedding "
+                    "(default) or the input embedding; they differ in untied models (Pythia, Llama)")
     sp.add_argument("--replace", action="store_true", help="re-index a checkpoint already in the store")
     sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                     help="where to project: auto uses CUDA when torch sees it (default auto)")

@@ -21,7 +21,8 @@ def test_promoters_json_has_the_documented_fields(indexed_store: Path, tiny_gpt2
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     rows = json.loads(run(capsys, "promoters", "paris", "--db", str(indexed_store), "--json", "--limit", "5"))
     assert len(rows) == 5 and set(rows[0]) >= HIT_FIELDS
-    assert all(r["side"] == "top" and r["head"] is None for r in rows)
+    per_head = {"attn_q", "attn_k", "attn_v", "attn_o"}
+    assert all(r["side"] == "top" and (r["head"] is None) == (r["component"] not in per_head) for r in rows)
     assert [r["zscore"] for r in rows] == sorted((r["zscore"] for r in rows), reverse=True)
     gpt2 = [r for r in rows if r["model"] == "gpt2-tiny"]
     assert gpt2[0]["token"] == " paris" and gpt2[0]["token_id"] == tiny_gpt2.token_id("paris")
@@ -69,7 +70,9 @@ def test_models_and_sql(indexed_store: Path, capsys: pytest.CaptureFixture[str])
     assert "gpt2-tiny" in text and "bert-tiny" in text and "folded" in text
     rows = json.loads(run(capsys, "sql", "SELECT model, count(*) AS n FROM projections GROUP BY model ORDER BY model",
                           "--db", str(indexed_store), "--json"))
-    assert rows == [{"model": "bert-tiny", "n": 256 * 100}, {"model": "gpt2-tiny", "n": 512 * 100}]
+    # 2 layers × ((keys + values) × d_ff + (q, k, v, o) × d + 2 biases) vectors, 50 tokens a side
+    assert rows == [{"model": "bert-tiny", "n": 2 * (2 * 64 + 4 * 32 + 2) * 100},
+                    {"model": "gpt2-tiny", "n": 2 * (2 * 128 + 4 * 32 + 2) * 100}]
 
 
 def test_sql_row_cap_says_truncated(indexed_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -87,7 +90,7 @@ def test_sql_runaway_query_is_stopped(indexed_store: Path, capsys: pytest.Captur
 def test_index_prints_a_summary_and_then_a_no_op(tiny_bert: TinyModel, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     db = str(tmp_path / "x.duckdb")
-    assert "indexed bert/tiny-bert: 256 vectors" in run(capsys, "index", str(tiny_bert.path), "--db", db, "--name",
+    assert "indexed bert/tiny-bert: 516 vectors" in run(capsys, "index", str(tiny_bert.path), "--db", db, "--name",
                                                         "bert", "--quiet")
     assert "already indexed as bert/tiny-bert" in run(capsys, "index", str(tiny_bert.path), "--db", db, "--quiet")
 

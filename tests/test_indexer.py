@@ -94,7 +94,8 @@ def test_run_is_recorded_with_basis_and_counts(indexed_store: Path) -> None:
     name, basis, flags, k, n_vec, n_proj, status, counted = by_name["gpt2-tiny"]
     assert (basis, k, status) == ("folded", 50, "complete")
     assert '"final_norm_gain": true' in flags and '"centre_vocab": true' in flags
-    assert n_vec == counted == 2 * 2 * 128  # 2 layers × (keys + values) × d_ff
+    # every parameter but the opt-in embedding: 2 layers × ((keys + values) × d_ff + (q, k, v, o) × d + 2 biases)
+    assert n_vec == counted == 2 * (2 * 128 + 4 * 32 + 2)
     assert n_proj == n_vec * 2 * 50
 
 
@@ -125,7 +126,8 @@ def test_replace_reindexes_with_new_options(store_copy: Path, tiny_gpt2: TinyMod
         v = db.vector("gpt2-tiny", "ff_value", 1, 7)
         assert v.basis == "raw" and len(v.top) == 5
         total = db.sql("SELECT count(*) FROM vector_tokens").rows[0][0]
-    assert total == 256 * 100 + result.n_projections  # the bert rows plus the new gpt2 rows, nothing stale
+        bert = db.sql("SELECT count(*) FROM projections WHERE model = 'bert-tiny'").rows[0][0]
+    assert total == bert + result.n_projections  # the bert rows plus the new gpt2 rows, nothing stale
 
 
 def test_components_option_indexes_only_those(tmp_path: Path, tiny_bert: TinyModel) -> None:

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 def minilm(tmp_path_factory: pytest.TempPathFactory) -> Path:
     db = tmp_path_factory.mktemp("minilm") / "lens.duckdb"
     result = index_checkpoint(db, gt.get_model_path(), IndexOptions(name="minilm"))
-    assert result.n_vectors == 6 * 1536 * 2 and result.n_projections == result.n_vectors * 100
+    # 6 layers × ((keys + values) × d_ff + (q, k, v, o) × d + 2 biases)
+    assert result.n_vectors == 6 * (2 * 1536 + 4 * 384 + 2) and result.n_projections == result.n_vectors * 100
     return db
 
 

@@ -1,16 +1,27 @@
 """Adapter registry: which family reads which ``model_type``."""
 
 import difflib
+import os
 
 from indexer.adapters.base import Adapter, Component, ComponentSpec, Dims, Norm
 from indexer.adapters.bert import BertAdapter
+from indexer.adapters.distilbert import DistilBertAdapter
 from indexer.adapters.gpt2 import GPT2Adapter
+from indexer.adapters.gpt_neo import GPTNeoAdapter
+from indexer.adapters.gptj import GPTJAdapter
+from indexer.adapters.llama import LlamaAdapter
+from indexer.adapters.neox import GPTNeoXAdapter
+from indexer.adapters.opt import OPTAdapter
 from indexer.checkpoint import Checkpoint
 from indexer.errors import UnsupportedArchitecture
 
-ADAPTERS: tuple[type[Adapter], ...] = (GPT2Adapter, BertAdapter)
+ADAPTERS: tuple[type[Adapter], ...] = (
+    GPT2Adapter, GPTNeoAdapter, GPTJAdapter, GPTNeoXAdapter, OPTAdapter, LlamaAdapter,
+    BertAdapter, DistilBertAdapter,
+)
 
-__all__ = ["ADAPTERS", "Adapter", "Component", "ComponentSpec", "Dims", "Norm", "adapter_for", "supported"]
+__all__ = ["ADAPTERS", "Adapter", "Component", "ComponentSpec", "Dims", "Norm", "adapter_for",
+           "nearest_model_type", "supported"]
 
 
 def supported() -> dict[str, type[Adapter]]:
@@ -18,13 +29,23 @@ def supported() -> dict[str, type[Adapter]]:
     return {mt: cls for cls in ADAPTERS for mt in cls.model_types}
 
 
+def nearest_model_type(model_type: str) -> str:
+    """The supported model_type most like ``model_type``; ties go to the longer shared prefix, then A→Z."""
+
+    def rank(candidate: str) -> tuple[float, int, str]:
+        ratio = difflib.SequenceMatcher(None, model_type, candidate).ratio()
+        prefix = len(os.path.commonprefix([model_type, candidate]))
+        return (-ratio, -prefix, candidate)
+
+    return min(supported(), key=rank)
+
+
 def adapter_for(ckpt: Checkpoint) -> Adapter:
     """The adapter for this checkpoint; a clear error naming the nearest supported model_type if none."""
     table = supported()
     model_type = ckpt.model_type
     if model_type not in table:
-        near = difflib.get_close_matches(model_type, list(table), n=1, cutoff=0.0)
-        nearest = f" The nearest supported one is {near[0]!r}." if near and model_type else ""
+        nearest = f" The nearest supported one is {nearest_model_type(model_type)!r}." if model_type else ""
         raise UnsupportedArchitecture(
             f"{ckpt.path}: model_type {model_type or '(none)'!r} is not supported.{nearest} "
             f"Supported: {', '.join(sorted(table))}."

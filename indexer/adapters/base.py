@@ -42,11 +42,18 @@ class Component:
 
 @dataclass(frozen=True)
 class ComponentSpec:
-    """What a component is, before any tensor is read: used to plan and validate a run."""
+    """What a component is, before any tensor is read: used to plan and validate a run.
+
+    ``per_layer=False`` marks a model-level component (the token embedding): it has one unit, stored as
+    layer 0, and the plan visits it once rather than once per layer. ``default=False``: indexed only when
+    asked for by name.
+    """
 
     name: str
     role: Role
     doc: str
+    per_layer: bool = True
+    default: bool = True
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,17 @@ class Dims:
     d_ff: int
     n_heads: int
     vocab_size: int
+    n_kv_heads: int = 0
+    d_head: int = 0
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: fewer than ``n_heads`` under grouped-query attention."""
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.d_head or self.d_model // self.n_heads
 
 
 class Adapter(ABC):
@@ -92,6 +110,19 @@ class Adapter(ABC):
     @abstractmethod
     def component(self, name: str, layer: int) -> list[Component]:
         """Read one component of one layer (one entry per head for per-head components)."""
+
+    def module_path(self, key: str, layer: int = 0) -> str | None:
+        """The Hugging Face module that computes ``key`` (``ff_out``, ``attn_out``, ``q``…) in ``layer``, so
+        tests can hook what an adapter claims to read; ``None`` where the family has no such module."""
+        return None
+
+    def available(self) -> tuple[ComponentSpec, ...]:
+        """The components this checkpoint has (a family's optional biases may be absent)."""
+        return self.components
+
+    def layers(self, name: str) -> range:
+        """The layers a component's units are stored under: every layer, or layer 0 for model-level ones."""
+        return range(self.dims.n_layers) if self.spec(name).per_layer else range(1)
 
     def spec(self, name: str) -> ComponentSpec:
         for spec in self.components:
@@ -136,6 +167,13 @@ def find_prefix(ckpt: Checkpoint, probe: str, prefixes: tuple[str, ...]) -> str:
         f"{ckpt.path}: no tensor named {probe!r} (with any of the prefixes {list(prefixes)}); the weights do "
         f"not look like a {ckpt.model_type} model."
     )
+
+
+def head_blocks(rows: torch.Tensor, n_heads: int) -> list[torch.Tensor]:
+    """Split ``[n_heads * d_head, d]`` rows into one ``[d_head, d]`` block per head (head-major layout)."""
+    if rows.shape[0] % n_heads:
+        raise CheckpointError(f"{rows.shape[0]} rows do not split into {n_heads} heads.")
+    return [block.contiguous() for block in rows.chunk(n_heads, dim=0)]
 
 
 Reader = Callable[[Checkpoint], Adapter]

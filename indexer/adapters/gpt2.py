@@ -1,22 +1,22 @@
-"""GPT-2 family: pre-LayerNorm decoder, Conv1D weights stored ``[in, out]``, embedding tied to the output."""
+"""GPT-2 family: pre-LayerNorm decoder, Conv1D weights stored ``[in, out]``, fused ``c_attn``, tied
+embedding."""
 
 import torch
 
-from indexer.adapters.base import Adapter, Component, ComponentSpec, Dims, Norm, config_int, find_prefix
-from indexer.checkpoint import Checkpoint
-
-FF_KEY = ComponentSpec("ff_key", "reads", "column i of mlp.c_fc: what neuron i reads (after ln_2)")
-FF_VALUE = ComponentSpec("ff_value", "writes", "row i of mlp.c_proj: what neuron i writes")
+from indexer.adapters.base import Dims, config_int
+from indexer.adapters.standard import ALL_PLAIN, Layout, StandardAdapter
 
 
-class GPT2Adapter(Adapter):
+class GPT2Adapter(StandardAdapter):
     family = "gpt2"
     model_types = ("gpt2",)
-    components = (FF_KEY, FF_VALUE)
-
-    def __init__(self, ckpt: Checkpoint) -> None:
-        self.p = find_prefix(ckpt, "wte.weight", ("", "transformer."))
-        super().__init__(ckpt)
+    components = ALL_PLAIN
+    prefixes = ("", "transformer.")
+    layout = Layout(
+        embed="{p}wte", unembed=("lm_head",), final_norm="{p}ln_f", norm_kind="layernorm",
+        attn_norm="{p}h.{i}.ln_1", ff_norm="{p}h.{i}.ln_2", qkv="{p}h.{i}.attn.c_attn",
+        attn_out="{p}h.{i}.attn.c_proj", ff_in="{p}h.{i}.mlp.c_fc", ff_out="{p}h.{i}.mlp.c_proj", conv1d=True,
+    )
 
     def _dims(self) -> Dims:
         d = config_int(self.ckpt, "n_embd", "hidden_size")
@@ -28,34 +28,10 @@ class GPT2Adapter(Adapter):
             vocab_size=config_int(self.ckpt, "vocab_size"),
         )
 
-    def _h(self, layer: int, rest: str) -> str:
-        return f"{self.p}h.{layer}.{rest}"
+    def qkv_shapes(self) -> dict[str, tuple[int, ...]]:
+        d = self.dims.d_model
+        return {self._w("qkv", i): (d, 3 * d) for i in range(self.dims.n_layers)}
 
-    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        d, f, v = self.dims.d_model, self.dims.d_ff, self.dims.vocab_size
-        shapes: dict[str, tuple[int, ...]] = {f"{self.p}wte.weight": (v, d), f"{self.p}ln_f.weight": (d,)}
-        for layer in range(self.dims.n_layers):
-            shapes[self._h(layer, "ln_2.weight")] = (d,)
-            shapes[self._h(layer, "mlp.c_fc.weight")] = (d, f)
-            shapes[self._h(layer, "mlp.c_proj.weight")] = (f, d)
-        return shapes
-
-    def embedding(self) -> torch.Tensor:
-        return self.ckpt.tensor(f"{self.p}wte.weight")
-
-    def unembedding(self) -> torch.Tensor:
-        if self.ckpt.has("lm_head.weight"):
-            return self.ckpt.tensor("lm_head.weight")
-        return self.embedding()
-
-    def final_norm(self) -> Norm:
-        return Norm("layernorm", self.ckpt.tensor(f"{self.p}ln_f.weight"))
-
-    def component(self, name: str, layer: int) -> list[Component]:
-        spec = self.spec(name)
-        if spec is FF_KEY:
-            keys = self.ckpt.tensor(self._h(layer, "mlp.c_fc.weight")).T.contiguous()
-            ln2 = Norm("layernorm", self.ckpt.tensor(self._h(layer, "ln_2.weight")))
-            return [Component(name, layer, None, spec.role, keys, ln2)]
-        values = self.ckpt.tensor(self._h(layer, "mlp.c_proj.weight"))
-        return [Component(name, layer, None, spec.role, values)]
+    def qkv_rows(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v = self.reading_rows("qkv", layer).chunk(3, dim=0)  # c_attn's outputs are [q | k | v]
+        return q, k, v
