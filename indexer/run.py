@@ -124,6 +124,7 @@ class _Writer:
         self.budget = budget
         self.compute = compute
         self.next_vector = next_id(con, "vectors", "vector_id")
+        self.units: list[tuple] = []
         self.n_vectors = 0
         self.n_projections = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lensdb-append")
@@ -141,6 +142,10 @@ class _Writer:
         return ws
 
     def project(self, name: str, layer: int, head: int | None, vectors: torch.Tensor, basis: Basis) -> None:
+        """Project one unit; its vectors get one contiguous block of ids, recorded in ``vector_units``."""
+        if vectors.shape[0]:
+            self.units.append((self.checkpoint_id, name, layer, head, self.next_vector,
+                               self.next_vector + vectors.shape[0] - 1, 0))
         size = chunk_rows(basis.vocab_size, self.budget)
         exact = self.compute.exact
         ws = self._workspace(basis, min(size, vectors.shape[0]))
@@ -185,6 +190,11 @@ class _Writer:
         """Move staged rows into vector_tokens sorted by token_id, so token lookups skip row groups."""
         self.drain()
         self.con.execute("INSERT INTO vector_tokens SELECT * FROM staged_tokens ORDER BY token_id, vector_id")
+        if self.units:
+            cols = ["checkpoint_id", "component", "layer", "head", "first_vector_id", "last_vector_id", "first_index"]
+            append_arrow(self.con, "vector_units", pa.table(
+                {c: pa.array([u[i] for u in self.units], pa.string() if c == "component" else pa.int64())
+                 for i, c in enumerate(cols)}))
         self.con.execute("DROP TABLE staged_tokens")
 
 
@@ -230,7 +240,7 @@ def _delete_checkpoint(con: duckdb.DuckDBPyConnection, checkpoint_id: int) -> No
         "DELETE FROM vector_tokens WHERE vector_id IN (SELECT vector_id FROM vectors WHERE checkpoint_id = ?)",
         [checkpoint_id],
     )
-    for table in ("vectors", "index_runs", "checkpoints"):
+    for table in ("vectors", "vector_units", "index_runs", "checkpoints"):
         con.execute(f"DELETE FROM {table} WHERE checkpoint_id = ?", [checkpoint_id])
 
 

@@ -62,33 +62,24 @@ class Lens:
         if model is not None and model not in names:
             raise NotFound(f"no model {model!r} in {self.path}; indexed models: {', '.join(names) or 'none yet'}.")
 
-    def _resolve(self, token: str | int, model: str | None) -> dict[int, list[int]]:
-        """vocab_id → token ids that ``token`` names there (see ``tokens``); a clear error if none."""
+    def _resolve(self, token: str | int, model: str | None) -> list[TokenMatch]:
+        """Every (model, token id) that ``token`` names (see ``tokens``); a clear error if none."""
         self._check_model(model)
-        cat = self._catalog()
-        vocab_ids = sorted({cat.models[model]} if model else set(cat.models.values()))
-        found: dict[int, list[int]] = {}
         if isinstance(token, int):
-            for vid in vocab_ids:
-                if 0 <= token < len(cat.vocab(self.con, vid).tokens):
-                    found[vid] = [token]
+            rows = self._rows(q.token_by_id(token))
         else:
-            for ignore_case in (False, True):
-                for vid in vocab_ids:
-                    maps = cat.vocab(self.con, vid)
-                    ids = (maps.folded if ignore_case else maps.exact).get(token.lower() if ignore_case else token)
-                    if ids:
-                        found[vid] = sorted(ids)
-                if found:
-                    break
-        if not found:
+            rows = self._rows(q.resolve_token(token, ignore_case=False)) or self._rows(
+                q.resolve_token(token, ignore_case=True))
+        matches = [TokenMatch(model=r[0], vocab_id=r[1], token_id=r[2], token=r[3], display=r[4])
+                   for r in rows if model is None or r[0] == model]
+        if not matches:
             where = f"model {model!r}" if model else "any indexed vocabulary"
             hint = ""
             if isinstance(token, str):
                 near = [r[0] for r in self._rows(q.similar_words(token))]
                 hint = f" Similar tokens: {', '.join(near)}." if near else ""
             raise UnknownToken(f"token {token!r} is not in {where}.{hint}")
-        return found
+        return matches
 
     def tokens(self, token: str | int, model: str | None = None) -> list[TokenMatch]:
         """How ``token`` (a word, a raw token spelling, or an int id) resolves in each model's vocabulary.
@@ -96,20 +87,11 @@ class Lens:
         A word matches its lookup form, raw spelling or display text case-sensitively where it can (``paris``
         finds ``Ġparis``, ``paris`` and ``##paris``) and case-insensitively only when nothing matches exactly.
         """
-        cat = self._catalog()
-        by_vocab = cat.vocab_models()
-        out = []
-        for vid, ids in self._resolve(token, model).items():
-            maps = cat.vocab(self.con, vid)
-            for name in by_vocab.get(vid, []):
-                if model is None or name == model:
-                    out += [TokenMatch(model=name, token_id=i, token=maps.tokens[i], display=maps.display[i])
-                            for i in ids]
-        return sorted(out, key=lambda m: (m.model, m.token_id))
+        return self._resolve(token, model)
 
     def _hits(self, token: str | int, side: str, model: str | None, checkpoint: str | None,
               component: str | None, layer: int | None, head: int | None, limit: int, offset: int) -> list[TokenHit]:
-        found = self._resolve(token, model)
+        matches = self._resolve(token, model)
         cat = self._catalog()
         refs = [r for r in cat.checkpoints.values() if (model is None or r.model == model) and (
             r.latest if checkpoint is None else checkpoint == "all" or r.label == checkpoint)]
@@ -118,12 +100,13 @@ class Lens:
         wanted = {r.checkpoint_id for r in refs}
         units = [u for u in cat.units if u.checkpoint_id in wanted and (component is None or u.component == component)
                  and (layer is None or u.layer == layer) and (head is None or u.head == head)]
+        display = {(m.vocab_id, m.token_id): m.display for m in matches}
         groups = []
-        for vid, ids in found.items():
+        for vid in sorted({m.vocab_id for m in matches}):
             ranges = _merged([(u.first_id, u.last_id) for u in units
                               if cat.checkpoints[u.checkpoint_id].vocab_id == vid])
             if ranges:
-                groups.append((ranges, ids))
+                groups.append((ranges, sorted({m.token_id for m in matches if m.vocab_id == vid})))
         if not groups:
             return []
         hits = []
@@ -132,8 +115,7 @@ class Lens:
             ref = cat.checkpoints[u.checkpoint_id]
             hits.append(TokenHit(model=ref.model, checkpoint=ref.label, component=u.component, layer=u.layer,
                                  head=u.head, index=u.first_index + vector_id - u.first_id, side=sd, rank=rank,
-                                 token_id=token_id, token=cat.vocab(self.con, ref.vocab_id).display[token_id],
-                                 score=score, zscore=z))
+                                 token_id=token_id, token=display[(ref.vocab_id, token_id)], score=score, zscore=z))
         return hits
 
     def promoters(self, token: str | int, *, model: str | None = None, checkpoint: str | None = None,

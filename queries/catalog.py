@@ -1,15 +1,14 @@
 """The small, slowly changing part of a store held in memory: checkpoints with their models and
-vocabularies, and per vocabulary the maps from what users type to token ids.
+vocabularies, and the vector-id block of every (checkpoint, component, layer, head) unit.
 
-Token lookups are the hot path ("who promotes X"); resolving the word and the latest checkpoints in SQL
-costs more than the lookup itself. A catalog is shared by every connection to the same file and rebuilt
-when the store's generation (count, max and sum of checkpoint ids) changes, so a
-long-lived service sees new index runs at once.
+Token lookups are the hot path ("who promotes X"): with these in memory, a lookup filters and labels its
+hits by vector-id ranges instead of joining the vectors table and the latest-checkpoint view. A catalog is
+shared by every connection to the same file and rebuilt when the store's generation (count, max and sum of
+checkpoint ids) changes, so a long-lived service sees new index runs at once.
 """
 
 import bisect
 import threading
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,56 +41,18 @@ class Unit:
 
 
 @dataclass
-class VocabMaps:
-    """How users name tokens in one vocabulary: exact forms, lower-cased forms, and display text by id."""
-
-    exact: dict[str, list[int]]
-    folded: dict[str, list[int]]
-    tokens: list[str]
-    display: list[str]
-
-
-@dataclass
 class Catalog:
     generation: tuple
     checkpoints: dict[int, CheckpointRef]
     models: dict[str, int]
     units: list[Unit]
     _starts: list[int] = field(default_factory=list)
-    _vocabs: dict[int, VocabMaps] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def vocab(self, con: duckdb.DuckDBPyConnection, vocab_id: int) -> VocabMaps:
-        with self._lock:
-            if vocab_id not in self._vocabs:
-                sql, params = q.vocabulary(vocab_id)
-                exact: dict[str, list[int]] = defaultdict(list)
-                folded: dict[str, list[int]] = defaultdict(list)
-                tokens, display = [], []
-                for token_id, token, shown, word in con.execute(sql, params).fetchall():
-                    tokens.append(token)
-                    display.append(shown)
-                    for form in {token, shown, word}:
-                        exact[form].append(token_id)
-                        folded[form.lower()].append(token_id)
-                self._vocabs[vocab_id] = VocabMaps(dict(exact), dict(folded), tokens, display)
-            return self._vocabs[vocab_id]
 
     def unit_of(self, vector_id: int) -> Unit:
         """The unit a vector id belongs to (units are sorted by first id and do not overlap)."""
         if not self._starts:
             self._starts = [u.first_id for u in self.units]
         return self.units[bisect.bisect_right(self._starts, vector_id) - 1]
-
-    def vocab_models(self) -> dict[int, list[str]]:
-        """Model names per vocabulary id."""
-        out: dict[int, list[str]] = defaultdict(list)
-        seen = set()
-        for ref in self.checkpoints.values():
-            if (ref.vocab_id, ref.model) not in seen:
-                seen.add((ref.vocab_id, ref.model))
-                out[ref.vocab_id].append(ref.model)
-        return {v: sorted(names) for v, names in out.items()}
 
 
 _CATALOGS: dict[str, Catalog] = {}

@@ -76,6 +76,7 @@ class TokenMatch(BaseModel):
     """How a typed word resolved in one model's vocabulary."""
 
     model: str
+    vocab_id: int
     token_id: int
     token: str
     display: str

@@ -44,10 +44,15 @@ def vocabulary(vocab_id: int) -> Sql:
 
 def vector_units() -> Sql:
     """Each run writes one contiguous block of vector ids per (checkpoint, component, layer, head): their
-    bounds let token lookups filter and label hits without joining the vectors table."""
+    bounds let token lookups filter and label hits without joining the vectors table. Checkpoints indexed
+    before ``vector_units`` existed get theirs from the vectors table."""
     return (
-        """SELECT checkpoint_id, component, layer, head, min(vector_id), max(vector_id), min(idx)
-FROM vectors GROUP BY ALL ORDER BY 5""",
+        """SELECT checkpoint_id, component, layer, head, first_vector_id, last_vector_id, first_index
+FROM vector_units
+UNION ALL
+SELECT checkpoint_id, component, layer, head, min(vector_id), max(vector_id), min(idx) FROM vectors
+WHERE checkpoint_id NOT IN (SELECT checkpoint_id FROM vector_units) GROUP BY ALL
+ORDER BY 5""",
         [],
     )
 
@@ -84,6 +89,25 @@ SELECT vector_id, side, rank, token_id, score, zscore FROM hits
 WHERE side = ? AND ({' OR '.join(ors)})
 ORDER BY zscore {order}, vector_id LIMIT ? OFFSET ?""",
         params,
+    )
+
+
+def resolve_token(word: str, ignore_case: bool) -> Sql:
+    """Token ids whose lookup word, raw spelling or display text equals ``word``, per model."""
+    cmp = "lower({col}) = lower(?)" if ignore_case else "{col} = ?"
+    cond = " OR ".join(cmp.format(col=f"t.{col}") for col in ("word", "token", "display"))
+    return (
+        f"SELECT m.name, m.vocab_id, t.token_id, t.token, t.display FROM tokens t "
+        f"JOIN models m USING (vocab_id) WHERE {cond} ORDER BY m.name, t.token_id",
+        [word, word, word],
+    )
+
+
+def token_by_id(token_id: int) -> Sql:
+    return (
+        "SELECT m.name, m.vocab_id, t.token_id, t.token, t.display FROM tokens t JOIN models m USING (vocab_id) "
+        "WHERE t.token_id = ? ORDER BY m.name",
+        [token_id],
     )
 
 

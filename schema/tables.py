@@ -112,6 +112,20 @@ vectors = sa.Table(
     comment="Every indexed parameter vector with exact statistics of its full vocabulary projection.",
 )
 
+vector_units = sa.Table(
+    "vector_units",
+    metadata,
+    sa.Column("checkpoint_id", sa.Integer, nullable=False, comment="checkpoint"),
+    sa.Column("component", sa.String, nullable=False, comment="component"),
+    sa.Column("layer", sa.Integer, nullable=False, comment="layer"),
+    sa.Column("head", sa.Integer, nullable=True, comment="head, NULL for non-head components"),
+    sa.Column("first_vector_id", sa.BigInteger, nullable=False, comment="first vector id of the unit"),
+    sa.Column("last_vector_id", sa.BigInteger, nullable=False, comment="last vector id (inclusive)"),
+    sa.Column("first_index", sa.Integer, nullable=False, comment="idx of the first vector"),
+    comment="The contiguous block of vector ids each index run wrote per (checkpoint, component, layer, head): "
+    "token lookups filter and label hits by these ranges instead of joining vectors.",
+)
+
 vector_tokens = sa.Table(
     "vector_tokens",
     metadata,
