@@ -46,6 +46,8 @@ def build(db: Path, rows: int) -> None:
             first = (m - 1) * per_model
             con.execute("""INSERT INTO vectors SELECT ? + i, ?, 'ff_value', i // ?, NULL, i % ?, 1.0, 0.0, 0.02
                            FROM range(?) r(i)""", [first, m, D_FF, D_FF, per_model])
+            con.execute("""INSERT INTO vector_units SELECT ?, 'ff_value', l, NULL, ? + l * ?, ? + (l + 1) * ? - 1, 0
+                           FROM range(?) r(l)""", [m, first, D_FF, first, D_FF, LAYERS])
             con.execute("""INSERT INTO vector_tokens
                 SELECT ? + v, CASE WHEN j < ? THEN 'top' ELSE 'bottom' END, (j % ?) + 1,
                        (hash(v * 131 + j + ? * 7919) % ?)::INTEGER AS token_id,
