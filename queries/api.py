@@ -51,7 +51,7 @@ class Lens:
         self.close()
 
     def _rows(self, built: q.Sql) -> list[tuple]:
-        sql, params = built
+        sql, params = q.inline(built)
         return self.con.execute(sql, params).fetchall()
 
     def _catalog(self) -> Catalog:

@@ -61,18 +61,16 @@ _GLOBAL = threading.Lock()
 
 def catalog(con: duckdb.DuckDBPyConnection, path: Path) -> Catalog:
     """The catalog of the store at ``path`` as ``con`` sees it (rebuilt when the store changed)."""
-    gen_sql, gen_params = q.store_generation()
-    generation = tuple(con.execute(gen_sql, gen_params).fetchone() or ())
+    generation = tuple(con.execute(q.store_generation()[0]).fetchone() or ())
     key = str(path.resolve())
     with _GLOBAL:
         cached = _CATALOGS.get(key)
         if cached is not None and cached.generation == generation:
             return cached
-    sql, params = q.checkpoint_catalog()
     checkpoints = {r[0]: CheckpointRef(r[0], r[1], r[2], r[3], r[4], bool(r[5]))
-                   for r in con.execute(sql, params).fetchall()}
-    models = {name: vocab_id for name, vocab_id in con.execute(*q.model_vocabularies()).fetchall()}
-    units = [Unit(*r) for r in con.execute(*q.vector_units()).fetchall()]
+                   for r in con.execute(q.checkpoint_catalog()[0]).fetchall()}
+    models = {name: vocab_id for name, vocab_id in con.execute(q.model_vocabularies()[0]).fetchall()}
+    units = [Unit(*r) for r in con.execute(q.vector_units()[0]).fetchall()]
     built = Catalog(generation, checkpoints, models, units)
     with _GLOBAL:
         _CATALOGS[key] = built
