@@ -2,8 +2,9 @@
 
 Inert unless ``LENSDB_TEST_PAUSE_AT`` names the point. Then, on reaching it, the indexer writes the file
 ``LENSDB_TEST_PAUSE_MARKER`` (if set) and sleeps ``LENSDB_TEST_PAUSE_S`` seconds (default an hour) before it
-goes on; each point pauses once per process. Points: ``projection`` (first chunk projected, nothing appended), ``write`` (first rows appended
-inside the transaction), ``commit`` (every row written, just before COMMIT).
+goes on; each point pauses once per process. Points: ``projection`` (first chunk projected, nothing
+appended), ``write`` (first rows appended inside the transaction), ``commit`` (every row written, just
+before COMMIT).
 """
 
 import os

@@ -50,6 +50,7 @@ from queries.readonly import harden
 from schema.errors import LensdbError, StoreError
 from schema.store import writer
 from service import pages
+from service.guard import Guard
 from service.jobs import IndexRequest, Job, JobRunner
 from service.reads import ComponentCount, RunInfo, component_counts, count_runs, index_runs
 from service.settings import Settings
@@ -201,6 +202,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="lensdb", version="0.1.0", description=about)
     app.state.service = svc
     app.router.on_shutdown.append(svc.close)
+    app.add_middleware(Guard, token=settings.token, max_body_bytes=settings.max_body_bytes)
 
     Limit = Annotated[int, Query(ge=1, le=settings.page_limit, description="rows per page")]
     Offset = Annotated[int, Query(ge=0, description="rows to skip")]
