@@ -144,6 +144,8 @@ def _read_header(file: Path) -> dict[str, tuple[int, ...]]:
 
 def open_checkpoint(path: str | Path) -> Checkpoint:
     """Validate a checkpoint folder and index its tensors by name, without reading any weights."""
+    if "\x00" in str(path):
+        raise CheckpointError(f"{str(path)!r}: a path cannot contain a NUL character.")
     p = _follow(Path(path))
     if not p.exists():
         raise CheckpointError(f"{p}: no such folder. Pass the folder that holds config.json and the weights.")
