@@ -401,3 +401,101 @@ def test_serve_refuses_an_open_address_without_a_token(tmp_path: Path) -> None:
     code, _, err = cli("serve", "--host", "0.0.0.0", "--db", str(tmp_path / "x.duckdb"))
     assert code == 1 and "refusing to listen on 0.0.0.0 without a token" in err
     assert not (tmp_path / "x.duckdb").exists()
+
+
+# ---- concurrency: readers while the service indexes --------------------------------------------------------
+
+CLIENT = r'''
+import json, sys, time
+from pathlib import Path
+import httpx
+
+url, stop = sys.argv[1], Path(sys.argv[2])
+CONSISTENT = """SELECT
+  (SELECT count(*) FROM checkpoints c LEFT JOIN index_runs r USING (checkpoint_id)
+   WHERE r.run_id IS NULL
+      OR r.n_vectors <> (SELECT count(*) FROM vectors v WHERE v.checkpoint_id = c.checkpoint_id)
+      OR r.n_projections <> (SELECT count(*) FROM vector_tokens p JOIN vectors v USING (vector_id)
+                             WHERE v.checkpoint_id = c.checkpoint_id)) AS incomplete,
+  (SELECT count(*) FROM vectors WHERE checkpoint_id NOT IN (SELECT checkpoint_id FROM checkpoints)) AS orphans"""
+failures, requests, during_job, seen = [], 0, 0, set()
+with httpx.Client(base_url=url, timeout=30) as client:
+    while not stop.exists():
+        try:
+            busy = client.get("/health").json()["jobs_running"] > 0
+            hits = client.get("/promoters", params={"token": "paris", "checkpoint": "all", "limit": 200})
+            models = client.get("/models")
+            check = client.post("/sql", json={"sql": CONSISTENT})
+            requests += 4
+            during_job += 4 * busy
+            for r in (hits, models, check):
+                if r.status_code != 200:
+                    failures.append(f"{r.request.url}: {r.status_code} {r.text[:200]}")
+            if check.status_code == 200 and check.json()["rows"] != [[0, 0]]:
+                failures.append(f"half-indexed state visible: {check.json()['rows']}")
+            listed = {m["name"] for m in models.json()["items"]}
+            for m in models.json()["items"]:
+                if not m["checkpoints"] or any(c["n_vectors"] <= 0 for c in m["checkpoints"]):
+                    failures.append(f"model {m['name']} listed without complete checkpoints")
+            if seen - listed:
+                failures.append(f"models disappeared: {seen - listed}")
+            seen |= listed
+            found = {h["model"] for h in hits.json()["items"]}
+            if found - listed:  # searched first, listed after: a model found must already be listed
+                failures.append(f"found in search before it was listed: {found - listed}")
+        except Exception as err:
+            failures.append(repr(err))
+print(json.dumps({"failures": failures, "requests": requests, "during_job": during_job, "seen": sorted(seen)}))
+'''
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_readers_never_see_a_half_indexed_checkpoint(tmp_path: Path) -> None:
+    from service_fixtures import build_store, tiny_gpt2
+
+    db = build_store(tmp_path)
+    big = tiny_gpt2(tmp_path / "big", vocab_size=4000, n_embd=128, n_layer=4, seed=1)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--db", str(db), "--port", str(port)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    stop = tmp_path / "stop"
+    clients: list[subprocess.Popen] = []
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            assert server.poll() is None and time.monotonic() < deadline, "lensdb serve did not start"
+            time.sleep(0.2)
+        clients = [subprocess.Popen([sys.executable, "-c", CLIENT, url, str(stop)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True) for _ in range(4)]
+        time.sleep(1.0)  # let them start querying first
+        with httpx.Client(base_url=url, timeout=30) as client:
+            job = client.post("/index", json={"checkpoint": str(big), "name": "big"}).json()
+            deadline = time.monotonic() + 120
+            while (state := client.get(f"/jobs/{job['id']}").json())["status"] in ("queued", "running"):
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            assert state["status"] == "done", state
+            time.sleep(1.0)  # and keep querying the finished store a little
+    finally:
+        stop.touch()
+        reports = []
+        for c in clients:
+            out = c.communicate(timeout=60)[0]
+            reports.append(json.loads(out.strip().splitlines()[-1]) if c.returncode == 0 else {"failures": [out]})
+        server.terminate()
+        server.communicate(timeout=30)
+    assert all(not r["failures"] for r in reports), [r["failures"][:3] for r in reports]
+    assert all(r["requests"] > 0 for r in reports)
+    assert sum(r["during_job"] for r in reports) > 0, "no request overlapped the index job"
+    assert all("big" in r["seen"] for r in reports)
