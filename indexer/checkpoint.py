@@ -5,6 +5,7 @@ problem is found before indexing starts where the headers allow it (missing file
 the index promises but no shard holds) and reported with the file's name.
 """
 
+import errno
 import hashlib
 import json
 import struct
@@ -69,10 +70,39 @@ class Checkpoint:
         return h.hexdigest()
 
 
+def _follow(path: Path) -> Path:
+    """``path`` itself, or a clear error if it is a symbolic link that leads nowhere (a loop, a dangling link)."""
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:  # Python 3.11/3.12 report a loop this way
+            raise CheckpointError(f"{path}: symbolic link loop; point it at the real file or folder.") from None
+        except OSError as err:
+            problem = "symbolic link loop" if err.errno == errno.ELOOP else "dangling symbolic link"
+            raise CheckpointError(f"{path}: {problem}; point it at the real file or folder.") from None
+    return path
+
+
+def _entry(name: str, info: object) -> tuple[tuple[int, ...], str, int, int]:
+    """(shape, dtype, start, stop) of one header entry, or ValueError if it is malformed."""
+    if not isinstance(info, dict):
+        raise ValueError(f"entry {name!r} is not an object")
+    shape, dtype, offsets = info.get("shape"), info.get("dtype"), info.get("data_offsets")
+    if not isinstance(shape, list) or not all(isinstance(x, int) and x >= 0 for x in shape):
+        raise ValueError(f"entry {name!r} has no valid shape")
+    if not isinstance(dtype, str):
+        raise ValueError(f"entry {name!r} has no dtype")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(x, int) for x in offsets)
+            and 0 <= offsets[0] <= offsets[1]):
+        raise ValueError(f"entry {name!r} has no valid data_offsets")
+    return tuple(shape), dtype, offsets[0], offsets[1]
+
+
 def _read_header(file: Path) -> dict[str, tuple[int, ...]]:
     """Parse a safetensors header and check the file really holds the bytes it announces."""
-    size = file.stat().st_size
+    _follow(file)
     try:
+        size = file.stat().st_size
         with file.open("rb") as fh:
             raw = fh.read(8)
             if len(raw) < 8:
@@ -80,20 +110,24 @@ def _read_header(file: Path) -> dict[str, tuple[int, ...]]:
             (n,) = struct.unpack("<Q", raw)
             if n > size - 8:
                 raise ValueError(f"header claims {n} bytes but the file has {size}")
-            header = json.loads(fh.read(n))
-    except (ValueError, UnicodeDecodeError) as err:
+            try:
+                header = json.loads(fh.read(n))
+            except ValueError:
+                raise ValueError("its header is not JSON") from None
+            if not isinstance(header, dict):
+                raise ValueError("its header is not a JSON object")
+            entries = {name: _entry(name, info) for name, info in header.items() if name != "__metadata__"}
+    except OSError as err:
+        raise CheckpointError(f"{file}: cannot read it ({err.strerror or err}).") from None
+    except ValueError as err:
         raise CheckpointError(f"{file}: not a readable safetensors file ({err}); re-download it.") from None
     shapes: dict[str, tuple[int, ...]] = {}
     end = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        shape = tuple(int(x) for x in info["shape"])
-        start, stop = info["data_offsets"]
+    for name, (shape, dtype, start, stop) in entries.items():
         n_items = 1
         for x in shape:
             n_items *= x
-        if stop - start != n_items * _DTYPE_BYTES.get(info["dtype"], 0):
+        if stop - start != n_items * _DTYPE_BYTES.get(dtype, 0):
             raise CheckpointError(
                 f"{file}: tensor {name!r} has shape {list(shape)} but {stop - start} bytes of data; "
                 "the header does not match the data. Re-download the file."
@@ -110,17 +144,21 @@ def _read_header(file: Path) -> dict[str, tuple[int, ...]]:
 
 def open_checkpoint(path: str | Path) -> Checkpoint:
     """Validate a checkpoint folder and index its tensors by name, without reading any weights."""
-    p = Path(path)
+    if "\x00" in str(path):
+        raise CheckpointError(f"{str(path)!r}: a path cannot contain a NUL character.")
+    p = _follow(Path(path))
     if not p.exists():
         raise CheckpointError(f"{p}: no such folder. Pass the folder that holds config.json and the weights.")
     if not p.is_dir():
         raise CheckpointError(f"{p}: not a folder. Pass the folder that holds config.json and the weights.")
-    cfg_file = p / "config.json"
+    cfg_file = _follow(p / "config.json")
     if not cfg_file.exists():
         raise CheckpointError(f"{p}: no config.json; this is not a Hugging Face checkpoint folder.")
     try:
         config = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as err:
+    except OSError as err:
+        raise CheckpointError(f"{cfg_file}: cannot read it ({err.strerror or err}).") from None
+    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
         raise CheckpointError(f"{cfg_file}: not valid JSON ({err}).") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{cfg_file}: expected a JSON object.")
@@ -129,14 +167,19 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     shapes: dict[str, tuple[int, ...]] = {}
     if (p / SHARD_INDEX).exists():
         try:
-            weight_map: dict[str, str] = json.loads((p / SHARD_INDEX).read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            weight_map: dict[str, str] = json.loads(_follow(p / SHARD_INDEX).read_text())["weight_map"]
+            if not isinstance(weight_map, dict) or not all(
+                    isinstance(v, str) and v and "/" not in v for v in weight_map.values()):
+                raise TypeError("weight_map must map tensor names to shard file names in the folder")
+        except OSError as err:
+            raise CheckpointError(f"{p / SHARD_INDEX}: cannot read it ({err.strerror or err}).") from None
+        except (ValueError, KeyError, TypeError) as err:
             raise CheckpointError(f"{p / SHARD_INDEX}: not a valid shard index ({err}).") from None
-        files = sorted({p / f for f in weight_map.values()})
+        files = sorted({_follow(p / f) for f in weight_map.values()})
         for file in files:
             if not file.exists():
                 raise CheckpointError(f"{file}: shard named in {SHARD_INDEX} is missing; the download is incomplete.")
-    elif (p / SINGLE_FILE).exists():
+    elif _follow(p / SINGLE_FILE).exists():
         files = [p / SINGLE_FILE]
     else:
         others = sorted(x.name for x in p.glob("*.bin")) + sorted(x.name for x in p.glob("*.pt*"))

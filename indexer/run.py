@@ -27,6 +27,7 @@ from indexer.basis import Basis, BasisMode, fold_reader, logit_stats, read_basis
 from indexer.checkpoint import Checkpoint, open_checkpoint
 from indexer.compute import Compute, DeviceChoice, Precision, matmul_mode, resolve_compute
 from indexer.errors import CheckpointError
+from indexer.faults import pause_point
 from indexer.projection import TopBottom, chunk_rows, chunks, topk_bottomk
 from indexer.records import projection_batch, token_batch, vector_batch
 from indexer.vocab import Vocabulary, load_vocabulary
@@ -159,6 +160,7 @@ class _Writer:
             mean, std = logit_stats(v, basis)
             norm = v.to(torch.float64).norm(dim=1)
             tb, mean, std, norm = (_cpu(tb), mean.cpu(), std.cpu(), norm.cpu())
+            pause_point("projection")
             first = self.next_vector
             self.next_vector += v.shape[0]
             vecs = vector_batch(first, self.checkpoint_id, name, layer, head, part.start, norm, mean, std)
@@ -170,6 +172,7 @@ class _Writer:
         append_arrow(self.con, "staged_tokens", rows)
         self.n_vectors += vecs.num_rows
         self.n_projections += rows.num_rows
+        pause_point("write")
 
     def _submit(self, job: Callable[[], None]) -> None:
         while len(self._pending) >= 2:
@@ -284,20 +287,82 @@ def index_checkpoint(
     if not name.strip():
         raise LensdbError("model name is empty; pass --name NAME.")
     content_hash = ckpt.content_hash()
+    created = con is None and not Path(db_path).exists()
 
+    # The attempt is logged in its own small transaction, so a run that fails or dies leaves a trace while
+    # its rows (one transaction below) leave none.
+    with writer(db_path, con) as tx:
+        mark_interrupted(tx)
+        found = _find(tx, content_hash)
+        if found and not opts.replace:
+            return _unchanged(found, content_hash, started)
+        attempt_id = next_id(tx, "run_attempts", "attempt_id")
+        tx.execute("INSERT INTO run_attempts VALUES (?, ?, ?, ?, 'running', ?, NULL, NULL, NULL)",
+                   [attempt_id, content_hash, str(ckpt.path), name, started_at])
+    try:
+        return _index(db_path, con, ckpt, adapter, plan, vocab, name, content_hash, opts, compute, progress,
+                      started, started_at, attempt_id)
+    except BaseException as err:
+        _record_failure(db_path, con, attempt_id, err, created)
+        raise
+
+
+def _find(con: duckdb.DuckDBPyConnection, content_hash: str) -> tuple | None:
+    return con.execute(
+        "SELECT c.checkpoint_id, c.label, m.name, r.basis, r.top_k FROM checkpoints c "
+        "JOIN models m USING (model_id) JOIN index_runs r USING (checkpoint_id) WHERE c.content_hash = ?",
+        [content_hash],
+    ).fetchone()
+
+
+def _unchanged(found: tuple, content_hash: str, started: float) -> IndexResult:
+    return IndexResult(
+        status="unchanged", model=found[2], checkpoint=found[1], content_hash=content_hash,
+        n_vectors=0, n_projections=0, seconds=time.perf_counter() - started,
+        message=f"already indexed as {found[2]}/{found[1]} (basis {found[3]}, top-k {found[4]}); "
+        "nothing to do. Pass --replace to index it again with the options given.",
+    )
+
+
+def mark_interrupted(con: duckdb.DuckDBPyConnection) -> None:
+    """Attempts still 'running' when a writer starts belong to a process that died: mark them interrupted.
+
+    Safe because the caller is the file's only writer and runs one index at a time.
+    """
+    con.execute("UPDATE run_attempts SET status = 'interrupted', finished_at = ?, error = 'the process ended "
+                "before the run committed; nothing of it was written' WHERE status = 'running'", [datetime.now()])
+
+
+def _record_failure(db_path: str | Path, con: duckdb.DuckDBPyConnection | None, attempt_id: int,
+                    err: BaseException, created: bool) -> None:
+    """Note why an attempt failed, in its own transaction; a file this run created is removed instead."""
+    if created:
+        for leftover in (Path(db_path), Path(f"{db_path}.wal")):
+            leftover.unlink(missing_ok=True)
+        return
+    status = "failed" if isinstance(err, Exception) else "interrupted"
+    reason = str(err) if isinstance(err, LensdbError) else f"{type(err).__name__}: {err}"
+    try:
+        with writer(db_path, con) as tx:
+            tx.execute("UPDATE run_attempts SET status = ?, finished_at = ?, error = ? WHERE attempt_id = ?",
+                       [status, datetime.now(), reason[:2000], attempt_id])
+    except (LensdbError, duckdb.Error):
+        pass  # the original error matters more; the next writer marks the attempt interrupted
+
+
+def _index(db_path: str | Path, con: duckdb.DuckDBPyConnection | None, ckpt: Checkpoint, adapter: Adapter,
+           plan: list[tuple[str, int]], vocab: Vocabulary, name: str, content_hash: str, opts: IndexOptions,
+           compute: Compute, progress: bool, started: float, started_at: datetime, attempt_id: int) -> IndexResult:
+    """The run's one transaction: every row of the checkpoint and its run record, or nothing."""
     with writer(db_path, con) as con:
         found = con.execute(
             "SELECT c.checkpoint_id, c.label, m.name, r.basis, r.top_k FROM checkpoints c "
             "JOIN models m USING (model_id) JOIN index_runs r USING (checkpoint_id) WHERE c.content_hash = ?",
             [content_hash],
         ).fetchone()
-        if found and not opts.replace:
-            return IndexResult(
-                status="unchanged", model=found[2], checkpoint=found[1], content_hash=content_hash,
-                n_vectors=0, n_projections=0, seconds=time.perf_counter() - started,
-                message=f"already indexed as {found[2]}/{found[1]} (basis {found[3]}, top-k {found[4]}); "
-                "nothing to do. Pass --replace to index it again with the options given.",
-            )
+        if found and not opts.replace:  # another writer indexed it between the two transactions
+            con.execute("DELETE FROM run_attempts WHERE attempt_id = ?", [attempt_id])
+            return _unchanged(found, content_hash, started)
         if found:
             _delete_checkpoint(con, int(found[0]))
         vocab_id = _vocab_id(con, vocab)
@@ -338,6 +403,9 @@ def index_checkpoint(
             [run_id, checkpoint_id, started_at, datetime.now(), opts.basis, json.dumps(flags), opts.top_k,
              json.dumps(sorted({u[0] for u in plan})), out.n_vectors, out.n_projections, seconds, VERSION],
         )
+        con.execute("UPDATE run_attempts SET status = 'complete', finished_at = ?, checkpoint_id = ? "
+                    "WHERE attempt_id = ?", [datetime.now(), checkpoint_id, attempt_id])
+        pause_point("commit")
     return IndexResult(
         status="indexed", model=name, checkpoint=label, content_hash=content_hash, n_vectors=out.n_vectors,
         n_projections=out.n_projections, seconds=seconds,

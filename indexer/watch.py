@@ -90,6 +90,8 @@ def register_source(db_path: str | Path, name: str, folder: str | Path, kind: So
     """Register ``folder`` as model ``name``; `lensdb watch` then indexes its complete checkpoints."""
     if not name.strip():
         raise LensdbError("the model name is empty; pass a NAME.")
+    if "\x00" in str(folder):
+        raise SourceError(f"{str(folder)!r}: a path cannot contain a NUL character.")
     path = Path(folder).expanduser().resolve()
     if kind is not None and kind not in KINDS:
         raise LensdbError(f"unknown source kind {kind!r}; use one of {', '.join(KINDS)}.")

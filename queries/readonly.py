@@ -49,7 +49,7 @@ def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as err:
-        raise SqlRefused(f"cannot parse the SQL: {err}".strip()) from None
+        raise SqlRefused(_reason(err, "cannot parse the SQL: ")) from None
     if len(statements) != 1:
         raise SqlRefused(f"send exactly one statement (got {len(statements)}).")
     kind = statements[0].type
@@ -71,8 +71,16 @@ def run_readonly(con: duckdb.DuckDBPyConnection, sql: str, max_rows: int = 1000,
             raise SqlTimeout(
                 f"the query ran longer than {timeout_s:g}s and was stopped; add filters or a LIMIT."
             ) from None
-        raise SqlRefused(str(err)) from None
+        raise SqlRefused(_reason(err)) from None
     finally:
         timer.cancel()
     truncated = len(rows) > max_rows
     return SqlResult(columns=columns, rows=[list(r) for r in rows[:max_rows]], truncated=truncated)
+
+
+def _reason(err: duckdb.Error, prefix: str = "") -> str:
+    """DuckDB's message, saying plainly when it is the hardening that refused (files, URLs, extensions)."""
+    text = " ".join(str(err).split())
+    if isinstance(err, duckdb.PermissionException) or "Permission Error" in text:
+        return f"reading files or URLs is not allowed in read-only SQL; query the store's tables. ({text})"
+    return prefix + text

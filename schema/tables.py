@@ -201,3 +201,23 @@ watch_items = sa.Table(
     sa.Column("decided_at", sa.DateTime, nullable=False, comment="when it was decided"),
     comment="What each watch cycle did with each new checkpoint it found, and why.",
 )
+
+# ---- reliability (issue 10): every index attempt, committed on its own before the run's one transaction ----
+
+run_attempts = sa.Table(
+    "run_attempts",
+    metadata,
+    _id("attempt_id", "attempt id"),
+    sa.Column("content_hash", sa.String, nullable=False, comment="sha256 of the checkpoint it tried to index"),
+    sa.Column("path", sa.String, nullable=False, comment="checkpoint folder"),
+    sa.Column("model", sa.String, nullable=False, comment="model name it was indexing as"),
+    sa.Column("status", sa.String, nullable=False,
+              comment="running, complete, failed (clean error, rolled back) or interrupted (the process ended "
+              "mid-run: found still running by the next writer; nothing of it was committed)"),
+    sa.Column("started_at", sa.DateTime, nullable=False, comment="start time"),
+    sa.Column("finished_at", sa.DateTime, nullable=True, comment="end time; NULL while running"),
+    sa.Column("error", sa.String, nullable=True, comment="why it failed or was interrupted"),
+    sa.Column("checkpoint_id", sa.Integer, nullable=True, comment="the checkpoint it wrote, once complete"),
+    comment="A log of index attempts, written in its own small transactions: the run's rows commit all or "
+    "nothing, this row says what happened to an attempt that did not commit.",
+)

@@ -50,6 +50,7 @@ from queries.readonly import harden
 from schema.errors import LensdbError, StoreError
 from schema.store import writer
 from service import pages
+from service.guard import Guard
 from service.jobs import IndexRequest, Job, JobRunner
 from service.reads import ComponentCount, RunInfo, component_counts, count_runs, index_runs
 from service.settings import Settings
@@ -201,15 +202,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="lensdb", version="0.1.0", description=about)
     app.state.service = svc
     app.router.on_shutdown.append(svc.close)
+    app.add_middleware(Guard, token=settings.token, max_body_bytes=settings.max_body_bytes)
 
     Limit = Annotated[int, Query(ge=1, le=settings.page_limit, description="rows per page")]
-    Offset = Annotated[int, Query(ge=0, description="rows to skip")]
+    Offset = Annotated[int, Query(ge=0, le=2**31 - 1, description="rows to skip")]
     ReadLens = Annotated[Lens, Depends(svc.reader)]
 
     @app.exception_handler(LensdbError)
     def lensdb_error(request: Request, err: LensdbError) -> JSONResponse:
         status, kind, title = classify(err)
         return problem(status, kind, title, str(err))
+
+    @app.exception_handler(duckdb.DataError)
+    def out_of_range(request: Request, err: duckdb.DataError) -> JSONResponse:
+        # A number too large for the store's integer columns (a layer, index, head or token id beyond int64)
+        # reaches DuckDB as a parameter it cannot convert: the caller's mistake, not the server's.
+        return problem(422, "invalid-parameters", "Invalid parameters",
+                       f"a parameter is out of range for the store: {' '.join(str(err).split())}")
 
     @app.exception_handler(RequestValidationError)
     def invalid(request: Request, err: RequestValidationError) -> JSONResponse:

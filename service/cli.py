@@ -6,6 +6,7 @@ stderr and exit status 1; usage errors exit 2 (argparse).
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -23,7 +24,7 @@ from indexer.watch import WatchReport, parse_every, register_source, watch_cycle
 from queries.export import export_parquet
 from schema.errors import LensdbError, StoreError
 from service.render import table
-from service.settings import Settings
+from service.settings import Settings, exposure_problem
 
 DEFAULT_DB = "lens.duckdb"
 
@@ -72,8 +73,10 @@ def index_via_server(server: str, checkpoint: str, opts: IndexOptions, quiet: bo
 
     base = server.rstrip("/")
     body = {"checkpoint": str(Path(checkpoint).resolve()), **opts.model_dump()}
+    token = os.environ.get("LENSDB_TOKEN", "")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with httpx.Client(base_url=base, timeout=30) as client:
+        with httpx.Client(base_url=base, timeout=30, headers=headers) as client:
             job = _answer(client.post("/index", json=body))
             shown = None
             while job["status"] in ("queued", "running"):
@@ -107,6 +110,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     given = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name) is not None}
     settings = Settings(**given)
+    if (refusal := exposure_problem(settings)) is not None:
+        raise LensdbError(refusal)
     app = create_app(settings)
     url = f"http://{settings.host}:{settings.port}"
     noted = server_file(settings.db)
@@ -176,6 +181,29 @@ def cmd_sql(args: argparse.Namespace) -> None:
         print(table(result.columns, result.rows))
     if result.truncated:
         print(f"(truncated at {args.max_rows} rows; raise --max-rows or add a LIMIT)", file=sys.stderr)
+
+
+def cmd_check(args: argparse.Namespace) -> None:
+    from queries.integrity import check_store
+    from schema.store import open_reader
+
+    con = open_reader(args.db)
+    try:
+        report = check_store(con)
+    finally:
+        con.close()
+    if args.json:
+        print(json.dumps({"ok": report.ok, **report.model_dump()}, indent=2))
+    else:
+        for note in report.notes:
+            print(f"note: {note}")
+        for problem in report.problems:
+            print(f"problem: {problem}")
+    if not report.ok:
+        raise LensdbError(f"{args.db}: {len(report.problems)} problem(s) found (listed above); re-index the "
+                          "checkpoints named there with --replace, or restore the file from a copy.")
+    if not args.json:
+        print(f"ok: {report.checkpoints} checkpoints, {report.vectors} vectors, {report.token_rows} token rows")
 
 
 def cmd_register(args: argparse.Namespace) -> None:
@@ -293,7 +321,8 @@ def parser() -> argparse.ArgumentParser:
                     help="fp32 is exact (default); tf32/bf16 (CUDA) pick candidates fast and rescore them in fp32")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.add_argument("--server", metavar="URL",
-                    help="submit the job to a running `lensdb serve` (http://127.0.0.1:8000) and follow it")
+                    help="submit the job to a running `lensdb serve` (http://127.0.0.1:8000) and follow it; "
+                    "sends LENSDB_TOKEN as its bearer token when set")
 
     sp = command("serve", cmd_serve, "serve the store over HTTP: API, pages and index jobs", db=False,
                  json_out=False)
@@ -334,6 +363,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("query")
     sp.add_argument("--max-rows", type=int, default=1000, help="row cap (default 1000)")
     sp.add_argument("--timeout", type=float, default=10.0, help="seconds before the query is stopped (default 10)")
+
+    command("check", cmd_check, "verify the store: run records, row counts, 2k token rows per vector, token ids, "
+            "orphans; exit 1 naming what is wrong")
 
     sp = command("register", cmd_register, "register a model's folder for `lensdb watch`: one checkpoint, a "
                  "Trainer output folder (checkpoint-N/) or a Hugging Face cache entry (models--org--name)")

@@ -17,14 +17,29 @@ from tests.tinymodels import TinyModel
 
 
 def snapshot(db: Path) -> str:
-    """A digest of every row of every table: equal digests mean an unchanged store."""
+    """A digest of every row of every table: equal digests mean an unchanged store.
+
+    ``run_attempts`` is left out: it is the log of attempts, written on its own around the run's one
+    transaction (a run that fails mid-way leaves its 'failed' row there and nothing else); ``attempts``
+    reads it.
+    """
     con = duckdb.connect(str(db), read_only=True)
     h = hashlib.sha256()
-    for (table,) in con.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall():
+    for (table,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE table_name <> 'run_attempts' "
+                                "ORDER BY 1").fetchall():
         for row in con.execute(f"SELECT * FROM {table} ORDER BY ALL").fetchall():
             h.update(repr(row).encode())
     con.close()
     return h.hexdigest()
+
+
+def attempts(db: Path) -> list[tuple]:
+    """(status, error) of every index attempt logged in the store, oldest first."""
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute("SELECT status, error FROM run_attempts ORDER BY attempt_id").fetchall()
+    finally:
+        con.close()
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -66,6 +81,39 @@ def _config(path: Path, **changes: object) -> None:
     (path / "config.json").write_text(json.dumps(cfg))
 
 
+def _empty_folder(path: Path) -> None:
+    shutil.rmtree(path)
+    path.mkdir()
+
+
+def _folder_loop(path: Path) -> None:
+    shutil.rmtree(path)
+    path.symlink_to(path)
+
+
+def _weights_loop(path: Path) -> None:
+    f = path / "model.safetensors"
+    f.unlink()
+    f.symlink_to(f)
+
+
+def _header_not_json(path: Path) -> None:
+    f = path / "model.safetensors"
+    raw = f.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    f.write_bytes(raw[:8] + b"\x00not json" + b" " * (n - 9) + raw[8 + n :])
+
+
+def _missing_shard(path: Path) -> None:
+    raw = (path / "model.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    names = [k for k in json.loads(raw[8 : 8 + n]) if k != "__metadata__"]
+    (path / "model.safetensors").rename(path / "model-00001-of-00002.safetensors")
+    weight_map = {k: "model-00001-of-00002.safetensors" for k in names}
+    weight_map[names[-1]] = "model-00002-of-00002.safetensors"
+    (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
 CASES = {
     "no weights": (lambda p: (p / "model.safetensors").unlink(), "no model.safetensors"),
     "truncated safetensors": (_truncate, "truncated"),
@@ -76,7 +124,16 @@ CASES = {
     "no tokenizer": (lambda p: [(p / f).unlink() for f in ("tokenizer.json", "tokenizer_config.json")],
                      "no tokenizer"),
     "config is not JSON": (lambda p: (p / "config.json").write_text("{nope"), "not valid JSON"),
+    "empty folder": (_empty_folder, "broken: no config.json"),
+    "folder is a symlink loop": (_folder_loop, "broken: symbolic link loop"),
+    "weights symlink to themselves": (_weights_loop, "model.safetensors: symbolic link loop"),
+    "safetensors header is not JSON": (_header_not_json, "model.safetensors: not a readable safetensors file "
+                                       "(its header is not JSON)"),
+    "shard index names a missing shard": (_missing_shard, "model-00002-of-00002.safetensors: shard named in "
+                                          "model.safetensors.index.json is missing"),
+    "config value of the wrong type": (lambda p: _config(p, n_layer="two"), "n_layer must be a positive integer"),
 }
+MID_RUN = {"NaN weights mid-run"}  # found while writing: the rows roll back, the attempt is logged 'failed'
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -86,13 +143,17 @@ def test_broken_checkpoint_is_refused_and_store_unchanged(
     damage, message = CASES[case]
     ckpt = broken_copy(tiny_gpt2, tmp_path / "broken")
     damage(ckpt)
-    before = snapshot(store_copy)
+    before, logged = snapshot(store_copy), attempts(store_copy)
     code, out, err = run_cli(capsys, "index", str(ckpt), "--db", str(store_copy), "--name", "broken", "--quiet",
                              "--replace")
     assert code == 1
     assert message in err and err.startswith("lensdb: error: ") and err.count("\n") == 1
     assert "Traceback" not in err
     assert snapshot(store_copy) == before
+    if case in MID_RUN:
+        assert attempts(store_copy)[len(logged):] == [("failed", err.removeprefix("lensdb: error: ").strip())]
+    else:  # refused from the headers, before the store was opened: not even an attempt is logged
+        assert attempts(store_copy) == logged
 
 
 def test_failed_first_run_leaves_no_file(

@@ -152,7 +152,10 @@ def config_int(ckpt: Checkpoint, *keys: str, default: int | None = None) -> int:
     for key in keys:
         value = ckpt.config.get(key)
         if value is not None:
-            return int(value)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CheckpointError(f"{ckpt.path / 'config.json'}: {key} must be a positive integer, "
+                                      f"not {value!r}.")
+            return value
     if default is not None:
         return default
     raise CheckpointError(f"{ckpt.path / 'config.json'}: needs one of {', '.join(keys)}.")
