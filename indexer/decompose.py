@@ -47,10 +47,7 @@ class NormApplied:
 def applied_norm(x: torch.Tensor, kind: NormKind, weight: torch.Tensor, bias: torch.Tensor | None,
                  eps: float) -> NormApplied:
     """How a norm acted on its input ``x`` ``[..., positions, d]``: its per-position scale from ``x`` itself."""
-    if kind == "layernorm":
-        var = x.var(dim=-1, unbiased=False)
-    else:
-        var = x.pow(2).mean(dim=-1)
+    var = x.var(dim=-1, unbiased=False) if kind == "layernorm" else x.pow(2).mean(dim=-1)
     return NormApplied(kind, weight, bias, torch.rsqrt(var + eps), eps)
 
 

@@ -118,7 +118,7 @@ def _module(model: torch.nn.Module, adapter: Adapter, key: str, layer: int = 0) 
 
 def _norm_of(module: torch.nn.Module, x: torch.Tensor, kind: str) -> NormApplied:
     eps = getattr(module, "eps", None) or getattr(module, "variance_epsilon", None) or 1e-5
-    weight = module.weight.detach()
+    weight = torch.as_tensor(module.weight).detach()
     bias = getattr(module, "bias", None)
     return applied_norm(x, kind, weight, None if bias is None else bias.detach(), float(eps))  # type: ignore[arg-type]
 
@@ -156,7 +156,7 @@ def run_forward(model: torch.nn.Module, adapter: Adapter, input_ids: torch.Tenso
     def in_hook(tag: str):
         def hook(_m: torch.nn.Module, args: tuple, out: object) -> None:
             seen[tag] = flat(args[0])
-            seen[tag + ".out"] = flat(out[0] if isinstance(out, tuple) else out)  # type: ignore[index]
+            seen[tag + ".out"] = flat(out[0] if isinstance(out, tuple) else out)  # type: ignore[arg-type]
         return hook
 
     post = adapter.post_norm()
@@ -210,7 +210,7 @@ def run_forward(model: torch.nn.Module, adapter: Adapter, input_ids: torch.Tenso
         final_out = seen["final.out"]
         dec = decompose(flat(out.hidden_states[0]), layers, final, seen["final"], final_out)
     w_u = adapter.unembedding()
-    head_emb = model.get_output_embeddings() if not adapter.encoder else None
+    head_emb = model.get_output_embeddings() if not adapter.encoder else None  # type: ignore[operator]
     lm_bias = getattr(head_emb, "bias", None) if head_emb is not None else None
     lm_bias = lm_bias.detach() if lm_bias is not None else None
     logits = final_out @ w_u.T + (lm_bias if lm_bias is not None else 0.0)

@@ -223,8 +223,8 @@ def _tokenize(path: Path, prompt: str, position: int | None) -> tuple[torch.Tens
     n = int(ids.shape[0])
     if position is None:
         mask = getattr(tok, "mask_token_id", None)
-        hits = (ids == mask).nonzero() if mask is not None else []
-        position = int(hits[0, 0]) if len(hits) else n - 1
+        hits = (ids == mask).nonzero().flatten().tolist() if mask is not None else []
+        position = int(hits[0]) if hits else n - 1
     if not -n <= position < n:
         raise LensdbError(f"position {position} is outside the input's {n} tokens.")
     return ids, position % n

@@ -20,5 +20,5 @@ from queries.rows import (
 )
 
 __all__ = ["ChangedVector", "Lens", "ModelInfo", "NotFound", "SourceInfo", "SqlRefused", "SqlResult", "SqlTimeout",
-           "StepInfo", "TokenHit", "TokenMatch", "TokenRankStep", "TokenScore", "TraceSummary", "TraceView", "UnknownToken", "VectorStep",
-           "VectorView", "WatchRunInfo", "connect"]
+           "StepInfo", "TokenHit", "TokenMatch", "TokenRankStep", "TokenScore", "TraceSummary", "TraceView",
+           "UnknownToken", "VectorStep", "VectorView", "WatchRunInfo", "connect"]

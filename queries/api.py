@@ -329,9 +329,11 @@ class Lens:
         terms = [TraceTerm(kind=r[1], layer=r[2], head=r[3], norm=r[4], logit=r[5])
                  for r in self._rows(q.trace_rows("trace_terms", tid, pos))]
         head_logit = {(t.layer, t.head): t.logit for t in terms if t.kind == "head"}
-        states = [TraceState(layer=r[1], norm=r[4], pred_rank=r[5], pred_logit=r[6], top=tops.get(("state", r[1], None), []))
+        states = [TraceState(layer=r[1], norm=r[4], pred_rank=r[5], pred_logit=r[6],
+                             top=tops.get(("state", r[1], None), []))
                   for r in self._rows(q.trace_rows("trace_states", tid, pos))]
-        heads = [TraceHead(layer=r[1], head=r[2], norm=r[3], pred_rank=r[4], logit=head_logit.get((r[1], r[2]), 0.0),
+        heads = [TraceHead(layer=r[1], head=r[2], norm=r[3], pred_rank=r[4],
+                           logit=head_logit.get((r[1], r[2]), 0.0),
                            top=tops.get(("head", r[1], r[2]), []), attends=attends.get((r[1], r[2]), []))
                  for r in self._rows(q.trace_rows("trace_heads", tid, pos))]
         neurons = [TraceNeuron(layer=r[1], index=r[2], side=r[3], rank=r[4], activation=r[5], value_norm=r[6],
