@@ -58,17 +58,24 @@ def centre_rows(matrix: torch.Tensor) -> torch.Tensor:
     return matrix - matrix.mean(dim=1, keepdim=True)
 
 
+def folded_unembedding(unembedding: torch.Tensor, final_norm: Norm | None) -> torch.Tensor:
+    """W_U with the final norm's gain folded in, centred across d (LayerNorm) and across the vocabulary: the
+    matrix of the folded write basis, without its statistics (traces read vectors through it)."""
+    # one new [vocab, d] matrix, centred in place: the input is left as it was
+    m = unembedding * final_norm.weight if final_norm is not None else unembedding.clone()
+    if final_norm is not None and final_norm.kind == "layernorm":
+        m.sub_(m.mean(dim=1, keepdim=True))
+    m.sub_(m.mean(dim=0, keepdim=True))
+    return m
+
+
 def write_basis(unembedding: torch.Tensor, final_norm: Norm | None, mode: BasisMode) -> Basis:
     """The basis that reads what a vector writes into the stream as output logits."""
     if mode == "raw":
         return _basis(unembedding, {"matrix": "unembedding", "final_norm_gain": False, "centre_d": False,
                                     "centre_vocab": False})
-    # one new [vocab, d] matrix, centred in place: the input is left as it was
-    m = unembedding * final_norm.weight if final_norm is not None else unembedding.clone()
+    m = folded_unembedding(unembedding, final_norm)
     layernorm = final_norm is not None and final_norm.kind == "layernorm"
-    if layernorm:
-        m.sub_(m.mean(dim=1, keepdim=True))
-    m.sub_(m.mean(dim=0, keepdim=True))
     return _basis(m, {"matrix": "unembedding", "final_norm_gain": final_norm is not None,
                       "centre_d": layernorm, "centre_vocab": True})
 

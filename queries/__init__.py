@@ -12,11 +12,13 @@ from queries.rows import (
     TokenMatch,
     TokenRankStep,
     TokenScore,
+    TraceSummary,
+    TraceView,
     VectorStep,
     VectorView,
     WatchRunInfo,
 )
 
 __all__ = ["ChangedVector", "Lens", "ModelInfo", "NotFound", "SourceInfo", "SqlRefused", "SqlResult", "SqlTimeout",
-           "StepInfo", "TokenHit", "TokenMatch", "TokenRankStep", "TokenScore", "UnknownToken", "VectorStep",
-           "VectorView", "WatchRunInfo", "connect"]
+           "StepInfo", "TokenHit", "TokenMatch", "TokenRankStep", "TokenScore", "TraceSummary", "TraceView",
+           "UnknownToken", "VectorStep", "VectorView", "WatchRunInfo", "connect"]

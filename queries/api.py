@@ -1,5 +1,6 @@
 """The Python API: typed questions in, pydantic rows out. All SQL comes from ``queries.sql``."""
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -18,6 +19,13 @@ from queries.rows import (
     TokenMatch,
     TokenRankStep,
     TokenScore,
+    TraceHead,
+    TraceNeuron,
+    TraceState,
+    TraceSummary,
+    TraceTerm,
+    TraceToken,
+    TraceView,
     VectorStep,
     VectorView,
     WatchItemInfo,
@@ -263,6 +271,64 @@ class Lens:
                                                             action=r[5], reason=r[6]))
         cols = [c for c in WatchRunInfo.model_fields if c != "items"]
         return [WatchRunInfo(**dict(zip(cols, r, strict=True)), items=items.get(r[0], [])) for r in runs]
+
+    # ---- forward passes --------------------------------------------------------------------------------
+
+    def traces(self, limit: int = 50, offset: int = 0) -> list[TraceSummary]:
+        """Stored traces, newest first."""
+        self._require_trace_tables()
+        return [TraceSummary(trace_id=r[0], model=r[1], checkpoint=r[2], prompt=r[3], position=r[4],
+                             interventions=json.loads(r[5]), baseline_trace_id=r[6], created_at=r[7])
+                for r in self._rows(q.list_traces(limit, offset))]
+
+    def _require_trace_tables(self) -> None:
+        have = {r[0] for r in self.con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        if "traces" not in have:
+            raise NotFound(f"{self.path} holds no traces yet (lensdb trace NAME PROMPT --db {self.path}).")
+
+    def trace(self, trace_id: int, position: int | None = None) -> TraceView:
+        """One stored trace at ``position`` (default: the position it was traced for)."""
+        self._require_trace_tables()
+        found = self._rows(q.trace_meta(trace_id))
+        if not found:
+            raise NotFound(f"no trace {trace_id} in {self.path}.")
+        (tid, model, label, prompt, n_pos, pos, pred_id, pred_logit, readout, changes, boost, baseline, error,
+         stream_error, vocab_id, _, _) = found[0]
+        if position is not None:
+            if not -n_pos <= position < n_pos:
+                raise NotFound(f"trace {trace_id} has positions 0–{n_pos - 1}, not {position}.")
+            pos = position % n_pos
+        names = [r[2] for r in self._rows(q.vocabulary(vocab_id))]
+        inputs = self._rows(q.trace_inputs(tid))
+        pred_here = inputs[pos][2]
+        tops: dict[tuple, list[TraceToken]] = {}
+        for _, node, layer, unit, _, token_id, score in self._rows(q.trace_rows("trace_top_tokens", tid, pos)):
+            tops.setdefault((node, layer, unit), []).append(TraceToken(token_id=token_id, token=names[token_id],
+                                                                       score=score))
+        attends: dict[tuple, list[tuple[int, str, float]]] = {}
+        for _, layer, head, _, key, weight in self._rows(q.trace_rows("trace_attention", tid, pos)):
+            attends.setdefault((layer, head), []).append((key, names[inputs[key][1]], weight))
+        terms = [TraceTerm(kind=r[1], layer=r[2], head=r[3], norm=r[4], logit=r[5])
+                 for r in self._rows(q.trace_rows("trace_terms", tid, pos))]
+        head_logit = {(t.layer, t.head): t.logit for t in terms if t.kind == "head"}
+        states = [TraceState(layer=r[1], norm=r[4], pred_rank=r[5], pred_logit=r[6],
+                             top=tops.get(("state", r[1], None), []))
+                  for r in self._rows(q.trace_rows("trace_states", tid, pos))]
+        heads = [TraceHead(layer=r[1], head=r[2], norm=r[3], pred_rank=r[4],
+                           logit=head_logit.get((r[1], r[2]), 0.0),
+                           top=tops.get(("head", r[1], r[2]), []), attends=attends.get((r[1], r[2]), []))
+                 for r in self._rows(q.trace_rows("trace_heads", tid, pos))]
+        neurons = [TraceNeuron(layer=r[1], index=r[2], side=r[3], rank=r[4], activation=r[5], value_norm=r[6],
+                               score=r[7], logit=r[8], pred_rank=r[9], vector_id=r[10],
+                               top=tops.get(("neuron", r[1], r[2]), []))
+                   for r in self._rows(q.trace_rows("trace_neurons", tid, pos))]
+        return TraceView(trace_id=tid, model=model, checkpoint=label, prompt=prompt,
+                         tokens=[names[r[1]] for r in inputs], predictions=[names[r[2]] for r in inputs],
+                         position=pos, prediction=names[pred_here], prediction_id=pred_here,
+                         prediction_logit=pred_logit if pos == found[0][5] else states[-1].pred_logit,
+                         readout=readout, interventions=json.loads(changes), boost_value=boost,
+                         baseline_trace_id=baseline, error=error, stream_error=stream_error, states=states,
+                         heads=heads, neurons=neurons, terms=terms)
 
     def sql(self, statement: str, max_rows: int = 1000, timeout_s: float = 10.0) -> SqlResult:
         """Run one read-only SELECT over the tables and views (see README, "SQL")."""

@@ -175,3 +175,87 @@ class WatchRunInfo(BaseModel):
     n_failed: int
     n_known: int
     items: list[WatchItemInfo]
+
+
+class TraceToken(BaseModel):
+    token_id: int
+    token: str
+    score: float
+
+
+class TraceState(BaseModel):
+    """The residual stream at one layer (0 = after the embedding) through the logit lens."""
+
+    layer: int
+    norm: float
+    pred_rank: int
+    pred_logit: float
+    top: list[TraceToken]
+
+
+class TraceHead(BaseModel):
+    layer: int
+    head: int
+    norm: float
+    pred_rank: int
+    logit: float
+    top: list[TraceToken]
+    attends: list[tuple[int, str, float]]
+
+
+class TraceNeuron(BaseModel):
+    layer: int
+    index: int
+    side: Side
+    rank: int
+    activation: float
+    value_norm: float
+    score: float
+    logit: float
+    pred_rank: int
+    vector_id: int | None
+    top: list[TraceToken]
+
+
+class TraceTerm(BaseModel):
+    kind: str
+    layer: int | None
+    head: int | None
+    norm: float
+    logit: float
+
+
+class TraceView(BaseModel):
+    """One trace at one position: the logit lens per layer, heads, neurons and the decomposition."""
+
+    trace_id: int
+    model: str
+    checkpoint: str
+    prompt: str
+    tokens: list[str]
+    predictions: list[str]
+    position: int
+    prediction: str
+    prediction_id: int
+    prediction_logit: float
+    readout: str
+    interventions: list[str]
+    boost_value: float
+    baseline_trace_id: int | None
+    error: float
+    stream_error: float
+    states: list[TraceState]
+    heads: list[TraceHead]
+    neurons: list[TraceNeuron]
+    terms: list[TraceTerm]
+
+
+class TraceSummary(BaseModel):
+    trace_id: int
+    model: str
+    checkpoint: str
+    prompt: str
+    position: int
+    interventions: list[str]
+    baseline_trace_id: int | None
+    created_at: datetime

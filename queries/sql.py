@@ -355,3 +355,50 @@ def watch_items(watch_ids: list[int]) -> Sql:
 WHERE watch_id IN ({', '.join('?' * len(watch_ids))}) ORDER BY watch_id, decided_at, label""",
         list(watch_ids),
     )
+
+
+# ---- forward passes (issue 7) -------------------------------------------------------------------------------
+
+def trace_checkpoint(model: str, checkpoint: str | None) -> Sql:
+    """The checkpoint a trace runs: its id, label, folder and vocabulary (the latest unless named)."""
+    params: list = [model]
+    where = checkpoint_filter(checkpoint, params)
+    return (f"""SELECT c.checkpoint_id, c.label, c.path, m.vocab_id FROM checkpoints c JOIN models m USING (model_id)
+WHERE m.name = ? AND {where} ORDER BY c.checkpoint_id DESC LIMIT 1""", params)
+
+
+def ff_value_blocks(checkpoint_id: int) -> Sql:
+    """Per layer, the first vector id and index of a checkpoint's ff_value block (ids are contiguous)."""
+    return ("""SELECT layer, min(vector_id), min(idx) FROM vectors WHERE checkpoint_id = ? AND component = 'ff_value'
+GROUP BY layer""", [checkpoint_id])
+
+
+def trace_meta(trace_id: int) -> Sql:
+    return ("""SELECT t.trace_id, m.name, c.label, t.prompt, t.n_positions, t.position, t.prediction_token_id,
+       t.prediction_logit, t.readout, t.interventions, t.boost_value, t.baseline_trace_id, t.error, t.stream_error,
+       m.vocab_id, t.created_at, t.seconds
+FROM traces t JOIN checkpoints c USING (checkpoint_id) JOIN models m USING (model_id) WHERE t.trace_id = ?""",
+            [trace_id])
+
+
+def trace_rows(table: str, trace_id: int, position: int) -> Sql:
+    """All rows of one trace table at one position, in a stable order."""
+    order = {"trace_states": "layer", "trace_heads": "layer, head", "trace_attention": "layer, head, rank",
+             "trace_neurons": "layer, side DESC, rank", "trace_terms": "kind, layer, head",
+             "trace_top_tokens": "node, layer, unit, rank"}
+    if table not in order:
+        raise LensdbError(f"{table!r} is not a trace table.")
+    return f"SELECT * EXCLUDE (trace_id) FROM {table} WHERE trace_id = ? AND position = ? ORDER BY {order[table]}", [
+        trace_id, position]
+
+
+def trace_inputs(trace_id: int) -> Sql:
+    """The input token id and final prediction of every position of a trace."""
+    return ("SELECT position, token_id, prediction_token_id FROM trace_states WHERE trace_id = ? AND layer = 0 "
+            "ORDER BY position", [trace_id])
+
+
+def list_traces(limit: int, offset: int) -> Sql:
+    return ("""SELECT t.trace_id, m.name, c.label, t.prompt, t.position, t.interventions, t.baseline_trace_id,
+       t.created_at FROM traces t JOIN checkpoints c USING (checkpoint_id) JOIN models m USING (model_id)
+ORDER BY t.trace_id DESC LIMIT ? OFFSET ?""", [limit, offset])

@@ -221,3 +221,123 @@ run_attempts = sa.Table(
     comment="A log of index attempts, written in its own small transactions: the run's rows commit all or "
     "nothing, this row says what happened to an attempt that did not commit.",
 )
+
+# ---- forward passes (issue 7): traces in vocabulary space ----------------------------------------------------
+# Created like the training-run tables: IF NOT EXISTS on a store's next write. Every row belongs to one trace;
+# ``position`` is the input position (0-based) and ``layer`` the block (for states: 0 = after the embedding,
+# l = after block l - 1).
+
+traces = sa.Table(
+    "traces",
+    metadata,
+    _id("trace_id", "trace id"),
+    sa.Column("checkpoint_id", sa.Integer, nullable=False, comment="checkpoint whose weights ran"),
+    sa.Column("prompt", sa.String, nullable=False, comment="the input text"),
+    sa.Column("n_positions", sa.Integer, nullable=False, comment="number of input tokens"),
+    sa.Column("position", sa.Integer, nullable=False, comment="the position the trace focuses on (0-based)"),
+    sa.Column("prediction_token_id", sa.Integer, nullable=False, comment="the model's top token at that position"),
+    sa.Column("prediction_logit", sa.Float, nullable=False, comment="its logit"),
+    sa.Column("readout", sa.String, nullable=False,
+              comment="lm_head (causal LMs) or tied_embedding (encoders: MLM-style readout at the position)"),
+    sa.Column("interventions", sa.String, nullable=False, comment="JSON list: zero/boost L.N, zero-head L.H"),
+    sa.Column("boost_value", sa.Float, nullable=False, comment="activation a boosted neuron is set to"),
+    sa.Column("baseline_trace_id", sa.Integer, nullable=True,
+              comment="the same input without interventions (NULL for a trace without any)"),
+    sa.Column("error", sa.Float, nullable=False,
+              comment="max |sum of decomposition terms - model's final hidden state| over positions"),
+    sa.Column("stream_error", sa.Float, nullable=False, comment="max error of the running sum at every norm"),
+    sa.Column("created_at", sa.DateTime, nullable=False, comment="when it ran"),
+    sa.Column("seconds", sa.Float, nullable=False, comment="wall time of the forward pass and analysis"),
+    comment="One forward pass of one input through one checkpoint, with any interventions.",
+)
+
+trace_states = sa.Table(
+    "trace_states",
+    metadata,
+    sa.Column("trace_id", sa.Integer, nullable=False, comment="trace"),
+    sa.Column("position", sa.Integer, nullable=False, comment="input position"),
+    sa.Column("layer", sa.Integer, nullable=False, comment="0 = after the embedding, l = after block l-1"),
+    sa.Column("token_id", sa.Integer, nullable=False, comment="input token at the position"),
+    sa.Column("prediction_token_id", sa.Integer, nullable=False, comment="final prediction at the position"),
+    sa.Column("norm", sa.Float, nullable=False, comment="L2 norm of the residual stream"),
+    sa.Column("pred_rank", sa.Integer, nullable=False, comment="rank of the final prediction in the logit lens"),
+    sa.Column("pred_logit", sa.Float, nullable=False, comment="its logit in the logit lens"),
+    comment="The residual stream per position and layer read as logits (logit lens); top tokens in "
+    "trace_top_tokens (node 'state').",
+)
+
+trace_heads = sa.Table(
+    "trace_heads",
+    metadata,
+    sa.Column("trace_id", sa.Integer, nullable=False, comment="trace"),
+    sa.Column("position", sa.Integer, nullable=False, comment="input position"),
+    sa.Column("layer", sa.Integer, nullable=False, comment="block"),
+    sa.Column("head", sa.Integer, nullable=False, comment="attention head"),
+    sa.Column("norm", sa.Float, nullable=False, comment="L2 norm of the head's output z_h W_O[h]"),
+    sa.Column("pred_rank", sa.Integer, nullable=False,
+              comment="rank of the position's final prediction in the head output's folded projection"),
+    comment="Each head's output at each position; top tokens in trace_top_tokens (node 'head'), top attended "
+    "positions in trace_attention, its share of the final state in trace_terms.",
+)
+
+trace_attention = sa.Table(
+    "trace_attention",
+    metadata,
+    sa.Column("trace_id", sa.Integer, nullable=False, comment="trace"),
+    sa.Column("position", sa.Integer, nullable=False, comment="query position"),
+    sa.Column("layer", sa.Integer, nullable=False, comment="block"),
+    sa.Column("head", sa.Integer, nullable=False, comment="attention head"),
+    sa.Column("rank", sa.SmallInteger, nullable=False, comment="1 = most attended"),
+    sa.Column("key_position", sa.Integer, nullable=False, comment="attended position"),
+    sa.Column("weight", sa.Float, nullable=False, comment="attention weight"),
+    comment="The three positions each head attends to most, per query position.",
+)
+
+trace_neurons = sa.Table(
+    "trace_neurons",
+    metadata,
+    sa.Column("trace_id", sa.Integer, nullable=False, comment="trace"),
+    sa.Column("position", sa.Integer, nullable=False, comment="input position"),
+    sa.Column("layer", sa.Integer, nullable=False, comment="block"),
+    sa.Column("idx", sa.Integer, nullable=False, comment="FF neuron"),
+    sa.Column("side", sa.String, nullable=False, comment="top (largest activation x value norm) or bottom"),
+    sa.Column("rank", sa.SmallInteger, nullable=False, comment="1 = strongest on that side"),
+    sa.Column("activation", sa.Float, nullable=False, comment="input of the FF output projection"),
+    sa.Column("value_norm", sa.Float, nullable=False, comment="norm of its value vector"),
+    sa.Column("score", sa.Float, nullable=False, comment="activation x value_norm"),
+    sa.Column("logit", sa.Float, nullable=False,
+              comment="its write's effect on the final prediction's logit (through every later norm)"),
+    sa.Column("pred_rank", sa.Integer, nullable=False,
+              comment="rank of the final prediction in sign(activation) x its value's folded projection"),
+    sa.Column("vector_id", sa.BigInteger, nullable=True, comment="its ff_value in vectors, if indexed"),
+    comment="The FF neurons with the largest (top) and smallest (bottom) activation x value norm, per position "
+    "and layer, linked to their indexed projections.",
+)
+
+trace_terms = sa.Table(
+    "trace_terms",
+    metadata,
+    sa.Column("trace_id", sa.Integer, nullable=False, comment="trace"),
+    sa.Column("position", sa.Integer, nullable=False, comment="input position"),
+    sa.Column("kind", sa.String, nullable=False, comment="embedding, head, ff, bias or norm_bias"),
+    sa.Column("layer", sa.Integer, nullable=True, comment="block (NULL: embedding, embedding/final norm bias)"),
+    sa.Column("head", sa.Integer, nullable=True, comment="head, for kind head"),
+    sa.Column("norm", sa.Float, nullable=False, comment="L2 norm of the term in the final hidden state"),
+    sa.Column("logit", sa.Float, nullable=False, comment="term . W_U[prediction]: its part of the logit"),
+    comment="The Muppet decomposition: the final hidden state at each position = sum of these terms "
+    "(to traces.error).",
+)
+
+trace_top_tokens = sa.Table(
+    "trace_top_tokens",
+    metadata,
+    sa.Column("trace_id", sa.Integer, nullable=False, comment="trace"),
+    sa.Column("position", sa.Integer, nullable=False, comment="input position"),
+    sa.Column("node", sa.String, nullable=False, comment="state, head or neuron"),
+    sa.Column("layer", sa.Integer, nullable=False, comment="as in trace_states / trace_heads / trace_neurons"),
+    sa.Column("unit", sa.Integer, nullable=True, comment="head or neuron index; NULL for states"),
+    sa.Column("rank", sa.SmallInteger, nullable=False, comment="1 = highest logit"),
+    sa.Column("token_id", sa.Integer, nullable=False, comment="token"),
+    sa.Column("score", sa.Float, nullable=False, comment="logit (states) or folded projection score"),
+    comment="Top tokens of each state (logit lens), head output and neuron write (sign-adjusted).",
+)

@@ -121,5 +121,56 @@ VECTOR_DRIFT = View(
     """,
 )
 
+TRACE_LENS = View(
+    "trace_lens",
+    "Every trace's residual stream per position and layer through the logit lens: the input token, the top "
+    "token at that layer, and the rank and logit of the position's final prediction (layer 0 = after the "
+    "embedding).",
+    """
+    SELECT t.trace_id, m.name AS model, c.label AS checkpoint, t.prompt, s.position, s.layer,
+           it.display AS input_token, top.display AS top_token, tt.score AS top_logit,
+           pt.display AS prediction, s.pred_rank, s.pred_logit, s.norm, t.interventions
+    FROM trace_states s
+    JOIN traces t USING (trace_id)
+    JOIN checkpoints c USING (checkpoint_id)
+    JOIN models m USING (model_id)
+    JOIN tokens it ON it.vocab_id = m.vocab_id AND it.token_id = s.token_id
+    JOIN tokens pt ON pt.vocab_id = m.vocab_id AND pt.token_id = s.prediction_token_id
+    LEFT JOIN trace_top_tokens tt ON tt.trace_id = s.trace_id AND tt.position = s.position AND tt.node = 'state'
+         AND tt.layer = s.layer AND tt.rank = 1
+    LEFT JOIN tokens top ON top.vocab_id = m.vocab_id AND top.token_id = tt.token_id
+    """,
+)
+
+TRACE_SHARES = View(
+    "trace_shares",
+    "The Muppet decomposition with shares: each term's norm as a fraction of the summed norms of all terms at "
+    "its position (norm_share), and its part of the final prediction's logit (logit_share = logit / sum of "
+    "the terms' logits, which is the prediction's logit less any lm_head bias).",
+    """
+    SELECT x.trace_id, x.position, x.kind, x.layer, x.head, x.norm, x.logit,
+           x.norm / sum(x.norm) OVER w AS norm_share,
+           x.logit / nullif(sum(x.logit) OVER w, 0) AS logit_share
+    FROM trace_terms x
+    WINDOW w AS (PARTITION BY x.trace_id, x.position)
+    """,
+)
+
+TRACE_NEURON_INFO = View(
+    "trace_neuron_info",
+    "Traced FF neurons with their model, the token they most promote in the index (rank 1 of their ff_value, "
+    "where indexed) and their effect on the prediction.",
+    """
+    SELECT n.trace_id, n.position, n.layer, n.idx AS "index", n.side, n.rank, n.activation, n.value_norm,
+           n.score, n.logit, n.pred_rank, n.vector_id, tok.display AS promotes
+    FROM trace_neurons n
+    JOIN traces t USING (trace_id)
+    JOIN checkpoints c USING (checkpoint_id)
+    JOIN models m USING (model_id)
+    LEFT JOIN vector_tokens p ON p.vector_id = n.vector_id AND p.side = 'top' AND p.rank = 1
+    LEFT JOIN tokens tok ON tok.vocab_id = m.vocab_id AND tok.token_id = p.token_id
+    """,
+)
+
 VIEWS: tuple[View, ...] = (LATEST_CHECKPOINTS, VECTOR_INFO, PROJECTIONS, MODEL_SUMMARY, CHECKPOINT_STEPS,
-                           VECTOR_DRIFT)
+                           VECTOR_DRIFT, TRACE_LENS, TRACE_SHARES, TRACE_NEURON_INFO)

@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException
 from indexer import IndexOptions, IndexResult
 from indexer.basis import BasisMode
 from indexer.discover import SourceKind
+from indexer.trace import TraceOptions, trace_input
 from indexer.watch import RegisterResult, WatchReport, parse_every, register_source, watch_cycle, watch_loop
 from queries import (
     ChangedVector,
@@ -41,6 +42,8 @@ from queries import (
     TokenHit,
     TokenMatch,
     TokenRankStep,
+    TraceSummary,
+    TraceView,
     UnknownToken,
     VectorStep,
     VectorView,
@@ -357,6 +360,34 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Register a folder on the server as a model to watch."""
         return register_source(svc.path, body.name, body.path, kind=body.kind, top_k=body.top_k, basis=body.basis,
                                con=svc.con)
+
+    # ---- forward passes ----------------------------------------------------------------------------------
+
+    trace_lock = threading.Lock()  # one trace writes at a time (ids are max + 1)
+
+    @app.post("/traces", response_model=TraceView, status_code=201, tags=["traces"])
+    def create_trace(body: TraceOptions) -> TraceView:
+        """Run one input through an indexed model on the server's CPU and store the trace (with interventions:
+        its baseline too); answers the stored trace."""
+        with trace_lock:
+            result = trace_input(svc.path, body, con=svc.con)
+        for lens in svc.reader():
+            return lens.trace(result.trace_id)
+        raise AssertionError("reader yields once")
+
+    @app.get("/traces", response_model=list[TraceSummary], tags=["traces"])
+    def list_traces(lens: ReadLens, limit: Limit = 50, offset: Offset = 0) -> list[TraceSummary]:
+        """Stored traces, newest first."""
+        return lens.traces(limit, offset)
+
+    @app.get("/traces/{trace_id}", response_model=TraceView, tags=["traces"])
+    def get_trace(lens: ReadLens, trace_id: int, position: int | None = None) -> TraceView:
+        """One trace at a position (default the traced one): logit lens, heads, neurons, decomposition."""
+        return lens.trace(trace_id, position)
+
+    @app.get("/trace/{trace_id}", response_class=HTMLResponse, include_in_schema=False)
+    def trace_page(lens: ReadLens, trace_id: int, position: int | None = None) -> HTMLResponse:
+        return html(lambda: pages.trace(lens.trace(trace_id, position)))
 
     @app.get("/watch", response_model=list[WatchRunInfo], tags=["training"])
     def watch_runs(lens: ReadLens, limit: Limit = 20, offset: Offset = 0) -> list[WatchRunInfo]:

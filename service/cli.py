@@ -282,6 +282,44 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {result.files} Parquet files under {result.folder} ({counts} rows)")
 
 
+def cmd_trace(args: argparse.Namespace) -> None:
+    from indexer.trace import TraceOptions, trace_input
+    from service.flow import standalone
+
+    opts = TraceOptions(model=args.model, prompt=args.prompt, checkpoint=args.checkpoint, position=args.position,
+                        zero=args.zero or [], boost=args.boost or [], zero_heads=args.zero_head or [],
+                        boost_value=args.boost_value)
+    result = trace_input(args.db, opts)
+    with queries.connect(args.db) as db:
+        after = db.trace(result.trace_id)
+        before = db.trace(result.baseline_trace_id) if result.baseline_trace_id else None
+    if args.html:
+        Path(args.html).write_text(standalone(after), encoding="utf-8")
+    if args.json:
+        print(json.dumps({"after": after.model_dump(), "before": before.model_dump() if before else None},
+                         indent=2, default=str))
+        return
+    print(f"{result.message}: position {after.position} {after.tokens[after.position]!r} of "
+          f"{' '.join(repr(t) for t in after.tokens)}")
+    print(f"decomposition error {after.error:.2g} (tolerance 1e-4)")
+
+    def cells(t: queries.TraceView) -> list[list[object]]:
+        return [[s.top[0].token if s.top else None, s.pred_rank] for s in t.states]
+
+    if before is None:
+        print(f"prediction {after.prediction!r} (logit {after.prediction_logit:.4g})")
+        rows = [[s.layer] + c for s, c in zip(after.states, cells(after), strict=True)]
+        print(table(["layer", "top token", f"rank of {after.prediction!r}"], rows))
+    else:
+        print(f"interventions: {', '.join(after.interventions)}")
+        print(f"prediction before {before.prediction!r}, after {after.prediction!r}")
+        rows = [[s.layer] + b + a for s, b, a in zip(after.states, cells(before), cells(after), strict=True)]
+        print(table(["layer", "top before", f"rank {before.prediction!r} before", "top after",
+                     f"rank {after.prediction!r} after"], rows))
+    if args.html:
+        print(f"wrote {args.html}")
+
+
 def cmd_architectures(args: argparse.Namespace) -> None:
     rows = [[cls.family, ", ".join(cls.model_types), ", ".join(s.name for s in cls.components)] for cls in ADAPTERS]
     print(table(["family", "model_type", "components"], rows))
@@ -408,6 +446,19 @@ def parser() -> argparse.ArgumentParser:
     sp = command("export", cmd_export, "write the store as Hive-partitioned Parquet (model/checkpoint/component)")
     sp.add_argument("--parquet", required=True, metavar="DIR", help="target folder (must be empty)")
     sp.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+
+    sp = command("trace", cmd_trace, "run one input through an indexed model and store the trace: logit lens, "
+                 "heads, FF neurons, decomposition; with --zero/--boost, before and after")
+    sp.add_argument("model", help="indexed model name")
+    sp.add_argument("prompt", help="input text (encoders: put [MASK] where the prediction is read)")
+    sp.add_argument("--checkpoint", help="checkpoint label (default: latest)")
+    sp.add_argument("--position", type=int, help="position to focus on (default: [MASK] if any, else the last)")
+    sp.add_argument("--zero", action="append", metavar="L.N", help="set FF neuron N of layer L to 0 (repeatable)")
+    sp.add_argument("--boost", action="append", metavar="L.N",
+                    help="set FF neuron N of layer L to --boost-value at every position (repeatable)")
+    sp.add_argument("--zero-head", action="append", metavar="L.H", help="zero head H of layer L (repeatable)")
+    sp.add_argument("--boost-value", type=float, default=10.0, help="activation of boosted neurons (default 10)")
+    sp.add_argument("--html", metavar="FILE", help="also write the flow graph as one standalone HTML file")
 
     command("architectures", cmd_architectures, "list supported architectures", db=False, json_out=False)
     return p

@@ -1,10 +1,12 @@
-"""Server-rendered HTML pages: plain strings, escaped, no build step and no JavaScript needed."""
+"""Server-rendered HTML pages: plain strings, escaped, no build step; only the trace page carries a few lines
+of vanilla JS (hover and click on its flow graph)."""
 
 from html import escape
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
-from queries import ModelInfo, TokenHit, TokenMatch, TokenRankStep, TokenScore, VectorStep, VectorView
+from queries import ModelInfo, TokenHit, TokenMatch, TokenRankStep, TokenScore, TraceView, VectorStep, VectorView
+from service import flow
 
 if TYPE_CHECKING:
     from service.app import ModelPage
@@ -220,3 +222,25 @@ def model(m: "ModelPage") -> str:
 
 def error(title: str, detail: str) -> str:
     return _layout(title, f"<h1>{escape(title)}</h1><p class=err>{escape(detail)}</p>")
+
+
+def trace(t: TraceView) -> str:
+    """A trace at one position: summary, flow graph, decomposition shares, other positions."""
+    positions = " · ".join(
+        f"<b>{i}</b>" if i == t.position else f"<a href='/trace/{t.trace_id}?position={i}'>{i}</a>"
+        for i in range(len(t.tokens)))
+    total = sum(x.norm for x in t.terms) or 1.0
+    terms = sorted(t.terms, key=lambda x: -abs(x.logit))[:15]
+    scale = max((abs(x.logit) for x in terms), default=0.0)
+    rows = "".join(
+        f"<tr><td>{escape(x.kind)}</td><td class=n>{'' if x.layer is None else x.layer}</td>"
+        f"<td class=n>{'' if x.head is None else x.head}</td><td class=n>{x.norm:.3g}</td>"
+        f"<td class=n>{x.norm / total:.1%}</td><td class=n>{x.logit:+.3f}</td><td>{_bar(x.logit, scale)}</td></tr>"
+        for x in terms)
+    base = (f" · <a href='/trace/{t.baseline_trace_id}?position={t.position}'>before the interventions</a>"
+            if t.baseline_trace_id else "")
+    body = (f"<h1>trace {t.trace_id}</h1>{flow.summary(t)}<p>positions: {positions}{base}</p>{flow.flow_svg(t)}"
+            "<h2>decomposition of the final hidden state (largest effects on the predicted logit)</h2>"
+            "<table><tr><th>term</th><th>layer</th><th>head</th><th>norm</th><th>norm share</th>"
+            f"<th>logit</th><th></th></tr>{rows}</table>")
+    return _layout(f"trace {t.trace_id}", body)

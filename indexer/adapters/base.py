@@ -82,6 +82,9 @@ class Adapter(ABC):
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
     components: ClassVar[tuple[ComponentSpec, ...]]
+    encoder: ClassVar[bool] = False
+    """True for masked-LM encoders (BERT): a trace reads their prediction through the tied embedding at the
+    chosen position instead of a causal LM head."""
 
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
@@ -115,6 +118,11 @@ class Adapter(ABC):
         """The Hugging Face module that computes ``key`` (``ff_out``, ``attn_out``, ``q``…) in ``layer``, so
         tests can hook what an adapter claims to read; ``None`` where the family has no such module."""
         return None
+
+    def post_norm(self) -> bool:
+        """Whether each block's LayerNorms sit on the stream itself (post-LN, BERT) rather than before the
+        attention and MLP (pre-LN decoders). The forward-pass decomposition follows the stream accordingly."""
+        return False
 
     def available(self) -> tuple[ComponentSpec, ...]:
         """The components this checkpoint has (a family's optional biases may be absent)."""

@@ -13,6 +13,7 @@ class BertAdapter(StandardAdapter):
     family = "bert"
     model_types = ("bert", "roberta", "xlm-roberta", "camembert")
     components = ALL_PLAIN
+    encoder = True
     prefixes = ("", "bert.", "roberta.", "model.")
     layout = Layout(
         embed="{p}embeddings.word_embeddings", unembed=("cls.predictions.decoder", "lm_head.decoder"),

@@ -8,6 +8,7 @@ class DistilBertAdapter(StandardAdapter):
     family = "distilbert"
     model_types = ("distilbert",)
     components = ALL_PLAIN
+    encoder = True
     prefixes = ("", "distilbert.")
     layout = Layout(
         embed="{p}embeddings.word_embeddings", unembed=("vocab_projector",),

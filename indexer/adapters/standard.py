@@ -86,6 +86,9 @@ class StandardAdapter(Adapter):
             layer = self.dims.n_layers - 1
         return template.format(p=self.p, i=layer, j=layer - 1)
 
+    def post_norm(self) -> bool:
+        return self.layout.attn_norm is None
+
     def _w(self, key: str, layer: int = 0) -> str:
         path = self.module_path(key, layer)
         assert path is not None, key

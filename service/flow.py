@@ -1,0 +1,149 @@
+"""The flow graph of one trace at one position, VISIT-style: an inline SVG with a little vanilla JS.
+
+Columns are the residual stream after the embedding and after each block (logit lens: top token, rank of the
+final prediction). Between two states sit the block's strongest heads and FF neurons (by |effect on the
+prediction's logit|), labelled with their top tokens. Edges run state → unit → next state, their width the
+unit's |effect on the predicted logit|, blue where it raises the logit and red where it lowers it. Every node is
+coloured by the rank of the prediction in it (green = rank 1, yellow = top 10, grey beyond). Hover or click a
+node for its details; clicking highlights its edges. No CDN, no build: one string, standalone or in a page.
+"""
+
+from html import escape
+
+from queries import TraceView
+
+UNITS_PER_KIND = 3
+COL, TOP, ROW = 190, 70, 62
+
+SCRIPT = """
+(function(){
+  var info=document.getElementById('flow-info');
+  document.querySelectorAll('#flow .node').forEach(function(n){
+    n.addEventListener('mouseenter',function(){info.textContent=n.getAttribute('data-info');});
+    n.addEventListener('click',function(){
+      var on=!n.classList.contains('picked');
+      document.querySelectorAll('#flow .picked').forEach(function(x){x.classList.remove('picked');});
+      document.querySelectorAll('#flow .edge').forEach(function(e){
+        e.classList.toggle('dim', on && e.getAttribute('data-node')!==n.id);});
+      if(on){n.classList.add('picked');}
+      info.textContent=n.getAttribute('data-info');
+    });
+  });
+})();
+"""
+
+STYLE = """
+#flow .node{cursor:pointer} #flow .node rect{stroke:#555;stroke-width:1}
+#flow .node.picked rect{stroke:#000;stroke-width:3} #flow .edge{fill:none;opacity:.55}
+#flow .edge.dim{opacity:.06} #flow text{font:11px ui-monospace,monospace;pointer-events:none}
+#flow-info{font:13px ui-monospace,monospace;white-space:pre-wrap;min-height:2.6em;background:#f6f6f6;
+padding:.4em .6em;border:1px solid #ddd}
+"""
+
+
+def _colour(rank: int) -> str:
+    if rank == 1:
+        return "#7fd17f"
+    if rank <= 10:
+        return "#f2d466"
+    if rank <= 100:
+        return "#f0b8a0"
+    return "#dddddd"
+
+
+def _short(text: str, n: int = 12) -> str:
+    shown = repr(text)[1:-1] if text != text.strip() else text
+    return shown if len(shown) <= n else shown[: n - 1] + "…"
+
+
+def _node(node_id: str, x: float, y: float, w: float, lines: list[str], rank: int, info: str) -> str:
+    texts = "".join(f"<text x='{x + 6:.0f}' y='{y + 15 + 14 * i:.0f}'>{escape(t)}</text>" for i, t in enumerate(lines))
+    return (f"<g class='node' id='{node_id}' data-info='{escape(info, quote=True)}'>"
+            f"<rect x='{x:.0f}' y='{y:.0f}' width='{w:.0f}' height='{14 * len(lines) + 8}' rx='5' "
+            f"fill='{_colour(rank)}'/>{texts}<title>{escape(info)}</title></g>")
+
+
+def _edge(node_id: str, x1: float, y1: float, x2: float, y2: float, value: float, scale: float) -> str:
+    width = 1 + 9 * abs(value) / scale if scale > 0 else 1
+    colour = "#3b6fd1" if value >= 0 else "#d1503b"
+    mid = (x1 + x2) / 2
+    return (f"<path class='edge' data-node='{node_id}' d='M{x1:.0f},{y1:.0f} C{mid:.0f},{y1:.0f} {mid:.0f},{y2:.0f} "
+            f"{x2:.0f},{y2:.0f}' stroke='{colour}' stroke-width='{width:.1f}'/>")
+
+
+def flow_svg(t: TraceView) -> str:
+    """The graph as one ``<div>`` (SVG, info panel, script)."""
+    n_layers = len(t.states) - 1
+    units: dict[int, list[tuple[str, list[str], int, float, str]]] = {}
+    for layer in range(n_layers):
+        heads = sorted((h for h in t.heads if h.layer == layer), key=lambda h: -abs(h.logit))[:UNITS_PER_KIND]
+        neurons = sorted((n for n in t.neurons if n.layer == layer), key=lambda n: -abs(n.logit))
+        picked, seen = [], set()
+        for n in neurons:
+            if n.index not in seen:
+                seen.add(n.index)
+                picked.append(n)
+        rows = []
+        for h in heads:
+            tops = " ".join(repr(x.token) for x in h.top)
+            att = ", ".join(f"{k}:{tok!r} {w:.2f}" for k, tok, w in h.attends)
+            rows.append((f"h{layer}-{h.head}", [f"head {layer}.{h.head}", _short(h.top[0].token) if h.top else ""],
+                         h.pred_rank, h.logit, f"head {layer}.{h.head}: logit effect {h.logit:+.3f}, norm "
+                         f"{h.norm:.3g}, prediction rank {h.pred_rank}\ntop: {tops}\nattends: {att}"))
+        for n in picked[:UNITS_PER_KIND]:
+            tops = " ".join(repr(x.token) for x in n.top)
+            rows.append((f"n{layer}-{n.index}", [f"FF {layer}.{n.index}", _short(n.top[0].token) if n.top else ""],
+                         n.pred_rank, n.logit, f"FF neuron {layer}.{n.index}: activation {n.activation:+.3f}, "
+                         f"logit effect {n.logit:+.3f}, prediction rank {n.pred_rank}\nwrites: {tops}"
+                         + (f"\nvector_id {n.vector_id}" if n.vector_id is not None else "")))
+        units[layer] = rows
+    scale = max((abs(u[3]) for rows in units.values() for u in rows), default=0.0)
+    height = TOP + ROW * (1 + 2 * UNITS_PER_KIND) + 20
+    width = COL * (n_layers + 1) + 40
+    parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
+             f"aria-label='flow graph of trace {t.trace_id}'><rect width='100%' height='100%' fill='#fff'/>"]
+    nodes = []
+    w_state, w_unit = 130, 120
+    for s in t.states:
+        x = 20 + COL * s.layer
+        name = "embedding" if s.layer == 0 else f"after block {s.layer - 1}"
+        tops = " ".join(repr(x.token) for x in s.top)
+        info = (f"stream {name}: prediction {t.prediction!r} rank {s.pred_rank}, logit {s.pred_logit:.3f}, "
+                f"norm {s.norm:.3g}\ntop: {tops}")
+        nodes.append(_node(f"s{s.layer}", x, TOP - 40, w_state,
+                           [name, _short(s.top[0].token) if s.top else "", f"rank {s.pred_rank}"], s.pred_rank, info))
+    for layer, rows in units.items():
+        x0, x1 = 20 + COL * layer + w_state, 20 + COL * (layer + 1)
+        ux = (x0 + x1) / 2 - w_unit / 2 + 5
+        for i, (nid, lines, rank, logit, info) in enumerate(rows):
+            y = TOP + 20 + ROW * i
+            parts.append(_edge(nid, x0, TOP - 10, ux, y + 18, logit, scale))
+            parts.append(_edge(nid, ux + w_unit, y + 18, x1, TOP - 10, logit, scale))
+            nodes.append(_node(nid, ux, y, w_unit, lines, rank, info))
+    parts += nodes
+    parts.append("</svg>")
+    legend = ("<p class=muted>nodes coloured by the prediction's rank: <b style='background:#7fd17f'>1</b> "
+              "<b style='background:#f2d466'>≤10</b> <b style='background:#f0b8a0'>≤100</b> "
+              "<b style='background:#ddd'>&gt;100</b> · edges: |effect on the predicted logit|, "
+              "<span style='color:#3b6fd1'>raises</span> / <span style='color:#d1503b'>lowers</span></p>")
+    return (f"<style>{STYLE}</style><div id='flow'>{legend}<div style='overflow-x:auto'>{''.join(parts)}</div>"
+            f"<div id='flow-info'>hover or click a node</div></div><script>{SCRIPT}</script>")
+
+
+def summary(t: TraceView) -> str:
+    """The trace's header: input, position, prediction, interventions, decomposition error."""
+    toks = " ".join(f"<b>{escape(repr(x))}</b>" if i == t.position else escape(repr(x))
+                    for i, x in enumerate(t.tokens))
+    changes = ", ".join(t.interventions) or "none"
+    base = f" · baseline trace {t.baseline_trace_id}" if t.baseline_trace_id else ""
+    return (f"<p>{escape(t.model)}/{escape(t.checkpoint)} · input: {toks}</p>"
+            f"<p>position {t.position} → prediction <b>{escape(repr(t.prediction))}</b> (logit "
+            f"{t.prediction_logit:.3f}, readout {escape(t.readout)}) · interventions: {escape(changes)}{base} · "
+            f"decomposition error {t.error:.2g}</p>")
+
+
+def standalone(t: TraceView) -> str:
+    """One self-contained HTML file: the summary and the graph, nothing fetched."""
+    return (f"<!doctype html><html lang=en><head><meta charset=utf-8><title>trace {t.trace_id} · lensdb</title>"
+            "<style>body{font:14px system-ui,sans-serif;margin:1em} .muted{color:#666}</style></head><body>"
+            f"<h1>trace {t.trace_id}: {escape(t.prompt)}</h1>{summary(t)}{flow_svg(t)}</body></html>")
