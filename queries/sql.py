@@ -124,13 +124,20 @@ ORDER BY zscore {order}, vector_id LIMIT ? OFFSET ?""",
 
 def resolve_token(word: str, ignore_case: bool) -> Sql:
     """Token ids whose lookup word, raw spelling or display text equals ``word``, per model."""
-    # "? IN (a, b, c)" is evaluated as one vectorised membership test: ~3x faster than three ORed equalities
-    cond = ("lower(?) IN (lower(t.word), lower(t.token), lower(t.display))" if ignore_case
-            else "? IN (t.word, t.token, t.display)")
+    if ignore_case:
+        return (
+            "SELECT m.name, m.vocab_id, t.token_id, t.token, t.display FROM tokens t JOIN models m USING (vocab_id) "
+            "WHERE lower(?) IN (lower(t.word), lower(t.token), lower(t.display)) ORDER BY m.name, t.token_id",
+            [word],
+        )
+    # one equality per form, each answered by its index (tables.tokens), instead of a scan of three columns
+    forms = " UNION ".join(f"SELECT vocab_id, token_id FROM tokens WHERE {col} = ?"
+                           for col in ("word", "token", "display"))
     return (
-        f"SELECT m.name, m.vocab_id, t.token_id, t.token, t.display FROM tokens t "
-        f"JOIN models m USING (vocab_id) WHERE {cond} ORDER BY m.name, t.token_id",
-        [word],
+        f"""WITH hit AS ({forms})
+SELECT m.name, m.vocab_id, t.token_id, t.token, t.display FROM hit
+JOIN tokens t USING (vocab_id, token_id) JOIN models m USING (vocab_id) ORDER BY m.name, t.token_id""",
+        [word, word, word],
     )
 
 

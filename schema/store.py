@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 from duckdb_engine import Dialect
-from sqlalchemy.schema import CreateTable
+from sqlalchemy.schema import CreateIndex, CreateTable
 
 from schema.errors import StoreError
 from schema.tables import SCHEMA_VERSION, metadata
@@ -30,6 +30,8 @@ def schema_ddl() -> list[str]:
     stmts: list[str] = []
     for table in metadata.sorted_tables:
         stmts.append(str(CreateTable(table, if_not_exists=True).compile(dialect=_DIALECT)).strip())
+        for index in sorted(table.indexes, key=lambda i: str(i.name)):
+            stmts.append(str(CreateIndex(index, if_not_exists=True).compile(dialect=_DIALECT)).strip())
         if table.comment:
             stmts.append(f"COMMENT ON TABLE {table.name} IS {_quote(table.comment)}")
         for col in table.columns:
@@ -148,10 +150,12 @@ def _transaction(con: duckdb.DuckDBPyConnection, p: Path, existed: bool) -> Iter
 
 
 def _missing_objects(con: duckdb.DuckDBPyConnection) -> bool:
-    """Whether a declared table or view is absent (a store from an older lensdb with the same version)."""
+    """Whether a declared table, index or view is absent (a store from an older lensdb with the same version)."""
     have = {r[0] for r in con.execute(
-        "SELECT table_name FROM duckdb_tables() UNION ALL SELECT view_name FROM duckdb_views()").fetchall()}
-    want = {t.name for t in metadata.sorted_tables} | {v.name for v in VIEWS}
+        "SELECT table_name FROM duckdb_tables() UNION ALL SELECT view_name FROM duckdb_views() "
+        "UNION ALL SELECT index_name FROM duckdb_indexes()").fetchall()}
+    want = ({t.name for t in metadata.sorted_tables} | {v.name for v in VIEWS}
+            | {str(i.name) for t in metadata.sorted_tables for i in t.indexes})
     return not want <= have
 
 
