@@ -4,6 +4,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from indexer.heads import Pairs
 from indexer.projection import TopBottom
 from indexer.vocab import Vocabulary
 
@@ -44,6 +45,23 @@ def projection_batch(first_id: int, tb: TopBottom, mean: torch.Tensor, std: torc
         "token_id": token_ids.reshape(-1).to(torch.int32).numpy(),
         "score": scores.reshape(-1).to(torch.float32).numpy(),
         "zscore": z.reshape(-1).to(torch.float32).numpy(),
+    })
+
+
+def pair_batch(vector_id: int, p: Pairs) -> pa.Table:
+    """One row per (side, rank) of a head map's pairs."""
+    k = int(p.top_scores.shape[0])
+    scores = torch.cat([p.top_scores, p.bottom_scores]).to(torch.float64)
+    sd = p.std if p.std > 0 else 1.0
+    side = np.repeat(np.array([0, 1], dtype=np.int8), k)
+    return pa.table({
+        "vector_id": np.full(2 * k, vector_id, dtype=np.int64),
+        "side": pa.DictionaryArray.from_arrays(pa.array(side), _SIDES),
+        "rank": np.tile(np.arange(1, k + 1, dtype=np.int16), 2),
+        "source_token_id": torch.cat([p.top_src, p.bottom_src]).to(torch.int32).numpy(),
+        "token_id": torch.cat([p.top_dst, p.bottom_dst]).to(torch.int32).numpy(),
+        "score": scores.to(torch.float32).numpy(),
+        "zscore": ((scores - p.mean) / sd).to(torch.float32).numpy(),
     })
 
 

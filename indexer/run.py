@@ -22,14 +22,16 @@ import torch
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
+from indexer import headmaps
 from indexer.adapters import Adapter, adapter_for
 from indexer.basis import Basis, BasisMode, fold_reader, logit_stats, read_basis, write_basis
 from indexer.checkpoint import Checkpoint, open_checkpoint
 from indexer.compute import Compute, DeviceChoice, Precision, matmul_mode, resolve_compute
 from indexer.errors import CheckpointError
 from indexer.faults import pause_point
+from indexer.heads import Pairs
 from indexer.projection import TopBottom, chunk_rows, chunks, topk_bottomk
-from indexer.records import projection_batch, token_batch, vector_batch
+from indexer.records import pair_batch, projection_batch, token_batch, vector_batch
 from indexer.vocab import Vocabulary, load_vocabulary
 from schema.errors import LensdbError
 from schema.store import append_arrow, next_id, writer
@@ -51,6 +53,10 @@ class IndexOptions(BaseModel):
     label: str | None = Field(None, description="checkpoint label; default: the folder name")
     step: int | None = Field(None, ge=0, description="training step; default: from the folder name or "
                              "trainer_state.json")
+    head_maps: bool = Field(False, description="index attention heads as token maps: exact top OV/QK pairs, "
+                            "SVD directions, and factors for row queries (needs attention components)")
+    pair_vocab: str = Field("all", description="tokens head-map pairs may use: all, ascii, alnum, or a file")
+    svd: int = Field(4, ge=1, le=64, description="singular directions kept per head map (with head_maps)")
     read_basis: Literal["unembedding", "embedding"] = Field(
         "unembedding", description="matrix that reads what reading vectors read: the unembedding or the "
         "input embedding (they differ in untied models such as Pythia and Llama)")
@@ -132,6 +138,7 @@ class _Writer:
         self._pending: deque[Future[None]] = deque()
         self._ws: torch.Tensor | None = None
         con.execute("CREATE TEMP TABLE staged_tokens AS SELECT * FROM vector_tokens LIMIT 0")
+        con.execute("CREATE TEMP TABLE staged_pairs AS SELECT * FROM head_pairs LIMIT 0")
 
     def _workspace(self, basis: Basis, rows: int) -> torch.Tensor:
         """One logits buffer for the whole run (reallocated only if a basis needs a bigger or other one)."""
@@ -167,9 +174,18 @@ class _Writer:
             rows = projection_batch(first, tb, mean, std)
             self._submit(functools.partial(self._append, vecs, rows))
 
-    def _append(self, vecs: pa.Table, rows: pa.Table) -> None:
+    def pairs(self, name: str, layer: int, head: int, p: Pairs) -> None:
+        """One head map: a vector row carrying the map's statistics, and its pairs staged for head_pairs."""
+        vid = self.next_vector
+        self.next_vector += 1
+        self.units.append((self.checkpoint_id, name, layer, head, vid, vid, 0))
+        one = torch.ones(1, dtype=torch.float64)
+        vecs = vector_batch(vid, self.checkpoint_id, name, layer, head, 0, one * p.norm, one * p.mean, one * p.std)
+        self._submit(functools.partial(self._append, vecs, pair_batch(vid, p), "staged_pairs"))
+
+    def _append(self, vecs: pa.Table, rows: pa.Table, staged: str = "staged_tokens") -> None:
         append_arrow(self.con, "vectors", vecs)
-        append_arrow(self.con, "staged_tokens", rows)
+        append_arrow(self.con, staged, rows)
         self.n_vectors += vecs.num_rows
         self.n_projections += rows.num_rows
         pause_point("write")
@@ -178,6 +194,11 @@ class _Writer:
         while len(self._pending) >= 2:
             self._pending.popleft().result()
         self._pending.append(self._pool.submit(job))
+
+    def drain_pending(self) -> None:
+        """Wait for the appends in flight (the connection is then free for this thread)."""
+        while self._pending:
+            self._pending.popleft().result()
 
     def drain(self) -> None:
         """Wait for every append; re-raises the first error. Must run before the transaction ends."""
@@ -193,12 +214,14 @@ class _Writer:
         """Move staged rows into vector_tokens sorted by token_id, so token lookups skip row groups."""
         self.drain()
         self.con.execute("INSERT INTO vector_tokens SELECT * FROM staged_tokens ORDER BY token_id, vector_id")
+        self.con.execute("INSERT INTO head_pairs SELECT * FROM staged_pairs ORDER BY token_id, vector_id")
         if self.units:
             cols = ["checkpoint_id", "component", "layer", "head", "first_vector_id", "last_vector_id", "first_index"]
             append_arrow(self.con, "vector_units", pa.table(
                 {c: pa.array([u[i] for u in self.units], pa.string() if c == "component" else pa.int64())
                  for i, c in enumerate(cols)}))
         self.con.execute("DROP TABLE staged_tokens")
+        self.con.execute("DROP TABLE staged_pairs")
 
 
 def _cpu(tb: TopBottom) -> TopBottom:
@@ -243,7 +266,11 @@ def _delete_checkpoint(con: duckdb.DuckDBPyConnection, checkpoint_id: int) -> No
         "DELETE FROM vector_tokens WHERE vector_id IN (SELECT vector_id FROM vectors WHERE checkpoint_id = ?)",
         [checkpoint_id],
     )
-    for table in ("vectors", "vector_units", "index_runs", "checkpoints"):
+    con.execute(
+        "DELETE FROM head_pairs WHERE vector_id IN (SELECT vector_id FROM vectors WHERE checkpoint_id = ?)",
+        [checkpoint_id],
+    )
+    for table in ("vectors", "vector_units", "head_factors", "bases", "index_runs", "checkpoints"):
         con.execute(f"DELETE FROM {table} WHERE checkpoint_id = ?", [checkpoint_id])
 
 
@@ -267,6 +294,36 @@ def _units(adapter: Adapter, plan: list[tuple[str, int]], mode: BasisMode,
         yield name, layer, basis, adapter.component(name, layer)
 
 
+def _index_heads(out: _Writer, adapter: Adapter, vocab: Vocabulary, opts: IndexOptions, compute: Compute,
+                 progress: bool) -> dict:
+    """The head-map phase (see ``indexer.headmaps``): both bases at once, one layer of heads at a time."""
+    mode = opts.basis
+    fast = torch.bfloat16 if compute.precision == "bf16" else None
+    write = write_basis(adapter.unembedding(), adapter.final_norm(), mode).to(compute.device, fast)
+    reader = adapter.embedding() if opts.read_basis == "embedding" else adapter.unembedding()
+    read = read_basis(reader, opts.read_basis, mode).to(compute.device, fast)
+    allowed = headmaps.allowed_tokens(vocab, opts.pair_vocab)
+    factors_all = []
+    for layer in tqdm(range(adapter.dims.n_layers), disable=not progress, desc="head maps", leave=False):
+        for f in headmaps.layer_factors(adapter, layer, mode):
+            for name, p in headmaps.head_pairs(f, write, read, opts.top_k, allowed):
+                out.pairs(name, layer, f.head, _cpu_pairs(p))
+            for name, role, vecs in headmaps.svd_vectors(f, opts.svd):
+                out.project(name, layer, f.head, vecs, write if role == "writes" else read)
+            factors_all.append(f)
+    out.drain_pending()
+    append_arrow(out.con, "head_factors", headmaps.factor_rows(out.checkpoint_id, factors_all))
+    for role, basis in (("writes", write), ("reads", read)):
+        append_arrow(out.con, "bases", headmaps.basis_row(out.checkpoint_id, role, basis))
+    return {"pair_vocab": opts.pair_vocab, "pair_tokens": vocab.size if allowed is None else int(allowed.numel()),
+            "svd": opts.svd, "write": write.flags, "read": read.flags}
+
+
+def _cpu_pairs(p: Pairs) -> Pairs:
+    return Pairs(p.top_scores.float().cpu(), p.top_src.cpu(), p.top_dst.cpu(), p.bottom_scores.float().cpu(),
+                 p.bottom_src.cpu(), p.bottom_dst.cpu(), p.mean, p.std, p.norm)
+
+
 def index_checkpoint(
     db_path: str | Path, checkpoint_path: str | Path, options: IndexOptions | None = None, progress: bool = False,
     con: duckdb.DuckDBPyConnection | None = None,
@@ -283,6 +340,9 @@ def index_checkpoint(
     adapter = adapter_for(ckpt)
     plan = _plan(adapter, opts.components)
     vocab = load_vocabulary(ckpt.path, adapter.dims.vocab_size)
+    if opts.head_maps:
+        headmaps.check_supported(adapter)
+        headmaps.allowed_tokens(vocab, opts.pair_vocab)
     name = opts.name or default_name(ckpt)
     if not name.strip():
         raise LensdbError("model name is empty; pass --name NAME.")
@@ -392,6 +452,8 @@ def _index(db_path: str | Path, con: duckdb.DuckDBPyConnection | None, ckpt: Che
                             vecs = fold_reader(vecs, part.norm, opts.basis)
                         out.project(part.name, part.layer, part.head, vecs, basis)
                     bar.update(1)
+                if opts.head_maps:
+                    flags["head_maps"] = _index_heads(out, adapter, vocab, opts, compute, progress)
             out.finish()
         finally:
             out.drain()
@@ -401,7 +463,8 @@ def _index(db_path: str | Path, con: duckdb.DuckDBPyConnection | None, ckpt: Che
         con.execute(
             "INSERT INTO index_runs VALUES (?, ?, 'complete', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [run_id, checkpoint_id, started_at, datetime.now(), opts.basis, json.dumps(flags), opts.top_k,
-             json.dumps(sorted({u[0] for u in plan})), out.n_vectors, out.n_projections, seconds, VERSION],
+             json.dumps(sorted({u[0] for u in plan} | (set(headmaps.COMPONENTS) if opts.head_maps else set()))),
+             out.n_vectors, out.n_projections, seconds, VERSION],
         )
         con.execute("UPDATE run_attempts SET status = 'complete', finished_at = ?, checkpoint_id = ? "
                     "WHERE attempt_id = ?", [datetime.now(), checkpoint_id, attempt_id])

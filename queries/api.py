@@ -7,10 +7,12 @@ import duckdb
 
 from queries import sql as q
 from queries.catalog import Catalog, catalog
+from queries.headmap import head_rows_for
 from queries.readonly import open_hardened, run_readonly
 from queries.rows import (
     ChangedVector,
     CheckpointInfo,
+    HeadRow,
     ModelInfo,
     SourceInfo,
     SqlResult,
@@ -118,13 +120,26 @@ class Lens:
         if not groups:
             return []
         hits = []
-        for vector_id, sd, rank, token_id, score, z in self._rows(q.hits_in_ranges(groups, side, limit, offset)):
+        rows = self._rows(q.hits_in_ranges(groups, side, limit, offset))
+        sources = self._source_names(cat, rows)
+        for vector_id, sd, rank, token_id, score, z, src in rows:
             u = cat.unit_of(vector_id)
             ref = cat.checkpoints[u.checkpoint_id]
             hits.append(TokenHit(model=ref.model, checkpoint=ref.label, component=u.component, layer=u.layer,
                                  head=u.head, index=u.first_index + vector_id - u.first_id, side=sd, rank=rank,
-                                 token_id=token_id, token=display[(ref.vocab_id, token_id)], score=score, zscore=z))
+                                 token_id=token_id, token=display[(ref.vocab_id, token_id)], score=score, zscore=z,
+                                 source_token_id=src, source_token=sources.get((ref.vocab_id, src))))
         return hits
+
+    def _source_names(self, cat: Catalog, rows: list[tuple]) -> dict[tuple[int, int], str]:
+        """Display text of the source tokens of head-map pairs among ``rows`` (vector_id first, source last)."""
+        wanted: dict[int, set[int]] = {}
+        for row in rows:
+            if row[-1] is not None:
+                vocab_id = cat.checkpoints[cat.unit_of(row[0]).checkpoint_id].vocab_id
+                wanted.setdefault(vocab_id, set()).add(row[-1])
+        return {(vid, tid): shown for vid, ids in wanted.items()
+                for tid, shown in self._rows(q.token_displays(vid, sorted(ids)))}
 
     def promoters(self, token: str | int, *, model: str | None = None, checkpoint: str | None = None,
                   component: str | None = None, layer: int | None = None, head: int | None = None,
@@ -151,9 +166,9 @@ class Lens:
         vid, name, label, comp, lay, hd, idx, norm, mean, std, basis, vocab_id = found[0]
         top: list[TokenScore] = []
         bottom: list[TokenScore] = []
-        for side, rank, token_id, token, score, z in self._rows(q.vector_tokens(vid, vocab_id)):
-            (top if side == "top" else bottom).append(
-                TokenScore(rank=rank, token_id=token_id, token=token, score=score, zscore=z))
+        for side, rank, token_id, token, score, z, src, src_token in self._rows(q.vector_tokens(vid, vocab_id)):
+            (top if side == "top" else bottom).append(TokenScore(rank=rank, token_id=token_id, token=token, score=score,
+                                                                 zscore=z, source_token_id=src, source_token=src_token))
         return VectorView(model=name, checkpoint=label, component=comp, layer=lay, head=hd, index=idx, norm=norm,
                           logit_mean=mean, logit_std=std, basis=basis, top=top, bottom=bottom)
 
@@ -168,6 +183,28 @@ class Lens:
                 return f"model {model!r} has no checkpoint {checkpoint!r}; indexed: {', '.join(labels)}."
         return (f"no {component} vector {layer}.{index} in {model!r}: layers run {lo_l}–{hi_l}, "
                 f"indices {lo_i}–{hi_i}.")
+
+    def head_map(self, token: str | int, kind: str = "ov", *, model: str | None = None,
+                 checkpoint: str | None = None, limit: int = 20, per_head: int = 5) -> list[HeadRow]:
+        """One row of every head's OV (``kind="ov"``: what the head writes when it attends to ``token``) or QK
+        map (``"qk"``: which keys a query at ``token`` attends to), exact, across the heads of every model
+        indexed with head maps; heads ranked by the z-score of their strongest target."""
+        if kind not in ("ov", "qk"):
+            raise LensdbError(f"kind must be 'ov' or 'qk', not {kind!r}.")
+        matches = self._resolve(token, model)
+        cat = self._catalog()
+        have = {r[0] for r in self._rows(q.head_map_checkpoints())}
+        refs = [r for r in cat.checkpoints.values() if r.checkpoint_id in have and (model is None or r.model == model)
+                and (r.latest if checkpoint is None else checkpoint == "all" or r.label == checkpoint)]
+        if not refs:
+            raise NotFound("no checkpoint indexed with head maps" + (f" in model {model!r}" if model else "")
+                           + "; index with `lensdb index CHECKPOINT --head-maps`.")
+        out: list[HeadRow] = []
+        for ref in refs:
+            for m in (m for m in matches if m.model == ref.model):
+                out += head_rows_for(self, ref, m.token_id, m.display, kind, per_head)
+        out.sort(key=lambda r: -r.best_zscore)
+        return out[:limit]
 
     def models(self) -> list[ModelInfo]:
         """Every model with its checkpoints and how each was indexed."""

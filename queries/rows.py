@@ -23,6 +23,8 @@ class TokenHit(BaseModel):
     token: str
     score: float
     zscore: float
+    source_token_id: int | None = None
+    source_token: str | None = None
 
 
 class TokenScore(BaseModel):
@@ -31,6 +33,22 @@ class TokenScore(BaseModel):
     token: str
     score: float
     zscore: float
+    source_token_id: int | None = None
+    source_token: str | None = None
+
+
+class HeadRow(BaseModel):
+    """One head's row of its OV or QK map for one source token: the head's strongest targets."""
+
+    model: str
+    checkpoint: str
+    layer: int
+    head: int
+    kind: str
+    source_token_id: int
+    source_token: str
+    best_zscore: float
+    targets: list[TokenScore]
 
 
 class VectorView(BaseModel):

@@ -103,9 +103,10 @@ def hits_in_ranges(
     if not token_ids or not any(r for r, _ in groups):
         raise LensdbError("no tokens or vectors to look up.")
     fetch = " UNION ALL ".join(
-        "SELECT vector_id, side, rank, token_id, score, zscore FROM vector_tokens WHERE token_id = ?"
-        for _ in token_ids)
-    params: list = [*token_ids, side]
+        "SELECT vector_id, side, rank, token_id, score, zscore, NULL::INTEGER AS source_token_id FROM vector_tokens "
+        "WHERE token_id = ? UNION ALL SELECT vector_id, side, rank, token_id, score, zscore, source_token_id "
+        "FROM head_pairs WHERE token_id = ?" for _ in token_ids)
+    params: list = [t for t in token_ids for _ in range(2)] + [side]
     ors = []
     for ranges, ids in groups:
         spans = " OR ".join("vector_id BETWEEN ? AND ?" for _ in ranges)
@@ -115,7 +116,7 @@ def hits_in_ranges(
     params += [limit, offset]
     return (
         f"""WITH hits AS MATERIALIZED ({fetch})
-SELECT vector_id, side, rank, token_id, score, zscore FROM hits
+SELECT vector_id, side, rank, token_id, score, zscore, source_token_id FROM hits
 WHERE side = ? AND ({' OR '.join(ors)})
 ORDER BY zscore {order}, vector_id LIMIT ? OFFSET ?""",
         params,
@@ -173,12 +174,49 @@ WHERE m.name = ? AND v.component = ? AND v.layer = ? AND v.idx = ? AND {head_con
 
 
 def vector_tokens(vector_id: int, vocab_id: int) -> Sql:
+    """A vector's top and bottom tokens; for a head map (``*_pair``) its pairs, with their source tokens."""
     return (
-        """SELECT p.side, p.rank, p.token_id, t.display, p.score, p.zscore FROM vector_tokens p
+        """SELECT p.side, p.rank, p.token_id, t.display, p.score, p.zscore, NULL, NULL FROM vector_tokens p
 JOIN tokens t ON t.vocab_id = ? AND t.token_id = p.token_id
-WHERE p.vector_id = ? ORDER BY p.side DESC, p.rank""",
-        [vocab_id, vector_id],
+WHERE p.vector_id = ?
+UNION ALL
+SELECT p.side, p.rank, p.token_id, t.display, p.score, p.zscore, p.source_token_id, s.display FROM head_pairs p
+JOIN tokens t ON t.vocab_id = ? AND t.token_id = p.token_id
+JOIN tokens s ON s.vocab_id = ? AND s.token_id = p.source_token_id
+WHERE p.vector_id = ?
+ORDER BY 1 DESC, 2""",
+        [vocab_id, vector_id, vocab_id, vocab_id, vector_id],
     )
+
+
+def token_displays(vocab_id: int, token_ids: list[int]) -> Sql:
+    return (
+        f"SELECT token_id, display FROM tokens WHERE vocab_id = ? AND token_id IN ({', '.join('?' * len(token_ids))})",
+        [vocab_id, *token_ids],
+    )
+
+
+def head_factor_rows(checkpoint_id: int, kind: str) -> Sql:
+    return (
+        "SELECT layer, head, d_head, d_model, \"left\", \"right\" FROM head_factors "
+        "WHERE checkpoint_id = ? AND kind = ? ORDER BY layer, head",
+        [checkpoint_id, kind],
+    )
+
+
+def head_map_stats(checkpoint_id: int, component: str) -> Sql:
+    return (
+        "SELECT layer, head, logit_mean, logit_std FROM vectors WHERE checkpoint_id = ? AND component = ?",
+        [checkpoint_id, component],
+    )
+
+
+def basis_data(checkpoint_id: int, role: str) -> Sql:
+    return "SELECT vocab_size, d_model, data FROM bases WHERE checkpoint_id = ? AND role = ?", [checkpoint_id, role]
+
+
+def head_map_checkpoints() -> Sql:
+    return "SELECT DISTINCT checkpoint_id FROM head_factors ORDER BY 1", []
 
 
 def vector_extent(model: str, component: str) -> Sql:

@@ -130,6 +130,47 @@ vector_units = sa.Table(
     "token lookups filter and label hits by these ranges instead of joining vectors.",
 )
 
+head_pairs = sa.Table(
+    "head_pairs",
+    metadata,
+    sa.Column("vector_id", sa.BigInteger, nullable=False, comment="the head's attn_ov_pair / attn_qk_pair vector"),
+    sa.Column("side", sa.String, nullable=False, comment="top (strongest entries) or bottom (most negative)"),
+    sa.Column("rank", sa.SmallInteger, nullable=False, comment="1 = strongest on that side"),
+    sa.Column("source_token_id", sa.Integer, nullable=False,
+              comment="OV: the token attended to; QK: the query token"),
+    sa.Column("token_id", sa.Integer, nullable=False, comment="OV: the token written; QK: the key token"),
+    sa.Column("score", sa.REAL, nullable=False, comment="the map's entry"),
+    sa.Column("zscore", sa.REAL, nullable=False, comment="(score - mean) / std over all V² entries of the map"),
+    comment="Top-k and bottom-k entries of each head's V×V OV and QK maps, exact, sorted by token_id.",
+)
+
+head_factors = sa.Table(
+    "head_factors",
+    metadata,
+    sa.Column("checkpoint_id", sa.Integer, nullable=False, comment="checkpoint"),
+    sa.Column("layer", sa.Integer, nullable=False, comment="layer"),
+    sa.Column("head", sa.Integer, nullable=False, comment="head"),
+    sa.Column("kind", sa.String, nullable=False, comment="ov or qk"),
+    sa.Column("d_head", sa.Integer, nullable=False, comment="rows of each factor"),
+    sa.Column("d_model", sa.Integer, nullable=False, comment="columns of each factor"),
+    sa.Column("left", sa.LargeBinary, nullable=False,
+              comment="float32 [d_head, d_model]: W_V (ov) or W_Q (qk) rows, input norm folded in"),
+    sa.Column("right", sa.LargeBinary, nullable=False,
+              comment="float32 [d_head, d_model]: W_O rows (ov) or W_K rows (qk, input norm folded in)"),
+    comment="Each head's factors, so one row of its V×V maps is computed exactly at query time.",
+)
+
+bases = sa.Table(
+    "bases",
+    metadata,
+    sa.Column("checkpoint_id", sa.Integer, nullable=False, comment="checkpoint"),
+    sa.Column("role", sa.String, nullable=False, comment="writes (output side) or reads (input side)"),
+    sa.Column("vocab_size", sa.Integer, nullable=False, comment="rows"),
+    sa.Column("d_model", sa.Integer, nullable=False, comment="columns"),
+    sa.Column("data", sa.LargeBinary, nullable=False, comment="float32 [vocab_size, d_model], row-major"),
+    comment="The projection bases of checkpoints indexed with --head-maps (see index_runs.basis_flags).",
+)
+
 vector_tokens = sa.Table(
     "vector_tokens",
     metadata,

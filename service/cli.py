@@ -47,7 +47,8 @@ def server_file(db: str | Path) -> Path:
 def cmd_index(args: argparse.Namespace) -> None:
     opts = IndexOptions(name=args.name, top_k=args.top_k, basis=args.basis, replace=args.replace,
                         components=args.component or None, device=args.device, precision=args.precision,
-                        read_basis=args.read_basis)
+                        read_basis=args.read_basis, head_maps=args.head_maps, pair_vocab=args.pair_vocab,
+                        svd=args.svd)
     if args.server:
         result = index_via_server(args.server, args.checkpoint, opts, quiet=args.quiet)
     else:
@@ -273,6 +274,21 @@ def cmd_changed(args: argparse.Namespace) -> None:
                           "norm_to", "norm_change", "top_from", "top_to"])
 
 
+def cmd_head_map(args: argparse.Namespace) -> None:
+    token: str | int = int(args.token) if args.id else args.token
+    with queries.connect(args.db) as db:
+        rows = db.head_map(token, kind=args.kind, model=args.model, checkpoint=args.checkpoint, limit=args.limit,
+                           per_head=args.per_head)
+    if args.json:
+        print(json.dumps([r.model_dump() for r in rows], indent=2, ensure_ascii=False))
+        return
+    what = "writes when attending to" if args.kind == "ov" else "attends to keys, for a query at"
+    print(f"what each head {what} {rows[0].source_token!r} (strongest heads first):" if rows else "(no heads)")
+    print(table(["model", "checkpoint", "layer", "head", "best_z", "targets"],
+                [[r.model, r.checkpoint, r.layer, r.head, r.best_zscore,
+                  ", ".join(repr(t.token) for t in r.targets)] for r in rows]))
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     result = export_parquet(args.db, args.parquet, overwrite=args.overwrite)
     if args.json:
@@ -353,6 +369,12 @@ def parser() -> argparse.ArgumentParser:
                     help="matrix that reads what reading vectors (ff_key, attn_q/k/v) read: the unembedding "
                     "(default) or the input embedding; they differ in untied models (Pythia, Llama)")
     sp.add_argument("--replace", action="store_true", help="re-index a checkpoint already in the store")
+    sp.add_argument("--head-maps", action="store_true",
+                    help="also index attention heads as V×V token maps: exact top OV/QK pairs, SVD directions, "
+                    "and factors for `lensdb head-map` (GPT-2 small: ~46 TFLOP, minutes on a GPU)")
+    sp.add_argument("--pair-vocab", default="all",
+                    help="tokens head-map pairs may use: all, ascii, alnum, or a file of tokens (default all)")
+    sp.add_argument("--svd", type=int, default=4, help="singular directions kept per head map (default 4)")
     sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                     help="where to project: auto uses CUDA when torch sees it (default auto)")
     sp.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32",
@@ -442,6 +464,15 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("to_checkpoint", metavar="TO", help="checkpoint label or step")
     sp.add_argument("--component", help="only this component, e.g. ff_value")
     sp.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
+
+    sp = command("head-map", cmd_head_map, "one row of every head's OV or QK token map, computed exactly")
+    sp.add_argument("token", help="the source token: attended to (ov) or querying (qk)")
+    sp.add_argument("--kind", choices=["ov", "qk"], default="ov", help="ov (default) or qk")
+    sp.add_argument("--id", action="store_true", help="TOKEN is a token id")
+    sp.add_argument("--model", help="only this model")
+    sp.add_argument("--checkpoint", help="checkpoint label, or 'all' (default: each model's latest)")
+    sp.add_argument("--limit", type=int, default=20, help="heads to show (default 20)")
+    sp.add_argument("--per-head", type=int, default=5, help="targets per head (default 5)")
 
     sp = command("export", cmd_export, "write the store as Hive-partitioned Parquet (model/checkpoint/component)")
     sp.add_argument("--parquet", required=True, metavar="DIR", help="target folder (must be empty)")

@@ -63,7 +63,7 @@ def _plant(unembed: torch.Tensor, tid: int) -> torch.Tensor:
     return unembed[tid] * 8.0
 
 
-def save_gpt2(path: Path, seed: int = 0, n_layer: int = 2, n_embd: int = 32) -> TinyModel:
+def save_gpt2(path: Path, seed: int = 0, n_layer: int = 2, n_embd: int = 32, plant_heads: bool = False) -> TinyModel:
     """A tiny GPT-2: FF value 1.7 promotes ' paris', 0.3 suppresses ' london', FF key 1.5 reads ' king'."""
     torch.manual_seed(seed)
     tokenizer = byte_bpe_tokenizer()
@@ -81,10 +81,43 @@ def save_gpt2(path: Path, seed: int = 0, n_layer: int = 2, n_embd: int = 32) -> 
         h[0].mlp.c_proj.weight[3] = -_plant(wte, london)
         h[1].mlp.c_fc.weight[:, 5] = _plant(wte, king)  # FF keys are columns of c_fc
     tiny.planted = Planted(promotes={(1, 7): paris}, suppresses={(0, 3): london}, reads={(1, 5): king})
+    if plant_heads:
+        _plant_heads(model, tiny)
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     tiny.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     return tiny
+
+
+OV_HEAD = (1, 2)  # layer, head whose OV map sends ' king' to ' queen'
+QK_HEAD = (0, 1)  # layer, head whose queries at ' dog' attend to keys at ' cat'
+
+
+def _plant_heads(model: GPT2LMHeadModel, tiny: TinyModel) -> None:
+    """A head that, attending to ' king', writes ' queen'; a head whose query ' dog' seeks the key ' cat'.
+
+    GPT-2's c_attn is Conv1D [d, 3d] (q | k | v columns, head-major); attn.c_proj rows are z coordinates.
+    """
+    d = model.config.n_embd
+    dh = d // model.config.n_head
+    wte = model.transformer.wte.weight.data
+    king, queen, dog, cat = (tiny.token_id(w) for w in ("king", "queen", "dog", "cat"))
+    for tid in (queen, dog, cat):
+        wte[tid] *= 3.0
+    with torch.no_grad():
+        layer, h = OV_HEAD
+        attn = model.transformer.h[layer].attn
+        v_cols = slice(2 * d + h * dh, 2 * d + (h + 1) * dh)
+        attn.c_attn.weight[:, v_cols] = 0
+        attn.c_attn.weight[:, 2 * d + h * dh] = _plant(wte, king)
+        attn.c_proj.weight[h * dh : (h + 1) * dh] = 0
+        attn.c_proj.weight[h * dh] = _plant(wte, queen)
+        layer, h = QK_HEAD
+        attn = model.transformer.h[layer].attn
+        for offset, tid in ((0, dog), (d, cat)):
+            cols = slice(offset + h * dh, offset + (h + 1) * dh)
+            attn.c_attn.weight[:, cols] = 0
+            attn.c_attn.weight[:, offset + h * dh] = _plant(wte, tid)
 
 
 def save_bert(path: Path, seed: int = 0) -> TinyModel:
