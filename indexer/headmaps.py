@@ -91,7 +91,7 @@ def head_pairs(factors: HeadFactors, write: Basis, read: Basis, k: int,
         ("ov", rows_r @ factors.ov_left.to(dev).T, rows_w @ factors.ov_right.to(dev).T),
         ("qk", rows_r @ factors.qk_left.to(dev).T, rows_r @ factors.qk_right.to(dev).T),
     ):
-        p = top_pairs(left, right, k)
+        p = top_pairs(left, right, k, tile_rows=8192 if dev.type == "cuda" else 512)
         if allowed is not None:
             ids = allowed.to(dev)
             p = Pairs(p.top_scores, ids[p.top_src], ids[p.top_dst], p.bottom_scores, ids[p.bottom_src],

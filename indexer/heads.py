@@ -39,10 +39,21 @@ def map_stats(left: torch.Tensor, right: torch.Tensor) -> tuple[float, float, fl
     return mean, max(sq / n - mean * mean, 0.0) ** 0.5, sq**0.5
 
 
-def _tile_best(block: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The k best entries of a [t, V] block: scores, row and column indices."""
-    extreme = block.amax(dim=1) if largest else block.amin(dim=1)
-    rows = extreme.topk(min(k, block.shape[0]), largest=largest).indices
+def _tile_best(block: torch.Tensor, extreme: torch.Tensor, k: int, largest: bool,
+               bar: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The k best entries of a [t, V] block given its row maxima (or minima): scores, rows, columns.
+
+    ``bar`` is the running k-th best score: only rows whose extreme beats it can contribute, and after the
+    first tiles that is a handful of rows, so the search costs little beside the GEMM.
+    """
+    n = min(k, block.shape[0])
+    if bar is not None:
+        beats = extreme > bar if largest else extreme < bar
+        if int(beats.sum()) == 0:
+            empty = block.new_empty(0)
+            return empty, empty.long(), empty.long()
+        n = min(n, int(beats.sum()))
+    rows = extreme.topk(n, largest=largest).indices
     cand = block[rows]
     scores, flat = cand.reshape(-1).topk(min(k, cand.numel()), largest=largest)
     return scores, rows[flat // block.shape[1]], flat % block.shape[1]
@@ -57,16 +68,23 @@ def _merge(a: tuple[torch.Tensor, ...] | None, b: tuple[torch.Tensor, ...], k: i
     return scores[best], torch.cat([a[1], b[1]])[best], torch.cat([a[2], b[2]])[best]
 
 
-def top_pairs(left: torch.Tensor, right: torch.Tensor, k: int, tile_rows: int = 1024) -> Pairs:
+def _bar(run: tuple[torch.Tensor, ...] | None, k: int, largest: bool) -> torch.Tensor | None:
+    """The running k-th best score, once k entries are held."""
+    if run is None or run[0].numel() < k:
+        return None
+    return run[0].min() if largest else run[0].max()
+
+
+def top_pairs(left: torch.Tensor, right: torch.Tensor, k: int, tile_rows: int = 256) -> Pairs:
     """Exact top-k and bottom-k entries of ``left @ right.T``, tiled over rows of ``left``."""
     top: tuple[torch.Tensor, ...] | None = None
     bottom: tuple[torch.Tensor, ...] | None = None
     rt = right.T.contiguous()
     for start in range(0, left.shape[0], tile_rows):
         block = left[start : start + tile_rows] @ rt
-        s, r, c = _tile_best(block, k, True)
+        s, r, c = _tile_best(block, block.amax(dim=1), k, True, _bar(top, k, True))
         top = _merge(top, (s, r + start, c), k, True)
-        s, r, c = _tile_best(block, k, False)
+        s, r, c = _tile_best(block, block.amin(dim=1), k, False, _bar(bottom, k, False))
         bottom = _merge(bottom, (s, r + start, c), k, False)
     assert top is not None and bottom is not None
     order_t = top[0].argsort(descending=True)

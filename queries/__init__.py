@@ -4,6 +4,7 @@ from queries.api import Lens, NotFound, UnknownToken, connect
 from queries.readonly import SqlRefused, SqlTimeout
 from queries.rows import (
     ChangedVector,
+    HeadRow,
     ModelInfo,
     SourceInfo,
     SqlResult,
@@ -19,6 +20,6 @@ from queries.rows import (
     WatchRunInfo,
 )
 
-__all__ = ["ChangedVector", "Lens", "ModelInfo", "NotFound", "SourceInfo", "SqlRefused", "SqlResult", "SqlTimeout",
-           "StepInfo", "TokenHit", "TokenMatch", "TokenRankStep", "TokenScore", "TraceSummary", "TraceView",
-           "UnknownToken", "VectorStep", "VectorView", "WatchRunInfo", "connect"]
+__all__ = ["ChangedVector", "HeadRow", "Lens", "ModelInfo", "NotFound", "SourceInfo", "SqlRefused", "SqlResult",
+           "SqlTimeout", "StepInfo", "TokenHit", "TokenMatch", "TokenRankStep", "TokenScore", "TraceSummary",
+           "TraceView", "UnknownToken", "VectorStep", "VectorView", "WatchRunInfo", "connect"]

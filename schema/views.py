@@ -172,5 +172,23 @@ TRACE_NEURON_INFO = View(
     """,
 )
 
+HEAD_PAIR_PROJECTIONS = View(
+    "head_pair_projections",
+    "One row per (head map, side, rank) of checkpoints indexed with --head-maps: component attn_ov_pair "
+    "(attending to source_token, the head writes token) or attn_qk_pair (a query at source_token attends to "
+    "a key at token); zscore against all V² entries of the map.",
+    """
+    SELECT m.name AS model, c.label AS checkpoint, c.step, v.component, v.layer, v.head, p.side, p.rank,
+           p.source_token_id, s.display AS source_token, p.token_id, t.display AS token, p.score, p.zscore,
+           v.vector_id, c.checkpoint_id, m.model_id
+    FROM head_pairs p
+    JOIN vectors v USING (vector_id)
+    JOIN checkpoints c USING (checkpoint_id)
+    JOIN models m USING (model_id)
+    JOIN tokens t ON t.vocab_id = m.vocab_id AND t.token_id = p.token_id
+    JOIN tokens s ON s.vocab_id = m.vocab_id AND s.token_id = p.source_token_id
+    """,
+)
+
 VIEWS: tuple[View, ...] = (LATEST_CHECKPOINTS, VECTOR_INFO, PROJECTIONS, MODEL_SUMMARY, CHECKPOINT_STEPS,
-                           VECTOR_DRIFT, TRACE_LENS, TRACE_SHARES, TRACE_NEURON_INFO)
+                           VECTOR_DRIFT, TRACE_LENS, TRACE_SHARES, TRACE_NEURON_INFO, HEAD_PAIR_PROJECTIONS)

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated, Generic, TypeVar
+from typing import Annotated, Generic, Literal, TypeVar
 
 import duckdb
 from fastapi import Depends, FastAPI, Query, Request
@@ -31,6 +31,7 @@ from indexer.trace import TraceOptions, trace_input
 from indexer.watch import RegisterResult, WatchReport, parse_every, register_source, watch_cycle, watch_loop
 from queries import (
     ChangedVector,
+    HeadRow,
     Lens,
     ModelInfo,
     NotFound,
@@ -281,6 +282,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for side in ("promoters", "suppressors"):
         app.get(f"/{side}", response_model=Hits, tags=["search"], name=side)(hits(side))
+
+    @app.get("/head-map", response_model=list[HeadRow], tags=["heads"])
+    def head_map(lens: ReadLens, token: str | None = None, token_id: int | None = None,
+                 kind: Literal["ov", "qk"] = "ov", model: str | None = None, checkpoint: str | None = None,
+                 limit: Limit = 20, per_head: Annotated[int, Query(ge=1, le=100)] = 5) -> list[HeadRow]:
+        """One row of every head's OV map (what it writes when attending to the token) or QK map (which keys a
+        query at the token attends to), computed exactly; heads ranked by their strongest target's z-score.
+        Needs checkpoints indexed with --head-maps."""
+        return lens.head_map(token_arg(token, token_id), kind=kind, model=model, checkpoint=checkpoint,
+                             limit=limit, per_head=per_head)
 
     @app.get("/vectors/{model}/{component}/{layer}/{index}", response_model=VectorView, tags=["vectors"])
     def vector(lens: ReadLens, model: str, component: str, layer: int, index: int, head: int | None = None,

@@ -99,3 +99,37 @@ def test_head_map_cli_and_errors(planted: tuple[TinyModel, Path], tmp_path: Path
     index_checkpoint(tmp_path / "plain.duckdb", plain.path, IndexOptions(top_k=5))
     assert main(["head-map", "king", "--db", str(tmp_path / "plain.duckdb")]) == 1
     assert "--head-maps" in capsys.readouterr().err
+
+
+def test_head_map_over_http(planted: tuple[TinyModel, Path], tmp_path: Path) -> None:
+    import asyncio
+    import shutil
+
+    import httpx
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    db = tmp_path / "served.duckdb"
+    shutil.copy(planted[1], db)
+    app = create_app(Settings(db=db))
+
+    async def go() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            return (await client.get("/head-map", params={"token": "king", "limit": 2}),
+                    await client.get("/head-map", params={"token": "king", "kind": "zz"}))
+
+    try:
+        ok, bad = asyncio.run(go())
+    finally:
+        app.state.service.close()
+    assert ok.status_code == 200 and ok.json()[0]["targets"][0]["token"] == " queen"
+    assert bad.status_code == 422 and bad.headers["content-type"].startswith("application/problem+json")
+
+
+def test_head_pairs_view(planted: tuple[TinyModel, Path]) -> None:
+    _, db = planted
+    with queries.connect(db) as lens:
+        rows = lens.sql("SELECT layer, head, source_token, token FROM head_pair_projections WHERE "
+                        "component = 'attn_ov_pair' AND side = 'top' ORDER BY zscore DESC LIMIT 1").rows
+    assert rows == [[1, 2, " king", " queen"]]
