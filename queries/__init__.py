@@ -3,6 +3,8 @@
 from queries.api import Lens, NotFound, UnknownToken, connect
 from queries.readonly import SqlRefused, SqlTimeout
 from queries.rows import (
+    Alignment,
+    AlignmentInfo,
     ChangedVector,
     ModelInfo,
     SourceInfo,
@@ -17,6 +19,6 @@ from queries.rows import (
     WatchRunInfo,
 )
 
-__all__ = ["ChangedVector", "Lens", "ModelInfo", "NotFound", "SourceInfo", "SqlRefused", "SqlResult", "SqlTimeout",
+__all__ = ["Alignment", "AlignmentInfo", "ChangedVector", "Lens", "ModelInfo", "NotFound", "SourceInfo", "SqlRefused", "SqlResult", "SqlTimeout",
            "StepInfo", "TokenHit", "TokenMatch", "TokenRankStep", "TokenScore", "UnknownToken", "VectorStep",
            "VectorView", "WatchRunInfo", "connect"]

@@ -8,6 +8,8 @@ from queries import sql as q
 from queries.catalog import Catalog, catalog
 from queries.readonly import open_hardened, run_readonly
 from queries.rows import (
+    Alignment,
+    AlignmentInfo,
     ChangedVector,
     CheckpointInfo,
     ModelInfo,
@@ -18,11 +20,13 @@ from queries.rows import (
     TokenMatch,
     TokenRankStep,
     TokenScore,
+    UnitMatch,
     VectorStep,
     VectorView,
     WatchItemInfo,
     WatchRunInfo,
 )
+from queries.rows import LayerPair as LayerPairRow
 from schema.errors import LensdbError, StoreError
 
 
@@ -281,6 +285,46 @@ class Lens:
                                                             action=r[5], reason=r[6]))
         cols = [c for c in WatchRunInfo.model_fields if c != "items"]
         return [WatchRunInfo(**dict(zip(cols, r, strict=True)), items=items.get(r[0], [])) for r in runs]
+
+    # ---- across models ---------------------------------------------------------------------------------
+
+    def _require_alignment_tables(self) -> None:
+        have = {r[0] for r in self.con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        if not {"alignment_runs", "layer_similarity", "neuron_matches"} <= have:
+            raise StoreError(f"{self.path} was written before lensdb aligned models; `lensdb align A B --db "
+                             f"{self.path}` adds the tables.")
+
+    def alignments(self, limit: int = 50, offset: int = 0) -> list[AlignmentInfo]:
+        """Alignment runs, newest first."""
+        self._require_alignment_tables()
+        cols = list(AlignmentInfo.model_fields)
+        return [AlignmentInfo(**dict(zip(cols, r, strict=True))) for r in self._rows(q.list_alignments(limit, offset))]
+
+    def alignment(self, alignment_id: int, matches: bool = True, layer_a: int | None = None,
+                  limit: int | None = None) -> Alignment:
+        """One alignment run: layer-similarity matrix, raw baseline, matched layer pairs and unit matches
+        (``matches=False`` leaves the unit list empty; ``layer_a`` / ``limit`` narrow it)."""
+        self._require_alignment_tables()
+        found = self._rows(q.alignment_run(alignment_id))
+        if not found:
+            runs = [str(r.alignment_id) for r in self.alignments(limit=20)]
+            raise NotFound(f"no alignment run {alignment_id} in {self.path}; runs: {', '.join(runs) or 'none yet'}.")
+        info = AlignmentInfo(**dict(zip(AlignmentInfo.model_fields, found[0], strict=True)))
+        cells = self._rows(q.alignment_layers(alignment_id))
+        n_a, n_b = max(c[0] for c in cells) + 1, max(c[1] for c in cells) + 1
+        sim = [[0.0] * n_b for _ in range(n_a)]
+        raw: list[list[float]] | None = [[0.0] * n_b for _ in range(n_a)] if info.raw_comparable else None
+        for la, lb, score, raw_score, _ in cells:
+            sim[la][lb] = score
+            if raw is not None:
+                raw[la][lb] = raw_score
+        pairs = [LayerPairRow(layer_a=la, layer_b=lb, score=sim[la][lb], raw_score=None if raw is None else raw[la][lb],
+                              units=n, same_index=same, mean_unit_score=mean, raw_same_index=rsame if raw else None,
+                              mean_raw_unit_score=rmean)
+                 for la, lb, n, same, mean, rsame, rmean in self._rows(q.alignment_summary(alignment_id))]
+        units = [UnitMatch(**dict(zip(UnitMatch.model_fields, r, strict=True)))
+                 for r in self._rows(q.alignment_matches(alignment_id, layer_a, limit))] if matches else []
+        return Alignment(info=info, similarity=sim, raw_similarity=raw, pairs=pairs, matches=units)
 
     def sql(self, statement: str, max_rows: int = 1000, timeout_s: float = 10.0) -> SqlResult:
         """Run one read-only SELECT over the tables and views (see README, "SQL")."""
