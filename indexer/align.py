@@ -18,6 +18,7 @@ from indexer.adapters import Adapter, adapter_for
 from indexer.basis import BasisMode, fold_reader, read_basis, write_basis
 from indexer.checkpoint import open_checkpoint
 from queries import sql as q
+from queries.api import NotFound
 from schema.errors import LensdbError
 from schema.store import append_arrow, next_id, writer
 
@@ -52,7 +53,7 @@ def _source(con: duckdb.DuckDBPyConnection, model: str, checkpoint: str | None) 
     if row is None:
         names = [r[0] for r in con.execute(*q.model_vocabularies()).fetchall()]
         what = f"checkpoint {checkpoint!r} of model {model!r}" if checkpoint else f"model {model!r}"
-        raise LensdbError(f"no {what} in the store; indexed models: {', '.join(names) or 'none yet'}.")
+        raise NotFound(f"no {what} in the store; indexed models: {', '.join(names) or 'none yet'}.")
     return Source(model, int(row[0]), row[1], row[2], int(row[3]), int(row[4]))
 
 

@@ -14,11 +14,12 @@ from queries.rows import (
     TokenMatch,
     TokenRankStep,
     TokenScore,
+    UnitMatch,
     VectorStep,
     VectorView,
     WatchRunInfo,
 )
 
-__all__ = ["Alignment", "AlignmentInfo", "ChangedVector", "Lens", "ModelInfo", "NotFound", "SourceInfo", "SqlRefused", "SqlResult", "SqlTimeout",
-           "StepInfo", "TokenHit", "TokenMatch", "TokenRankStep", "TokenScore", "UnknownToken", "VectorStep",
-           "VectorView", "WatchRunInfo", "connect"]
+__all__ = ["Alignment", "AlignmentInfo", "ChangedVector", "Lens", "ModelInfo", "NotFound", "SourceInfo",
+           "SqlRefused", "SqlResult", "SqlTimeout", "StepInfo", "TokenHit", "TokenMatch", "TokenRankStep",
+           "TokenScore", "UnitMatch", "UnknownToken", "VectorStep", "VectorView", "WatchRunInfo", "connect"]

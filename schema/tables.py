@@ -232,7 +232,7 @@ neuron_matches = sa.Table(
     sa.Column("layer_b", sa.Integer, nullable=False, comment="the layer of B matched to layer_a"),
     sa.Column("index_b", sa.Integer, nullable=False, comment="its best match in layer_b, in embedding space"),
     sa.Column("score", sa.Float, nullable=False, comment="their vocabulary correlation"),
-    sa.Column("raw_index_b", sa.Integer, nullable=True, comment="best match over raw parameters; NULL if widths differ"),
+    sa.Column("raw_index_b", sa.Integer, nullable=True, comment="best match over raw parameters (NULL: widths differ)"),
     sa.Column("raw_score", sa.Float, nullable=True, comment="that raw correlation"),
     sa.PrimaryKeyConstraint("alignment_id", "layer_a", "index_a"),
     comment="Each neuron (or head) of A with its best match in the matched layer of B, by vocabulary correlation.",

@@ -254,6 +254,66 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {result.files} Parquet files under {result.folder} ({counts} rows)")
 
 
+def print_alignment(run: "queries.Alignment", limit: int) -> None:
+    """The layer matrix (rows: A's layers), the matched pairs and, where widths match, the raw baseline."""
+    info = run.info
+    print(f"alignment {info.alignment_id}: {info.model_a}/{info.checkpoint_a} (rows) vs {info.model_b}/"
+          f"{info.checkpoint_b} (columns), {info.component} per {info.unit}, basis {info.basis}, "
+          f"{info.vocab_size} tokens")
+    cols = [f"B{j}" for j in range(len(run.similarity[0]))]
+    print("\nlayer similarity in embedding space (mean best vocabulary correlation):")
+    print(table(["A", *cols], [[i, *row] for i, row in enumerate(run.similarity)]))
+    if run.raw_similarity is not None:
+        print("\nraw-parameter baseline (same formula over raw coordinates):")
+        print(table(["A", *cols], [[i, *row] for i, row in enumerate(run.raw_similarity)]))
+    else:
+        print("\nraw-parameter baseline: none, the models' widths differ")
+    print("\nmatched layers (Hungarian):")
+    print(table(["layer_a", "layer_b", "score", "raw_score", info.unit + "s", "same_index", "mean_match",
+                 "raw_same_index", "raw_mean_match"],
+                [[p.layer_a, p.layer_b, p.score, p.raw_score, p.units, p.same_index, p.mean_unit_score,
+                  p.raw_same_index, p.mean_raw_unit_score] for p in run.pairs]))
+    if limit and run.matches:
+        print(f"\nfirst {min(limit, len(run.matches))} {info.unit} matches:")
+        print(table(list(queries.UnitMatch.model_fields),
+                    [list(m.model_dump().values()) for m in run.matches[:limit]]))
+
+
+def cmd_align(args: argparse.Namespace) -> None:
+    from indexer.align import align_models
+    from service.heatmap import heatmap_png
+
+    if args.png:
+        png_parent = Path(args.png).resolve().parent
+        if not png_parent.is_dir():
+            raise LensdbError(f"cannot write {args.png}: folder {png_parent} does not exist.")
+    outcome = align_models(args.db, args.model_a, args.model_b, component=args.component,
+                           checkpoint_a=args.checkpoint_a, checkpoint_b=args.checkpoint_b, basis=args.basis)
+    with queries.connect(args.db) as db:
+        run = db.alignment(outcome.alignment_id)
+    if args.png:
+        marked = {(p.layer_a, p.layer_b) for p in run.pairs}
+        Path(args.png).write_bytes(heatmap_png(run.similarity, marked))
+    if args.json:
+        print(run.model_dump_json(indent=2))
+        return
+    print_alignment(run, args.limit)
+    print(f"\n{outcome.message}" + (f"; heat map {args.png}" if args.png else ""))
+
+
+def cmd_alignments(args: argparse.Namespace) -> None:
+    with queries.connect(args.db) as db:
+        if args.id is not None:
+            run = db.alignment(args.id)
+            if args.json:
+                print(run.model_dump_json(indent=2))
+            else:
+                print_alignment(run, args.limit)
+            return
+        _emit(args, db.alignments(), ["alignment_id", "model_a", "checkpoint_a", "model_b", "checkpoint_b",
+                                      "component", "basis", "raw_comparable", "mean_matched", "created_at"])
+
+
 def cmd_architectures(args: argparse.Namespace) -> None:
     rows = [[cls.family, ", ".join(cls.model_types), ", ".join(s.name for s in cls.components)] for cls in ADAPTERS]
     print(table(["family", "model_type", "components"], rows))
@@ -376,6 +436,22 @@ def parser() -> argparse.ArgumentParser:
     sp = command("export", cmd_export, "write the store as Hive-partitioned Parquet (model/checkpoint/component)")
     sp.add_argument("--parquet", required=True, metavar="DIR", help="target folder (must be empty)")
     sp.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
+
+    sp = command("align", cmd_align, "align two models that share a vocabulary: layer similarity in embedding "
+                 "space, Hungarian layer matching, best match per neuron (or head), raw-parameter baseline")
+    sp.add_argument("model_a", metavar="A", help="model whose layers are the rows")
+    sp.add_argument("model_b", metavar="B", help="model whose layers are the columns")
+    sp.add_argument("--component", default="ff_value", help="component compared (default ff_value)")
+    sp.add_argument("--checkpoint-a", help="checkpoint label of A (default: latest)")
+    sp.add_argument("--checkpoint-b", help="checkpoint label of B (default: latest)")
+    sp.add_argument("--basis", choices=["raw", "folded"], default="raw",
+                    help="raw: E as is, as Dar et al. (default); folded: final-norm gain folded in and centred")
+    sp.add_argument("--png", metavar="FILE", help="also write the layer-similarity heat map as a PNG")
+    sp.add_argument("--limit", type=int, default=10, help="unit matches to print (default 10)")
+
+    sp = command("alignments", cmd_alignments, "list stored alignment runs, or show one with --id")
+    sp.add_argument("--id", type=int, help="show this alignment run")
+    sp.add_argument("--limit", type=int, default=10, help="unit matches to print with --id (default 10)")
 
     command("architectures", cmd_architectures, "list supported architectures", db=False, json_out=False)
     return p

@@ -4,7 +4,7 @@ from html import escape
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
-from queries import ModelInfo, TokenHit, TokenMatch, TokenRankStep, TokenScore, VectorStep, VectorView
+from queries import Alignment, ModelInfo, TokenHit, TokenMatch, TokenRankStep, TokenScore, VectorStep, VectorView
 
 if TYPE_CHECKING:
     from service.app import ModelPage
@@ -216,6 +216,36 @@ def model(m: "ModelPage") -> str:
                            f"{ckpts}</table><h2>components (latest checkpoint)</h2>"
                            "<table><tr><th>component</th>"
                            f"<th>layers</th><th>heads</th><th>vectors</th></tr>{comps}</table>")
+
+
+def alignment(run: Alignment) -> str:
+    """An alignment run: heat maps of the layer similarity (embedding space, raw baseline), pairs, matches."""
+    from service.heatmap import heatmap_svg
+
+    i = run.info
+    marked = {(p.layer_a, p.layer_b) for p in run.pairs}
+    title = f"alignment {i.alignment_id}"
+    intro = (f"<p>{escape(i.model_a)}/{escape(i.checkpoint_a)} (rows) against {escape(i.model_b)}/"
+             f"{escape(i.checkpoint_b)} (columns) on <b>{escape(i.component)}</b>, per {escape(i.unit)}, basis "
+             f"{escape(i.basis)}, over {i.vocab_size} tokens. Cells: mean best vocabulary correlation; white "
+             "borders: the Hungarian layer matching.</p>")
+    maps = f"<div class=cols><div><h2>embedding space</h2>{heatmap_svg(run.similarity, marked, title=title)}</div>"
+    if run.raw_similarity is not None:
+        maps += f"<div><h2>raw parameters (baseline)</h2>{heatmap_svg(run.raw_similarity, marked)}</div></div>"
+    else:
+        maps += "<div><h2>raw parameters</h2><p class=muted>no baseline: the models' widths differ</p></div></div>"
+    pairs = "".join(f"<tr><td class=n>{p.layer_a}</td><td class=n>{p.layer_b}</td><td class=n>{p.score:.3f}</td>"
+                    f"<td class=n>{'' if p.raw_score is None else f'{p.raw_score:.3f}'}</td>"
+                    f"<td class=n>{p.units}</td><td class=n>{p.mean_unit_score:.3f}</td></tr>" for p in run.pairs)
+    units = "".join(
+        f"<tr><td class=n>{m.layer_a}</td><td class=n>{m.index_a}</td><td class=n>{m.layer_b}</td>"
+        f"<td class=n>{m.index_b}</td><td class=n>{m.score:.3f}</td>"
+        f"<td class=n>{'' if m.raw_index_b is None else m.raw_index_b}</td></tr>" for m in run.matches)
+    return _layout(title, f"<h1>{escape(title)}</h1>{intro}{maps}<h2>matched layers</h2><table><tr><th>layer A</th>"
+                          "<th>layer B</th><th>score</th><th>raw</th><th>units</th><th>mean match</th></tr>"
+                          f"{pairs}</table><h2>first {len(run.matches)} {escape(i.unit)} matches</h2><table><tr>"
+                          "<th>layer A</th><th>index A</th><th>layer B</th><th>index B</th><th>score</th>"
+                          f"<th>raw match</th></tr>{units}</table>")
 
 
 def error(title: str, detail: str) -> str:

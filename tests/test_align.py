@@ -1,6 +1,7 @@
 """Across models (issue 8): alignment in embedding space against planted permutations, the pure kernels
 against brute force, vocabulary checks, the CLI, the service, and stitching tiny classifiers."""
 
+import asyncio
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -189,11 +190,18 @@ def test_cli_align_prints_matrix_and_writes_png(planted_store, tmp_path: Path, c
     assert main(["align", "a", "nope", "--db", str(db)]) == 1
 
 
-async def test_service_alignment_api_and_page(planted_store, tmp_path: Path) -> None:
+def test_service_alignment_api_and_page(planted_store, tmp_path: Path) -> None:
     db, _ = planted_store
     copy = tmp_path / "lens.duckdb"
     copy.write_bytes(db.read_bytes())
     app = create_app(Settings(db=copy))
+    try:
+        asyncio.run(_service_checks(app))
+    finally:
+        app.state.service.close()
+
+
+async def _service_checks(app) -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
         made = await client.post("/align", json={"model_a": "a", "model_b": "perm", "component": "ff_value"})
         assert made.status_code == 200, made.text
