@@ -56,17 +56,40 @@ def _std(x: torch.Tensor, mean: torch.Tensor, gram: torch.Tensor) -> tuple[torch
     return m, var.clamp_min(1e-30).sqrt()
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """One side's vectors with the terms that do not depend on the other side."""
+
+    vectors: torch.Tensor  # float32 [n, d]
+    mean: torch.Tensor  # float64 [n]: mean of each projection over the vocabulary
+    std: torch.Tensor  # float64 [n]
+    left: torch.Tensor | None = None  # float32 [n, d_b]: vectors @ K_AB (A's side only)
+
+
+def prepare_a(a: torch.Tensor, k: Kernels) -> Prepared:
+    a64 = a.to(torch.float64)
+    m, s = _std(a64, k.mean_a, k.gram_a)
+    return Prepared(a.float(), m, s, (a64 @ k.cross).float())
+
+
+def prepare_b(b: torch.Tensor, k: Kernels) -> Prepared:
+    m, s = _std(b.to(torch.float64), k.mean_b, k.gram_b)
+    return Prepared(b.float(), m, s)
+
+
+def prepared_corr(a: Prepared, b: Prepared) -> torch.Tensor:
+    """``embedded_corr`` from prepared sides: one float32 ``[n_a, d] @ [d, n_b]`` product per pair."""
+    assert a.left is not None
+    cov = a.left @ b.vectors.T - torch.outer(a.mean, b.mean).float()
+    return (cov / torch.outer(a.std, b.std).float()).clamp(-1.0, 1.0)
+
+
 def embedded_corr(a: torch.Tensor, b: torch.Tensor, k: Kernels) -> torch.Tensor:
     """``[n_a, n_b]`` Pearson correlations over the vocabulary between ``E_A a_i`` and ``E_B b_j``.
 
-    The big product runs in float32 on float64-centred terms: exact to ~1e-6, fast enough for 3072² pairs.
+    The means, variances and ``a · K_AB`` are float64; the big product runs in float32 (exact to ~1e-6).
     """
-    a64, b64 = a.to(torch.float64), b.to(torch.float64)
-    ma, sa = _std(a64, k.mean_a, k.gram_a)
-    mb, sb = _std(b64, k.mean_b, k.gram_b)
-    left = (a64 @ k.cross).float()
-    cov = left @ b64.float().T - torch.outer(ma, mb).float()
-    return (cov / torch.outer(sa, sb).float()).clamp(-1.0, 1.0)
+    return prepared_corr(prepare_a(a, k), prepare_b(b, k))
 
 
 def raw_corr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
@@ -103,9 +126,11 @@ def groups_corr(a: list[torch.Tensor], b: list[torch.Tensor], k: Kernels | None)
     A group is the vectors of one unit: a layer's FF neurons, or one head's rows.
     """
     out = torch.zeros(len(a), len(b), dtype=torch.float64)
+    pa = [prepare_a(g, k) for g in a] if k is not None else []
+    pb = [prepare_b(g, k) for g in b] if k is not None else []
     for i, ga in enumerate(a):
         for j, gb in enumerate(b):
-            corr = embedded_corr(ga, gb, k) if k is not None else raw_corr(ga, gb)
+            corr = prepared_corr(pa[i], pb[j]) if k is not None else raw_corr(ga, gb)
             assert corr is not None
             out[i, j] = unit_similarity(corr)
     return out
