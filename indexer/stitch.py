@@ -10,7 +10,7 @@ Both need the models themselves (transformers); the math stays in ``indexer.alig
 """
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -96,7 +96,7 @@ def _hidden(args: tuple, kwargs: dict) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _hooked(model: torch.nn.Module, adapter: Adapter, layer: int,
-            swap: "callable[[torch.Tensor], torch.Tensor | None]") -> Iterator[None]:  # type: ignore[valid-type]
+            swap: Callable[[torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
     """Call ``swap`` on the stream entering block ``layer`` (after the last block for ``layer == n``); a
     returned tensor replaces it."""
     n = adapter.dims.n_layers
@@ -136,6 +136,20 @@ def _load(path: Path, head: bool) -> torch.nn.Module:
     return cls.from_pretrained(path).eval()
 
 
+def _stitched(model_a: torch.nn.Module, ad_a: Adapter, model_b: torch.nn.Module, ad_b: Adapter, k: int,
+              m: torch.Tensor, enc: dict) -> torch.Tensor:
+    """A's logits with the stream entering its block ``k·n_A/n_B`` replaced by B's entering block k, mapped."""
+    kept: list[torch.Tensor] = []
+
+    def keep(h: torch.Tensor) -> None:
+        kept.append(h)
+
+    with _hooked(model_b, ad_b, k, keep):
+        model_b(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+    with _hooked(model_a, ad_a, round(k * ad_a.dims.n_layers / ad_b.dims.n_layers), lambda h: kept[0] @ m):
+        return model_a(**enc).logits
+
+
 def stitch(path_a: str | Path, path_b: str | Path, texts: Sequence[str], labels: Sequence[int],
            batch_size: int = 32, b_layers: Sequence[int] | None = None) -> StitchReport:
     """Accuracy on (texts, labels) of B's first k blocks → ``E_B⁺ E_A`` → A's remaining blocks and head, per k."""
@@ -162,14 +176,7 @@ def stitch(path_a: str | Path, path_b: str | Path, texts: Sequence[str], labels:
         for start in range(0, len(texts), batch_size):
             enc = tok(list(texts[start : start + batch_size]), padding=True, return_tensors="pt")
             with torch.no_grad():
-                if k is None:
-                    logits = model_a(**enc).logits
-                else:
-                    kept: list[torch.Tensor] = []
-                    with _hooked(model_b, ad_b, k, lambda h: kept.append(h)):  # type: ignore[func-returns-value]
-                        model_b(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
-                    with _hooked(model_a, ad_a, round(k * n_a / n_b), lambda h: kept[0] @ m):
-                        logits = model_a(**enc).logits
+                logits = model_a(**enc).logits if k is None else _stitched(model_a, ad_a, model_b, ad_b, k, m, enc)
             right += int((logits.argmax(-1) == gold[start : start + batch_size]).sum())
         return right / len(texts)
 

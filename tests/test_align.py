@@ -9,19 +9,21 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from transformers import GPT2LMHeadModel
+from transformers import BertConfig, BertForSequenceClassification, GPT2LMHeadModel
 
 import queries
 from indexer import IndexOptions, index_checkpoint
 from indexer import alignment as al
 from indexer.align import align_models
+from indexer.stitch import finetune_diff, stitch
 from schema.errors import LensdbError
 from service.app import create_app
 from service.cli import main
 from service.settings import Settings
-from tests.tinymodels import save_bert, save_gpt2
+from tests.tinymodels import WORDS, save_bert, save_gpt2, wordpiece_tokenizer
 
 N_LAYER = 4
+STITCH_LAYERS = 4
 
 
 # ---- pure kernels ------------------------------------------------------------------------------------------
@@ -213,3 +215,118 @@ async def _service_checks(app) -> None:
         assert page.status_code == 200 and "<svg" in page.text
         bad = await client.post("/align", json={"model_a": "a", "model_b": "nope"})
         assert bad.status_code == 404
+
+
+# ---- stitching and fine-tuning diffs on tiny classifiers trained here ------------------------------------
+
+def toy_task(n: int, word: str, seed: int, words: list[str] | None = None) -> tuple[list[str], list[int]]:
+    """Sentences of five words; label 1 when ``word`` is among them (half the sentences)."""
+    g = torch.Generator().manual_seed(seed)
+    pool = [w for w in (words or WORDS) if w != word]
+    texts, labels = [], []
+    for i in range(n):
+        picks = [pool[int(j)] for j in torch.randint(len(pool), (5,), generator=g)]
+        if i % 2:
+            picks[int(torch.randint(5, (1,), generator=g))] = word
+        texts.append(" ".join(picks))
+        labels.append(i % 2)
+    return texts, labels
+
+
+def train_classifier(model, tok, texts: list[str], labels: list[int] | torch.Tensor, steps: int, lr: float,
+                     seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(len(texts), (32,), generator=g).tolist()
+        enc = tok([texts[i] for i in idx], padding=True, return_tensors="pt")
+        target = labels[idx] if isinstance(labels, torch.Tensor) else torch.tensor([labels[i] for i in idx])
+        loss = model(**enc, labels=target).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+def bag_of_words(texts: list[str]) -> torch.Tensor:
+    """Multi-hot targets: which of WORDS each sentence holds (B's stand-in for pretraining)."""
+    return torch.tensor([[float(w in t.split()) for w in WORDS] for t in texts])
+
+
+@pytest.fixture(scope="module")
+def tiny_classifiers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A: a tiny BERT fine-tuned to spot 'paris'; pre: A before fine-tuning; B: a body "pretrained" from
+    another seed to tell which words a sentence holds (a bag-of-words stand-in for masked-LM pretraining),
+    its head dropped. A and B embed one token geometry (a shared random G) in different bases, as separately
+    pretrained models of one vocabulary do."""
+    root = tmp_path_factory.mktemp("stitch")
+    tok = wordpiece_tokenizer()
+    v, d = len(tok), 64
+    geometry = torch.randn(v, d, generator=torch.Generator().manual_seed(100))
+    paths = {}
+    for name, seed in (("a", 0), ("b", 1)):
+        torch.manual_seed(seed)
+        labels = 2 if name == "a" else len(WORDS)
+        cfg = BertConfig(vocab_size=v, hidden_size=d, num_hidden_layers=STITCH_LAYERS, num_attention_heads=4,
+                         intermediate_size=128, max_position_embeddings=16, num_labels=labels, initializer_range=0.005,
+                         problem_type="single_label_classification" if name == "a" else "multi_label_classification")
+        model = BertForSequenceClassification(cfg)
+        q, _ = torch.linalg.qr(torch.randn(d, d))
+        with torch.no_grad():
+            model.bert.embeddings.word_embeddings.weight.copy_(geometry @ q * 0.5)
+        if name == "a":
+            model.save_pretrained(root / "pre")
+            tok.save_pretrained(root / "pre")
+        texts, targets = toy_task(512, "paris", seed)
+        train_classifier(model, tok, texts, targets if name == "a" else bag_of_words(texts), steps=60,
+                         lr=2e-3 if name == "a" else 5e-4, seed=seed)
+        out = root / name
+        (model if name == "a" else model.bert).save_pretrained(out)
+        tok.save_pretrained(out)
+        paths[name] = out
+    paths["pre"] = root / "pre"
+    return paths
+
+
+def test_stitched_classifier_beats_chance(tiny_classifiers: dict[str, Path], capsys) -> None:
+    texts, labels = toy_task(200, "paris", seed=7)
+    report = stitch(tiny_classifiers["a"], tiny_classifiers["b"], texts, labels)
+    with capsys.disabled():
+        print(f"\nstitching: chance {report.chance:.2f}, A alone {report.accuracy_a:.2f}, "
+              + ", ".join(f"B keeps {r.b_layers} → A from {r.a_resumes_at}: {r.accuracy:.2f}" for r in report.rows))
+    assert report.accuracy_a > 0.9
+    assert [r.b_layers for r in report.rows] == list(range(STITCH_LAYERS + 1))
+    assert report.rows[0].accuracy > report.chance + 0.2
+    assert max(r.accuracy for r in report.rows[1:]) > report.chance + 0.1
+
+
+def test_stitch_and_finetune_diff_from_the_cli(tiny_classifiers: dict[str, Path], tmp_path: Path, capsys) -> None:
+    texts, labels = toy_task(40, "paris", seed=8)
+    data = tmp_path / "data.jsonl"
+    data.write_text("\n".join(json.dumps({"text": t, "label": y}) for t, y in zip(texts, labels, strict=True)))
+    assert main(["stitch", str(tiny_classifiers["a"]), str(tiny_classifiers["b"]), "--data", str(data),
+                 "--layers", "0,2"]) == 0
+    assert "a_resumes_at" in capsys.readouterr().out
+    assert main(["finetune-diff", str(tiny_classifiers["pre"]), str(tiny_classifiers["a"]), "--json"]) == 0
+    diff = json.loads(capsys.readouterr().out)
+    assert len(diff["classifier"]) == 2 and diff["vectors"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "x"}\n')
+    assert main(["stitch", str(tiny_classifiers["a"]), str(tiny_classifiers["b"]), "--data", str(bad)]) == 1
+    assert main(["stitch", str(tiny_classifiers["b"]), str(tiny_classifiers["a"]), "--data", str(data)]) == 1
+
+
+def test_finetune_diff_points_the_paris_head_at_paris(tiny_classifiers: dict[str, Path]) -> None:
+    diff = finetune_diff(tiny_classifiers["pre"], tiny_classifiers["a"], component="ff_value", k=5, top=10)
+    rows = {c.label: c for c in diff.classifier}
+    ranked = [w.token for w in rows[1].top] + [w.token for w in rows[0].bottom]
+    print("\nhead row 1 promotes", [w.token for w in rows[1].top], "; row 0 suppresses",
+          [w.token for w in rows[0].bottom])
+    assert "paris" in ranked
+    assert all(v.norm > 0 for v in diff.vectors) and len(diff.vectors) == 10
+
+
+def test_stitch_refuses_different_vocabularies(tiny_classifiers: dict[str, Path], tiny_gpt2) -> None:
+    with pytest.raises(LensdbError, match="different vocabularies: \\d+ token ids differ"):
+        stitch(tiny_classifiers["a"], tiny_gpt2.path, ["paris"], [1])
