@@ -95,7 +95,7 @@ def _hidden(args: tuple, kwargs: dict) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _hooked(model: torch.nn.Module, adapter: Adapter, layer: int,
+def hooked_block(model: torch.nn.Module, adapter: Adapter, layer: int,
             swap: Callable[[torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
     """Call ``swap`` on the stream entering block ``layer`` (after the last block for ``layer == n``); a
     returned tensor replaces it."""
@@ -144,9 +144,9 @@ def _stitched(model_a: torch.nn.Module, ad_a: Adapter, model_b: torch.nn.Module,
     def keep(h: torch.Tensor) -> None:
         kept.append(h)
 
-    with _hooked(model_b, ad_b, k, keep):
+    with hooked_block(model_b, ad_b, k, keep):
         model_b(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
-    with _hooked(model_a, ad_a, round(k * ad_a.dims.n_layers / ad_b.dims.n_layers), lambda h: kept[0] @ m):
+    with hooked_block(model_a, ad_a, round(k * ad_a.dims.n_layers / ad_b.dims.n_layers), lambda h: kept[0] @ m):
         return model_a(**enc).logits
 
 

@@ -289,12 +289,11 @@ def tiny_classifiers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     return paths
 
 
-def test_stitched_classifier_beats_chance(tiny_classifiers: dict[str, Path], capsys) -> None:
+def test_stitched_classifier_beats_chance(tiny_classifiers: dict[str, Path]) -> None:
     texts, labels = toy_task(200, "paris", seed=7)
     report = stitch(tiny_classifiers["a"], tiny_classifiers["b"], texts, labels)
-    with capsys.disabled():
-        print(f"\nstitching: chance {report.chance:.2f}, A alone {report.accuracy_a:.2f}, "
-              + ", ".join(f"B keeps {r.b_layers} → A from {r.a_resumes_at}: {r.accuracy:.2f}" for r in report.rows))
+    print(f"\nstitching: chance {report.chance:.2f}, A alone {report.accuracy_a:.2f}, "  # the numbers, with -s
+          + ", ".join(f"B keeps {r.b_layers} → A from {r.a_resumes_at}: {r.accuracy:.2f}" for r in report.rows))
     assert report.accuracy_a > 0.9
     assert [r.b_layers for r in report.rows] == list(range(STITCH_LAYERS + 1))
     assert report.rows[0].accuracy > report.chance + 0.2
