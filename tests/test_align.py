@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import httpx
 import pytest
 import torch
@@ -16,7 +17,7 @@ from indexer import IndexOptions, index_checkpoint
 from indexer import alignment as al
 from indexer.align import align_models
 from indexer.stitch import finetune_diff, stitch
-from schema.errors import LensdbError
+from schema.errors import LensdbError, StoreError
 from service.app import create_app
 from service.cli import main
 from service.settings import Settings
@@ -50,11 +51,13 @@ def test_embedded_corr_ignores_a_rotation_of_the_residual_basis_raw_does_not() -
     assert raw is not None and raw.diagonal().mean() < 0.7
 
 
-def test_hungarian_recovers_a_shuffled_order() -> None:
+def test_hungarian_recovers_a_shuffled_order_where_greedy_would_not() -> None:
     order = [2, 0, 3, 1]
-    sim = torch.eye(4)[:, order] * 0.9 + 0.05
-    assert al.hungarian(sim) == [(i, order.index(i)) for i in range(4)] or all(
-        sim[i, j] > 0.5 for i, j in al.hungarian(sim))
+    sim = torch.full((4, 4), 0.1)
+    for i, j in enumerate(order):
+        sim[i, j] = 0.9
+    sim[1, 2] = 0.95  # greedy row 1 would take column 2 from row 0
+    assert al.hungarian(sim) == list(enumerate(order))
 
 
 def test_translation_maps_b_embeddings_onto_a() -> None:
@@ -164,6 +167,40 @@ def test_alignment_tables_and_views_answer_sql(planted_store) -> None:
         assert rows[0][0] == N_LAYER * N_LAYER
         heads = lens.sql(f"SELECT count(*) FROM alignment_matches WHERE alignment_id = {out.alignment_id}").rows
         assert heads[0][0] == N_LAYER * 4
+
+
+def test_models_of_different_widths_align_without_a_raw_baseline(planted_store, tmp_path: Path, capsys) -> None:
+    db, _ = planted_store
+    copy = tmp_path / "lens.duckdb"
+    copy.write_bytes(db.read_bytes())
+    save_gpt2(tmp_path / "wide", seed=3, n_layer=2, n_embd=48)  # same tokenizer, other width and depth
+    index_checkpoint(copy, tmp_path / "wide", IndexOptions(name="wide", components=["ff_value"], top_k=3))
+    out = align_models(copy, "a", "wide")
+    assert "no raw-parameter baseline: widths differ (32 vs 48)" in out.message
+    with queries.connect(copy) as lens:
+        run = lens.alignment(out.alignment_id)
+    assert run.raw_similarity is None and not run.info.raw_comparable
+    assert len(run.similarity) == N_LAYER and len(run.similarity[0]) == 2 and len(run.pairs) == 2
+    assert all(m.raw_index_b is None for m in run.matches)
+    assert main(["alignments", "--id", str(out.alignment_id), "--db", str(copy)]) == 0
+    assert "raw-parameter baseline: none, the models' widths differ" in capsys.readouterr().out
+
+
+def test_a_store_from_before_alignment_gains_the_tables_on_its_next_write(planted_store, tmp_path: Path) -> None:
+    db, _ = planted_store
+    copy = tmp_path / "lens.duckdb"
+    copy.write_bytes(db.read_bytes())
+    con = duckdb.connect(str(copy))
+    for view in ("alignment_layers", "alignment_matches"):
+        con.execute(f"DROP VIEW {view}")
+    for table in ("alignment_runs", "layer_similarity", "neuron_matches"):
+        con.execute(f"DROP TABLE {table}")
+    con.close()
+    with queries.connect(copy) as lens, pytest.raises(StoreError, match="before lensdb aligned models"):
+        lens.alignments()
+    out = align_models(copy, "a", "perm")
+    with queries.connect(copy) as lens:
+        assert [r.alignment_id for r in lens.alignments()] == [out.alignment_id]
 
 
 def test_different_vocabularies_are_refused_with_the_count(planted_store, tmp_path: Path) -> None:
