@@ -12,6 +12,7 @@ Both need the models themselves (transformers); the math stays in ``indexer.alig
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import BaseModel
@@ -103,7 +104,11 @@ def hooked_block(model: torch.nn.Module, adapter: Adapter, layer: int,
     path = adapter.module_path("block", min(layer, n - 1))
     if path is None:
         raise LensdbError(f"{adapter.family}: the adapter names no transformer block; stitching needs it.")
-    module = model.get_submodule(path)
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        raise LensdbError(f"{adapter.ckpt.path}: the loaded model has no module {path!r}; was the checkpoint "
+                          f"saved from another class than its config's architectures?") from None
     if layer < n:
         def pre(_: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
             new = swap(_hidden(args, kwargs))
@@ -165,6 +170,9 @@ def stitch(path_a: str | Path, path_b: str | Path, texts: Sequence[str], labels:
     tok = AutoTokenizer.from_pretrained(ad_a.ckpt.path)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
+    config: Any = model_a.config
+    if getattr(config, "pad_token_id", None) is None:  # decoder heads find the last token by padding
+        config.pad_token_id = tok.pad_token_id
     n_a, n_b = ad_a.dims.n_layers, ad_b.dims.n_layers
     ks = list(b_layers) if b_layers is not None else list(range(n_b + 1))
     if any(not 0 <= k <= n_b for k in ks):

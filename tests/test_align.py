@@ -10,7 +10,7 @@ import duckdb
 import httpx
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, GPT2LMHeadModel
+from transformers import BertConfig, BertForSequenceClassification, GPT2ForSequenceClassification, GPT2LMHeadModel
 
 import queries
 from indexer import IndexOptions, index_checkpoint
@@ -366,3 +366,13 @@ def test_finetune_diff_points_the_paris_head_at_paris(tiny_classifiers: dict[str
 def test_stitch_refuses_different_vocabularies(tiny_classifiers: dict[str, Path], tiny_gpt2) -> None:
     with pytest.raises(LensdbError, match="different vocabularies: \\d+ token ids differ"):
         stitch(tiny_classifiers["a"], tiny_gpt2.path, ["paris"], [1])
+
+
+def test_stitching_runs_on_a_decoder_without_a_padding_token(tiny_gpt2, tmp_path: Path) -> None:
+    """GPT-2 classifies at the last real token, which it finds by the padding id the tokenizer lacks."""
+    head = GPT2ForSequenceClassification.from_pretrained(tiny_gpt2.path, num_labels=2)
+    head.save_pretrained(tmp_path / "head")
+    tiny_gpt2.tokenizer.save_pretrained(tmp_path / "head")
+    texts, labels = toy_task(8, "paris", seed=3)
+    report = stitch(tmp_path / "head", tiny_gpt2.path, texts, labels, batch_size=4, b_layers=[0, 2])
+    assert [r.b_layers for r in report.rows] == [0, 2] and all(0 <= r.accuracy <= 1 for r in report.rows)
