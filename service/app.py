@@ -398,7 +398,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def home(lens: ReadLens) -> HTMLResponse:
-        return html(pages.home, lens.models())
+        return html(pages.home, lens.models(), lens.alignments(limit=20))
 
     @app.get("/search", response_class=HTMLResponse, include_in_schema=False)
     def search_page(lens: ReadLens, token: str = "", model: str | None = None, component: str | None = None,

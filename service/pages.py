@@ -4,7 +4,17 @@ from html import escape
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
-from queries import Alignment, ModelInfo, TokenHit, TokenMatch, TokenRankStep, TokenScore, VectorStep, VectorView
+from queries import (
+    Alignment,
+    AlignmentInfo,
+    ModelInfo,
+    TokenHit,
+    TokenMatch,
+    TokenRankStep,
+    TokenScore,
+    VectorStep,
+    VectorView,
+)
 
 if TYPE_CHECKING:
     from service.app import ModelPage
@@ -52,7 +62,7 @@ def _search_form(token: str) -> str:
             f"value='{escape(token, quote=True)}'> <button>search</button></form>")
 
 
-def home(models: list[ModelInfo]) -> str:
+def home(models: list[ModelInfo], alignments: list[AlignmentInfo] | None = None) -> str:
     rows = "".join(
         f"<tr><td><a href='/model/{quote(m.name, safe='')}'>{escape(m.name)}</a></td>"
         f"<td>{escape(m.family)}</td>"
@@ -62,8 +72,15 @@ def home(models: list[ModelInfo]) -> str:
              f"<th>checkpoints</th></tr>{rows}</table>")
     if not models:
         table = "<p class=muted>No models indexed yet.</p>"
+    aligned = "".join(
+        f"<tr><td><a href='/alignment/{a.alignment_id}'>{a.alignment_id}</a></td><td>{escape(a.model_a)}</td>"
+        f"<td>{escape(a.model_b)}</td><td>{escape(a.component)}</td><td class=n>{a.mean_matched:.3f}</td></tr>"
+        for a in alignments or [])
+    if aligned:
+        aligned = ("<h2>Alignments</h2><table><tr><th>run</th><th>model A</th><th>model B</th><th>component</th>"
+                   f"<th>mean matched</th></tr>{aligned}</table>")
     return _layout("home", f"<p>Which vectors promote or suppress a token?</p>{_search_form('')}"
-                           f"<h2>Models</h2>{table}")
+                           f"<h2>Models</h2>{table}{aligned}")
 
 
 def _hits_table(hits: list[TokenHit], title: str) -> str:

@@ -248,6 +248,8 @@ async def _service_checks(app) -> None:
         assert len(run["similarity"]) == N_LAYER and run["raw_similarity"] is not None
         listed = (await client.get("/alignments")).json()
         assert run["info"]["alignment_id"] in [r["alignment_id"] for r in listed]
+        home = await client.get("/")
+        assert f"/alignment/{run['info']['alignment_id']}" in home.text
         page = await client.get(f"/alignment/{run['info']['alignment_id']}")
         assert page.status_code == 200 and "<svg" in page.text
         bad = await client.post("/align", json={"model_a": "a", "model_b": "nope"})
