@@ -22,6 +22,7 @@ from service.app import create_app
 from service.cli import main
 from service.settings import Settings
 from tests.tinymodels import WORDS, save_bert, save_gpt2, wordpiece_tokenizer
+from tests.tinytasks import toy_task, train_classifier
 
 N_LAYER = 4
 STITCH_LAYERS = 4
@@ -257,36 +258,6 @@ async def _service_checks(app) -> None:
 
 
 # ---- stitching and fine-tuning diffs on tiny classifiers trained here ------------------------------------
-
-def toy_task(n: int, word: str, seed: int, words: list[str] | None = None) -> tuple[list[str], list[int]]:
-    """Sentences of five words; label 1 when ``word`` is among them (half the sentences)."""
-    g = torch.Generator().manual_seed(seed)
-    pool = [w for w in (words or WORDS) if w != word]
-    texts, labels = [], []
-    for i in range(n):
-        picks = [pool[int(j)] for j in torch.randint(len(pool), (5,), generator=g)]
-        if i % 2:
-            picks[int(torch.randint(5, (1,), generator=g))] = word
-        texts.append(" ".join(picks))
-        labels.append(i % 2)
-    return texts, labels
-
-
-def train_classifier(model, tok, texts: list[str], labels: list[int] | torch.Tensor, steps: int, lr: float,
-                     seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(len(texts), (32,), generator=g).tolist()
-        enc = tok([texts[i] for i in idx], padding=True, return_tensors="pt")
-        target = labels[idx] if isinstance(labels, torch.Tensor) else torch.tensor([labels[i] for i in idx])
-        loss = model(**enc, labels=target).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-
 
 def bag_of_words(texts: list[str]) -> torch.Tensor:
     """Multi-hot targets: which of WORDS each sentence holds (B's stand-in for pretraining)."""

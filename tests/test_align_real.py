@@ -10,7 +10,7 @@ import queries
 from indexer import IndexOptions, index_checkpoint
 from indexer.align import align_models
 from indexer.stitch import finetune_diff
-from tests.test_align import toy_task, train_classifier
+from tests.tinytasks import toy_task, train_classifier
 
 pytestmark = pytest.mark.slow
 
