@@ -3,6 +3,8 @@
 from queries.api import Lens, NotFound, UnknownToken, connect
 from queries.readonly import SqlRefused, SqlTimeout
 from queries.rows import (
+    Alignment,
+    AlignmentInfo,
     ChangedVector,
     HeadRow,
     ModelInfo,
@@ -15,11 +17,13 @@ from queries.rows import (
     TokenScore,
     TraceSummary,
     TraceView,
+    UnitMatch,
     VectorStep,
     VectorView,
     WatchRunInfo,
 )
 
-__all__ = ["ChangedVector", "HeadRow", "Lens", "ModelInfo", "NotFound", "SourceInfo", "SqlRefused", "SqlResult",
-           "SqlTimeout", "StepInfo", "TokenHit", "TokenMatch", "TokenRankStep", "TokenScore", "TraceSummary",
-           "TraceView", "UnknownToken", "VectorStep", "VectorView", "WatchRunInfo", "connect"]
+__all__ = ["Alignment", "AlignmentInfo", "ChangedVector", "HeadRow", "Lens", "ModelInfo", "NotFound", "SourceInfo",
+           "SqlRefused", "SqlResult", "SqlTimeout", "StepInfo", "TokenHit", "TokenMatch", "TokenRankStep",
+           "TokenScore", "TraceSummary", "TraceView", "UnitMatch", "UnknownToken", "VectorStep", "VectorView",
+           "WatchRunInfo", "connect"]

@@ -10,6 +10,8 @@ from queries.catalog import Catalog, catalog
 from queries.headmap import head_rows_for
 from queries.readonly import open_hardened, run_readonly
 from queries.rows import (
+    Alignment,
+    AlignmentInfo,
     ChangedVector,
     CheckpointInfo,
     HeadRow,
@@ -28,11 +30,13 @@ from queries.rows import (
     TraceTerm,
     TraceToken,
     TraceView,
+    UnitMatch,
     VectorStep,
     VectorView,
     WatchItemInfo,
     WatchRunInfo,
 )
+from queries.rows import LayerPair as LayerPairRow
 from schema.errors import LensdbError, StoreError
 
 
@@ -120,7 +124,7 @@ class Lens:
         if not groups:
             return []
         hits = []
-        rows = self._rows(q.hits_in_ranges(groups, side, limit, offset))
+        rows = self._rows(q.hits_in_ranges(groups, side, limit, offset, with_pairs=cat.has_head_pairs))
         sources = self._source_names(cat, rows)
         for vector_id, sd, rank, token_id, score, z, src in rows:
             u = cat.unit_of(vector_id)
@@ -166,7 +170,8 @@ class Lens:
         vid, name, label, comp, lay, hd, idx, norm, mean, std, basis, vocab_id = found[0]
         top: list[TokenScore] = []
         bottom: list[TokenScore] = []
-        for side, rank, token_id, token, score, z, src, src_token in self._rows(q.vector_tokens(vid, vocab_id)):
+        for side, rank, token_id, token, score, z, src, src_token in self._rows(
+                q.vector_tokens(vid, vocab_id, with_pairs=self._catalog().has_head_pairs)):
             (top if side == "top" else bottom).append(TokenScore(rank=rank, token_id=token_id, token=token, score=score,
                                                                  zscore=z, source_token_id=src, source_token=src_token))
         return VectorView(model=name, checkpoint=label, component=comp, layer=lay, head=hd, index=idx, norm=norm,
@@ -366,6 +371,46 @@ class Lens:
                          readout=readout, interventions=json.loads(changes), boost_value=boost,
                          baseline_trace_id=baseline, error=error, stream_error=stream_error, states=states,
                          heads=heads, neurons=neurons, terms=terms)
+
+    # ---- across models ---------------------------------------------------------------------------------
+
+    def _require_alignment_tables(self) -> None:
+        have = {r[0] for r in self.con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        if not {"alignment_runs", "layer_similarity", "neuron_matches"} <= have:
+            raise StoreError(f"{self.path} was written before lensdb aligned models; `lensdb align A B --db "
+                             f"{self.path}` adds the tables.")
+
+    def alignments(self, limit: int = 50, offset: int = 0) -> list[AlignmentInfo]:
+        """Alignment runs, newest first."""
+        self._require_alignment_tables()
+        cols = list(AlignmentInfo.model_fields)
+        return [AlignmentInfo(**dict(zip(cols, r, strict=True))) for r in self._rows(q.list_alignments(limit, offset))]
+
+    def alignment(self, alignment_id: int, matches: bool = True, layer_a: int | None = None,
+                  limit: int | None = None) -> Alignment:
+        """One alignment run: layer-similarity matrix, raw baseline, matched layer pairs and unit matches
+        (``matches=False`` leaves the unit list empty; ``layer_a`` / ``limit`` narrow it)."""
+        self._require_alignment_tables()
+        found = self._rows(q.alignment_run(alignment_id))
+        if not found:
+            runs = [str(r.alignment_id) for r in self.alignments(limit=20)]
+            raise NotFound(f"no alignment run {alignment_id} in {self.path}; runs: {', '.join(runs) or 'none yet'}.")
+        info = AlignmentInfo(**dict(zip(AlignmentInfo.model_fields, found[0], strict=True)))
+        cells = self._rows(q.alignment_layers(alignment_id))
+        n_a, n_b = max(c[0] for c in cells) + 1, max(c[1] for c in cells) + 1
+        sim = [[0.0] * n_b for _ in range(n_a)]
+        raw: list[list[float]] | None = [[0.0] * n_b for _ in range(n_a)] if info.raw_comparable else None
+        for la, lb, score, raw_score, _ in cells:
+            sim[la][lb] = score
+            if raw is not None:
+                raw[la][lb] = raw_score
+        pairs = [LayerPairRow(layer_a=la, layer_b=lb, score=sim[la][lb], raw_score=None if raw is None else raw[la][lb],
+                              units=n, same_index=same, mean_unit_score=mean, raw_same_index=rsame if raw else None,
+                              mean_raw_unit_score=rmean)
+                 for la, lb, n, same, mean, rsame, rmean in self._rows(q.alignment_summary(alignment_id))]
+        units = [UnitMatch(**dict(zip(UnitMatch.model_fields, r, strict=True)))
+                 for r in self._rows(q.alignment_matches(alignment_id, layer_a, limit))] if matches else []
+        return Alignment(info=info, similarity=sim, raw_similarity=raw, pairs=pairs, matches=units)
 
     def sql(self, statement: str, max_rows: int = 1000, timeout_s: float = 10.0) -> SqlResult:
         """Run one read-only SELECT over the tables and views (see README, "SQL")."""

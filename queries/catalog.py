@@ -46,6 +46,7 @@ class Catalog:
     checkpoints: dict[int, CheckpointRef]
     models: dict[str, int]
     units: list[Unit]
+    has_head_pairs: bool = True
     _starts: list[int] = field(default_factory=list)
 
     def unit_of(self, vector_id: int) -> Unit:
@@ -71,7 +72,8 @@ def catalog(con: duckdb.DuckDBPyConnection, path: Path) -> Catalog:
                    for r in con.execute(q.checkpoint_catalog()[0]).fetchall()}
     models = {name: vocab_id for name, vocab_id in con.execute(q.model_vocabularies()[0]).fetchall()}
     units = [Unit(*r) for r in con.execute(q.vector_units()[0]).fetchall()]
-    built = Catalog(generation, checkpoints, models, units)
+    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    built = Catalog(generation, checkpoints, models, units, has_head_pairs="head_pairs" in tables)
     with _GLOBAL:
         _CATALOGS[key] = built
     return built

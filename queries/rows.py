@@ -277,3 +277,54 @@ class TraceSummary(BaseModel):
     interventions: list[str]
     baseline_trace_id: int | None
     created_at: datetime
+
+class AlignmentInfo(BaseModel):
+    """One alignment run: model A's checkpoint against model B's, on one component."""
+
+    alignment_id: int
+    model_a: str
+    checkpoint_a: str
+    model_b: str
+    checkpoint_b: str
+    component: str
+    unit: str
+    basis: str
+    vocab_size: int
+    raw_comparable: bool
+    mean_matched: float
+    seconds: float
+    created_at: datetime
+
+
+class LayerPair(BaseModel):
+    """A Hungarian-matched layer pair with how its units matched."""
+
+    layer_a: int
+    layer_b: int
+    score: float
+    raw_score: float | None
+    units: int
+    same_index: int
+    mean_unit_score: float
+    raw_same_index: int | None
+    mean_raw_unit_score: float | None
+
+
+class UnitMatch(BaseModel):
+    layer_a: int
+    index_a: int
+    layer_b: int
+    index_b: int
+    score: float
+    raw_index_b: int | None
+    raw_score: float | None
+
+
+class Alignment(BaseModel):
+    """An alignment run with its layer-similarity matrix (rows: A's layers), raw baseline and matched pairs."""
+
+    info: AlignmentInfo
+    similarity: list[list[float]]
+    raw_similarity: list[list[float]] | None
+    pairs: list[LayerPair]
+    matches: list[UnitMatch]

@@ -89,6 +89,7 @@ ORDER BY 5""",
 
 def hits_in_ranges(
     groups: list[tuple[list[tuple[int, int]], list[int]]], side: str, limit: int = 20, offset: int = 0,
+    with_pairs: bool = True,
 ) -> Sql:
     """Rows with one of the token ids on ``side`` whose vector id falls in one of the ranges, strongest first.
 
@@ -102,11 +103,13 @@ def hits_in_ranges(
     token_ids = sorted({t for _, ids in groups for t in ids})
     if not token_ids or not any(r for r, _ in groups):
         raise LensdbError("no tokens or vectors to look up.")
-    fetch = " UNION ALL ".join(
-        "SELECT vector_id, side, rank, token_id, score, zscore, NULL::INTEGER AS source_token_id FROM vector_tokens "
-        "WHERE token_id = ? UNION ALL SELECT vector_id, side, rank, token_id, score, zscore, source_token_id "
-        "FROM head_pairs WHERE token_id = ?" for _ in token_ids)
-    params: list = [t for t in token_ids for _ in range(2)] + [side]
+    one = ("SELECT vector_id, side, rank, token_id, score, zscore, NULL::INTEGER AS source_token_id "
+           "FROM vector_tokens WHERE token_id = ?")
+    if with_pairs:  # stores written before head maps existed have no head_pairs table
+        one += (" UNION ALL SELECT vector_id, side, rank, token_id, score, zscore, source_token_id "
+                "FROM head_pairs WHERE token_id = ?")
+    fetch = " UNION ALL ".join(one for _ in token_ids)
+    params: list = [t for t in token_ids for _ in range(2 if with_pairs else 1)] + [side]
     ors = []
     for ranges, ids in groups:
         spans = " OR ".join("vector_id BETWEEN ? AND ?" for _ in ranges)
@@ -173,12 +176,15 @@ WHERE m.name = ? AND v.component = ? AND v.layer = ? AND v.idx = ? AND {head_con
     )
 
 
-def vector_tokens(vector_id: int, vocab_id: int) -> Sql:
+def vector_tokens(vector_id: int, vocab_id: int, with_pairs: bool = True) -> Sql:
     """A vector's top and bottom tokens; for a head map (``*_pair``) its pairs, with their source tokens."""
-    return (
-        """SELECT p.side, p.rank, p.token_id, t.display, p.score, p.zscore, NULL, NULL FROM vector_tokens p
+    plain = """SELECT p.side, p.rank, p.token_id, t.display, p.score, p.zscore, NULL, NULL FROM vector_tokens p
 JOIN tokens t ON t.vocab_id = ? AND t.token_id = p.token_id
-WHERE p.vector_id = ?
+WHERE p.vector_id = ?"""
+    if not with_pairs:
+        return plain + " ORDER BY 1 DESC, 2", [vocab_id, vector_id]
+    return (
+        plain + """
 UNION ALL
 SELECT p.side, p.rank, p.token_id, t.display, p.score, p.zscore, p.source_token_id, s.display FROM head_pairs p
 JOIN tokens t ON t.vocab_id = ? AND t.token_id = p.token_id
@@ -447,3 +453,79 @@ def list_traces(limit: int, offset: int) -> Sql:
     return ("""SELECT t.trace_id, m.name, c.label, t.prompt, t.position, t.interventions, t.baseline_trace_id,
        t.created_at FROM traces t JOIN checkpoints c USING (checkpoint_id) JOIN models m USING (model_id)
 ORDER BY t.trace_id DESC LIMIT ? OFFSET ?""", [limit, offset])
+
+# ---- across models (issue 8) -------------------------------------------------------------------------------
+
+def checkpoint_source(model: str, checkpoint: str | None) -> Sql:
+    """Where one checkpoint of a model lives (latest unless named), with its vocabulary and index basis."""
+    params: list = [model]
+    where = checkpoint_filter(checkpoint, params)
+    return (
+        f"""SELECT c.checkpoint_id, c.label, c.path, m.vocab_id, voc.size
+FROM checkpoints c JOIN models m USING (model_id) JOIN vocabularies voc USING (vocab_id)
+WHERE m.name = ? AND {where} ORDER BY c.step DESC NULLS LAST, c.checkpoint_id DESC LIMIT 1""",
+        params,
+    )
+
+
+def vocabulary_difference(vocab_a: int, vocab_b: int) -> Sql:
+    """How many token ids two vocabularies spell differently (or only one of them has)."""
+    return (
+        """SELECT count(*) FROM (SELECT token_id, token FROM tokens WHERE vocab_id = ?) a
+FULL JOIN (SELECT token_id, token FROM tokens WHERE vocab_id = ?) b USING (token_id)
+WHERE a.token IS DISTINCT FROM b.token""",
+        [vocab_a, vocab_b],
+    )
+
+
+_ALIGNMENT_COLUMNS = """r.alignment_id, ma.name, ca.label, mb.name, cb.label, r.component, r.unit, r.basis,
+       r.vocab_size, r.raw_comparable, r.mean_matched, r.seconds, r.created_at
+FROM alignment_runs r
+JOIN checkpoints ca ON ca.checkpoint_id = r.checkpoint_a JOIN models ma ON ma.model_id = ca.model_id
+JOIN checkpoints cb ON cb.checkpoint_id = r.checkpoint_b JOIN models mb ON mb.model_id = cb.model_id"""
+
+
+def list_alignments(limit: int = 50, offset: int = 0) -> Sql:
+    """Alignment runs, newest first."""
+    return f"SELECT {_ALIGNMENT_COLUMNS} ORDER BY r.alignment_id DESC LIMIT ? OFFSET ?", [limit, offset]
+
+
+def alignment_run(alignment_id: int) -> Sql:
+    return f"SELECT {_ALIGNMENT_COLUMNS} WHERE r.alignment_id = ?", [alignment_id]
+
+
+def alignment_layers(alignment_id: int) -> Sql:
+    """The layer-similarity matrix of one run, row-major."""
+    return (
+        """SELECT layer_a, layer_b, score, raw_score, matched FROM layer_similarity WHERE alignment_id = ?
+ORDER BY layer_a, layer_b""",
+        [alignment_id],
+    )
+
+
+def alignment_matches(alignment_id: int, layer_a: int | None = None, limit: int | None = None) -> Sql:
+    """Unit matches of one run, by layer and index of A."""
+    params: list = [alignment_id]
+    where = ""
+    if layer_a is not None:
+        where = " AND layer_a = ?"
+        params.append(layer_a)
+    cap = ""
+    if limit is not None:
+        cap = " LIMIT ?"
+        params.append(limit)
+    return (
+        f"""SELECT layer_a, index_a, layer_b, index_b, score, raw_index_b, raw_score FROM neuron_matches
+WHERE alignment_id = ?{where} ORDER BY layer_a, index_a{cap}""",
+        params,
+    )
+
+
+def alignment_summary(alignment_id: int) -> Sql:
+    """Per matched layer pair: how many units were compared, how many keep their index, mean scores."""
+    return (
+        """SELECT layer_a, layer_b, count(*), count(*) FILTER (WHERE index_a = index_b), avg(score),
+       count(*) FILTER (WHERE raw_index_b = index_a), avg(raw_score)
+FROM neuron_matches WHERE alignment_id = ? GROUP BY layer_a, layer_b ORDER BY layer_a""",
+        [alignment_id],
+    )

@@ -386,3 +386,53 @@ trace_top_tokens = sa.Table(
     sa.Column("score", sa.Float, nullable=False, comment="logit (states) or folded projection score"),
     comment="Top tokens of each state (logit lens), head output and neuron write (sign-adjusted).",
 )
+
+# ---- across models (issue 8): alignment runs and their scores ---------------------------------------------
+# Also CREATE TABLE IF NOT EXISTS: an existing store gains them on its next write.
+
+alignment_runs = sa.Table(
+    "alignment_runs",
+    metadata,
+    _id("alignment_id", "alignment run id"),
+    sa.Column("checkpoint_a", sa.Integer, nullable=False, comment="checkpoint of model A (rows of the matrix)"),
+    sa.Column("checkpoint_b", sa.Integer, nullable=False, comment="checkpoint of model B (columns)"),
+    sa.Column("component", sa.String, nullable=False, comment="component compared: ff_value, ff_key, attn_o…"),
+    sa.Column("unit", sa.String, nullable=False, comment="what neuron_matches pairs: neuron or head"),
+    sa.Column("basis", sa.String, nullable=False, comment="raw (E as is, as Dar et al.) or folded"),
+    sa.Column("vocab_size", sa.Integer, nullable=False, comment="tokens the correlations run over"),
+    sa.Column("raw_comparable", sa.Boolean, nullable=False,
+              comment="whether both models have the same width, so raw-parameter correlations exist"),
+    sa.Column("mean_matched", sa.Float, nullable=False, comment="mean layer similarity over the matched layer pairs"),
+    sa.Column("seconds", sa.Float, nullable=False, comment="wall time of the run"),
+    sa.Column("created_at", sa.DateTime, nullable=False, comment="when it was committed"),
+    comment="One row per `lensdb align`: two checkpoints with the same vocabulary compared in embedding space.",
+)
+
+layer_similarity = sa.Table(
+    "layer_similarity",
+    metadata,
+    sa.Column("alignment_id", sa.Integer, nullable=False, comment="alignment run"),
+    sa.Column("layer_a", sa.Integer, nullable=False, comment="layer of model A"),
+    sa.Column("layer_b", sa.Integer, nullable=False, comment="layer of model B"),
+    sa.Column("score", sa.Float, nullable=False,
+              comment="mean over A's vectors of their best vocabulary correlation among B's vectors of layer_b"),
+    sa.Column("raw_score", sa.Float, nullable=True, comment="the same over raw parameters; NULL if widths differ"),
+    sa.Column("matched", sa.Boolean, nullable=False, comment="whether the Hungarian matching pairs the two layers"),
+    sa.PrimaryKeyConstraint("alignment_id", "layer_a", "layer_b"),
+    comment="The full layer-by-layer similarity matrix of each alignment run, with the matched pairs marked.",
+)
+
+neuron_matches = sa.Table(
+    "neuron_matches",
+    metadata,
+    sa.Column("alignment_id", sa.Integer, nullable=False, comment="alignment run"),
+    sa.Column("layer_a", sa.Integer, nullable=False, comment="layer of model A"),
+    sa.Column("index_a", sa.Integer, nullable=False, comment="neuron (or head) of model A"),
+    sa.Column("layer_b", sa.Integer, nullable=False, comment="the layer of B matched to layer_a"),
+    sa.Column("index_b", sa.Integer, nullable=False, comment="its best match in layer_b, in embedding space"),
+    sa.Column("score", sa.Float, nullable=False, comment="their vocabulary correlation"),
+    sa.Column("raw_index_b", sa.Integer, nullable=True, comment="best match over raw parameters (NULL: widths differ)"),
+    sa.Column("raw_score", sa.Float, nullable=True, comment="that raw correlation"),
+    sa.PrimaryKeyConstraint("alignment_id", "layer_a", "index_a"),
+    comment="Each neuron (or head) of A with its best match in the matched layer of B, by vocabulary correlation.",
+)

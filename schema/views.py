@@ -190,5 +190,37 @@ HEAD_PAIR_PROJECTIONS = View(
     """,
 )
 
+_ALIGNED = """
+    FROM alignment_runs r
+    JOIN checkpoints ca ON ca.checkpoint_id = r.checkpoint_a JOIN models ma ON ma.model_id = ca.model_id
+    JOIN checkpoints cb ON cb.checkpoint_id = r.checkpoint_b JOIN models mb ON mb.model_id = cb.model_id
+"""
+
+ALIGNMENT_LAYERS = View(
+    "alignment_layers",
+    "Every alignment run's layer-similarity matrix with model and checkpoint names: score is the mean, over "
+    "model A's vectors of layer_a, of their best vocabulary correlation in layer_b of model B; raw_score the "
+    "same over raw parameters (NULL where the widths differ); matched marks the Hungarian pairs.",
+    f"""
+    SELECT r.alignment_id, ma.name AS model_a, ca.label AS checkpoint_a, mb.name AS model_b,
+           cb.label AS checkpoint_b, r.component, s.layer_a, s.layer_b, s.score, s.raw_score, s.matched
+    {_ALIGNED}
+    JOIN layer_similarity s ON s.alignment_id = r.alignment_id
+    """,
+)
+
+ALIGNMENT_MATCHES = View(
+    "alignment_matches",
+    "Every neuron (or head, see unit) of model A with its best match in the matched layer of model B: "
+    "score is their vocabulary correlation; raw_index_b / raw_score the best match over raw parameters.",
+    f"""
+    SELECT r.alignment_id, ma.name AS model_a, mb.name AS model_b, r.component, r.unit, n.layer_a, n.index_a,
+           n.layer_b, n.index_b, n.score, n.raw_index_b, n.raw_score
+    {_ALIGNED}
+    JOIN neuron_matches n ON n.alignment_id = r.alignment_id
+    """,
+)
+
 VIEWS: tuple[View, ...] = (LATEST_CHECKPOINTS, VECTOR_INFO, PROJECTIONS, MODEL_SUMMARY, CHECKPOINT_STEPS,
-                           VECTOR_DRIFT, TRACE_LENS, TRACE_SHARES, TRACE_NEURON_INFO, HEAD_PAIR_PROJECTIONS)
+                           VECTOR_DRIFT, TRACE_LENS, TRACE_SHARES, TRACE_NEURON_INFO, HEAD_PAIR_PROJECTIONS,
+                           ALIGNMENT_LAYERS, ALIGNMENT_MATCHES)

@@ -25,11 +25,14 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from indexer import IndexOptions, IndexResult
+from indexer.align import align_models
 from indexer.basis import BasisMode
 from indexer.discover import SourceKind
 from indexer.trace import TraceOptions, trace_input
 from indexer.watch import RegisterResult, WatchReport, parse_every, register_source, watch_cycle, watch_loop
 from queries import (
+    Alignment,
+    AlignmentInfo,
     ChangedVector,
     HeadRow,
     Lens,
@@ -76,6 +79,16 @@ class Hits(Page[TokenHit]):
     """Vectors that promote (or suppress) a token, with how the token resolved in each model."""
 
     matches: list[TokenMatch]
+
+
+class AlignRequest(BaseModel):
+    model_a: str = Field(description="model whose layers are the rows")
+    model_b: str = Field(description="model whose layers are the columns (same vocabulary)")
+    component: str = Field("ff_value", description="component compared")
+    checkpoint_a: str | None = Field(None, description="checkpoint label of A (default: latest)")
+    checkpoint_b: str | None = Field(None, description="checkpoint label of B (default: latest)")
+    basis: BasisMode = Field("raw", description="raw (E as is, as Dar et al.) or folded")
+    limit: int = Field(1000, ge=0, description="unit matches returned (all are stored)")
 
 
 class Health(BaseModel):
@@ -400,6 +413,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def trace_page(lens: ReadLens, trace_id: int, position: int | None = None) -> HTMLResponse:
         return html(lambda: pages.trace(lens.trace(trace_id, position)))
 
+    @app.post("/align", response_model=Alignment, tags=["across models"])
+    def align(body: AlignRequest) -> Alignment:
+        """Align model B to model A (same vocabulary) on one component, store the run and return it."""
+        outcome = align_models(svc.path, body.model_a, body.model_b, component=body.component,
+                               checkpoint_a=body.checkpoint_a, checkpoint_b=body.checkpoint_b, basis=body.basis,
+                               con=svc.con)
+        with contextlib.contextmanager(svc.reader)() as lens:
+            return lens.alignment(outcome.alignment_id, limit=body.limit)
+
+    @app.get("/alignments", response_model=list[AlignmentInfo], tags=["across models"])
+    def alignments(lens: ReadLens, limit: Limit = 50, offset: Offset = 0) -> list[AlignmentInfo]:
+        """Stored alignment runs, newest first."""
+        return lens.alignments(limit, offset)
+
+    @app.get("/alignments/{alignment_id}", response_model=Alignment, tags=["across models"])
+    def get_alignment(lens: ReadLens, alignment_id: int, layer_a: int | None = None,
+                      limit: Annotated[int, Query(ge=0, description="unit matches returned")] = 1000) -> Alignment:
+        """One run: layer-similarity matrix, raw baseline, matched layers and unit matches."""
+        return lens.alignment(alignment_id, layer_a=layer_a, limit=limit)
+
     @app.get("/watch", response_model=list[WatchRunInfo], tags=["training"])
     def watch_runs(lens: ReadLens, limit: Limit = 20, offset: Offset = 0) -> list[WatchRunInfo]:
         """Watch cycles, newest first, with what each did to every new checkpoint and why."""
@@ -416,7 +449,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def home(lens: ReadLens) -> HTMLResponse:
-        return html(pages.home, lens.models())
+        return html(pages.home, lens.models(), lens.alignments(limit=20))
 
     @app.get("/search", response_class=HTMLResponse, include_in_schema=False)
     def search_page(lens: ReadLens, token: str = "", model: str | None = None, component: str | None = None,
@@ -459,6 +492,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     error = str(err)
             return pages.training(model, component, layer, index, head, chosen, steps, ranks, error)
         return html(render)
+
+    @app.get("/alignment/{alignment_id}", response_class=HTMLResponse, include_in_schema=False)
+    def alignment_page(lens: ReadLens, alignment_id: int) -> HTMLResponse:
+        return html(lambda: pages.alignment(lens.alignment(alignment_id, limit=50)))
 
     @app.get("/model/{name}", response_class=HTMLResponse, include_in_schema=False)
     def model_page(lens: ReadLens, name: str) -> HTMLResponse:

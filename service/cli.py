@@ -335,6 +335,123 @@ def cmd_trace(args: argparse.Namespace) -> None:
     if args.html:
         print(f"wrote {args.html}")
 
+def print_alignment(run: "queries.Alignment", limit: int) -> None:
+    """The layer matrix (rows: A's layers), the matched pairs and, where widths match, the raw baseline."""
+    info = run.info
+    print(f"alignment {info.alignment_id}: {info.model_a}/{info.checkpoint_a} (rows) vs {info.model_b}/"
+          f"{info.checkpoint_b} (columns), {info.component} per {info.unit}, basis {info.basis}, "
+          f"{info.vocab_size} tokens")
+    cols = [f"B{j}" for j in range(len(run.similarity[0]))]
+    print("\nlayer similarity in embedding space (mean best vocabulary correlation):")
+    print(table(["A", *cols], [[i, *row] for i, row in enumerate(run.similarity)]))
+    if run.raw_similarity is not None:
+        print("\nraw-parameter baseline (same formula over raw coordinates):")
+        print(table(["A", *cols], [[i, *row] for i, row in enumerate(run.raw_similarity)]))
+    else:
+        print("\nraw-parameter baseline: none, the models' widths differ")
+    print("\nmatched layers (Hungarian):")
+    print(table(["layer_a", "layer_b", "score", "raw_score", info.unit + "s", "same_index", "mean_match",
+                 "raw_same_index", "raw_mean_match"],
+                [[p.layer_a, p.layer_b, p.score, p.raw_score, p.units, p.same_index, p.mean_unit_score,
+                  p.raw_same_index, p.mean_raw_unit_score] for p in run.pairs]))
+    if limit and run.matches:
+        print(f"\nfirst {min(limit, len(run.matches))} {info.unit} matches:")
+        print(table(list(queries.UnitMatch.model_fields),
+                    [list(m.model_dump().values()) for m in run.matches[:limit]]))
+
+
+def cmd_align(args: argparse.Namespace) -> None:
+    from indexer.align import align_models
+    from service.heatmap import heatmap_png
+
+    if args.png:
+        png_parent = Path(args.png).resolve().parent
+        if not png_parent.is_dir():
+            raise LensdbError(f"cannot write {args.png}: folder {png_parent} does not exist.")
+    outcome = align_models(args.db, args.model_a, args.model_b, component=args.component,
+                           checkpoint_a=args.checkpoint_a, checkpoint_b=args.checkpoint_b, basis=args.basis)
+    with queries.connect(args.db) as db:
+        run = db.alignment(outcome.alignment_id)
+    if args.png:
+        marked = {(p.layer_a, p.layer_b) for p in run.pairs}
+        Path(args.png).write_bytes(heatmap_png(run.similarity, marked))
+    if args.json:
+        print(run.model_dump_json(indent=2))
+        return
+    print_alignment(run, args.limit)
+    print(f"\n{outcome.message}" + (f"; heat map {args.png}" if args.png else ""))
+
+
+def cmd_alignments(args: argparse.Namespace) -> None:
+    with queries.connect(args.db) as db:
+        if args.id is not None:
+            run = db.alignment(args.id)
+            if args.json:
+                print(run.model_dump_json(indent=2))
+            else:
+                print_alignment(run, args.limit)
+            return
+        _emit(args, db.alignments(), ["alignment_id", "model_a", "checkpoint_a", "model_b", "checkpoint_b",
+                                      "component", "basis", "raw_comparable", "mean_matched", "created_at"])
+
+
+def read_examples(path: str) -> tuple[list[str], list[int]]:
+    """A JSONL file of {"text": ..., "label": int} lines."""
+    texts, labels = [], []
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError as err:
+        raise LensdbError(f"cannot read {path}: {err.strerror}.") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            texts.append(str(row["text"]))
+            labels.append(int(row["label"]))
+        except (ValueError, KeyError, TypeError):
+            raise LensdbError(f"{path}:{n}: expected a JSON object with \"text\" and an integer \"label\".") from None
+    return texts, labels
+
+
+def cmd_stitch(args: argparse.Namespace) -> None:
+    from indexer.stitch import stitch
+
+    texts, labels = read_examples(args.data)
+    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    report = stitch(args.model_a, args.model_b, texts, labels, b_layers=layers)
+    if args.json:
+        print(report.model_dump_json(indent=2))
+        return
+    print(f"A (fine-tuned, with head): {report.model_a}\nB (pretrained): {report.model_b}")
+    print(f"{report.n_examples} examples; chance (majority) {report.chance:.3f}; A alone {report.accuracy_a:.3f}")
+    print(table(["b_layers_kept", "a_resumes_at", "accuracy"],
+                [[r.b_layers, r.a_resumes_at, r.accuracy] for r in report.rows]))
+
+
+def cmd_finetune_diff(args: argparse.Namespace) -> None:
+    from indexer.stitch import finetune_diff
+
+    diff = finetune_diff(args.pretrained, args.finetuned, component=args.component, k=args.k, top=args.top,
+                         basis=args.basis)
+    if args.json:
+        print(diff.model_dump_json(indent=2))
+        return
+
+    def words(ws: list) -> str:
+        return " ".join(repr(w.token) for w in ws)
+
+    if diff.classifier:
+        print("classification head rows, read through the embedding:")
+        print(table(["label", "promotes", "suppresses"], [[c.label, words(c.top), words(c.bottom)]
+                                                          for c in diff.classifier]))
+    else:
+        print("(the fine-tuned checkpoint has no classification head)")
+    print(f"\n{diff.component} vectors the fine-tuning changed most (θ_ft − θ_pre):")
+    print(table(["layer", "index", "head", "norm", "relative", "closest_label", "label_corr", "promotes", "suppresses"],
+                [[v.layer, v.index, v.head, v.norm, v.relative, v.closest_label, v.label_corr, words(v.top),
+                  words(v.bottom)] for v in diff.vectors]))
+
 
 def cmd_architectures(args: argparse.Namespace) -> None:
     rows = [[cls.family, ", ".join(cls.model_types), ", ".join(s.name for s in cls.components)] for cls in ADAPTERS]
@@ -490,6 +607,39 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--zero-head", action="append", metavar="L.H", help="zero head H of layer L (repeatable)")
     sp.add_argument("--boost-value", type=float, default=10.0, help="activation of boosted neurons (default 10)")
     sp.add_argument("--html", metavar="FILE", help="also write the flow graph as one standalone HTML file")
+
+    sp = command("align", cmd_align, "align two models that share a vocabulary: layer similarity in embedding "
+                 "space, Hungarian layer matching, best match per neuron (or head), raw-parameter baseline")
+    sp.add_argument("model_a", metavar="A", help="model whose layers are the rows")
+    sp.add_argument("model_b", metavar="B", help="model whose layers are the columns")
+    sp.add_argument("--component", default="ff_value", help="component compared (default ff_value)")
+    sp.add_argument("--checkpoint-a", help="checkpoint label of A (default: latest)")
+    sp.add_argument("--checkpoint-b", help="checkpoint label of B (default: latest)")
+    sp.add_argument("--basis", choices=["raw", "folded"], default="raw",
+                    help="raw: E as is, as Dar et al. (default); folded: final-norm gain folded in and centred")
+    sp.add_argument("--png", metavar="FILE", help="also write the layer-similarity heat map as a PNG")
+    sp.add_argument("--limit", type=int, default=10, help="unit matches to print (default 10)")
+
+    sp = command("alignments", cmd_alignments, "list stored alignment runs, or show one with --id")
+    sp.add_argument("--id", type=int, help="show this alignment run")
+    sp.add_argument("--limit", type=int, default=10, help="unit matches to print with --id (default 10)")
+
+    sp = command("stitch", cmd_stitch, "classify with B's first k blocks mapped into fine-tuned A's space "
+                 "through the shared vocabulary (E_B⁺ E_A), then A's remaining blocks and head; accuracy per k",
+                 db=False)
+    sp.add_argument("model_a", metavar="A", help="checkpoint folder of the fine-tuned classifier")
+    sp.add_argument("model_b", metavar="B", help="checkpoint folder of the pretrained model (same vocabulary)")
+    sp.add_argument("--data", required=True, metavar="JSONL", help='examples, one {"text": ..., "label": N} a line')
+    sp.add_argument("--layers", help="B layers kept to try, comma-separated (default: every 0..n)")
+
+    sp = command("finetune-diff", cmd_finetune_diff, "project a fine-tuning diff (θ_ft − θ_pre) to the "
+                 "vocabulary: the vectors it changed most and what each classifier row reads", db=False)
+    sp.add_argument("pretrained", help="checkpoint folder before fine-tuning")
+    sp.add_argument("finetuned", help="checkpoint folder after fine-tuning (same architecture and vocabulary)")
+    sp.add_argument("--component", default="ff_value", help="component whose changes are read (default ff_value)")
+    sp.add_argument("--top", type=int, default=20, help="changed vectors shown (default 20)")
+    sp.add_argument("--k", type=int, default=8, help="tokens per side (default 8)")
+    sp.add_argument("--basis", choices=["raw", "folded"], default="raw", help="projection basis (default raw)")
 
     command("architectures", cmd_architectures, "list supported architectures", db=False, json_out=False)
     return p

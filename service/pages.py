@@ -5,7 +5,18 @@ from html import escape
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
-from queries import ModelInfo, TokenHit, TokenMatch, TokenRankStep, TokenScore, TraceView, VectorStep, VectorView
+from queries import (
+    Alignment,
+    AlignmentInfo,
+    ModelInfo,
+    TokenHit,
+    TokenMatch,
+    TokenRankStep,
+    TokenScore,
+    TraceView,
+    VectorStep,
+    VectorView,
+)
 from service import flow
 
 if TYPE_CHECKING:
@@ -54,7 +65,7 @@ def _search_form(token: str) -> str:
             f"value='{escape(token, quote=True)}'> <button>search</button></form>")
 
 
-def home(models: list[ModelInfo]) -> str:
+def home(models: list[ModelInfo], alignments: list[AlignmentInfo] | None = None) -> str:
     rows = "".join(
         f"<tr><td><a href='/model/{quote(m.name, safe='')}'>{escape(m.name)}</a></td>"
         f"<td>{escape(m.family)}</td>"
@@ -64,8 +75,15 @@ def home(models: list[ModelInfo]) -> str:
              f"<th>checkpoints</th></tr>{rows}</table>")
     if not models:
         table = "<p class=muted>No models indexed yet.</p>"
+    aligned = "".join(
+        f"<tr><td><a href='/alignment/{a.alignment_id}'>{a.alignment_id}</a></td><td>{escape(a.model_a)}</td>"
+        f"<td>{escape(a.model_b)}</td><td>{escape(a.component)}</td><td class=n>{a.mean_matched:.3f}</td></tr>"
+        for a in alignments or [])
+    if aligned:
+        aligned = ("<h2>Alignments</h2><table><tr><th>run</th><th>model A</th><th>model B</th><th>component</th>"
+                   f"<th>mean matched</th></tr>{aligned}</table>")
     return _layout("home", f"<p>Which vectors promote or suppress a token?</p>{_search_form('')}"
-                           f"<h2>Models</h2>{table}")
+                           f"<h2>Models</h2>{table}{aligned}")
 
 
 def _hits_table(hits: list[TokenHit], title: str) -> str:
@@ -218,6 +236,36 @@ def model(m: "ModelPage") -> str:
                            f"{ckpts}</table><h2>components (latest checkpoint)</h2>"
                            "<table><tr><th>component</th>"
                            f"<th>layers</th><th>heads</th><th>vectors</th></tr>{comps}</table>")
+
+
+def alignment(run: Alignment) -> str:
+    """An alignment run: heat maps of the layer similarity (embedding space, raw baseline), pairs, matches."""
+    from service.heatmap import heatmap_svg
+
+    i = run.info
+    marked = {(p.layer_a, p.layer_b) for p in run.pairs}
+    title = f"alignment {i.alignment_id}"
+    intro = (f"<p>{escape(i.model_a)}/{escape(i.checkpoint_a)} (rows) against {escape(i.model_b)}/"
+             f"{escape(i.checkpoint_b)} (columns) on <b>{escape(i.component)}</b>, per {escape(i.unit)}, basis "
+             f"{escape(i.basis)}, over {i.vocab_size} tokens. Cells: mean best vocabulary correlation; white "
+             "borders: the Hungarian layer matching.</p>")
+    maps = f"<div class=cols><div><h2>embedding space</h2>{heatmap_svg(run.similarity, marked, title=title)}</div>"
+    if run.raw_similarity is not None:
+        maps += f"<div><h2>raw parameters (baseline)</h2>{heatmap_svg(run.raw_similarity, marked)}</div></div>"
+    else:
+        maps += "<div><h2>raw parameters</h2><p class=muted>no baseline: the models' widths differ</p></div></div>"
+    pairs = "".join(f"<tr><td class=n>{p.layer_a}</td><td class=n>{p.layer_b}</td><td class=n>{p.score:.3f}</td>"
+                    f"<td class=n>{'' if p.raw_score is None else f'{p.raw_score:.3f}'}</td>"
+                    f"<td class=n>{p.units}</td><td class=n>{p.mean_unit_score:.3f}</td></tr>" for p in run.pairs)
+    units = "".join(
+        f"<tr><td class=n>{m.layer_a}</td><td class=n>{m.index_a}</td><td class=n>{m.layer_b}</td>"
+        f"<td class=n>{m.index_b}</td><td class=n>{m.score:.3f}</td>"
+        f"<td class=n>{'' if m.raw_index_b is None else m.raw_index_b}</td></tr>" for m in run.matches)
+    return _layout(title, f"<h1>{escape(title)}</h1>{intro}{maps}<h2>matched layers</h2><table><tr><th>layer A</th>"
+                          "<th>layer B</th><th>score</th><th>raw</th><th>units</th><th>mean match</th></tr>"
+                          f"{pairs}</table><h2>first {len(run.matches)} {escape(i.unit)} matches</h2><table><tr>"
+                          "<th>layer A</th><th>index A</th><th>layer B</th><th>index B</th><th>score</th>"
+                          f"<th>raw match</th></tr>{units}</table>")
 
 
 def error(title: str, detail: str) -> str:

@@ -27,6 +27,7 @@ from indexer.adapters import Adapter, adapter_for, supported
 from indexer.basis import fold_reader, write_basis
 from indexer.checkpoint import open_checkpoint
 from indexer.errors import CheckpointError, UnsupportedArchitecture
+from indexer.stitch import hooked_block
 from service.cli import main
 from tests.tinymodels import byte_bpe_tokenizer
 
@@ -354,3 +355,25 @@ def test_architectures_lists_families_model_types_and_components(capsys: pytest.
     for word in ("gpt_neox", "llama, mistral, qwen2", "distilbert", "ff_gate", "attn_o", "embedding",
                  "key/value head"):
         assert word in out
+
+
+@pytest.mark.parametrize("layer", range(N_LAYERS + 1))
+def test_block_hooks_see_and_swap_the_stream(run: Run, layer: int) -> None:
+    """Stitching's hook on ``module_path("block", layer)``: it sees the stream entering that block (leaving the
+    last one for ``layer == n``), a swap for an equal tensor changes nothing, and a swap for zeros does."""
+    torch.manual_seed(1)
+    ids = torch.randint(3, run.adapter.dims.vocab_size, (2, SEQ))
+    seen: list[torch.Tensor] = []
+
+    def output(swap) -> torch.Tensor:
+        with torch.no_grad(), hooked_block(run.model, run.adapter, layer, swap):
+            out = run.model(input_ids=ids)
+        return out.logits if hasattr(out, "logits") else out.last_hidden_state
+
+    def see(h: torch.Tensor) -> None:
+        seen.append(h)
+
+    base = output(see)
+    assert seen and seen[0].shape[-1] == D
+    torch.testing.assert_close(output(lambda h: h.clone()), base)
+    assert not torch.allclose(output(torch.zeros_like), base)

@@ -114,9 +114,13 @@ class Adapter(ABC):
     def component(self, name: str, layer: int) -> list[Component]:
         """Read one component of one layer (one entry per head for per-head components)."""
 
+    def classifier(self) -> torch.Tensor | None:
+        """The sequence-classification head as ``[n_labels, d_model]`` rows, if the checkpoint has one."""
+        return None
+
     def module_path(self, key: str, layer: int = 0) -> str | None:
-        """The Hugging Face module that computes ``key`` (``ff_out``, ``attn_out``, ``q``…) in ``layer``, so
-        tests can hook what an adapter claims to read; ``None`` where the family has no such module."""
+        """The Hugging Face module that computes ``key`` (``ff_out``, ``attn_out``, ``q``…, ``block``) in
+        ``layer``, so tests and stitching can hook it; ``None`` where the family has no such module."""
         return None
 
     def post_norm(self) -> bool:

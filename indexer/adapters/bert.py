@@ -16,6 +16,7 @@ class BertAdapter(StandardAdapter):
     encoder = True
     prefixes = ("", "bert.", "roberta.", "model.")
     layout = Layout(
+        block="{p}encoder.layer.{i}",
         embed="{p}embeddings.word_embeddings", unembed=("cls.predictions.decoder", "lm_head.decoder"),
         final_norm="{p}encoder.layer.{i}.output.LayerNorm", norm_kind="layernorm",
         attn_norm=None, ff_norm=None,

@@ -11,6 +11,7 @@ class DistilBertAdapter(StandardAdapter):
     encoder = True
     prefixes = ("", "distilbert.")
     layout = Layout(
+        block="{p}transformer.layer.{i}",
         embed="{p}embeddings.word_embeddings", unembed=("vocab_projector",),
         final_norm="{p}transformer.layer.{i}.output_layer_norm", norm_kind="layernorm", attn_norm=None,
         ff_norm=None, q="{p}transformer.layer.{i}.attention.q_lin",

@@ -13,6 +13,7 @@ class GPT2Adapter(StandardAdapter):
     components = ALL_PLAIN
     prefixes = ("", "transformer.")
     layout = Layout(
+        block="{p}h.{i}",
         embed="{p}wte", unembed=("lm_head",), final_norm="{p}ln_f", norm_kind="layernorm",
         attn_norm="{p}h.{i}.ln_1", ff_norm="{p}h.{i}.ln_2", qkv="{p}h.{i}.attn.c_attn",
         attn_out="{p}h.{i}.attn.c_proj", ff_in="{p}h.{i}.mlp.c_fc", ff_out="{p}h.{i}.mlp.c_proj", conv1d=True,

@@ -10,6 +10,7 @@ class GPTNeoAdapter(StandardAdapter):
     components = ALL_PLAIN
     prefixes = ("transformer.", "")
     layout = Layout(
+        block="{p}h.{i}",
         embed="{p}wte", unembed=("lm_head",), final_norm="{p}ln_f", norm_kind="layernorm",
         attn_norm="{p}h.{i}.ln_1", ff_norm="{p}h.{i}.ln_2",
         q="{p}h.{i}.attn.attention.q_proj", k="{p}h.{i}.attn.attention.k_proj",

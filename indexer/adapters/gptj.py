@@ -11,6 +11,7 @@ class GPTJAdapter(StandardAdapter):
     components = ALL_PLAIN
     prefixes = ("transformer.", "")
     layout = Layout(
+        block="{p}h.{i}",
         embed="{p}wte", unembed=("lm_head",), final_norm="{p}ln_f", norm_kind="layernorm",
         attn_norm="{p}h.{i}.ln_1", ff_norm="{p}h.{i}.ln_1",
         q="{p}h.{i}.attn.q_proj", k="{p}h.{i}.attn.k_proj", v="{p}h.{i}.attn.v_proj",

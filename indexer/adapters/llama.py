@@ -11,6 +11,7 @@ class LlamaAdapter(StandardAdapter):
     components = ALL_GATED
     prefixes = ("model.", "")
     layout = Layout(
+        block="{p}layers.{i}",
         embed="{p}embed_tokens", unembed=("lm_head",), final_norm="{p}norm", norm_kind="rmsnorm",
         attn_norm="{p}layers.{i}.input_layernorm", ff_norm="{p}layers.{i}.post_attention_layernorm",
         q="{p}layers.{i}.self_attn.q_proj", k="{p}layers.{i}.self_attn.k_proj",

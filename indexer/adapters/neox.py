@@ -13,6 +13,7 @@ class GPTNeoXAdapter(StandardAdapter):
     components = ALL_PLAIN
     prefixes = ("gpt_neox.", "")
     layout = Layout(
+        block="{p}layers.{i}",
         embed="{p}embed_in", unembed=("embed_out", "lm_head"), final_norm="{p}final_layer_norm",
         norm_kind="layernorm", attn_norm="{p}layers.{i}.input_layernorm",
         ff_norm="{p}layers.{i}.post_attention_layernorm",

@@ -15,6 +15,7 @@ class OPTAdapter(StandardAdapter):
     components = ALL_PLAIN
     prefixes = ("model.decoder.", "decoder.", "")
     layout = Layout(
+        block="{p}layers.{i}",
         embed="{p}embed_tokens", unembed=("lm_head",), final_norm="{p}final_layer_norm",
         norm_kind="layernorm",
         attn_norm="{p}layers.{i}.self_attn_layer_norm", ff_norm="{p}layers.{i}.final_layer_norm",

@@ -40,6 +40,8 @@ class Layout:
     ``attn_norm`` / ``ff_norm`` are the pre-norms folded into the readers. For post-norm encoders they are
     ``None`` (the stream itself is normalised) and ``attn_source`` / ``ff_source`` name the norm whose output
     the block reads, for the tests. ``conv1d``: weights stored ``[in, out]`` (GPT-2) instead of ``[out, in]``.
+    ``block``: the whole transformer block of layer ``{i}`` (stitching swaps the stream entering it).
+    ``classifier``: where a sequence-classification head may sit (no prefix: heads sit beside the body).
     """
 
     embed: str
@@ -60,6 +62,8 @@ class Layout:
     ff_source: str | None = None
     conv1d: bool = False
     extra: dict[str, str] = field(default_factory=dict)
+    block: str | None = None
+    classifier: tuple[str, ...] = ("score", "classifier", "classifier.out_proj")
 
 
 class StandardAdapter(Adapter):
@@ -162,6 +166,14 @@ class StandardAdapter(Adapter):
 
     def final_norm(self) -> Norm | None:
         return self._norm("final_norm", 0)
+
+    def classifier(self) -> torch.Tensor | None:
+        """The sequence-classification head as ``[n_labels, d_model]`` rows, if the checkpoint has one."""
+        for name in self.layout.classifier:
+            weight = name + ".weight"
+            if self.ckpt.has(weight) and len(shape := self.ckpt.shape(weight)) == 2 and shape[1] == self.dims.d_model:
+                return self.ckpt.tensor(weight)
+        return None
 
     def available(self) -> tuple[ComponentSpec, ...]:
         return tuple(
