@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import queries  # noqa: E402
-from schema.store import writer  # noqa: E402
+from schema.store import compact, writer  # noqa: E402
 
 VOCAB, K, LAYERS, D_FF = 50257, 50, 12, 3072
 
@@ -79,22 +79,16 @@ def drop_os_cache() -> bool:
         return False
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=100_000_000)
-    ap.add_argument("--db", default="/tmp/lensdb-scale.duckdb")
-    ap.add_argument("--queries", type=int, default=50)
-    ap.add_argument("--cold", type=int, default=10, help="cold queries (each a fresh process)")
-    ap.add_argument("--keep", action="store_true", help="keep the store for another run")
-    args = ap.parse_args()
-    db = Path(args.db)
-    if not db.exists():
-        print(f"building {args.rows / 1e6:.0f} M rows into {db} …", flush=True)
-        build(db, args.rows)
+def pct(xs: list[float], q: float) -> float:
+    return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))] * 1000
+
+
+def measure(db: Path, args: argparse.Namespace, layout: str) -> dict:
+    """Warm: one connection, a different token per query. Cold: a fresh process per query."""
     with queries.connect(db) as lens:
         (n,) = lens.sql("SELECT count(*) FROM vector_tokens").rows[0]
         tokens = [f"t{(i * 7919) % VOCAB}" for i in range(args.queries)]
-        lens.promoters(tokens[0], limit=20)
+        lens.promoters("t1", limit=20)
         warm = []
         for tok in tokens:
             t = time.perf_counter()
@@ -107,16 +101,37 @@ def main() -> None:
         code = _COLD.format(root=str(ROOT), db=str(db), token=f"t{(i * 104729 + 13) % VOCAB}")
         out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
         cold.append(float(out.strip().splitlines()[-1]))
+    return {"layout": layout, "rows": n, "store_MiB": round(db.stat().st_size / 2**20),
+            "warm_p50_ms": statistics.median(warm) * 1000, "warm_p99_ms": pct(warm, 0.99),
+            "cold_p50_ms": statistics.median(cold) * 1000, "cold_p99_ms": pct(cold, 0.99),
+            "os_cache_dropped": dropped}
 
-    def pct(xs: list[float], q: float) -> float:
-        return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))] * 1000
 
-    result = {"rows": n, "store_MiB": db.stat().st_size / 2**20, "warm_p50_ms": statistics.median(warm) * 1000,
-              "warm_p99_ms": pct(warm, 0.99), "cold_p50_ms": statistics.median(cold) * 1000,
-              "cold_p99_ms": pct(cold, 0.99), "os_cache_dropped": dropped}
-    print(json.dumps(result, indent=2))
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=100_000_000)
+    ap.add_argument("--db", default="/tmp/lensdb-scale.duckdb")
+    ap.add_argument("--queries", type=int, default=50)
+    ap.add_argument("--cold", type=int, default=10, help="cold queries (each a fresh process)")
+    ap.add_argument("--keep", action="store_true", help="keep the store for another run")
+    ap.add_argument("--no-optimize", dest="optimize", action="store_false",
+                    help="skip the second measurement after `lensdb optimize`")
+    args = ap.parse_args()
+    db = Path(args.db)
+    if not db.exists():
+        print(f"building {args.rows / 1e6:.0f} M rows into {db} …", flush=True)
+        build(db, args.rows)
+    results = [measure(db, args, "as loaded (one sorted run per checkpoint)")]
+    if args.optimize:
+        t = time.perf_counter()
+        with writer(db) as con:
+            compact(con)
+        print(f"lensdb optimize: {time.perf_counter() - t:.0f}s", flush=True)
+        results.append(measure(db, args, "after lensdb optimize (one sorted run)"))
+    print(json.dumps(results, indent=2))
     print("cold = open a connection in a fresh process and answer one query"
-          + ("" if dropped else " (the OS page cache could not be dropped here: file pages may be cached)"))
+          + ("" if results[0]["os_cache_dropped"] else
+             " (the OS page cache could not be dropped here: file pages may be cached)"))
     if not args.keep:
         db.unlink()
 

@@ -23,6 +23,7 @@ from indexer.discover import KINDS
 from indexer.watch import WatchReport, parse_every, register_source, watch_cycle, watch_loop
 from queries.export import export_parquet
 from schema.errors import LensdbError, StoreError
+from schema.store import compact, writer
 from service.render import table
 from service.settings import Settings, exposure_problem
 
@@ -287,6 +288,16 @@ def cmd_head_map(args: argparse.Namespace) -> None:
     print(table(["model", "checkpoint", "layer", "head", "best_z", "targets"],
                 [[r.model, r.checkpoint, r.layer, r.head, r.best_zscore,
                   ", ".join(repr(t.token) for t in r.targets)] for r in rows]))
+
+
+def cmd_optimize(args: argparse.Namespace) -> None:
+    if not Path(args.db).exists():
+        raise StoreError(f"no lensdb store at {args.db}; create one with `lensdb index CHECKPOINT --db {args.db}`.")
+    started = time.perf_counter()
+    with writer(args.db) as con:
+        rows = compact(con)
+    counts = ", ".join(f"{t} {n}" for t, n in rows.items())
+    print(f"rewrote {counts} rows as one token-sorted run each in {time.perf_counter() - started:.1f}s")
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -590,6 +601,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", help="checkpoint label, or 'all' (default: each model's latest)")
     sp.add_argument("--limit", type=int, default=20, help="heads to show (default 20)")
     sp.add_argument("--per-head", type=int, default=5, help="targets per head (default 5)")
+
+    command("optimize", cmd_optimize, "rewrite the token-sorted tables as one sorted run each (faster lookups "
+            "after many index runs; one sort of the table)", json_out=False)
 
     sp = command("export", cmd_export, "write the store as Hive-partitioned Parquet (model/checkpoint/component)")
     sp.add_argument("--parquet", required=True, metavar="DIR", help="target folder (must be empty)")

@@ -98,3 +98,19 @@ def test_index_prints_a_summary_and_then_a_no_op(tiny_bert: TinyModel, tmp_path:
 def test_architectures_lists_families(capsys: pytest.CaptureFixture[str]) -> None:
     text = run(capsys, "architectures")
     assert "gpt2" in text and "bert" in text and "ff_value" in text
+
+
+def test_optimize_keeps_every_answer(store_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def answers() -> str:
+        return run(capsys, "promoters", "paris", "--db", str(store_copy), "--json", "--limit", "50")
+
+    before = answers()
+    assert "as one token-sorted run each" in run(capsys, "optimize", "--db", str(store_copy))
+    assert answers() == before
+    import duckdb
+
+    con = duckdb.connect(str(store_copy), read_only=True)
+    ids = [r[0] for r in con.execute("SELECT token_id FROM vector_tokens").fetchall()]
+    comment = con.execute("SELECT comment FROM duckdb_tables() WHERE table_name = 'vector_tokens'").fetchone()
+    con.close()
+    assert ids == sorted(ids) and comment and comment[0]
