@@ -14,8 +14,10 @@ from queries.rows import (
     AlignmentInfo,
     ChangedVector,
     CheckpointInfo,
+    ComponentCount,
     HeadRow,
     ModelInfo,
+    RunInfo,
     SourceInfo,
     SqlResult,
     StepInfo,
@@ -210,6 +212,17 @@ class Lens:
                 out += head_rows_for(self, ref, m.token_id, m.display, kind, per_head)
         out.sort(key=lambda r: -r.best_zscore)
         return out[:limit]
+
+    def runs(self, limit: int = 50, offset: int = 0) -> tuple[list[RunInfo], int]:
+        """Committed index runs, newest first, and how many there are."""
+        cols = list(RunInfo.model_fields)
+        items = [RunInfo(**dict(zip(cols, r, strict=True))) for r in self._rows(q.index_runs(limit, offset))]
+        return items, int(self._rows(q.count_runs())[0][0])
+
+    def component_counts(self, model: str) -> list[ComponentCount]:
+        """Components of a model's latest checkpoint with how many layers, heads and vectors each has."""
+        return [ComponentCount(component=r[0], layers=r[1], heads=r[2], vectors=r[3])
+                for r in self._rows(q.component_counts(model))]
 
     def models(self) -> list[ModelInfo]:
         """Every model with its checkpoints and how each was indexed."""

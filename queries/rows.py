@@ -328,3 +328,26 @@ class Alignment(BaseModel):
     raw_similarity: list[list[float]] | None
     pairs: list[LayerPair]
     matches: list[UnitMatch]
+
+
+class RunInfo(BaseModel):
+    """One committed index run (only complete runs are ever committed)."""
+
+    run_id: int
+    model: str
+    checkpoint: str
+    status: str
+    started_at: datetime
+    finished_at: datetime
+    basis: str
+    top_k: int
+    n_vectors: int
+    n_projections: int
+    seconds: float
+
+
+class ComponentCount(BaseModel):
+    component: str
+    layers: int
+    heads: int
+    vectors: int

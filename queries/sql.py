@@ -529,3 +529,29 @@ def alignment_summary(alignment_id: int) -> Sql:
 FROM neuron_matches WHERE alignment_id = ? GROUP BY layer_a, layer_b ORDER BY layer_a""",
         [alignment_id],
     )
+
+
+# ---- service listings ---------------------------------------------------------------------------------------
+
+def index_runs(limit: int, offset: int) -> Sql:
+    return (
+        """SELECT r.run_id, m.name, c.label, r.status, r.started_at, r.finished_at, r.basis, r.top_k,
+       r.n_vectors, r.n_projections, r.seconds
+FROM index_runs r JOIN checkpoints c USING (checkpoint_id) JOIN models m USING (model_id)
+ORDER BY r.run_id DESC LIMIT ? OFFSET ?""",
+        [limit, offset],
+    )
+
+
+def count_runs() -> Sql:
+    return "SELECT count(*) FROM index_runs", []
+
+
+def component_counts(model: str) -> Sql:
+    """Components of a model's latest checkpoint with how many layers, heads and vectors each has."""
+    return (
+        """SELECT component, count(DISTINCT layer), count(DISTINCT head), count(*) FROM vector_info
+WHERE model = ? AND checkpoint_id IN (SELECT checkpoint_id FROM latest_checkpoints)
+GROUP BY component ORDER BY component""",
+        [model],
+    )

@@ -54,12 +54,12 @@ from queries import (
     WatchRunInfo,
 )
 from queries.readonly import harden
+from queries.rows import ComponentCount, RunInfo
 from schema.errors import LensdbError, StoreError
 from schema.store import writer
 from service import pages
 from service.guard import Guard
 from service.jobs import IndexRequest, Job, JobRunner
-from service.reads import ComponentCount, RunInfo, component_counts, count_runs, index_runs
 from service.settings import Settings
 
 T = TypeVar("T")
@@ -315,10 +315,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/runs", response_model=Page[RunInfo], tags=["index"])
     def runs(lens: ReadLens, limit: Limit = 50, offset: Offset = 0) -> Page[RunInfo]:
         """Committed index runs, newest first."""
-        sql, params = index_runs(limit, offset)
-        cols = list(RunInfo.model_fields)
-        items = [RunInfo(**dict(zip(cols, r, strict=True))) for r in lens.con.execute(sql, params).fetchall()]
-        (total,) = lens.con.execute(*count_runs()).fetchone()  # type: ignore[misc]
+        items, total = lens.runs(limit, offset)
         return _page(items, limit, offset, total)
 
     @app.post("/index", response_model=Job, status_code=202, tags=["index"])
@@ -509,10 +506,7 @@ def _model(lens: Lens, name: str) -> ModelPage:
     if not found:
         known = ", ".join(m.name for m in lens.models()) or "none yet"
         raise NotFound(f"no model {name!r}; indexed models: {known}.")
-    sql, params = component_counts(name)
-    comps = [ComponentCount(component=r[0], layers=r[1], heads=r[2], vectors=r[3])
-             for r in lens.con.execute(sql, params).fetchall()]
-    return ModelPage(**found[0].model_dump(), components=comps)
+    return ModelPage(**found[0].model_dump(), components=lens.component_counts(name))
 
 
 def _page(items: list, limit: int, offset: int, total: int) -> Page:
