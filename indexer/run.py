@@ -62,6 +62,12 @@ class IndexOptions(BaseModel):
     read_basis: Literal["unembedding", "embedding"] = Field(
         "unembedding", description="matrix that reads what reading vectors read: the unembedding or the "
         "input embedding (they differ in untied models such as Pythia and Llama)")
+    executor: Literal["local", "ray"] = Field("local", description="where units are projected: in this process "
+                                              "(local) or by a pool of Ray actors (ray); rows are written here")
+    address: str | None = Field(None, description="Ray address with executor ray: auto, host:port or "
+                                "ray://host:10001; default: start a local instance")
+    ray_workers: int | None = Field(None, ge=1, description="Ray actors with executor ray; default: one per CPU "
+                                    "of the cluster")
 
 
 class IndexResult(BaseModel):
@@ -399,6 +405,12 @@ def index_checkpoint(
     adapter = adapter_for(ckpt)
     plan = _plan(adapter, opts.components)
     vocab = load_vocabulary(ckpt.path, adapter.dims.vocab_size)
+    if opts.executor == "ray":
+        from indexer.ray_executor import _ray
+
+        _ray()  # a missing Ray fails here, before the store is touched
+    elif opts.address is not None or opts.ray_workers is not None:
+        raise LensdbError("--address and --ray-workers go with --executor ray.")
     if opts.head_maps:
         headmaps.check_supported(adapter)
         headmaps.allowed_tokens(vocab, opts.pair_vocab)
@@ -502,12 +514,24 @@ def _index(db_path: str | Path, con: duckdb.DuckDBPyConnection | None, ckpt: Che
         bar = tqdm(total=len(plan), disable=not progress, unit="unit", desc=name, leave=False)
         try:
             with matmul_mode(compute):
-                for comp_name, layer, basis, parts in _units(adapter, plan, opts.basis, compute, opts.read_basis):
-                    bar.set_postfix_str(f"layer {layer} {comp_name}")
-                    flags[adapter.spec(comp_name).role] = basis.flags
-                    for part in parts:
-                        out.project(part.name, part.layer, part.head, unit_vectors(part, opts.basis), basis)
-                    bar.update(1)
+                if opts.executor == "ray":
+                    from indexer.ray_executor import remote_units
+
+                    for comp_name, layer, basis_flags, projected in remote_units(
+                            ckpt.path, plan, opts, chunk_mb << 20, flags["compute"]):
+                        bar.set_postfix_str(f"layer {layer} {comp_name}")
+                        flags[adapter.spec(comp_name).role] = basis_flags
+                        for p in projected:
+                            out.write_projected(p)
+                        bar.update(1)
+                else:
+                    flags["compute"]["executor"] = "local"
+                    for comp_name, layer, basis, parts in _units(adapter, plan, opts.basis, compute, opts.read_basis):
+                        bar.set_postfix_str(f"layer {layer} {comp_name}")
+                        flags[adapter.spec(comp_name).role] = basis.flags
+                        for part in parts:
+                            out.project(part.name, part.layer, part.head, unit_vectors(part, opts.basis), basis)
+                        bar.update(1)
                 if opts.head_maps:
                     flags["head_maps"] = _index_heads(out, adapter, vocab, opts, compute, progress)
             out.finish()
