@@ -101,3 +101,14 @@ def test_missing_ray_is_one_clear_error(tiny_gpt2: TinyModel, tmp_path: Path,
 def test_address_without_ray_executor_is_refused(tiny_gpt2: TinyModel, tmp_path: Path) -> None:
     with pytest.raises(LensdbError, match="go with --executor ray"):
         index_checkpoint(tmp_path / "lens.duckdb", tiny_gpt2.path, IndexOptions(address="auto"))
+
+
+def test_cli_index_with_ray(ray_local, tiny_gpt2: TinyModel, tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    from service.cli import main
+
+    db = tmp_path / "lens.duckdb"
+    assert main(["index", str(tiny_gpt2.path), "--db", str(db), "--top-k", "3", "--device", "cpu",
+                 "--component", "ff_value", "--executor", "ray", "--ray-workers", "1", "--quiet", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "indexed"
+    assert _compute_flags(db)["compute"]["workers"] == 1
