@@ -116,8 +116,10 @@ def remote_units(checkpoint: Path, plan: list[tuple[str, int]], opts: Any, budge
         if any(i["version"] != VERSION for i in infos):
             raise LensdbError(f"Ray workers run lensdb {sorted({i['version'] for i in infos})}, this process "
                               f"{VERSION}; install the same version on every node.")
-        flags.update({"executor": "ray", "address": opts.address, "workers": n,
-                      "worker_devices": sorted({str(i["device"]) for i in infos})})
+        devices = sorted({str(i["device"]) for i in infos})
+        flags.update({"executor": "ray", "address": opts.address, "workers": n, "worker_devices": devices})
+        if len(devices) == 1:  # the projections were computed there, not on this process's device
+            flags["device"] = devices[0]
         # round-robin, at most two units per worker in flight; results are taken in plan order
         pending: deque[tuple[str, int, Any]] = deque()
         todo = iter(enumerate(plan))
