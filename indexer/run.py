@@ -10,8 +10,9 @@ import json
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from indexer import headmaps
 from indexer.adapters import Adapter, adapter_for
+from indexer.adapters.base import Component
 from indexer.basis import Basis, BasisMode, fold_reader, logit_stats, read_basis, write_basis
 from indexer.checkpoint import Checkpoint, open_checkpoint
 from indexer.compute import Compute, DeviceChoice, Precision, matmul_mode, resolve_compute
@@ -60,6 +62,12 @@ class IndexOptions(BaseModel):
     read_basis: Literal["unembedding", "embedding"] = Field(
         "unembedding", description="matrix that reads what reading vectors read: the unembedding or the "
         "input embedding (they differ in untied models such as Pythia and Llama)")
+    executor: Literal["local", "ray"] = Field("local", description="where units are projected: in this process "
+                                              "(local) or by a pool of Ray actors (ray); rows are written here")
+    address: str | None = Field(None, description="Ray address with executor ray: auto, host:port or "
+                                "ray://host:10001; default: start a local instance")
+    ray_workers: int | None = Field(None, ge=1, description="Ray actors with executor ray; default: one per CPU "
+                                    "of the cluster")
 
 
 class IndexResult(BaseModel):
@@ -116,29 +124,39 @@ def _plan(adapter: Adapter, components: list[str] | None) -> list[tuple[str, int
     return [(s.name, layer) for s in ordered for layer in adapter.layers(s.name)]
 
 
-class _Writer:
-    """Projects units on the compute device and appends their rows from one background thread.
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of a unit's projection, on the CPU: what the writer needs to store its rows."""
 
-    The DuckDB appends (and the Arrow batches behind them) overlap with the next chunk's GEMM; at most two
-    chunks wait at a time, so memory stays at one chunk of logits plus two chunks of top-k rows.
+    first_index: int
+    tb: TopBottom
+    mean: torch.Tensor
+    std: torch.Tensor
+    norm: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Projected:
+    """One component part (a layer, or a head of it) projected: its chunks in order. No vector ids yet."""
+
+    name: str
+    layer: int
+    head: int | None
+    n: int
+    chunks: list[Chunk]
+
+
+class Projector:
+    """The compute step: vectors and a basis in, CPU chunks out. Owns one logits workspace for the run.
+
+    It never touches the store, so it runs in the writer's process (local executor) or in a Ray worker.
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, checkpoint_id: int, top_k: int, budget: int,
-                 compute: Compute) -> None:
-        self.con = con
-        self.checkpoint_id = checkpoint_id
+    def __init__(self, top_k: int, budget: int, compute: Compute) -> None:
         self.top_k = top_k
         self.budget = budget
         self.compute = compute
-        self.next_vector = next_id(con, "vectors", "vector_id")
-        self.units: list[tuple] = []
-        self.n_vectors = 0
-        self.n_projections = 0
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lensdb-append")
-        self._pending: deque[Future[None]] = deque()
         self._ws: torch.Tensor | None = None
-        con.execute("CREATE TEMP TABLE staged_tokens AS SELECT * FROM vector_tokens LIMIT 0")
-        con.execute("CREATE TEMP TABLE staged_pairs AS SELECT * FROM head_pairs LIMIT 0")
 
     def _workspace(self, basis: Basis, rows: int) -> torch.Tensor:
         """One logits buffer for the whole run (reallocated only if a basis needs a bigger or other one)."""
@@ -149,30 +167,66 @@ class _Writer:
             ws = self._ws = torch.empty(need, dtype=fast.dtype, device=fast.device)
         return ws
 
-    def project(self, name: str, layer: int, head: int | None, vectors: torch.Tensor, basis: Basis) -> None:
-        """Project one unit; its vectors get one contiguous block of ids, recorded in ``vector_units``."""
-        if vectors.shape[0]:
-            self.units.append((self.checkpoint_id, name, layer, head, self.next_vector,
-                               self.next_vector + vectors.shape[0] - 1, 0))
+    def chunks(self, vectors: torch.Tensor, basis: Basis) -> Iterator[Chunk]:
+        """Project ``vectors`` chunk by chunk (lazily, so the writer can append one while the next computes)."""
         size = chunk_rows(basis.vocab_size, self.budget)
-        exact = self.compute.exact
         ws = self._workspace(basis, min(size, vectors.shape[0]))
         for part in chunks(vectors.shape[0], size):
             v = vectors[part].to(self.compute.device)
-            if exact:
+            if self.compute.exact:
                 tb = topk_bottomk(v, basis.matrix, self.top_k, workspace=ws)
             else:
                 fast = basis.fast if basis.fast is not None else basis.matrix
                 tb = topk_bottomk(v, fast, self.top_k, exact_basis=basis.matrix, workspace=ws)
             mean, std = logit_stats(v, basis)
             norm = v.to(torch.float64).norm(dim=1)
-            tb, mean, std, norm = (_cpu(tb), mean.cpu(), std.cpu(), norm.cpu())
             pause_point("projection")
+            yield Chunk(part.start, _cpu(tb), mean.cpu(), std.cpu(), norm.cpu())
+
+    def project(self, name: str, layer: int, head: int | None, vectors: torch.Tensor, basis: Basis) -> Projected:
+        """A whole part at once (what a remote worker returns)."""
+        return Projected(name, layer, head, int(vectors.shape[0]), list(self.chunks(vectors, basis)))
+
+
+class _Writer:
+    """Writes projected units: assigns vector ids in the order it is given units, and appends their rows
+    from one background thread.
+
+    The DuckDB appends (and the Arrow batches behind them) overlap with the next chunk's GEMM; at most two
+    chunks wait at a time, so memory stays at one chunk of logits plus two chunks of top-k rows.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, checkpoint_id: int, top_k: int, budget: int,
+                 compute: Compute) -> None:
+        self.con = con
+        self.checkpoint_id = checkpoint_id
+        self.projector = Projector(top_k, budget, compute)
+        self.next_vector = next_id(con, "vectors", "vector_id")
+        self.units: list[tuple] = []
+        self.n_vectors = 0
+        self.n_projections = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lensdb-append")
+        self._pending: deque[Future[None]] = deque()
+        con.execute("CREATE TEMP TABLE staged_tokens AS SELECT * FROM vector_tokens LIMIT 0")
+        con.execute("CREATE TEMP TABLE staged_pairs AS SELECT * FROM head_pairs LIMIT 0")
+
+    def project(self, name: str, layer: int, head: int | None, vectors: torch.Tensor, basis: Basis) -> None:
+        """Project one unit here and write it."""
+        self.write(name, layer, head, int(vectors.shape[0]), self.projector.chunks(vectors, basis))
+
+    def write(self, name: str, layer: int, head: int | None, n: int, parts: Iterable[Chunk]) -> None:
+        """Write one projected unit; its vectors get one contiguous block of ids, recorded in ``vector_units``."""
+        if n:
+            self.units.append((self.checkpoint_id, name, layer, head, self.next_vector, self.next_vector + n - 1, 0))
+        for c in parts:
             first = self.next_vector
-            self.next_vector += v.shape[0]
-            vecs = vector_batch(first, self.checkpoint_id, name, layer, head, part.start, norm, mean, std)
-            rows = projection_batch(first, tb, mean, std)
+            self.next_vector += int(c.norm.shape[0])
+            vecs = vector_batch(first, self.checkpoint_id, name, layer, head, c.first_index, c.norm, c.mean, c.std)
+            rows = projection_batch(first, c.tb, c.mean, c.std)
             self._submit(functools.partial(self._append, vecs, rows))
+
+    def write_projected(self, p: Projected) -> None:
+        self.write(p.name, p.layer, p.head, p.n, p.chunks)
 
     def pairs(self, name: str, layer: int, head: int, p: Pairs) -> None:
         """One head map: a vector row carrying the map's statistics, and its pairs staged for head_pairs."""
@@ -274,8 +328,24 @@ def _delete_checkpoint(con: duckdb.DuckDBPyConnection, checkpoint_id: int) -> No
         con.execute(f"DELETE FROM {table} WHERE checkpoint_id = ?", [checkpoint_id])
 
 
+def role_basis(adapter: Adapter, role: str, mode: BasisMode, compute: Compute,
+               reader: str = "unembedding") -> Basis:
+    """The basis a role's vectors are projected on, on the compute device."""
+    if role == "writes":
+        basis = write_basis(adapter.unembedding(), adapter.final_norm(), mode)
+    else:
+        matrix = adapter.embedding() if reader == "embedding" else adapter.unembedding()
+        basis = read_basis(matrix, reader, mode)
+    return basis.to(compute.device, torch.bfloat16 if compute.precision == "bf16" else None)
+
+
+def unit_vectors(part: Component, mode: BasisMode) -> torch.Tensor:
+    """A part's vectors as projected: reading vectors get their input norm folded in."""
+    return fold_reader(part.vectors, part.norm, mode) if part.role == "reads" else part.vectors
+
+
 def _units(adapter: Adapter, plan: list[tuple[str, int]], mode: BasisMode,
-           compute: Compute, reader: str = "unembedding") -> Iterator[tuple[str, int, Basis, list]]:
+           compute: Compute, reader: str = "unembedding") -> Iterator[tuple[str, int, Basis, list[Component]]]:
     """Yield each unit with its basis, building one basis at a time (writers first, then readers)."""
     basis: Basis | None = None
     role: str | None = None
@@ -284,12 +354,7 @@ def _units(adapter: Adapter, plan: list[tuple[str, int]], mode: BasisMode,
         if spec.role != role:
             basis = None
             role = spec.role
-            if role == "writes":
-                basis = write_basis(adapter.unembedding(), adapter.final_norm(), mode)
-            else:
-                matrix = adapter.embedding() if reader == "embedding" else adapter.unembedding()
-                basis = read_basis(matrix, reader, mode)
-            basis = basis.to(compute.device, torch.bfloat16 if compute.precision == "bf16" else None)
+            basis = role_basis(adapter, role, mode, compute, reader)
         assert basis is not None
         yield name, layer, basis, adapter.component(name, layer)
 
@@ -340,6 +405,12 @@ def index_checkpoint(
     adapter = adapter_for(ckpt)
     plan = _plan(adapter, opts.components)
     vocab = load_vocabulary(ckpt.path, adapter.dims.vocab_size)
+    if opts.executor == "ray":
+        from indexer.ray_executor import _ray
+
+        _ray()  # a missing Ray fails here, before the store is touched
+    elif opts.address is not None or opts.ray_workers is not None:
+        raise LensdbError("--address and --ray-workers go with --executor ray.")
     if opts.head_maps:
         headmaps.check_supported(adapter)
         headmaps.allowed_tokens(vocab, opts.pair_vocab)
@@ -443,15 +514,24 @@ def _index(db_path: str | Path, con: duckdb.DuckDBPyConnection | None, ckpt: Che
         bar = tqdm(total=len(plan), disable=not progress, unit="unit", desc=name, leave=False)
         try:
             with matmul_mode(compute):
-                for comp_name, layer, basis, parts in _units(adapter, plan, opts.basis, compute, opts.read_basis):
-                    bar.set_postfix_str(f"layer {layer} {comp_name}")
-                    flags[adapter.spec(comp_name).role] = basis.flags
-                    for part in parts:
-                        vecs = part.vectors
-                        if part.role == "reads":
-                            vecs = fold_reader(vecs, part.norm, opts.basis)
-                        out.project(part.name, part.layer, part.head, vecs, basis)
-                    bar.update(1)
+                if opts.executor == "ray":
+                    from indexer.ray_executor import remote_units
+
+                    for comp_name, layer, basis_flags, projected in remote_units(
+                            ckpt.path, plan, opts, chunk_mb << 20, flags["compute"]):
+                        bar.set_postfix_str(f"layer {layer} {comp_name}")
+                        flags[adapter.spec(comp_name).role] = basis_flags
+                        for p in projected:
+                            out.write_projected(p)
+                        bar.update(1)
+                else:
+                    flags["compute"]["executor"] = "local"
+                    for comp_name, layer, basis, parts in _units(adapter, plan, opts.basis, compute, opts.read_basis):
+                        bar.set_postfix_str(f"layer {layer} {comp_name}")
+                        flags[adapter.spec(comp_name).role] = basis.flags
+                        for part in parts:
+                            out.project(part.name, part.layer, part.head, unit_vectors(part, opts.basis), basis)
+                        bar.update(1)
                 if opts.head_maps:
                     flags["head_maps"] = _index_heads(out, adapter, vocab, opts, compute, progress)
             out.finish()

@@ -49,7 +49,7 @@ def cmd_index(args: argparse.Namespace) -> None:
     opts = IndexOptions(name=args.name, top_k=args.top_k, basis=args.basis, replace=args.replace,
                         components=args.component or None, device=args.device, precision=args.precision,
                         read_basis=args.read_basis, head_maps=args.head_maps, pair_vocab=args.pair_vocab,
-                        svd=args.svd)
+                        svd=args.svd, executor=args.executor, address=args.address, ray_workers=args.ray_workers)
     if args.server:
         result = index_via_server(args.server, args.checkpoint, opts, quiet=args.quiet)
     else:
@@ -507,6 +507,12 @@ def parser() -> argparse.ArgumentParser:
                     help="where to project: auto uses CUDA when torch sees it (default auto)")
     sp.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32",
                     help="fp32 is exact (default); tf32/bf16 (CUDA) pick candidates fast and rescore them in fp32")
+    sp.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="project units here (default) or on a Ray cluster; rows are written here either way")
+    sp.add_argument("--address", help="with --executor ray: auto, host:port or ray://host:10001 "
+                    "(default: start a local Ray instance)")
+    sp.add_argument("--ray-workers", type=int, metavar="N",
+                    help="with --executor ray: actors to start (default: one per CPU of the cluster)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.add_argument("--server", metavar="URL",
                     help="submit the job to a running `lensdb serve` (http://127.0.0.1:8000) and follow it; "
