@@ -486,11 +486,7 @@ def _index(db_path: str | Path, con: duckdb.DuckDBPyConnection | None, ckpt: Che
            compute: Compute, progress: bool, started: float, started_at: datetime, attempt_id: int) -> IndexResult:
     """The run's one transaction: every row of the checkpoint and its run record, or nothing."""
     with writer(db_path, con) as con:
-        found = con.execute(
-            "SELECT c.checkpoint_id, c.label, m.name, r.basis, r.top_k FROM checkpoints c "
-            "JOIN models m USING (model_id) JOIN index_runs r USING (checkpoint_id) WHERE c.content_hash = ?",
-            [content_hash],
-        ).fetchone()
+        found = _find(con, content_hash)
         if found and not opts.replace:  # another writer indexed it between the two transactions
             con.execute("DELETE FROM run_attempts WHERE attempt_id = ?", [attempt_id])
             return _unchanged(found, content_hash, started)

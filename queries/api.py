@@ -74,8 +74,10 @@ class Lens:
         return catalog(self.con, self.path)
 
     def _check_model(self, model: str | None) -> None:
+        if model is None:  # nothing to check, and no catalog fetch on the lookup hot path
+            return
         names = sorted(self._catalog().models)
-        if model is not None and model not in names:
+        if model not in names:
             raise NotFound(f"no model {model!r} in {self.path}; indexed models: {', '.join(names) or 'none yet'}.")
 
     def _resolve(self, token: str | int, model: str | None) -> list[TokenMatch]:
