@@ -1,6 +1,7 @@
 """Token lookups at scale: a synthetic store of N projection rows (default 100 M), "who promotes X" across
-all models through the real query API, p50/p99 warm (one open connection) and cold (a fresh process per
-query: empty DuckDB buffer pool; the OS page cache is dropped first when this process may do so).
+all models through the real query API, p50/p99 at first touch (one open connection, each token's blocks read
+on the way), warm (after ``Lens.warm``, as ``lensdb serve`` runs) and cold (a fresh process per query: empty
+DuckDB buffer pool; the OS page cache is dropped first when this process may do so).
 
 The store is built with the real schema and the real load order (each checkpoint's rows sorted by
 token_id), from SQL generators: M models × one checkpoint × L layers × F neurons, 2k rows per vector,
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import queries  # noqa: E402
-from schema.store import compact, writer  # noqa: E402
+from schema.store import fill_token_forms, optimize, writer  # noqa: E402
 
 VOCAB, K, LAYERS, D_FF = 50257, 50, 12, 3072
 
@@ -36,6 +37,7 @@ def build(db: Path, rows: int) -> None:
     with writer(db) as con:
         con.execute("INSERT INTO vocabularies VALUES (1, 'synthetic', ?, 'WordLevel')", [VOCAB])
         con.execute("INSERT INTO tokens SELECT 1, i, 't' || i, 't' || i, 't' || i FROM range(?) r(i)", [VOCAB])
+        fill_token_forms(con, 1)
         for m in range(1, n_models + 1):
             con.execute("INSERT INTO models VALUES (?, ?, 'gpt2', 'gpt2', 1, 768, ?, ?, 12)",
                         [m, f"model-{m}", LAYERS, D_FF])
@@ -83,18 +85,26 @@ def pct(xs: list[float], q: float) -> float:
     return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))] * 1000
 
 
+def _lookups(lens: queries.Lens, tokens: list[str]) -> list[float]:
+    out = []
+    for tok in tokens:
+        t = time.perf_counter()
+        hits = lens.promoters(tok, limit=20)
+        out.append(time.perf_counter() - t)
+        assert hits, "no hits: the synthetic store is broken"
+    return out
+
+
 def measure(db: Path, args: argparse.Namespace, layout: str) -> dict:
-    """Warm: one connection, a different token per query. Cold: a fresh process per query."""
+    """First touch: one connection, a new token per query (DuckDB reads that token's blocks on the way).
+    Warm: the same connection after ``Lens.warm`` (what ``lensdb serve`` does at start), other new tokens.
+    Cold: a fresh process per query, OS page cache dropped first where this process may."""
     with queries.connect(db) as lens:
         (n,) = lens.sql("SELECT count(*) FROM vector_tokens").rows[0]
-        tokens = [f"t{(i * 7919) % VOCAB}" for i in range(args.queries)]
         lens.promoters("t1", limit=20)
-        warm = []
-        for tok in tokens:
-            t = time.perf_counter()
-            hits = lens.promoters(tok, limit=20)
-            warm.append(time.perf_counter() - t)
-        assert hits, "no hits: the synthetic store is broken"
+        first = _lookups(lens, [f"t{(i * 7919) % VOCAB}" for i in range(args.queries)])
+        warmed = lens.warm()
+        warm = _lookups(lens, [f"t{(i * 7919 + 4001) % VOCAB}" for i in range(args.queries)])
     cold, dropped = [], False
     for i in range(args.cold):
         dropped = drop_os_cache() or dropped
@@ -102,6 +112,8 @@ def measure(db: Path, args: argparse.Namespace, layout: str) -> dict:
         out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
         cold.append(float(out.strip().splitlines()[-1]))
     return {"layout": layout, "rows": n, "store_MiB": round(db.stat().st_size / 2**20),
+            "first_touch_p50_ms": statistics.median(first) * 1000, "first_touch_p99_ms": pct(first, 0.99),
+            "warm_s": round(warmed.seconds, 2),
             "warm_p50_ms": statistics.median(warm) * 1000, "warm_p99_ms": pct(warm, 0.99),
             "cold_p50_ms": statistics.median(cold) * 1000, "cold_p99_ms": pct(cold, 0.99),
             "os_cache_dropped": dropped}
@@ -124,8 +136,7 @@ def main() -> None:
     results = [measure(db, args, "as loaded (one sorted run per checkpoint)")]
     if args.optimize:
         t = time.perf_counter()
-        with writer(db) as con:
-            compact(con)
+        optimize(db)
         print(f"lensdb optimize: {time.perf_counter() - t:.0f}s", flush=True)
         results.append(measure(db, args, "after lensdb optimize (one sorted run)"))
     print(json.dumps(results, indent=2))

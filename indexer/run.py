@@ -36,7 +36,7 @@ from indexer.projection import TopBottom, chunk_rows, chunks, topk_bottomk
 from indexer.records import pair_batch, projection_batch, token_batch, vector_batch
 from indexer.vocab import Vocabulary, load_vocabulary
 from schema.errors import LensdbError
-from schema.store import append_arrow, next_id, writer
+from schema.store import append_arrow, fill_token_forms, next_id, writer
 
 VERSION = "0.1.0"
 _STEP = re.compile(r"(?:checkpoint|step|global_step)[-_]?(\d+)$")
@@ -291,6 +291,7 @@ def _vocab_id(con: duckdb.DuckDBPyConnection, vocab: Vocabulary) -> int:
     vocab_id = next_id(con, "vocabularies", "vocab_id")
     con.execute("INSERT INTO vocabularies VALUES (?, ?, ?, ?)", [vocab_id, h, vocab.size, vocab.kind])
     append_arrow(con, "tokens", token_batch(vocab_id, vocab))
+    fill_token_forms(con, vocab_id)
     return vocab_id
 
 

@@ -5,6 +5,9 @@ Token lookups are the hot path ("who promotes X"): with these in memory, a looku
 hits by vector-id ranges instead of joining the vectors table and the latest-checkpoint view. A catalog is
 shared by every connection to the same file and rebuilt when the store's generation (count, max and sum of
 checkpoint ids) changes, so a long-lived service sees new index runs at once.
+
+``Lens.warm`` adds each vocabulary's typed forms (``Words``): exact token resolution then needs no statement.
+They are cached per file by vocabulary id and content hash (a store rebuilt at the same path may reuse ids).
 """
 
 import bisect
@@ -46,8 +49,17 @@ class Catalog:
     checkpoints: dict[int, CheckpointRef]
     models: dict[str, int]
     units: list[Unit]
-    has_head_pairs: bool = True
+    vocab_hashes: dict[int, str] = field(default_factory=dict)
+    tables: frozenset[str] = frozenset(q.OPTIONAL_TABLES)
     _starts: list[int] = field(default_factory=list)
+
+    @property
+    def has_head_pairs(self) -> bool:
+        return "head_pairs" in self.tables
+
+    @property
+    def has_token_forms(self) -> bool:
+        return "token_forms" in self.tables
 
     def unit_of(self, vector_id: int) -> Unit:
         """The unit a vector id belongs to (units are sorted by first id and do not overlap)."""
@@ -62,18 +74,61 @@ _GLOBAL = threading.Lock()
 
 def catalog(con: duckdb.DuckDBPyConnection, path: Path) -> Catalog:
     """The catalog of the store at ``path`` as ``con`` sees it (rebuilt when the store changed)."""
-    generation = tuple(con.execute(q.store_generation()[0]).fetchone() or ())
     key = str(path.resolve())
     with _GLOBAL:
         cached = _CATALOGS.get(key)
-        if cached is not None and cached.generation == generation:
-            return cached
-    checkpoints = {r[0]: CheckpointRef(r[0], r[1], r[2], r[3], r[4], bool(r[5]))
-                   for r in con.execute(q.checkpoint_catalog()[0]).fetchall()}
-    models = {name: vocab_id for name, vocab_id in con.execute(q.model_vocabularies()[0]).fetchall()}
-    units = [Unit(*r) for r in con.execute(q.vector_units()[0]).fetchall()]
-    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-    built = Catalog(generation, checkpoints, models, units, has_head_pairs="head_pairs" in tables)
+    if cached is not None and cached.generation == tuple(con.execute(q.store_generation()[0]).fetchone() or ()):
+        return cached
+    rows = con.execute(q.checkpoint_catalog()[0]).fetchall()
+    # the generation of the snapshot just read, as store_generation() computes it (one statement less when cold)
+    ids = [r[0] for r in rows]
+    generation = (len(ids), max(ids), sum(ids)) if ids else (0, None, None)
+    checkpoints = {r[0]: CheckpointRef(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows}
+    units = [Unit(*r) for r in con.execute(*q.inline(q.vector_units([r[0] for r in rows if not r[6]]))).fetchall()]
+    # an empty store has no rows to say which tables exist; a lookup there finds no tokens anyway
+    built = Catalog(generation, checkpoints, {r[1]: r[2] for r in rows}, units, vocab_hashes={r[2]: r[7] for r in rows},
+                    tables=frozenset(rows[0][8] or ()) if rows else frozenset())
     with _GLOBAL:
         _CATALOGS[key] = built
     return built
+
+
+@dataclass(frozen=True)
+class Words:
+    """One vocabulary's typed forms in memory: ``ids`` maps a word, raw spelling or display text to the ids of
+    the tokens that have it (what ``sql.resolve_token`` finds case-sensitively), ascending."""
+
+    ids: dict[str, tuple[int, ...]]
+    token: dict[int, str]
+    display: dict[int, str]
+
+
+_WORDS: dict[tuple[str, int, str], Words] = {}
+
+
+def loaded_words(cat: Catalog, path: Path) -> dict[int, Words] | None:
+    """Every vocabulary of ``cat`` held in memory, by vocab id, or None while one is not (then resolve in SQL)."""
+    key = str(path.resolve())
+    found = {vid: _WORDS.get((key, vid, h)) for vid, h in cat.vocab_hashes.items()}
+    return None if any(w is None for w in found.values()) else found  # type: ignore[return-value]
+
+
+def load_words(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path) -> int:
+    """Hold in memory the vocabularies of ``cat`` not held yet; returns how many were loaded."""
+    key = str(path.resolve())
+    missing = {vid: h for vid, h in cat.vocab_hashes.items() if (key, vid, h) not in _WORDS}
+    if not missing:
+        return 0
+    ids: dict[int, dict[str, set[int]]] = {vid: {} for vid in missing}
+    token: dict[int, dict[int, str]] = {vid: {} for vid in missing}
+    display: dict[int, dict[int, str]] = {vid: {} for vid in missing}
+    for vid, tid, word, raw, shown in con.execute(*q.inline(q.all_words(sorted(missing)))).fetchall():
+        forms = ids[vid]
+        for form in (word, raw, shown):
+            forms.setdefault(form, set()).add(tid)
+        token[vid][tid] = raw
+        display[vid][tid] = shown
+    with _GLOBAL:
+        for vid, h in missing.items():
+            _WORDS[(key, vid, h)] = Words({f: tuple(sorted(t)) for f, t in ids[vid].items()}, token[vid], display[vid])
+    return len(missing)

@@ -29,8 +29,9 @@ class SqlTimeout(LensdbError):
 
 def harden(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     """Lock a connection down for user SQL; after this it cannot be unlocked."""
-    for key, value in HARDENED.items():
-        con.execute(f"SET {key} = {value}")
+    # one round trip for all of them (settings at connect time would clash with this process's other
+    # connections to the same file: DuckDB refuses a second configuration for an open database)
+    con.execute("; ".join(f"SET {key} = {value}" for key, value in HARDENED.items()))
     return con
 
 

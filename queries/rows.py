@@ -3,7 +3,7 @@
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 Side = Literal["top", "bottom"]
 
@@ -98,6 +98,15 @@ class TokenMatch(BaseModel):
     token_id: int
     token: str
     display: str
+
+
+class WarmInfo(BaseModel):
+    """What ``Lens.warm`` brought into memory."""
+
+    vocabularies: int = Field(description="vocabularies in the store")
+    loaded_vocabularies: int = Field(description="vocabularies loaded by this call (the others were held)")
+    rows: int = Field(description="token rows read into DuckDB's buffer pool")
+    seconds: float
 
 
 class SqlResult(BaseModel):

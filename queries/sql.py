@@ -2,6 +2,7 @@
 connection, so the statements are tested without a database and run by ``queries.api``."""
 
 from schema.errors import LensdbError
+from schema.store import SORTED_BY_TOKEN
 
 Sql = tuple[str, list]
 
@@ -54,12 +55,21 @@ def store_generation() -> Sql:
     return "SELECT count(*), max(checkpoint_id), sum(checkpoint_id) FROM checkpoints", []
 
 
+OPTIONAL_TABLES = ("head_pairs", "token_forms")
+
+
 def checkpoint_catalog() -> Sql:
-    """Every checkpoint with its model, vocabulary and whether it is its model's latest."""
+    """Every checkpoint with its model, vocabulary (id and content hash), whether it is its model's latest,
+    whether its vector-id blocks are in ``vector_units`` (checkpoints indexed before that table existed are
+    not), and which of the tables newer than the first stores exist: one statement, as a cold open pays for
+    each."""
     return (
-        """SELECT c.checkpoint_id, m.name, m.vocab_id, c.label, c.step,
-       c.checkpoint_id IN (SELECT checkpoint_id FROM latest_checkpoints)
-FROM checkpoints c JOIN models m USING (model_id) ORDER BY c.checkpoint_id""",
+        f"""SELECT c.checkpoint_id, m.name, m.vocab_id, c.label, c.step,
+       c.checkpoint_id IN (SELECT checkpoint_id FROM latest_checkpoints),
+       c.checkpoint_id IN (SELECT checkpoint_id FROM vector_units),
+       v.content_hash,
+       (SELECT list(table_name) FROM duckdb_tables() WHERE table_name IN {OPTIONAL_TABLES})
+FROM checkpoints c JOIN models m USING (model_id) JOIN vocabularies v USING (vocab_id) ORDER BY c.checkpoint_id""",
         [],
     )
 
@@ -72,19 +82,29 @@ def vocabulary(vocab_id: int) -> Sql:
     return "SELECT token_id, token, display, word FROM tokens WHERE vocab_id = ? ORDER BY token_id", [vocab_id]
 
 
-def vector_units() -> Sql:
+def vector_units(without_units: list[int] | None = None) -> Sql:
     """Each run writes one contiguous block of vector ids per (checkpoint, component, layer, head): their
-    bounds let token lookups filter and label hits without joining the vectors table. Checkpoints indexed
-    before ``vector_units`` existed get theirs from the vectors table."""
+    bounds let token lookups filter and label hits without joining the vectors table. The checkpoints in
+    ``without_units`` (indexed before ``vector_units`` existed) get theirs from a scan of the vectors table,
+    which is paid only when there are such checkpoints."""
+    units = ("SELECT checkpoint_id, component, layer, head, first_vector_id, last_vector_id, first_index "
+             "FROM vector_units")
+    if not without_units:
+        return f"{units} ORDER BY 5", []
     return (
-        """SELECT checkpoint_id, component, layer, head, first_vector_id, last_vector_id, first_index
-FROM vector_units
+        f"""{units}
 UNION ALL
 SELECT checkpoint_id, component, layer, head, min(vector_id), max(vector_id), min(idx) FROM vectors
-WHERE checkpoint_id NOT IN (SELECT checkpoint_id FROM vector_units) GROUP BY ALL
+WHERE checkpoint_id IN ({', '.join('?' * len(without_units))}) GROUP BY ALL
 ORDER BY 5""",
-        [],
+        list(without_units),
     )
+
+
+def all_words(vocab_ids: list[int]) -> Sql:
+    """The three typed forms of every token of these vocabularies, for the in-memory index of ``Lens.warm``."""
+    return (f"SELECT vocab_id, token_id, word, token, display FROM tokens "
+            f"WHERE vocab_id IN ({', '.join('?' * len(vocab_ids))})", list(vocab_ids))
 
 
 def hits_in_ranges(
@@ -126,22 +146,37 @@ ORDER BY zscore {order}, vector_id LIMIT ? OFFSET ?""",
     )
 
 
-def resolve_token(word: str, ignore_case: bool) -> Sql:
-    """Token ids whose lookup word, raw spelling or display text equals ``word``, per model."""
+def warm_scan(table: str) -> Sql:
+    """Read every column of a token-sorted table once (``Lens.warm``), returning its row count."""
+    if table not in SORTED_BY_TOKEN:
+        raise LensdbError(f"no token table {table!r}.")
+    pairs = ", max(source_token_id)" if table == "head_pairs" else ""
+    return (f"SELECT count(*), max(vector_id), max(side), max(rank), max(token_id), max(score), max(zscore){pairs} "
+            f"FROM {table}", [])
+
+
+def resolve_token(word: str, ignore_case: bool, forms: bool = True) -> Sql:
+    """Token ids whose lookup word, raw spelling or display text equals ``word``, per model.
+
+    ``forms``: the store has ``token_forms`` (one sorted equality); a store written before it has only
+    ``tokens``, whose three columns are then compared in one scan.
+    """
     if ignore_case:
         return (
             "SELECT m.name, m.vocab_id, t.token_id, t.token, t.display FROM tokens t JOIN models m USING (vocab_id) "
             "WHERE lower(?) IN (lower(t.word), lower(t.token), lower(t.display)) ORDER BY m.name, t.token_id",
             [word],
         )
-    # one equality per form, each answered by its index (tables.tokens), instead of a scan of three columns
-    forms = " UNION ".join(f"SELECT vocab_id, token_id FROM tokens WHERE {col} = ?"
-                           for col in ("word", "token", "display"))
+    if not forms:
+        return (
+            "SELECT m.name, m.vocab_id, t.token_id, t.token, t.display FROM tokens t JOIN models m USING (vocab_id) "
+            "WHERE ? IN (t.word, t.token, t.display) ORDER BY m.name, t.token_id",
+            [word],
+        )
     return (
-        f"""WITH hit AS ({forms})
-SELECT m.name, m.vocab_id, t.token_id, t.token, t.display FROM hit
-JOIN tokens t USING (vocab_id, token_id) JOIN models m USING (vocab_id) ORDER BY m.name, t.token_id""",
-        [word, word, word],
+        "SELECT m.name, m.vocab_id, f.token_id, f.token, f.display FROM token_forms f JOIN models m USING (vocab_id) "
+        "WHERE f.form = ? ORDER BY m.name, f.token_id",
+        [word],
     )
 
 

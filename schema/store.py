@@ -5,6 +5,7 @@ cases become a ``StoreError`` that says who holds the file and what to do instea
 """
 
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -59,10 +60,11 @@ def _open(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
 
 
 def _check_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-    if "lensdb_meta" not in tables:
-        raise StoreError(f"{path} is a DuckDB file but not a lensdb store (no lensdb_meta table).")
-    row = con.execute("SELECT value FROM lensdb_meta WHERE key = 'schema_version'").fetchone()
+    # one statement: it runs on every open, and a cold open pays for each one
+    try:
+        row = con.execute("SELECT value FROM lensdb_meta WHERE key = 'schema_version'").fetchone()
+    except duckdb.CatalogException:
+        raise StoreError(f"{path} is a DuckDB file but not a lensdb store (no lensdb_meta table).") from None
     if row is None or int(row[0]) != SCHEMA_VERSION:
         found = row[0] if row else "none"
         raise StoreError(
@@ -135,6 +137,7 @@ def _transaction(con: duckdb.DuckDBPyConnection, p: Path, existed: bool) -> Iter
             # OR REPLACE): created inside this transaction, so a failed write leaves the file as it was.
             for stmt in schema_ddl():
                 con.execute(stmt)
+            fill_token_forms(con)
         if not existed:
             con.execute(
                 "INSERT INTO lensdb_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
@@ -159,26 +162,76 @@ def _missing_objects(con: duckdb.DuckDBPyConnection) -> bool:
     return not want <= have
 
 
+def fill_token_forms(con: duckdb.DuckDBPyConnection, vocab_id: int | None = None) -> None:
+    """Add to ``token_forms`` the forms of one vocabulary's tokens, or of every vocabulary that has none there
+    (a store written before the table existed), sorted by form."""
+    where, params = ("vocab_id = ?", [vocab_id]) if vocab_id is not None else (
+        "vocab_id NOT IN (SELECT vocab_id FROM token_forms)", [])
+    forms = " UNION ".join(f"SELECT {col} AS form, vocab_id, token_id, token, display FROM tokens WHERE {where}"
+                           for col in ("word", "token", "display"))
+    con.execute(f"INSERT INTO token_forms {forms} ORDER BY form, vocab_id, token_id", params * 3)
+
+
 SORTED_BY_TOKEN = ("vector_tokens", "head_pairs")
 
 
-def compact(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
-    """Rewrite the token-sorted tables as one sorted run each (inside the caller's transaction).
+def optimize(path: str | os.PathLike[str]) -> dict[str, int]:
+    """Rewrite the store into a fresh file with each token-sorted table as one sorted run, then swap it in.
 
-    Every index run appends its own sorted run, so after N runs a token lookup touches N row groups per table;
-    one run makes it one (100 M rows over 27 runs: ~29 ms → ~1 ms measured by bench/query_scale.py). Cost: one
-    sort of the table, so it is a separate command (``lensdb optimize``), not part of every run.
+    Every index run appends its own sorted run, so after N runs a token lookup reads N row groups per table;
+    one run makes it one (100 M rows over 27 runs: first-touch lookups ~12 ms → ~3 ms, bench/query_scale.py).
+    A fresh file also drops the blocks earlier runs freed: it is smaller, and a cold open reads no free list
+    (~8 ms less per open there). The store stays locked (read-only attach) until the new file has replaced it,
+    so no writer can slip in between; an error or interrupt before the swap leaves the store as it was.
     """
-    have = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-    rows = {}
-    for table in SORTED_BY_TOKEN:
-        if table in have:
-            con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT * FROM {table} ORDER BY token_id, vector_id")
-            (rows[table],) = con.execute(f"SELECT count(*) FROM {table}").fetchone()  # type: ignore[misc]
-    for stmt in schema_ddl():
-        if stmt.startswith("COMMENT ON") and any(f" {t}" in stmt for t in rows):
+    p = Path(path)
+    if not p.exists():
+        raise StoreError(f"no lensdb store at {p}; create one with `lensdb index CHECKPOINT --db {p}`.")
+    fresh = p.with_name(p.name + ".optimizing")
+    spill = p.with_name(p.name + ".optimizing.tmp")
+    for leftover in (fresh, fresh.with_name(fresh.name + ".wal")):
+        leftover.unlink(missing_ok=True)
+    if p.with_name(p.name + ".wal").exists():
+        with writer(p):
+            pass  # closing a writer checkpoints the log into the file: nothing may stay behind in a .wal
+    con = duckdb.connect(config={"temp_directory": str(spill)})
+    swapped = False
+    try:
+        try:
+            con.execute(f"ATTACH {_quote(str(p))} AS src (READ_ONLY)")
+        except duckdb.Error as err:
+            if "lock" in str(err).lower() or "already attached" in str(err):
+                raise StoreError(f"{p} is in use by another process (or open elsewhere in this one); stop it, "
+                                 "or the service that owns the file, before optimizing.") from None
+            raise StoreError(f"cannot open {p}: {err}") from None
+        con.execute("USE src")
+        _check_version(con, p)
+        have = {r[0] for r in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE database_name = 'src'").fetchall()}
+        con.execute(f"ATTACH {_quote(str(fresh))} AS fresh")
+        con.execute("USE fresh")
+        for stmt in schema_ddl():
             con.execute(stmt)
-    return rows
+        rows = {}
+        for table in metadata.sorted_tables:
+            if table.name in have:
+                order = " ORDER BY token_id, vector_id" if table.name in SORTED_BY_TOKEN else ""
+                con.execute(f"INSERT INTO fresh.main.{table.name} BY NAME SELECT * FROM src.main.{table.name}{order}")
+                if table.name in SORTED_BY_TOKEN:
+                    (rows[table.name],) = con.execute(f"SELECT count(*) FROM {table.name}").fetchone()  # type: ignore[misc]
+        if "token_forms" not in have:
+            fill_token_forms(con)
+        con.execute("USE memory")
+        con.execute("DETACH fresh")
+        os.replace(fresh, p)
+        swapped = True
+        return rows
+    finally:
+        con.close()
+        if not swapped:
+            fresh.unlink(missing_ok=True)
+        fresh.with_name(fresh.name + ".wal").unlink(missing_ok=True)
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 def append_arrow(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table, order_by: str = "") -> None:

@@ -44,11 +44,22 @@ tokens = sa.Table(
     sa.Column("display", sa.String, nullable=False, comment="readable text of the token, e.g. ' paris'"),
     sa.Column("word", sa.String, nullable=False, comment="lookup key: display without space/##/▁ markers"),
     sa.PrimaryKeyConstraint("vocab_id", "token_id"),
-    # A typed word is looked up by equality on each form; these make that a point lookup (~1 ms, not a scan).
-    sa.Index("tokens_by_word", "word"),
-    sa.Index("tokens_by_token", "token"),
-    sa.Index("tokens_by_display", "display"),
     comment="Every token of every vocabulary, with the forms users type.",
+)
+
+# A typed word is resolved by one equality on ``form``. Loaded sorted by form, the table answers it from the one
+# row group whose min/max admit the word: no index to load on a cold open (ART indexes on the three columns of
+# ``tokens`` cost ~10 ms there), and the token's spelling comes along without a join back to ``tokens``.
+token_forms = sa.Table(
+    "token_forms",
+    metadata,
+    sa.Column("form", sa.String, nullable=False, comment="a form users type: the word, raw spelling or display text"),
+    sa.Column("vocab_id", sa.Integer, nullable=False, comment="vocabulary of the token"),
+    sa.Column("token_id", sa.Integer, nullable=False, comment="the token that has this form"),
+    sa.Column("token", sa.String, nullable=False, comment="the token's raw spelling (as in tokens)"),
+    sa.Column("display", sa.String, nullable=False, comment="the token's readable text (as in tokens)"),
+    comment="Each token under each form users type, one row per distinct (form, token), sorted by form per "
+    "vocabulary: exact token lookups read it by equality on form.",
 )
 
 models = sa.Table(

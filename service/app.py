@@ -168,7 +168,7 @@ class Service:
         self.settings = settings
         self.path = Path(settings.db)
         self.con = open_owner(self.path)
-        self.jobs = JobRunner(self.path, self.con)
+        self.jobs = JobRunner(self.path, self.con, after=self.warm if settings.warm else None)
         self.stop_watch = threading.Event()
         self._one_cycle = threading.Lock()  # cycles never overlap, whoever starts them
         self.watcher: threading.Thread | None = None
@@ -178,6 +178,18 @@ class Service:
                 target=watch_loop, args=(self.watch_once, every, self.stop_watch), name="lensdb-watch", daemon=True,
                 kwargs={"on_error": lambda e: print(f"lensdb: watch cycle failed: {e}", file=sys.stderr)})
             self.watcher.start()
+        self.warmer: threading.Thread | None = None
+        if settings.warm:
+            self.warmer = threading.Thread(target=self.warm, name="lensdb-warm", daemon=True)
+            self.warmer.start()
+
+    def warm(self) -> None:
+        """Load what token lookups read into memory (``Lens.warm``); a failure is reported, never raised."""
+        try:
+            with contextlib.contextmanager(self.reader)() as lens:
+                lens.warm()
+        except (LensdbError, duckdb.Error) as err:
+            print(f"lensdb: warming the store failed (lookups still work, read from disk): {err}", file=sys.stderr)
 
     def index_via_jobs(self, path: Path, options: IndexOptions) -> IndexResult:
         """Index one checkpoint as a job on the runner (the one writer of checkpoints) and wait for it."""
@@ -208,6 +220,8 @@ class Service:
         if self.watcher is not None:
             self.watcher.join(60)
         self.jobs.stop()
+        if self.warmer is not None:
+            self.warmer.join(60)
         self.con.close()
 
 

@@ -23,7 +23,7 @@ from indexer.discover import KINDS
 from indexer.watch import WatchReport, parse_every, register_source, watch_cycle, watch_loop
 from queries.export import export_parquet
 from schema.errors import LensdbError, StoreError
-from schema.store import compact, writer
+from schema.store import optimize
 from service.render import table
 from service.settings import Settings, exposure_problem
 
@@ -294,10 +294,11 @@ def cmd_optimize(args: argparse.Namespace) -> None:
     if not Path(args.db).exists():
         raise StoreError(f"no lensdb store at {args.db}; create one with `lensdb index CHECKPOINT --db {args.db}`.")
     started = time.perf_counter()
-    with writer(args.db) as con:
-        rows = compact(con)
+    before = Path(args.db).stat().st_size
+    rows = optimize(args.db)
     counts = ", ".join(f"{t} {n}" for t, n in rows.items())
-    print(f"rewrote {counts} rows as one token-sorted run each in {time.perf_counter() - started:.1f}s")
+    print(f"rewrote the store ({counts} rows as one token-sorted run each; {before / 2**20:.0f} MiB → "
+          f"{Path(args.db).stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - started:.1f}s")
 
 
 def cmd_export(args: argparse.Namespace) -> None:

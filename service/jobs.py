@@ -10,6 +10,7 @@ import queue
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -44,9 +45,12 @@ class Job(BaseModel):
 class JobRunner:
     """Queues index jobs and runs them one at a time in a daemon thread."""
 
-    def __init__(self, db_path: Path, con: duckdb.DuckDBPyConnection) -> None:
+    def __init__(self, db_path: Path, con: duckdb.DuckDBPyConnection,
+                 after: Callable[[], None] | None = None) -> None:
+        """``after``: called in the worker thread after each job that indexed something."""
         self.db_path = db_path
         self.con = con
+        self.after = after
         self._jobs: dict[int, Job] = {}
         self._ids = itertools.count(1)
         self._queue: queue.Queue[int | None] = queue.Queue()
@@ -101,6 +105,8 @@ class JobRunner:
                              finished_at=datetime.now())
             else:
                 self._update(job_id, status="done", result=result, finished_at=datetime.now())
+                if self.after is not None and result.status == "indexed":
+                    self.after()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Let the running job finish (it is one transaction), then stop the worker."""

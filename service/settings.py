@@ -26,6 +26,9 @@ class Settings(BaseSettings):
                                   "least this many seconds old")
     token: str = Field("", description="access token: when set, every request needs 'Authorization: Bearer "
                        "TOKEN' (pages: open one once with ?access_token=TOKEN); empty: off")
+    warm: bool = Field(True, description="at start and after each index job, load what token lookups read into "
+                       "memory in the background (vocabularies, token-sorted tables): lookups then skip first "
+                       "reads; costs about 1 s and the store's size in memory per 100 M token rows")
     max_body_bytes: int = Field(1 << 20, ge=1, description="largest request body accepted; larger ones get 413")
 
 

@@ -1,6 +1,8 @@
 """The command line, called in-process: the outputs users and scripts read."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,17 +102,60 @@ def test_architectures_lists_families(capsys: pytest.CaptureFixture[str]) -> Non
     assert "gpt2" in text and "bert" in text and "ff_value" in text
 
 
-def test_optimize_keeps_every_answer(store_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _snapshot(db: Path) -> dict[str, object]:
+    """Every table's rows (in a canonical order) and every object's name and comment."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    tables = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall()]
+    out: dict[str, object] = {t: con.execute(f"SELECT * FROM {t} ORDER BY ALL").fetchall() for t in tables}
+    out["objects"] = con.execute(
+        "SELECT table_name, comment FROM duckdb_tables() UNION ALL "
+        "SELECT view_name, comment FROM duckdb_views() WHERE NOT internal ORDER BY 1").fetchall()
+    out["constraints"] = con.execute("SELECT table_name, constraint_type, constraint_column_names "
+                                     "FROM duckdb_constraints() ORDER BY ALL").fetchall()
+    con.close()
+    return out
+
+
+def test_optimize_rewrites_the_store_sorted_and_keeps_everything(
+        store_copy: Path, tiny_gpt2: TinyModel, capsys: pytest.CaptureFixture[str]) -> None:
+    import duckdb
+
     def answers() -> str:
         return run(capsys, "promoters", "paris", "--db", str(store_copy), "--json", "--limit", "50")
 
-    before = answers()
+    before, snap = answers(), _snapshot(store_copy)
     assert "as one token-sorted run each" in run(capsys, "optimize", "--db", str(store_copy))
-    assert answers() == before
-    import duckdb
-
+    assert answers() == before and _snapshot(store_copy) == snap
+    assert sorted(p.name for p in store_copy.parent.iterdir()) == [store_copy.name]  # no temporary files left
     con = duckdb.connect(str(store_copy), read_only=True)
     ids = [r[0] for r in con.execute("SELECT token_id FROM vector_tokens").fetchall()]
-    comment = con.execute("SELECT comment FROM duckdb_tables() WHERE table_name = 'vector_tokens'").fetchone()
     con.close()
-    assert ids == sorted(ids) and comment and comment[0]
+    assert ids == sorted(ids)
+    assert "ok: 2 checkpoints" in run(capsys, "check", "--db", str(store_copy))
+    # the optimized file takes further runs like any other
+    from tests.tinymodels import save_gpt2
+
+    again = save_gpt2(store_copy.parent.parent / "again", seed=7)
+    run(capsys, "index", str(again.path), "--db", str(store_copy), "--name", "again", "--quiet")
+    assert "again" in run(capsys, "models", "--db", str(store_copy))
+
+
+def test_optimize_refuses_a_store_another_process_writes(store_copy: Path) -> None:
+    from schema.errors import StoreError
+    from schema.store import optimize
+
+    snap = _snapshot(store_copy)
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('holding', flush=True); time.sleep(60)", str(store_copy)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+        with pytest.raises(StoreError, match="in use by another process"):
+            optimize(store_copy)
+    finally:
+        holder.kill()
+        holder.communicate()
+    assert _snapshot(store_copy) == snap
+    assert sorted(p.name for p in store_copy.parent.iterdir()) == [store_copy.name]

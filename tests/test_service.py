@@ -203,3 +203,9 @@ def test_pages(client: Client) -> None:
     assert "checkpoint-200" in model and "ff_value" in model
     missing = client.get("/model/nope")
     assert missing.status_code == 404 and "indexed models" in missing.text
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for name in Settings.model_fields:
+        assert f"| `{name}` |" in text, f"README's settings table lacks {name}"

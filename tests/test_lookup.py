@@ -1,0 +1,99 @@
+"""The token-lookup hot path: in-memory resolution after ``Lens.warm`` answers exactly what SQL answers, the
+catalog's shortcuts (vector-id blocks, the legacy fallback) give the same hits, and a served store warms."""
+
+import contextlib
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+import queries
+from queries import sql as q
+from queries.catalog import loaded_words
+from schema.store import writer
+from service.app import Service
+from service.settings import Settings
+
+
+def _forms(db: Path) -> list[str]:
+    """Every typed form of every token, plus near misses (case, spaces, unknown words)."""
+    con = duckdb.connect(str(db), read_only=True)
+    forms = sorted({f for row in con.execute("SELECT word, token, display FROM tokens").fetchall() for f in row})
+    con.close()
+    return forms + [f.upper() for f in forms[:200]] + [f" {f}" for f in forms[:50]] + ["", "zzz-not-a-token", "##"]
+
+
+def test_warm_resolution_equals_sql_for_every_form(indexed_store: Path) -> None:
+    with queries.connect(indexed_store) as lens:
+        cat = lens._catalog()
+        lens.warm()
+        assert loaded_words(cat, lens.path) is not None
+        for form in _forms(indexed_store):
+            sql = lens._rows(q.resolve_token(form, ignore_case=False))
+            assert lens._exact_in_memory(form, cat) == sql, form
+            assert lens._rows(q.resolve_token(form, ignore_case=False, forms=False)) == sql, form
+
+
+def test_a_store_without_token_forms_resolves_by_scan_and_a_writer_adds_them(
+        indexed_store: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old.duckdb"
+    shutil.copy(indexed_store, old)
+    con = duckdb.connect(str(old))
+    expected = con.execute("SELECT * FROM token_forms ORDER BY ALL").fetchall()
+    con.execute("DROP TABLE token_forms")
+    con.close()
+    words: list[str | int] = ["paris", "Paris", "Ġparis", "##s", 5]
+    with queries.connect(indexed_store) as new:
+        answers = [new.promoters(w, limit=30) for w in words]
+    with queries.connect(old) as lens:
+        assert not lens._catalog().has_token_forms
+        assert [lens.promoters(w, limit=30) for w in words] == answers
+    with writer(old):
+        pass  # a writer adds the missing table and fills it from tokens
+    with queries.connect(old) as lens:
+        assert lens.sql("SELECT * FROM token_forms ORDER BY ALL").rows == [list(r) for r in expected]
+        assert [lens.promoters(w, limit=30) for w in words] == answers
+
+
+def test_warm_reports_what_it_loaded_and_lookups_agree(store_copy: Path) -> None:
+    with queries.connect(store_copy) as lens:
+        words: list[str | int] = ["paris", "Paris", 17, *[r[0] for r in lens.sql(
+            "SELECT DISTINCT token FROM tokens WHERE token_id % 37 = 3 ORDER BY 1").rows]]
+        cold = {str(w): lens.promoters(w, limit=50) + lens.suppressors(w, limit=50) for w in words}
+        first = lens.warm()
+        (n,) = lens.sql("SELECT count(*) FROM vector_tokens").rows[0]
+        (pairs,) = lens.sql("SELECT count(*) FROM head_pairs").rows[0]
+        assert (first.vocabularies, first.loaded_vocabularies, first.rows) == (2, 2, n + pairs)
+        assert lens.warm().loaded_vocabularies == 0  # held: a second call only re-reads the tables
+        assert {str(w): lens.promoters(w, limit=50) + lens.suppressors(w, limit=50) for w in words} == cold
+
+
+def test_checkpoints_without_vector_units_are_found_through_the_vectors_table(
+        indexed_store: Path, tmp_path: Path) -> None:
+    """A store indexed before vector_units existed: its lookups fall back to a scan of the vectors table."""
+    legacy = tmp_path / "legacy.duckdb"
+    shutil.copy(indexed_store, legacy)
+    con = duckdb.connect(str(legacy))
+    con.execute("DELETE FROM vector_units WHERE checkpoint_id = (SELECT checkpoint_id FROM checkpoints "
+                "JOIN models USING (model_id) WHERE name = 'gpt2-tiny')")
+    con.close()
+    with queries.connect(indexed_store) as new, queries.connect(legacy) as old:
+        assert any(h.model == "gpt2-tiny" for h in old.promoters(5, limit=100))
+        for word in ("paris", "Paris", 5, 77):
+            assert old.promoters(word, limit=100) == new.promoters(word, limit=100)
+            assert old.promoters(word, model="gpt2-tiny", layer=1, limit=100) == \
+                new.promoters(word, model="gpt2-tiny", layer=1, limit=100)
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_service_warms_at_start_when_asked(store_copy: Path, warm: bool) -> None:
+    svc = Service(Settings(db=store_copy, warm=warm))
+    try:
+        if svc.warmer is not None:
+            svc.warmer.join(60)
+        with contextlib.contextmanager(svc.reader)() as lens:
+            assert (loaded_words(lens._catalog(), lens.path) is not None) == warm
+            assert lens.promoters("paris", limit=5)
+    finally:
+        svc.close()
