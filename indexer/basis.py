@@ -19,12 +19,13 @@ BasisMode = Literal["folded", "raw"]
 
 @dataclass(frozen=True)
 class Basis:
-    """A ``[vocab, d]`` projection matrix with what is needed for exact stats of ``matrix @ v``."""
+    """A ``[vocab, d]`` projection matrix with what is needed for the stats of ``matrix @ v``: the mean row
+    and the rows' covariance (d×d), so a vector's logit mean and std over the vocabulary cost O(d²)."""
 
     matrix: torch.Tensor
     flags: dict[str, object]
     col_mean: torch.Tensor = field(repr=False)
-    gram: torch.Tensor = field(repr=False)
+    cov: torch.Tensor = field(repr=False)
 
     fast: torch.Tensor | None = field(default=None, repr=False)
 
@@ -36,21 +37,25 @@ class Basis:
         """This basis on ``device``, with a ``fast`` low-precision copy of the matrix when asked for."""
         matrix = self.matrix.to(device)
         fast = None if fast_dtype is None else matrix.to(fast_dtype)
-        return replace(self, matrix=matrix, col_mean=self.col_mean.to(device), gram=self.gram.to(device), fast=fast)
+        return replace(self, matrix=matrix, col_mean=self.col_mean.to(device), cov=self.cov.to(device), fast=fast)
 
 
-def _basis(matrix: torch.Tensor, flags: dict[str, object], block: int = 2048) -> Basis:
-    """Exact float64 column means and Gram matrix, summed over row blocks: never a float64 copy of the
-    whole matrix (1 GB for a 32000 × 4096 vocabulary)."""
-    d = matrix.shape[1]
-    total = torch.zeros(d, dtype=torch.float64, device=matrix.device)
-    gram = torch.zeros(d, d, dtype=torch.float64, device=matrix.device)
-    for start in range(0, matrix.shape[0], block):
-        rows = matrix[start : start + block].to(torch.float64)
-        total += rows.sum(dim=0)
-        gram.addmm_(rows.T, rows)
+def _basis(matrix: torch.Tensor, flags: dict[str, object], block: int = 4096) -> Basis:
+    """Column means (float64) and the covariance of the rows, over row blocks: never a float64 copy of the whole
+    matrix (1 GB for a 32000 × 4096 vocabulary). The rows are centred before their products, so no large mean
+    cancels later; each block's product runs in float32 (half the time of float64, 2·V·d² FLOPs in all) and the
+    blocks are summed in float64."""
     n = matrix.shape[0]
-    return Basis(matrix=matrix.contiguous(), flags=flags, col_mean=total / n, gram=gram / n)
+    total = torch.zeros(matrix.shape[1], dtype=torch.float64, device=matrix.device)
+    for start in range(0, n, block):
+        total += matrix[start : start + block].sum(dim=0, dtype=torch.float64)
+    mean = total / n
+    mean32 = mean.to(torch.float32)
+    cov = torch.zeros(matrix.shape[1], matrix.shape[1], dtype=torch.float64, device=matrix.device)
+    for start in range(0, n, block):
+        rows = matrix[start : start + block].to(torch.float32) - mean32
+        cov += (rows.T @ rows).to(torch.float64)
+    return Basis(matrix=matrix.contiguous(), flags=flags, col_mean=mean, cov=(cov / n).to(torch.float32))
 
 
 def centre_rows(matrix: torch.Tensor) -> torch.Tensor:
@@ -97,9 +102,9 @@ def fold_reader(vectors: torch.Tensor, norm: Norm | None, mode: BasisMode) -> to
 
 
 def logit_stats(vectors: torch.Tensor, basis: Basis) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact mean and std over the vocabulary of ``basis.matrix @ v`` per row, from d×d sums alone."""
-    v = vectors.to(torch.float64)
-    mean = v @ basis.col_mean
-    second = ((v @ basis.gram) * v).sum(dim=1)
-    std = (second - mean * mean).clamp_min(0.0).sqrt()
-    return mean, std
+    """Mean and std over the vocabulary of ``basis.matrix @ v`` per row, from d×d sums alone (float64 mean;
+    the variance vᵀ·cov·v in float32, as exact as the float32 logits it describes)."""
+    v = vectors.to(torch.float32)
+    mean = vectors.to(torch.float64) @ basis.col_mean
+    var = ((v @ basis.cov) * v).sum(dim=1).to(torch.float64)
+    return mean, var.clamp_min(0.0).sqrt()

@@ -5,9 +5,11 @@ Users type plain words; models spell them ``Ġparis`` (byte-level BPE), ``▁par
 """
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from indexer.errors import CheckpointError
 
@@ -50,6 +52,51 @@ def load_vocabulary(path: Path, size: int) -> Vocabulary:
             f"{path}: no tokenizer ({', '.join(TOKENIZER_FILES)}); lensdb needs it to name tokens. "
             "Save the tokenizer into the checkpoint folder (tokenizer.save_pretrained(folder))."
         )
+    return vocabulary_from(read_tokenizer_json(path, size) or read_with_transformers(path, size), size)
+
+
+def vocabulary_from(read: "Tokens", size: int) -> Vocabulary:
+    """The vocabulary of ``size`` ids from what a tokenizer reader returned."""
+    kind, raw, decoder = read
+    n = len(raw)
+    if kind == "WordPiece" or decoder is None:
+        display = list(raw)
+    else:
+        # a byte-level piece of a multi-byte character decodes to U+FFFD: its own spelling says more
+        display = [d if "\ufffd" not in d else t for t, d in ((t, decoder.decode([t])) for t in raw)]
+    extra = [f"<id:{i}>" for i in range(n, size)]
+    tokens, display = raw + extra, display + extra
+    return Vocabulary(kind=kind, tokens=tokens, display=display, words=[lookup_word(d) for d in display])
+
+
+Tokens = tuple[str, list[str], Any]  # tokenizer model name, spellings of ids 0…n-1, decoder (or None)
+
+
+def read_tokenizer_json(path: Path, size: int) -> Tokens | None:
+    """``tokenizer.json`` read by the ``tokenizers`` library alone: what transformers' fast tokenizers wrap, without
+    importing transformers (~0.5 s of every run). None where transformers would read it differently: no such
+    file, one it cannot parse, or added tokens in ``tokenizer_config.json`` that the file does not hold."""
+    file = path / "tokenizer.json"
+    if not file.is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    try:
+        tok = Tokenizer.from_file(str(file))
+        config = json.loads((path / "tokenizer_config.json").read_text()) if (
+            path / "tokenizer_config.json").is_file() else {}
+    except Exception:  # noqa: BLE001 — transformers then reads it, or says why it cannot
+        return None
+    added = config.get("added_tokens_decoder") or {} if isinstance(config, dict) else {}
+    if not isinstance(added, dict) or any(
+            not isinstance(v, dict) or tok.id_to_token(int(k)) != v.get("content") for k, v in added.items()):
+        return None
+    n = min(size, tok.get_vocab_size(with_added_tokens=True))
+    return type(tok.model).__name__, [str(tok.id_to_token(i)) for i in range(n)], tok.decoder
+
+
+def read_with_transformers(path: Path, size: int) -> Tokens:
+    """Any tokenizer transformers can load (sentencepiece models, vocab files, …)."""
     from transformers import AutoTokenizer
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
@@ -61,12 +108,4 @@ def load_vocabulary(path: Path, size: int) -> Vocabulary:
     kind = type(backend.model).__name__ if backend is not None else type(tok).__name__
     n = min(size, len(tok))
     raw = [str(t) for t in tok.convert_ids_to_tokens(list(range(n)))]
-    decoder = backend.decoder if backend is not None else None
-    if kind == "WordPiece" or decoder is None:
-        display = list(raw)
-    else:
-        # a byte-level piece of a multi-byte character decodes to U+FFFD: its own spelling says more
-        display = [d if "\ufffd" not in d else t for t, d in ((t, decoder.decode([t])) for t in raw)]
-    extra = [f"<id:{i}>" for i in range(n, size)]
-    tokens, display = raw + extra, display + extra
-    return Vocabulary(kind=kind, tokens=tokens, display=display, words=[lookup_word(d) for d in display])
+    return kind, raw, backend.decoder if backend is not None else None

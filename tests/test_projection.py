@@ -48,7 +48,7 @@ def test_logit_stats_equal_dense_statistics() -> None:
         dense = (vectors.double() @ basis.matrix.double().T)
         mean, std = logit_stats(vectors, basis)
         assert torch.allclose(mean, dense.mean(1), atol=1e-9)
-        assert torch.allclose(std, dense.std(1, unbiased=False), atol=1e-9)
+        assert torch.allclose(std, dense.std(1, unbiased=False), rtol=1e-6, atol=0)  # float32 variance
 
 
 def test_folded_basis_matches_layernorm_then_unembed() -> None:
