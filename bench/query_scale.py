@@ -1,7 +1,8 @@
 """Token lookups at scale: a synthetic store of N projection rows (default 100 M), "who promotes X" across
 all models through the real query API, p50/p99 at first touch (one open connection, each token's blocks read
 on the way), warm (after ``Lens.warm``, as ``lensdb serve`` runs) and cold (a fresh process per query: empty
-DuckDB buffer pool; the OS page cache is dropped first when this process may do so).
+DuckDB buffer pool; the OS page cache is dropped first when this process may do so), and a vector's page
+(its statistics with its top and bottom tokens) on the warm connection.
 
 The store is built with the real schema and the real load order (each checkpoint's rows sorted by
 token_id), from SQL generators: M models × one checkpoint × L layers × F neurons, 2k rows per vector,
@@ -23,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import queries  # noqa: E402
-from schema.store import fill_token_forms, optimize, writer  # noqa: E402
+from schema.store import fill_token_forms, fill_vector_lists, optimize, writer  # noqa: E402
 
 VOCAB, K, LAYERS, D_FF = 50257, 50, 12, 3072
 
@@ -59,6 +60,8 @@ def build(db: Path, rows: int) -> None:
                         [first, K, K, m, VOCAB, K, K, K, K, per_model, per_vector])
             print(f"  model {m}/{n_models}: {(m * per_model * per_vector) / 1e6:.0f} M rows, "
                   f"{time.perf_counter() - t:.0f}s", flush=True)
+        fill_vector_lists(con)  # what the indexer writes beside each run's token rows
+        print(f"  vector_lists: {time.perf_counter() - t:.0f}s", flush=True)
 
 
 _COLD = """
@@ -105,6 +108,11 @@ def measure(db: Path, args: argparse.Namespace, layout: str) -> dict:
         first = _lookups(lens, [f"t{(i * 7919) % VOCAB}" for i in range(args.queries)])
         warmed = lens.warm()
         warm = _lookups(lens, [f"t{(i * 7919 + 4001) % VOCAB}" for i in range(args.queries)])
+        pages = []
+        for i in range(args.queries):  # a vector's page: its statistics and top/bottom tokens
+            t = time.perf_counter()
+            lens.vector(f"model-{i % (n // (LAYERS * D_FF * 2 * K)) + 1}", "ff_value", i % LAYERS, (i * 331) % D_FF)
+            pages.append(time.perf_counter() - t)
     cold, dropped = [], False
     for i in range(args.cold):
         dropped = drop_os_cache() or dropped
@@ -116,6 +124,7 @@ def measure(db: Path, args: argparse.Namespace, layout: str) -> dict:
             "warm_s": round(warmed.seconds, 2),
             "warm_p50_ms": statistics.median(warm) * 1000, "warm_p99_ms": pct(warm, 0.99),
             "cold_p50_ms": statistics.median(cold) * 1000, "cold_p99_ms": pct(cold, 0.99),
+            "vector_page_p50_ms": statistics.median(pages) * 1000, "vector_page_p99_ms": pct(pages, 0.99),
             "os_cache_dropped": dropped}
 
 

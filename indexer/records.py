@@ -35,8 +35,11 @@ def projection_batch(first_id: int, tb: TopBottom, mean: torch.Tensor, std: torc
     n, k = tb.top_scores.shape
     scores = torch.cat([tb.top_scores, tb.bottom_scores], dim=1).to(torch.float64)
     token_ids = torch.cat([tb.top_ids, tb.bottom_ids], dim=1)
-    sd = torch.where(std > 0, std, torch.ones_like(std)).to(torch.float64)
-    z = (scores - mean.to(torch.float64)[:, None]) / sd[:, None]
+    # from the statistics as the vectors table stores them (FLOAT): every stored z-score then equals
+    # (score - logit_mean) / logit_std recomputed from the stored columns (vector_lists relies on it)
+    mean, std = mean.to(torch.float32).to(torch.float64), std.to(torch.float32).to(torch.float64)
+    sd = torch.where(std > 0, std, torch.ones_like(std))
+    z = (scores - mean[:, None]) / sd[:, None]
     side = np.tile(np.repeat(np.array([0, 1], dtype=np.int8), k), n)
     return pa.table({
         "vector_id": np.repeat(np.arange(first_id, first_id + n, dtype=np.int64), 2 * k),
@@ -45,6 +48,21 @@ def projection_batch(first_id: int, tb: TopBottom, mean: torch.Tensor, std: torc
         "token_id": token_ids.reshape(-1).to(torch.int32).numpy(),
         "score": scores.reshape(-1).to(torch.float32).numpy(),
         "zscore": z.reshape(-1).to(torch.float32).numpy(),
+    })
+
+
+def list_batch(first_id: int, tb: TopBottom) -> pa.Table:
+    """One row per vector with its top and bottom tokens and scores as lists (strongest first on each side)."""
+    n, k = tb.top_scores.shape
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+
+    def lists(values: torch.Tensor, dtype: torch.dtype) -> pa.ListArray:
+        return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1).to(dtype).numpy()))
+
+    return pa.table({
+        "vector_id": pa.array(np.arange(first_id, first_id + n, dtype=np.int64)),
+        "top_token_ids": lists(tb.top_ids, torch.int32), "top_scores": lists(tb.top_scores, torch.float32),
+        "bottom_token_ids": lists(tb.bottom_ids, torch.int32), "bottom_scores": lists(tb.bottom_scores, torch.float32),
     })
 
 

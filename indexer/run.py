@@ -33,7 +33,7 @@ from indexer.errors import CheckpointError
 from indexer.faults import pause_point
 from indexer.heads import Pairs
 from indexer.projection import TopBottom, chunk_rows, chunks, topk_bottomk
-from indexer.records import pair_batch, projection_batch, token_batch, vector_batch
+from indexer.records import list_batch, pair_batch, projection_batch, token_batch, vector_batch
 from indexer.vocab import Vocabulary, load_vocabulary
 from schema.errors import LensdbError
 from schema.store import append_arrow, fill_token_forms, next_id, writer
@@ -223,7 +223,7 @@ class _Writer:
             self.next_vector += int(c.norm.shape[0])
             vecs = vector_batch(first, self.checkpoint_id, name, layer, head, c.first_index, c.norm, c.mean, c.std)
             rows = projection_batch(first, c.tb, c.mean, c.std)
-            self._submit(functools.partial(self._append, vecs, rows))
+            self._submit(functools.partial(self._append, vecs, rows, lists=list_batch(first, c.tb)))
 
     def write_projected(self, p: Projected) -> None:
         self.write(p.name, p.layer, p.head, p.n, p.chunks)
@@ -237,9 +237,12 @@ class _Writer:
         vecs = vector_batch(vid, self.checkpoint_id, name, layer, head, 0, one * p.norm, one * p.mean, one * p.std)
         self._submit(functools.partial(self._append, vecs, pair_batch(vid, p), "staged_pairs"))
 
-    def _append(self, vecs: pa.Table, rows: pa.Table, staged: str = "staged_tokens") -> None:
+    def _append(self, vecs: pa.Table, rows: pa.Table, staged: str = "staged_tokens",
+                lists: pa.Table | None = None) -> None:
         append_arrow(self.con, "vectors", vecs)
         append_arrow(self.con, staged, rows)
+        if lists is not None:  # ids ascend across appends, so vector_lists stays sorted by vector_id
+            append_arrow(self.con, "vector_lists", lists)
         self.n_vectors += vecs.num_rows
         self.n_projections += rows.num_rows
         pause_point("write")
@@ -321,10 +324,11 @@ def _delete_checkpoint(con: duckdb.DuckDBPyConnection, checkpoint_id: int) -> No
         "DELETE FROM vector_tokens WHERE vector_id IN (SELECT vector_id FROM vectors WHERE checkpoint_id = ?)",
         [checkpoint_id],
     )
-    con.execute(
-        "DELETE FROM head_pairs WHERE vector_id IN (SELECT vector_id FROM vectors WHERE checkpoint_id = ?)",
-        [checkpoint_id],
-    )
+    for table in ("head_pairs", "vector_lists"):
+        con.execute(
+            f"DELETE FROM {table} WHERE vector_id IN (SELECT vector_id FROM vectors WHERE checkpoint_id = ?)",
+            [checkpoint_id],
+        )
     for table in ("vectors", "vector_units", "head_factors", "bases", "index_runs", "checkpoints"):
         con.execute(f"DELETE FROM {table} WHERE checkpoint_id = ?", [checkpoint_id])
 

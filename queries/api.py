@@ -201,8 +201,10 @@ class Lens:
         vid, name, label, comp, lay, hd, idx, norm, mean, std, basis, vocab_id = found[0]
         top: list[TokenScore] = []
         bottom: list[TokenScore] = []
-        for side, rank, token_id, token, score, z, src, src_token in self._rows(
-                q.vector_tokens(vid, vocab_id, with_pairs=self._catalog().has_head_pairs)):
+        cat = self._catalog()
+        rows = self._rows(q.vector_list_tokens(vid, vocab_id)) if cat.has_vector_lists else []
+        for side, rank, token_id, token, score, z, src, src_token in rows or self._rows(
+                q.vector_tokens(vid, vocab_id, with_pairs=cat.has_head_pairs)):
             (top if side == "top" else bottom).append(TokenScore(rank=rank, token_id=token_id, token=token, score=score,
                                                                  zscore=z, source_token_id=src, source_token=src_token))
         return VectorView(model=name, checkpoint=label, component=comp, layer=lay, head=hd, index=idx, norm=norm,

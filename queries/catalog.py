@@ -61,6 +61,10 @@ class Catalog:
     def has_token_forms(self) -> bool:
         return "token_forms" in self.tables
 
+    @property
+    def has_vector_lists(self) -> bool:
+        return "vector_lists" in self.tables
+
     def unit_of(self, vector_id: int) -> Unit:
         """The unit a vector id belongs to (units are sorted by first id and do not overlap)."""
         if not self._starts:

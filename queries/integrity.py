@@ -78,6 +78,25 @@ SELECT 'vocabulary ' || voc.vocab_id || ' records ' || voc.size || ' tokens but 
 FROM vocabularies voc WHERE voc.size <> (SELECT count(*) FROM tokens t WHERE t.vocab_id = voc.vocab_id)"""),
 ]
 
+# Checks of tables newer than the first stores: run only where the table exists (a writer adds it).
+OPTIONAL_CHECKS: list[tuple[str, str, str]] = [
+    ("vector_lists", "token lists equal the token rows", f"""
+WITH per AS (SELECT vector_id,
+                    list(token_id ORDER BY rank) FILTER (WHERE side = 'top') AS t,
+                    list(score ORDER BY rank) FILTER (WHERE side = 'top') AS ts,
+                    list(token_id ORDER BY rank) FILTER (WHERE side = 'bottom') AS b,
+                    list(score ORDER BY rank) FILTER (WHERE side = 'bottom') AS bs
+             FROM vector_tokens GROUP BY vector_id)
+SELECT {_VEC} || CASE WHEN l.vector_id IS NULL THEN ' has token rows but no vector_lists row'
+                      WHEN per.vector_id IS NULL THEN ' has a vector_lists row but no token rows'
+                      ELSE ' has token lists that differ from its token rows' END
+FROM per FULL JOIN vector_lists l USING (vector_id) JOIN vectors v USING (vector_id)
+JOIN checkpoints c USING (checkpoint_id) JOIN models m USING (model_id)
+WHERE l.vector_id IS NULL OR per.vector_id IS NULL OR per.t IS DISTINCT FROM l.top_token_ids
+   OR per.ts IS DISTINCT FROM l.top_scores OR per.b IS DISTINCT FROM l.bottom_token_ids
+   OR per.bs IS DISTINCT FROM l.bottom_scores"""),
+]
+
 NOTES = """SELECT 'attempt ' || attempt_id || ' to index ' || model || ' from ' || path || ' ' || status
        || CASE status WHEN 'running' THEN ' (or its process died; the next index run marks it interrupted)'
           ELSE '' END || ' at ' || strftime(coalesce(finished_at, started_at), '%Y-%m-%d %H:%M:%S')
@@ -107,7 +126,10 @@ def check_store(con: duckdb.DuckDBPyConnection) -> CheckReport:
     problems: list[str] = []
     for _, sql in CHECKS:
         problems += [r[0] for r in con.execute(f"SELECT * FROM ({sql}) LIMIT {LIMIT}").fetchall()]
-    has_log = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'run_attempts'").fetchone()
-    notes = [r[0] for r in con.execute(NOTES).fetchall()] if has_log and has_log[0] else []
+    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    for table, _, sql in OPTIONAL_CHECKS:
+        if table in tables:
+            problems += [r[0] for r in con.execute(f"SELECT * FROM ({sql}) LIMIT {LIMIT}").fetchall()]
+    notes = [r[0] for r in con.execute(NOTES).fetchall()] if "run_attempts" in tables else []
     n_ckpt, n_vec, n_rows = con.execute(COUNTS).fetchone()  # type: ignore[misc]
     return CheckReport(problems=problems, notes=notes, checkpoints=n_ckpt, vectors=n_vec, token_rows=n_rows)

@@ -55,7 +55,7 @@ def store_generation() -> Sql:
     return "SELECT count(*), max(checkpoint_id), sum(checkpoint_id) FROM checkpoints", []
 
 
-OPTIONAL_TABLES = ("head_pairs", "token_forms")
+OPTIONAL_TABLES = ("head_pairs", "token_forms", "vector_lists")
 
 
 def checkpoint_catalog() -> Sql:
@@ -227,6 +227,26 @@ JOIN tokens s ON s.vocab_id = ? AND s.token_id = p.source_token_id
 WHERE p.vector_id = ?
 ORDER BY 1 DESC, 2""",
         [vocab_id, vector_id, vocab_id, vocab_id, vector_id],
+    )
+
+
+def vector_list_tokens(vector_id: int, vocab_id: int) -> Sql:
+    """What ``vector_tokens`` returns for a vector, read from its ``vector_lists`` row (a point lookup); no rows
+    when it has none (a head map's pairs, or a store written before the table). The z-score is computed as the
+    writer computed the stored one: (score - logit_mean) / logit_std, 1 where the std is 0."""
+    return (
+        """WITH l AS (SELECT * FROM vector_lists WHERE vector_id = ?),
+s AS (SELECT logit_mean, CASE WHEN logit_std > 0 THEN logit_std ELSE 1.0 END AS sd FROM vectors WHERE vector_id = ?),
+e AS (SELECT 'top' AS side, unnest(range(1, len(top_token_ids) + 1)) AS rank, unnest(top_token_ids) AS token_id,
+             unnest(top_scores) AS score FROM l
+      UNION ALL
+      SELECT 'bottom', unnest(range(1, len(bottom_token_ids) + 1)), unnest(bottom_token_ids), unnest(bottom_scores)
+      FROM l)
+SELECT e.side, e.rank::SMALLINT, e.token_id, t.display, e.score, ((e.score::DOUBLE - s.logit_mean) / s.sd)::REAL,
+       NULL, NULL
+FROM e CROSS JOIN s JOIN tokens t ON t.vocab_id = ? AND t.token_id = e.token_id
+ORDER BY 1 DESC, 2""",
+        [vector_id, vector_id, vocab_id],
     )
 
 

@@ -138,6 +138,7 @@ def _transaction(con: duckdb.DuckDBPyConnection, p: Path, existed: bool) -> Iter
             for stmt in schema_ddl():
                 con.execute(stmt)
             fill_token_forms(con)
+            fill_vector_lists(con)
         if not existed:
             con.execute(
                 "INSERT INTO lensdb_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
@@ -170,6 +171,18 @@ def fill_token_forms(con: duckdb.DuckDBPyConnection, vocab_id: int | None = None
     forms = " UNION ".join(f"SELECT {col} AS form, vocab_id, token_id, token, display FROM tokens WHERE {where}"
                            for col in ("word", "token", "display"))
     con.execute(f"INSERT INTO token_forms {forms} ORDER BY form, vocab_id, token_id", params * 3)
+
+
+def fill_vector_lists(con: duckdb.DuckDBPyConnection) -> None:
+    """Add to ``vector_lists`` every vector with token rows but no list row (a store written before the table
+    existed), in vector_id order. One pass over vector_tokens, paid once, by the writer that upgrades."""
+    con.execute("""INSERT INTO vector_lists
+SELECT vector_id,
+       list(token_id ORDER BY rank) FILTER (WHERE side = 'top'), list(score ORDER BY rank) FILTER (WHERE side = 'top'),
+       list(token_id ORDER BY rank) FILTER (WHERE side = 'bottom'),
+       list(score ORDER BY rank) FILTER (WHERE side = 'bottom')
+FROM vector_tokens WHERE vector_id > (SELECT coalesce(max(vector_id), -1) FROM vector_lists)
+GROUP BY vector_id ORDER BY vector_id""")
 
 
 SORTED_BY_TOKEN = ("vector_tokens", "head_pairs")
@@ -215,12 +228,15 @@ def optimize(path: str | os.PathLike[str]) -> dict[str, int]:
         rows = {}
         for table in metadata.sorted_tables:
             if table.name in have:
-                order = " ORDER BY token_id, vector_id" if table.name in SORTED_BY_TOKEN else ""
+                order = (" ORDER BY token_id, vector_id" if table.name in SORTED_BY_TOKEN
+                         else " ORDER BY vector_id" if table.name == "vector_lists" else "")
                 con.execute(f"INSERT INTO fresh.main.{table.name} BY NAME SELECT * FROM src.main.{table.name}{order}")
                 if table.name in SORTED_BY_TOKEN:
                     (rows[table.name],) = con.execute(f"SELECT count(*) FROM {table.name}").fetchone()  # type: ignore[misc]
         if "token_forms" not in have:
             fill_token_forms(con)
+        if "vector_lists" not in have:
+            fill_vector_lists(con)
         con.execute("USE memory")
         con.execute("DETACH fresh")
         os.replace(fresh, p)

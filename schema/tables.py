@@ -195,6 +195,21 @@ vector_tokens = sa.Table(
     "row groups by their min/max without any index.",
 )
 
+# The same top and bottom tokens in vector order: one row per vector, inserted by ascending vector_id, so a
+# vector's page is a point lookup (min/max of vector_id) where vector_tokens, sorted by token, needs a scan.
+vector_lists = sa.Table(
+    "vector_lists",
+    metadata,
+    sa.Column("vector_id", sa.BigInteger, nullable=False, comment="vector"),
+    sa.Column("top_token_ids", sa.ARRAY(sa.Integer), nullable=False, comment="its top-k tokens, strongest first"),
+    sa.Column("top_scores", sa.ARRAY(sa.REAL), nullable=False, comment="their scores"),
+    sa.Column("bottom_token_ids", sa.ARRAY(sa.Integer), nullable=False, comment="its bottom-k tokens, lowest first"),
+    sa.Column("bottom_scores", sa.ARRAY(sa.REAL), nullable=False, comment="their scores"),
+    comment="Each vector's top-k and bottom-k tokens as lists (the rows of vector_tokens in vector order), "
+    "loaded by vector_id: reading one vector's tokens is a point lookup. z-scores follow from the vector's "
+    "logit_mean and logit_std.",
+)
+
 # ---- training runs (issue 6): registered sources, linked identical steps, watch cycles -------------------
 # Added with CREATE TABLE IF NOT EXISTS: a store written before these tables gains them on its next write
 # (``schema.store.writer``), so SCHEMA_VERSION stays 1 and nothing needs re-indexing.

@@ -52,7 +52,7 @@ def test_a_store_without_token_forms_resolves_by_scan_and_a_writer_adds_them(
     with writer(old):
         pass  # a writer adds the missing table and fills it from tokens
     with queries.connect(old) as lens:
-        assert lens.sql("SELECT * FROM token_forms ORDER BY ALL").rows == [list(r) for r in expected]
+        assert lens.con.execute("SELECT * FROM token_forms ORDER BY ALL").fetchall() == expected
         assert [lens.promoters(w, limit=30) for w in words] == answers
 
 
@@ -97,3 +97,34 @@ def test_service_warms_at_start_when_asked(store_copy: Path, warm: bool) -> None
             assert lens.promoters("paris", limit=5)
     finally:
         svc.close()
+
+
+def test_vector_lists_give_exactly_the_token_rows(indexed_store: Path) -> None:
+    with queries.connect(indexed_store) as lens:
+        vectors = lens.con.execute("SELECT v.vector_id, m.vocab_id FROM vectors v JOIN checkpoints USING "
+                                   "(checkpoint_id) JOIN models m USING (model_id)").fetchall()
+        assert len(vectors) > 1000
+        for vid, vocab in vectors:
+            assert lens._rows(q.vector_list_tokens(vid, vocab)) == lens._rows(q.vector_tokens(vid, vocab)), vid
+
+
+def test_a_store_without_vector_lists_reads_token_rows_and_a_writer_adds_them(
+        indexed_store: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old.duckdb"
+    shutil.copy(indexed_store, old)
+    con = duckdb.connect(str(old))
+    expected = con.execute("SELECT * FROM vector_lists ORDER BY vector_id").fetchall()
+    con.execute("DROP TABLE vector_lists")
+    con.close()
+    cases = [("gpt2-tiny", "ff_value", 1, 7, None), ("bert-tiny", "attn_o", 0, 3, 2),
+             ("gpt2-tiny", "ff_key", 0, 0, None)]
+    with queries.connect(indexed_store) as new:
+        answers = [new.vector(*c) for c in cases]
+    with queries.connect(old) as lens:
+        assert not lens._catalog().has_vector_lists
+        assert [lens.vector(*c) for c in cases] == answers
+    with writer(old):
+        pass  # the upgrade fills vector_lists from vector_tokens
+    with queries.connect(old) as lens:
+        assert lens.con.execute("SELECT * FROM vector_lists ORDER BY vector_id").fetchall() == expected
+        assert [lens.vector(*c) for c in cases] == answers

@@ -332,6 +332,9 @@ DAMAGE = [
      "3 vector_tokens rows belong to no vector"),
     ("DELETE FROM models WHERE model_id = 2", "belongs to no model"),
     ("UPDATE vectors SET vector_id = 1 WHERE vector_id = 2", "vector id 1 is used by 2 vectors"),
+    ("UPDATE vector_lists SET top_scores = list_reverse(top_scores) WHERE vector_id = 5",
+     "has token lists that differ from its token rows"),
+    ("DELETE FROM vector_lists WHERE vector_id = 6", "has token rows but no vector_lists row"),
 ]
 
 
