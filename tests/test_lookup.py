@@ -35,14 +35,20 @@ def test_warm_resolution_equals_sql_for_every_form(indexed_store: Path) -> None:
             assert lens._rows(q.resolve_token(form, ignore_case=False, forms=False)) == sql, form
 
 
+def _older_store(store: Path, tmp_path: Path, table: str) -> tuple[Path, list[tuple]]:
+    """A copy of ``store`` as a lensdb from before ``table`` wrote it, with the rows the table had."""
+    old = tmp_path / "old.duckdb"
+    shutil.copy(store, old)
+    con = duckdb.connect(str(old))
+    rows = con.execute(f"SELECT * FROM {table} ORDER BY ALL").fetchall()
+    con.execute(f"DROP TABLE {table}")
+    con.close()
+    return old, rows
+
+
 def test_a_store_without_token_forms_resolves_by_scan_and_a_writer_adds_them(
         indexed_store: Path, tmp_path: Path) -> None:
-    old = tmp_path / "old.duckdb"
-    shutil.copy(indexed_store, old)
-    con = duckdb.connect(str(old))
-    expected = con.execute("SELECT * FROM token_forms ORDER BY ALL").fetchall()
-    con.execute("DROP TABLE token_forms")
-    con.close()
+    old, expected = _older_store(indexed_store, tmp_path, "token_forms")
     words: list[str | int] = ["paris", "Paris", "Ġparis", "##s", 5]
     with queries.connect(indexed_store) as new:
         answers = [new.promoters(w, limit=30) for w in words]
@@ -110,12 +116,7 @@ def test_vector_lists_give_exactly_the_token_rows(indexed_store: Path) -> None:
 
 def test_a_store_without_vector_lists_reads_token_rows_and_a_writer_adds_them(
         indexed_store: Path, tmp_path: Path) -> None:
-    old = tmp_path / "old.duckdb"
-    shutil.copy(indexed_store, old)
-    con = duckdb.connect(str(old))
-    expected = con.execute("SELECT * FROM vector_lists ORDER BY vector_id").fetchall()
-    con.execute("DROP TABLE vector_lists")
-    con.close()
+    old, expected = _older_store(indexed_store, tmp_path, "vector_lists")
     cases = [("gpt2-tiny", "ff_value", 1, 7, None), ("bert-tiny", "attn_o", 0, 3, 2),
              ("gpt2-tiny", "ff_key", 0, 0, None)]
     with queries.connect(indexed_store) as new:
@@ -126,5 +127,5 @@ def test_a_store_without_vector_lists_reads_token_rows_and_a_writer_adds_them(
     with writer(old):
         pass  # the upgrade fills vector_lists from vector_tokens
     with queries.connect(old) as lens:
-        assert lens.con.execute("SELECT * FROM vector_lists ORDER BY vector_id").fetchall() == expected
+        assert lens.con.execute("SELECT * FROM vector_lists ORDER BY ALL").fetchall() == expected
         assert [lens.vector(*c) for c in cases] == answers
