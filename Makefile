@@ -44,6 +44,7 @@ lint: install
 
 bench: install
 	$(PY) bench/index_throughput.py
+	$(PY) bench/query_scale.py --cold 15 --queries 60
 	$(PY) bench/service_latency.py
 
 serve: install

@@ -173,16 +173,22 @@ def fill_token_forms(con: duckdb.DuckDBPyConnection, vocab_id: int | None = None
     con.execute(f"INSERT INTO token_forms {forms} ORDER BY form, vocab_id, token_id", params * 3)
 
 
-def fill_vector_lists(con: duckdb.DuckDBPyConnection) -> None:
-    """Add to ``vector_lists`` every vector with token rows but no list row (a store written before the table
-    existed), in vector_id order. One pass over vector_tokens, paid once, by the writer that upgrades."""
-    con.execute("""INSERT INTO vector_lists
+def fill_vector_lists(con: duckdb.DuckDBPyConnection, batch: int = 100_000) -> None:
+    """Add to ``vector_lists`` every vector with token rows beyond the last listed one (a store written before
+    the table existed), in vector_id order. Paid once, by the writer that upgrades; ``batch`` vectors at a
+    time, as ordered list aggregates over a whole large store would not fit in memory."""
+    lo, hi = con.execute("SELECT min(vector_id), max(vector_id) FROM vector_tokens "
+                         "WHERE vector_id > (SELECT coalesce(max(vector_id), -1) FROM vector_lists)").fetchone()  # type: ignore[misc]
+    if lo is None:
+        return
+    for start in range(lo, hi + 1, batch):
+        con.execute("""INSERT INTO vector_lists
 SELECT vector_id,
        list(token_id ORDER BY rank) FILTER (WHERE side = 'top'), list(score ORDER BY rank) FILTER (WHERE side = 'top'),
        list(token_id ORDER BY rank) FILTER (WHERE side = 'bottom'),
        list(score ORDER BY rank) FILTER (WHERE side = 'bottom')
-FROM vector_tokens WHERE vector_id > (SELECT coalesce(max(vector_id), -1) FROM vector_lists)
-GROUP BY vector_id ORDER BY vector_id""")
+FROM vector_tokens WHERE vector_id BETWEEN ? AND ?
+GROUP BY vector_id ORDER BY vector_id""", [start, start + batch - 1])
 
 
 SORTED_BY_TOKEN = ("vector_tokens", "head_pairs")

@@ -11,7 +11,7 @@ import pytest
 import queries
 from queries import sql as q
 from queries.catalog import loaded_words
-from schema.store import writer
+from schema.store import fill_vector_lists, writer
 from service.app import Service
 from service.settings import Settings
 
@@ -129,3 +129,13 @@ def test_a_store_without_vector_lists_reads_token_rows_and_a_writer_adds_them(
     with queries.connect(old) as lens:
         assert lens.con.execute("SELECT * FROM vector_lists ORDER BY ALL").fetchall() == expected
         assert [lens.vector(*c) for c in cases] == answers
+
+
+def test_vector_lists_fill_in_batches_from_the_last_listed_vector(indexed_store: Path, tmp_path: Path) -> None:
+    store = tmp_path / "partial.duckdb"
+    shutil.copy(indexed_store, store)
+    with writer(store) as con:
+        expected = con.execute("SELECT * FROM vector_lists ORDER BY ALL").fetchall()
+        con.execute("DELETE FROM vector_lists WHERE vector_id > 321")
+        fill_vector_lists(con, batch=13)
+        assert con.execute("SELECT * FROM vector_lists ORDER BY ALL").fetchall() == expected
