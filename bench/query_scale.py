@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import queries  # noqa: E402
-from schema.store import fill_token_forms, fill_vector_lists, optimize, writer  # noqa: E402
+from schema.store import fill_token_forms, optimize, writer  # noqa: E402
 
 VOCAB, K, LAYERS, D_FF = 50257, 50, 12, 3072
 
@@ -58,10 +58,16 @@ def build(db: Path, rows: int) -> None:
                        (CASE WHEN j < ? THEN 1 ELSE -1 END) * (5.0 - (j % ?) * 0.01 + (hash(v) % 100) / 100.0)
                 FROM range(?) a(v), range(?) b(j) ORDER BY token_id""",
                         [first, K, K, m, VOCAB, K, K, K, K, per_model, per_vector])
+            # what the indexer writes beside each run's token rows: the same tokens in vector order
+            con.execute("""INSERT INTO vector_lists
+                SELECT ? + v, list(t ORDER BY j) FILTER (WHERE j < ?), list(s ORDER BY j) FILTER (WHERE j < ?),
+                       list(t ORDER BY j) FILTER (WHERE j >= ?), list(s ORDER BY j) FILTER (WHERE j >= ?)
+                FROM (SELECT v, j, (hash(v * 131 + j + ? * 7919) % ?)::INTEGER AS t,
+                             ((CASE WHEN j < ? THEN 1 ELSE -1 END) * (0.1 - (j % ?) * 0.001))::REAL AS s
+                      FROM range(?) a(v), range(?) b(j))
+                GROUP BY v ORDER BY v""", [first, K, K, K, K, m, VOCAB, K, K, per_model, per_vector])
             print(f"  model {m}/{n_models}: {(m * per_model * per_vector) / 1e6:.0f} M rows, "
                   f"{time.perf_counter() - t:.0f}s", flush=True)
-        fill_vector_lists(con)  # what the indexer writes beside each run's token rows
-        print(f"  vector_lists: {time.perf_counter() - t:.0f}s", flush=True)
 
 
 _COLD = """

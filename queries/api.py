@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import numpy as np
 
 from queries import sql as q
 from queries.catalog import Catalog, catalog, load_words, loaded_words
@@ -75,10 +76,10 @@ class Lens:
     def _catalog(self) -> Catalog:
         return catalog(self.con, self.path)
 
-    def _check_model(self, model: str | None) -> None:
+    def _check_model(self, model: str | None, cat: Catalog | None = None) -> None:
         if model is None:  # nothing to check, and no catalog fetch on the lookup hot path
             return
-        names = sorted(self._catalog().models)
+        names = sorted((cat or self._catalog()).models)
         if model not in names:
             raise NotFound(f"no model {model!r} in {self.path}; indexed models: {', '.join(names) or 'none yet'}.")
 
@@ -194,21 +195,33 @@ class Lens:
     def vector(self, model: str, component: str, layer: int, index: int, head: int | None = None,
                checkpoint: str | None = None) -> VectorView:
         """One vector's statistics with its top and bottom tokens (latest checkpoint unless named)."""
-        self._check_model(model)
-        found = self._rows(q.find_vector(model, component, layer, index, head, checkpoint))
+        cat = self._catalog()
+        self._check_model(model, cat)
+        refs = [r for r in cat.checkpoints.values() if r.model == model and (
+            r.latest if checkpoint is None else r.label == checkpoint)]
+        vid = cat.vector_id(refs[0].checkpoint_id, component, layer, head, index) if len(refs) == 1 else None
+        found = self._rows(q.vector_by_id(vid) if vid is not None else
+                           q.find_vector(model, component, layer, index, head, checkpoint))
         if not found:
             raise NotFound(self._missing_vector(model, component, layer, index, checkpoint))
         vid, name, label, comp, lay, hd, idx, norm, mean, std, basis, vocab_id = found[0]
         top: list[TokenScore] = []
         bottom: list[TokenScore] = []
-        cat = self._catalog()
-        rows = self._rows(q.vector_list_tokens(vid, vocab_id)) if cat.has_vector_lists else []
-        for side, rank, token_id, token, score, z, src, src_token in rows or self._rows(
-                q.vector_tokens(vid, vocab_id, with_pairs=cat.has_head_pairs)):
+        lists = self._rows(q.vector_lists_row(vid)) if cat.has_vector_lists else []
+        rows = rows_from_lists(lists[0], mean, std, self._displays(cat, vocab_id, [*lists[0][0], *lists[0][2]])) \
+            if lists else self._rows(q.vector_tokens(vid, vocab_id, with_pairs=cat.has_head_pairs))
+        for side, rank, token_id, token, score, z, src, src_token in rows:
             (top if side == "top" else bottom).append(TokenScore(rank=rank, token_id=token_id, token=token, score=score,
                                                                  zscore=z, source_token_id=src, source_token=src_token))
         return VectorView(model=name, checkpoint=label, component=comp, layer=lay, head=hd, index=idx, norm=norm,
                           logit_mean=mean, logit_std=std, basis=basis, top=top, bottom=bottom)
+
+    def _displays(self, cat: Catalog, vocab_id: int, token_ids: list[int]) -> dict[int, str]:
+        """Display text of tokens: from memory after ``warm``, else one lookup."""
+        words = loaded_words(cat, self.path)
+        if words is not None:
+            return {t: words[vocab_id].display[t] for t in token_ids}
+        return dict(self._rows(q.token_displays(vocab_id, sorted(set(token_ids)))))
 
     def _missing_vector(self, model: str, component: str, layer: int, index: int, checkpoint: str | None) -> str:
         comps = [r[0] for r in self._rows(q.model_components(model))]
@@ -459,6 +472,19 @@ class Lens:
     def sql(self, statement: str, max_rows: int = 1000, timeout_s: float = 10.0) -> SqlResult:
         """Run one read-only SELECT over the tables and views (see README, "SQL")."""
         return run_readonly(self.con, statement, max_rows=max_rows, timeout_s=timeout_s)
+
+
+def rows_from_lists(lists: tuple, mean: float, std: float, display: dict[int, str]) -> list[tuple]:
+    """A vector's ``vector_lists`` row as the rows ``sql.vector_tokens`` returns, z-scores computed as the
+    writer computed the stored ones: float32((score - logit_mean) / logit_std), 1 for a zero std."""
+    top_ids, top_scores, bottom_ids, bottom_scores = lists
+    sd = std if std > 0 else 1.0
+    out = []
+    for side, ids, scores in (("top", top_ids, top_scores), ("bottom", bottom_ids, bottom_scores)):
+        z = ((np.asarray(scores, dtype=np.float32).astype(np.float64) - mean) / sd).astype(np.float32)
+        out += [(side, rank, tid, display[tid], score, float(zz), None, None)
+                for rank, (tid, score, zz) in enumerate(zip(ids, scores, z, strict=True), start=1)]
+    return out
 
 
 def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

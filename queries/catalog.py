@@ -65,6 +65,14 @@ class Catalog:
     def has_vector_lists(self) -> bool:
         return "vector_lists" in self.tables
 
+    def vector_id(self, checkpoint_id: int, component: str, layer: int, head: int | None, index: int) -> int | None:
+        """The id of one vector from the unit blocks (no statement), or None where no unit holds it."""
+        for u in self.units:
+            if (u.checkpoint_id, u.component, u.layer, u.head) == (checkpoint_id, component, layer, head) and \
+                    u.first_index <= index <= u.first_index + u.last_id - u.first_id:
+                return u.first_id + index - u.first_index
+        return None
+
     def unit_of(self, vector_id: int) -> Unit:
         """The unit a vector id belongs to (units are sorted by first id and do not overlap)."""
         if not self._starts:

@@ -211,6 +211,18 @@ WHERE m.name = ? AND v.component = ? AND v.layer = ? AND v.idx = ? AND {head_con
     )
 
 
+def vector_by_id(vector_id: int) -> Sql:
+    """What ``find_vector`` returns, for a vector whose id is known: a point lookup on vectors (sorted by id)."""
+    return (
+        """SELECT v.vector_id, m.name, c.label, v.component, v.layer, v.head, v.idx, v.norm, v.logit_mean,
+       v.logit_std, r.basis, m.vocab_id
+FROM vectors v JOIN checkpoints c USING (checkpoint_id) JOIN models m USING (model_id)
+JOIN index_runs r USING (checkpoint_id)
+WHERE v.vector_id = ?""",
+        [vector_id],
+    )
+
+
 def vector_tokens(vector_id: int, vocab_id: int, with_pairs: bool = True) -> Sql:
     """A vector's top and bottom tokens; for a head map (``*_pair``) its pairs, with their source tokens."""
     plain = """SELECT p.side, p.rank, p.token_id, t.display, p.score, p.zscore, NULL, NULL FROM vector_tokens p
@@ -230,24 +242,11 @@ ORDER BY 1 DESC, 2""",
     )
 
 
-def vector_list_tokens(vector_id: int, vocab_id: int) -> Sql:
-    """What ``vector_tokens`` returns for a vector, read from its ``vector_lists`` row (a point lookup); no rows
-    when it has none (a head map's pairs, or a store written before the table). The z-score is computed as the
-    writer computed the stored one: (score - logit_mean) / logit_std, 1 where the std is 0."""
-    return (
-        """WITH l AS (SELECT * FROM vector_lists WHERE vector_id = ?),
-s AS (SELECT logit_mean, CASE WHEN logit_std > 0 THEN logit_std ELSE 1.0 END AS sd FROM vectors WHERE vector_id = ?),
-e AS (SELECT 'top' AS side, unnest(range(1, len(top_token_ids) + 1)) AS rank, unnest(top_token_ids) AS token_id,
-             unnest(top_scores) AS score FROM l
-      UNION ALL
-      SELECT 'bottom', unnest(range(1, len(bottom_token_ids) + 1)), unnest(bottom_token_ids), unnest(bottom_scores)
-      FROM l)
-SELECT e.side, e.rank::SMALLINT, e.token_id, t.display, e.score, ((e.score::DOUBLE - s.logit_mean) / s.sd)::REAL,
-       NULL, NULL
-FROM e CROSS JOIN s JOIN tokens t ON t.vocab_id = ? AND t.token_id = e.token_id
-ORDER BY 1 DESC, 2""",
-        [vector_id, vector_id, vocab_id],
-    )
+def vector_lists_row(vector_id: int) -> Sql:
+    """A vector's ``vector_lists`` row (a point lookup); none where it has no lists (a head map's pairs, or a
+    store written before the table)."""
+    return ("SELECT top_token_ids, top_scores, bottom_token_ids, bottom_scores FROM vector_lists WHERE vector_id = ?",
+            [vector_id])
 
 
 def token_displays(vocab_id: int, token_ids: list[int]) -> Sql:

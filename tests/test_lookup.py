@@ -10,6 +10,7 @@ import pytest
 
 import queries
 from queries import sql as q
+from queries.api import rows_from_lists
 from queries.catalog import loaded_words
 from schema.store import fill_vector_lists, writer
 from service.app import Service
@@ -111,7 +112,14 @@ def test_vector_lists_give_exactly_the_token_rows(indexed_store: Path) -> None:
                                    "(checkpoint_id) JOIN models m USING (model_id)").fetchall()
         assert len(vectors) > 1000
         for vid, vocab in vectors:
-            assert lens._rows(q.vector_list_tokens(vid, vocab)) == lens._rows(q.vector_tokens(vid, vocab)), vid
+            rows = lens._rows(q.vector_tokens(vid, vocab))
+            lists = lens._rows(q.vector_lists_row(vid))
+            if not rows:  # a head map's vector: its entries are pairs, in head_pairs
+                assert not lists
+                continue
+            (_, *_, mean, std, _, _), = lens._rows(q.vector_by_id(vid))
+            display = {r[2]: r[3] for r in rows}
+            assert rows_from_lists(lists[0], mean, std, display) == rows, vid
 
 
 def test_a_store_without_vector_lists_reads_token_rows_and_a_writer_adds_them(
@@ -139,3 +147,16 @@ def test_vector_lists_fill_in_batches_from_the_last_listed_vector(indexed_store:
         con.execute("DELETE FROM vector_lists WHERE vector_id > 321")
         fill_vector_lists(con, batch=13)
         assert con.execute("SELECT * FROM vector_lists ORDER BY ALL").fetchall() == expected
+
+
+def test_a_vector_found_through_the_units_is_the_one_the_vectors_table_names(indexed_store: Path) -> None:
+    with queries.connect(indexed_store) as lens:
+        cat = lens._catalog()
+        rows = lens.con.execute("SELECT m.name, v.component, v.layer, v.head, v.idx, c.checkpoint_id FROM vectors v "
+                                "JOIN checkpoints c USING (checkpoint_id) JOIN models m USING (model_id)").fetchall()
+        assert len(rows) > 1000
+        for name, comp, layer, head, idx, ckpt in rows:
+            vid = cat.vector_id(ckpt, comp, layer, head, idx)
+            assert vid is not None
+            assert lens._rows(q.vector_by_id(vid)) == lens._rows(q.find_vector(name, comp, layer, idx, head, None))
+        assert cat.vector_id(rows[0][5], "ff_value", 0, None, 10**6) is None
