@@ -85,11 +85,11 @@ class Lens:
 
     def _resolve(self, token: str | int, model: str | None, cat: Catalog | None = None) -> list[TokenMatch]:
         """Every (model, token id) that ``token`` names (see ``tokens``); a clear error if none."""
-        self._check_model(model)
+        cat = cat or self._catalog()
+        self._check_model(model, cat)
         if isinstance(token, int):
             rows = self._rows(q.token_by_id(token))
         else:
-            cat = cat or self._catalog()
             exact = self._exact_in_memory(token, cat)
             if exact is None:
                 exact = self._rows(q.resolve_token(token, ignore_case=False, forms=cat.has_token_forms))
