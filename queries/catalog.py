@@ -92,14 +92,18 @@ def catalog(con: duckdb.DuckDBPyConnection, path: Path) -> Catalog:
     if cached is not None and cached.generation == tuple(con.execute(q.store_generation()[0]).fetchone() or ()):
         return cached
     rows = con.execute(q.checkpoint_catalog()[0]).fetchall()
-    # the generation of the snapshot just read, as store_generation() computes it (one statement less when cold)
-    ids = [r[0] for r in rows]
-    generation = (len(ids), max(ids), sum(ids)) if ids else (0, None, None)
+    if rows:  # the generation of the snapshot just read, as store_generation() computes it (one statement less)
+        ids = [r[0] for r in rows]
+        generation: tuple = (len(ids), max(ids), sum(ids), rows[0][8])
+    else:
+        generation = tuple(con.execute(q.store_generation()[0]).fetchone() or ())
+    recorded = generation[3]
+    tables = recorded.split(",") if recorded is not None else (
+        con.execute(q.optional_tables()[0]).fetchone() or [[]])[0] or []
     checkpoints = {r[0]: CheckpointRef(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows}
     units = [Unit(*r) for r in con.execute(*q.inline(q.vector_units([r[0] for r in rows if not r[6]]))).fetchall()]
-    # an empty store has no rows to say which tables exist; a lookup there finds no tokens anyway
     built = Catalog(generation, checkpoints, {r[1]: r[2] for r in rows}, units, vocab_hashes={r[2]: r[7] for r in rows},
-                    tables=frozenset(rows[0][8] or ()) if rows else frozenset())
+                    tables=frozenset(tables) & frozenset(q.OPTIONAL_TABLES))
     with _GLOBAL:
         _CATALOGS[key] = built
     return built

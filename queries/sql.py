@@ -47,12 +47,14 @@ def checkpoint_filter(checkpoint: str | None, params: list) -> str:
 
 
 def store_generation() -> Sql:
-    """A cheap fingerprint that changes whenever a checkpoint is added, replaced or removed.
+    """A cheap fingerprint that changes whenever a checkpoint is added, replaced or removed, or a writer
+    upgrades the schema.
 
     Models and vocabularies are only ever created together with a checkpoint, and a replaced checkpoint gets a
-    new id, so the checkpoints table alone tells.
+    new id, so the checkpoints table alone tells; an upgrade rewrites the tables recorded in lensdb_meta.
     """
-    return "SELECT count(*), max(checkpoint_id), sum(checkpoint_id) FROM checkpoints", []
+    return ("SELECT count(*), max(checkpoint_id), sum(checkpoint_id), "
+            "(SELECT value FROM lensdb_meta WHERE key = 'tables') FROM checkpoints", [])
 
 
 OPTIONAL_TABLES = ("head_pairs", "token_forms", "vector_lists")
@@ -61,17 +63,22 @@ OPTIONAL_TABLES = ("head_pairs", "token_forms", "vector_lists")
 def checkpoint_catalog() -> Sql:
     """Every checkpoint with its model, vocabulary (id and content hash), whether it is its model's latest,
     whether its vector-id blocks are in ``vector_units`` (checkpoints indexed before that table existed are
-    not), and which of the tables newer than the first stores exist: one statement, as a cold open pays for
-    each."""
+    not), and the tables the writer recorded in ``lensdb_meta`` (NULL in a store from before that record; see
+    ``optional_tables``): one statement, as a cold open pays for each."""
     return (
-        f"""SELECT c.checkpoint_id, m.name, m.vocab_id, c.label, c.step,
+        """SELECT c.checkpoint_id, m.name, m.vocab_id, c.label, c.step,
        c.checkpoint_id IN (SELECT checkpoint_id FROM latest_checkpoints),
        c.checkpoint_id IN (SELECT checkpoint_id FROM vector_units),
        v.content_hash,
-       (SELECT list(table_name) FROM duckdb_tables() WHERE table_name IN {OPTIONAL_TABLES})
+       (SELECT value FROM lensdb_meta WHERE key = 'tables')
 FROM checkpoints c JOIN models m USING (model_id) JOIN vocabularies v USING (vocab_id) ORDER BY c.checkpoint_id""",
         [],
     )
+
+
+def optional_tables() -> Sql:
+    """Which of the tables newer than the first stores exist, where the store has not recorded its tables."""
+    return f"SELECT list(table_name) FROM duckdb_tables() WHERE table_name IN {OPTIONAL_TABLES}", []
 
 
 def model_vocabularies() -> Sql:

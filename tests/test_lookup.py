@@ -43,6 +43,7 @@ def _older_store(store: Path, tmp_path: Path, table: str) -> tuple[Path, list[tu
     con = duckdb.connect(str(old))
     rows = con.execute(f"SELECT * FROM {table} ORDER BY ALL").fetchall()
     con.execute(f"DROP TABLE {table}")
+    con.execute("DELETE FROM lensdb_meta WHERE key = 'tables'")  # that lensdb did not record its tables
     con.close()
     return old, rows
 
@@ -58,6 +59,9 @@ def test_a_store_without_token_forms_resolves_by_scan_and_a_writer_adds_them(
         assert [lens.promoters(w, limit=30) for w in words] == answers
     with writer(old):
         pass  # a writer adds the missing table and fills it from tokens
+    with queries.connect(old) as lens:
+        assert lens._catalog().has_token_forms
+        assert lens.sql("SELECT value FROM lensdb_meta WHERE key = 'tables'").rows[0][0].count(",") > 10
     with queries.connect(old) as lens:
         assert lens.con.execute("SELECT * FROM token_forms ORDER BY ALL").fetchall() == expected
         assert [lens.promoters(w, limit=30) for w in words] == answers
