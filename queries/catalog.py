@@ -4,7 +4,8 @@ vocabularies, and the vector-id block of every (checkpoint, component, layer, he
 Token lookups are the hot path ("who promotes X"): with these in memory, a lookup filters and labels its
 hits by vector-id ranges instead of joining the vectors table and the latest-checkpoint view. A catalog is
 shared by every connection to the same file and rebuilt when the store's generation (count, max and sum of
-checkpoint ids) changes, so a long-lived service sees new index runs at once.
+checkpoint ids, and the tables a writer recorded) changes, so a long-lived service sees new index runs and
+schema upgrades at once.
 
 ``Lens.warm`` adds each vocabulary's typed forms (``Words``): exact token resolution then needs no statement.
 They are cached per file by vocabulary id and content hash (a store rebuilt at the same path may reuse ids).

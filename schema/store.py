@@ -132,20 +132,18 @@ def _transaction(con: duckdb.DuckDBPyConnection, p: Path, existed: bool) -> Iter
         if existed:
             _check_version(con, p)
         con.execute("BEGIN TRANSACTION")
-        upgraded = existed and _missing_objects(con)
-        if not existed or upgraded:
+        if not existed or _missing_objects(con):
             # A new file, or one written before the newest tables and views (they are all IF NOT EXISTS /
             # OR REPLACE): created inside this transaction, so a failed write leaves the file as it was.
             for stmt in schema_ddl():
                 con.execute(stmt)
             fill_token_forms(con)
             fill_vector_lists(con)
+            record_tables(con)
         if not existed:
             con.execute(
                 "INSERT INTO lensdb_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)]
             )
-        if not existed or upgraded:
-            record_tables(con)
         yield con
         con.execute("COMMIT")
         ok = True
