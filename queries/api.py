@@ -207,7 +207,7 @@ class Lens:
         vid, name, label, comp, lay, hd, idx, norm, mean, std, basis, vocab_id = found[0]
         top: list[TokenScore] = []
         bottom: list[TokenScore] = []
-        lists = self._rows(q.vector_lists_row(vid)) if cat.has_vector_lists else []
+        lists = [r[1:5] for r in self._rows(q.vector_lists([vid]))] if cat.has_vector_lists else []
         rows = rows_from_lists(lists[0], mean, std, self._displays(cat, vocab_id, [*lists[0][0], *lists[0][2]])) \
             if lists else self._rows(q.vector_tokens(vid, vocab_id, with_pairs=cat.has_head_pairs))
         for side, rank, token_id, token, score, z, src, src_token in rows:
@@ -320,13 +320,28 @@ class Lens:
         rows = self._rows(q.vector_drift(model, component, layer, index, head))
         if not rows:
             raise NotFound(self._missing_vector(model, component, layer, index, "all"))
-        tops: dict[int, list[TokenScore]] = {}
-        for vid, rank, token_id, token, score, z in self._rows(q.top_tokens(sorted({r[9] for r in rows}), "top", k)):
-            tops.setdefault(vid, []).append(TokenScore(rank=rank, token_id=token_id, token=token, score=score,
-                                                       zscore=z))
+        cat = self._catalog()
+        tops = self._top_tokens(cat, cat.models[model], sorted({r[9] for r in rows}), k, cat.has_vector_lists)
         return [VectorStep(checkpoint=r[0], step=r[1], linked_to=r[2], previous_checkpoint=r[3], norm=r[4],
                            norm_change=r[5], shared=r[6], overlap=r[7], jaccard=r[8], top=tops.get(r[9], []))
                 for r in rows]
+
+    def _top_tokens(self, cat: Catalog, vocab_id: int, vids: list[int], k: int,
+                    from_lists: bool) -> dict[int, list[TokenScore]]:
+        """The first ``k`` top tokens of each vector: from ``vector_lists`` (point lookups; a vector without lists,
+        a head map's pairs, has none), or from vector_tokens in a store without that table (a scan)."""
+        if from_lists:
+            found = self._rows(q.vector_lists(vids))
+            display = self._displays(cat, vocab_id, [t for f in found for t in f[1][:k]])
+            rows = [(f[0], *row) for f in found
+                    for row in rows_from_lists((f[1][:k], f[2][:k], [], []), f[5], f[6], display)]
+        else:
+            rows = [(vid, "top", *rest, None, None) for vid, *rest in self._rows(q.top_tokens(vids, "top", k))]
+        tops: dict[int, list[TokenScore]] = {}
+        for vid, _, rank, token_id, token, score, z, _, _ in rows:
+            tops.setdefault(vid, []).append(TokenScore(rank=rank, token_id=token_id, token=token, score=score,
+                                                       zscore=z))
+        return tops
 
     def token_rank_over_training(self, model: str, token: str | int, component: str, layer: int, index: int,
                                  head: int | None = None, side: str = "top") -> list[TokenRankStep]:

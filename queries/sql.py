@@ -249,11 +249,18 @@ ORDER BY 1 DESC, 2""",
     )
 
 
-def vector_lists_row(vector_id: int) -> Sql:
-    """A vector's ``vector_lists`` row (a point lookup); none where it has no lists (a head map's pairs, or a
-    store written before the table)."""
-    return ("SELECT top_token_ids, top_scores, bottom_token_ids, bottom_scores FROM vector_lists WHERE vector_id = ?",
-            [vector_id])
+def vector_lists(vector_ids: list[int]) -> Sql:
+    """The ``vector_lists`` rows of these vectors with the statistics their z-scores come from (point lookups
+    by vector id); none for a vector without lists (a head map's pairs, or a store written before the table)."""
+    if not vector_ids:
+        raise LensdbError("no vectors to look up.")
+    return (
+        f"""SELECT l.vector_id, l.top_token_ids, l.top_scores, l.bottom_token_ids, l.bottom_scores, v.logit_mean,
+       v.logit_std
+FROM vector_lists l JOIN vectors v USING (vector_id)
+WHERE l.vector_id IN ({', '.join('?' * len(vector_ids))}) ORDER BY l.vector_id""",
+        list(vector_ids),
+    )
 
 
 def token_displays(vocab_id: int, token_ids: list[int]) -> Sql:
@@ -354,7 +361,8 @@ ORDER BY {_STEP_ORDER}""",
 
 
 def top_tokens(vector_ids: list[int], side: str, k: int) -> Sql:
-    """The first ``k`` tokens on ``side`` of each vector, with their display text."""
+    """The first ``k`` tokens on ``side`` of each vector, with their display text (a store without
+    ``vector_lists``: this scans vector_tokens)."""
     if not vector_ids:
         raise LensdbError("no vectors to look up.")
     marks = ", ".join("?" * len(vector_ids))

@@ -106,10 +106,9 @@ VECTOR_DRIFT = View(
         FROM s
         WINDOW win AS (PARTITION BY model, component, layer, head, idx ORDER BY step NULLS LAST, checkpoint)
     ), x AS (
-        SELECT w.*, CASE WHEN previous_vector_id IS NULL THEN NULL ELSE (
-            SELECT count(*) FROM vector_tokens a JOIN vector_tokens b ON b.token_id = a.token_id
-            WHERE a.vector_id = w.vector_id AND a.side = 'top'
-              AND b.vector_id = w.previous_vector_id AND b.side = 'top') END AS shared
+        SELECT w.*, CASE WHEN previous_vector_id IS NULL THEN NULL ELSE coalesce((
+            SELECT len(list_intersect(a.top_token_ids, b.top_token_ids)) FROM vector_lists a, vector_lists b
+            WHERE a.vector_id = w.vector_id AND b.vector_id = w.previous_vector_id), 0) END AS shared
         FROM w
     )
     SELECT model, checkpoint, step, linked_to, previous_checkpoint, component, layer, head, idx AS "index",
@@ -167,8 +166,8 @@ TRACE_NEURON_INFO = View(
     JOIN traces t USING (trace_id)
     JOIN checkpoints c USING (checkpoint_id)
     JOIN models m USING (model_id)
-    LEFT JOIN vector_tokens p ON p.vector_id = n.vector_id AND p.side = 'top' AND p.rank = 1
-    LEFT JOIN tokens tok ON tok.vocab_id = m.vocab_id AND tok.token_id = p.token_id
+    LEFT JOIN vector_lists l ON l.vector_id = n.vector_id
+    LEFT JOIN tokens tok ON tok.vocab_id = m.vocab_id AND tok.token_id = l.top_token_ids[1]
     """,
 )
 

@@ -117,13 +117,21 @@ def test_vector_lists_give_exactly_the_token_rows(indexed_store: Path) -> None:
         assert len(vectors) > 1000
         for vid, vocab in vectors:
             rows = lens._rows(q.vector_tokens(vid, vocab))
-            lists = lens._rows(q.vector_lists_row(vid))
+            lists = lens._rows(q.vector_lists([vid]))
             if not rows:  # a head map's vector: its entries are pairs, in head_pairs
                 assert not lists
                 continue
             (_, *_, mean, std, _, _), = lens._rows(q.vector_by_id(vid))
+            assert lists[0][5:] == (mean, std)
             display = {r[2]: r[3] for r in rows}
-            assert rows_from_lists(lists[0], mean, std, display) == rows, vid
+            assert rows_from_lists(lists[0][1:5], mean, std, display) == rows, vid
+        # a drift page's top tokens: the same from the lists as from the token rows
+        cat = lens._catalog()
+        for name, vocab in cat.models.items():
+            vids = [v for v, voc in vectors if voc == vocab][::7]
+            tops = lens._top_tokens(cat, vocab, vids, 5, from_lists=True)
+            assert len(tops) > 50 and all(len(t) == 5 for t in tops.values()), name
+            assert tops == lens._top_tokens(cat, vocab, vids, 5, from_lists=False), name
 
 
 def test_a_store_without_vector_lists_reads_token_rows_and_a_writer_adds_them(
