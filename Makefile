@@ -41,8 +41,11 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check indexer schema queries service tests bench
 	$(VENV)/bin/mypy
+	# the layout's import rules and the read path's module set (tests/test_layout.py)
+	$(PY) -m pytest -q tests/test_layout.py
 
 bench: install
+	$(PY) bench/cli_latency.py
 	$(PY) bench/index_throughput.py
 	$(PY) bench/query_scale.py --cold 15 --queries 60
 	$(PY) bench/service_latency.py

@@ -1,6 +1,6 @@
 """Head-map pair search against the GEMM peak of the same shapes, measured in one run.
 
-For one head of GPT-2-small shape (V = 50257, d_head = 64): ``indexer.heads.top_pairs`` (tiled GEMM, one
+For one head of GPT-2-small shape (V = 50257, d_head = 64): ``indexer.math.token_maps.top_pairs`` (tiled GEMM, one
 max/min pass per tile, top-k of the k best rows) against the best rate of the bare tile GEMM
 (tile × d_head) @ (d_head × V). Reports pairs/s (V² entries searched per second), GFLOP/s and the ratio.
 
@@ -16,8 +16,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from indexer.compute import resolve_compute  # noqa: E402
-from indexer.heads import top_pairs  # noqa: E402
+from indexer.index.compute import resolve_compute  # noqa: E402
+from indexer.math.token_maps import top_pairs  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

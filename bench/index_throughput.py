@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.synthetic import save_gpt2_shaped  # noqa: E402
-from indexer.basis import logit_stats, write_basis  # noqa: E402
-from indexer.compute import resolve_compute  # noqa: E402
-from indexer.projection import chunk_rows, chunks, topk_bottomk  # noqa: E402
+from indexer.index.compute import resolve_compute  # noqa: E402
+from indexer.math.basis import logit_stats, write_basis  # noqa: E402
+from indexer.math.projection import chunk_rows, chunks, topk_bottomk  # noqa: E402
 
 MiB = 1 << 20
 SHAPES = {  # name: (d_model, d_ff, vocab)

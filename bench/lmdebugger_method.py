@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from indexer.adapters import adapter_for  # noqa: E402
-from indexer.checkpoint import open_checkpoint  # noqa: E402
+from indexer.model.adapters import adapter_for  # noqa: E402
+from indexer.model.checkpoint import open_checkpoint  # noqa: E402
 
 
 def precompute(checkpoint: str, k: int, device: str = "cpu") -> dict[int, tuple[np.ndarray, np.ndarray]]:

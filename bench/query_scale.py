@@ -24,7 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import queries  # noqa: E402
-from schema.store import fill_token_forms, optimize, writer  # noqa: E402
+from schema.migrations import fill_token_forms  # noqa: E402
+from schema.optimize import optimize  # noqa: E402
+from schema.writer import writer  # noqa: E402
 
 VOCAB, K, LAYERS, D_FF = 50257, 50, 12, 3072
 

@@ -4,8 +4,7 @@ vocabularies, and the vector-id block of every (checkpoint, component, layer, he
 Token lookups are the hot path ("who promotes X"): with these in memory, a lookup filters and labels its
 hits by vector-id ranges instead of joining the vectors table and the latest-checkpoint view. A catalog is
 shared by every connection to the same file and rebuilt when the store's generation (count, max and sum of
-checkpoint ids, and the tables a writer recorded) changes, so a long-lived service sees new index runs and
-schema upgrades at once.
+checkpoint ids) changes, so a long-lived service sees new index runs at once.
 
 ``Lens.warm`` adds each vocabulary's typed forms (``Words``): exact token resolution then needs no statement.
 They are cached per file by vocabulary id and content hash (a store rebuilt at the same path may reuse ids).
@@ -15,14 +14,15 @@ import bisect
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
 
 from queries import sql as q
+from queries.filters import chooses
 
 
-@dataclass(frozen=True)
-class CheckpointRef:
+class CheckpointRef(NamedTuple):
     checkpoint_id: int
     model: str
     vocab_id: int
@@ -31,8 +31,7 @@ class CheckpointRef:
     latest: bool
 
 
-@dataclass(frozen=True)
-class Unit:
+class Unit(NamedTuple):
     """One contiguous block of vector ids: a (checkpoint, component, layer, head) of one run."""
 
     checkpoint_id: int
@@ -51,20 +50,12 @@ class Catalog:
     models: dict[str, int]
     units: list[Unit]
     vocab_hashes: dict[int, str] = field(default_factory=dict)
-    tables: frozenset[str] = frozenset(q.OPTIONAL_TABLES)
     _starts: list[int] = field(default_factory=list)
 
-    @property
-    def has_head_pairs(self) -> bool:
-        return "head_pairs" in self.tables
-
-    @property
-    def has_token_forms(self) -> bool:
-        return "token_forms" in self.tables
-
-    @property
-    def has_vector_lists(self) -> bool:
-        return "vector_lists" in self.tables
+    def chosen(self, model: str | None, checkpoint: str | None) -> list[CheckpointRef]:
+        """The checkpoints a choice picks (``queries.filters.chooses``), of one model or of every model."""
+        return [r for r in self.checkpoints.values()
+                if (model is None or r.model == model) and chooses(checkpoint, r.label, r.latest)]
 
     def vector_id(self, checkpoint_id: int, component: str, layer: int, head: int | None, index: int) -> int | None:
         """The id of one vector from the unit blocks (no statement), or None where no unit holds it."""
@@ -93,25 +84,18 @@ def catalog(con: duckdb.DuckDBPyConnection, path: Path) -> Catalog:
     if cached is not None and cached.generation == tuple(con.execute(q.store_generation()[0]).fetchone() or ()):
         return cached
     rows = con.execute(q.checkpoint_catalog()[0]).fetchall()
-    if rows:  # the generation of the snapshot just read, as store_generation() computes it (one statement less)
-        ids = [r[0] for r in rows]
-        generation: tuple = (len(ids), max(ids), sum(ids), rows[0][8])
-    else:
-        generation = tuple(con.execute(q.store_generation()[0]).fetchone() or ())
-    recorded = generation[3]
-    tables = recorded.split(",") if recorded is not None else (
-        con.execute(q.optional_tables()[0]).fetchone() or [[]])[0] or []
+    ids = [r[0] for r in rows]
+    # the generation of the snapshot just read, as store_generation() computes it (one statement less)
+    generation: tuple = (len(ids), max(ids), sum(ids)) if ids else (0, None, None)
     checkpoints = {r[0]: CheckpointRef(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows}
-    units = [Unit(*r) for r in con.execute(*q.inline(q.vector_units([r[0] for r in rows if not r[6]]))).fetchall()]
-    built = Catalog(generation, checkpoints, {r[1]: r[2] for r in rows}, units, vocab_hashes={r[2]: r[7] for r in rows},
-                    tables=frozenset(tables) & frozenset(q.OPTIONAL_TABLES))
+    units = [Unit(*r) for r in con.execute(q.vector_units()[0]).fetchall()]
+    built = Catalog(generation, checkpoints, {r[1]: r[2] for r in rows}, units, vocab_hashes={r[2]: r[6] for r in rows})
     with _GLOBAL:
         _CATALOGS[key] = built
     return built
 
 
-@dataclass(frozen=True)
-class Words:
+class Words(NamedTuple):
     """One vocabulary's typed forms in memory: ``ids`` maps a word, raw spelling or display text to the ids of
     the tokens that have it (what ``sql.resolve_token`` finds case-sensitively), ascending."""
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from schema.connect import open_reader
 from schema.errors import LensdbError
-from schema.store import open_reader
 
 PARTITIONED = {
     "projections": "SELECT * EXCLUDE (vector_id, checkpoint_id, model_id) FROM projections ORDER BY token_id",

@@ -14,6 +14,10 @@ _CKPT = "'checkpoint ' || c.checkpoint_id || ' (' || coalesce(m.name, '?') || '/
 _VEC = ("'vector ' || v.vector_id || ' (' || m.name || '/' || c.label || ' ' || v.component || ' layer ' "
         "|| v.layer || coalesce(' head ' || v.head, '') || ' index ' || v.idx || ')'")
 
+# A vector's token rows: its top and bottom tokens, or for a head map (``attn_*_pair``) its top and bottom pairs.
+_TOKEN_ROWS = ("(SELECT vector_id, side, rank, token_id FROM vector_tokens UNION ALL "
+               "SELECT vector_id, side, rank, token_id FROM head_pairs)")
+
 CHECKS: list[tuple[str, str]] = [
     ("complete run record", f"""
 SELECT {_CKPT} || ' has no complete index run record'
@@ -25,7 +29,7 @@ FROM index_runs r JOIN checkpoints c USING (checkpoint_id) LEFT JOIN models m US
 GROUP BY c.checkpoint_id, m.name, c.label HAVING count(*) > 1"""),
     ("row counts", f"""
 WITH vc AS (SELECT checkpoint_id, count(*) AS n FROM vectors GROUP BY checkpoint_id),
-     pc AS (SELECT v.checkpoint_id, count(*) AS n FROM vector_tokens p JOIN vectors v USING (vector_id)
+     pc AS (SELECT v.checkpoint_id, count(*) AS n FROM {_TOKEN_ROWS} p JOIN vectors v USING (vector_id)
             GROUP BY v.checkpoint_id)
 SELECT {_CKPT} || ': its run records ' || r.n_vectors || ' vectors but the store holds ' || coalesce(vc.n, 0)
 FROM index_runs r JOIN checkpoints c USING (checkpoint_id) LEFT JOIN models m USING (model_id)
@@ -38,7 +42,7 @@ LEFT JOIN pc USING (checkpoint_id) WHERE r.n_projections <> coalesce(pc.n, 0)"""
 WITH per AS (SELECT vector_id, count(*) FILTER (WHERE side = 'top') AS t, count(*) FILTER (WHERE side = 'bottom') AS b,
                     count(*) FILTER (WHERE side NOT IN ('top', 'bottom')) AS o, count(DISTINCT (side, rank)) AS d,
                     count(*) AS n
-             FROM vector_tokens GROUP BY vector_id)
+             FROM {_TOKEN_ROWS} GROUP BY vector_id)
 SELECT {_VEC} || ' has ' || coalesce(per.t, 0) || ' top and ' || coalesce(per.b, 0) || ' bottom token rows'
        || CASE WHEN coalesce(per.o, 0) > 0 THEN ' and ' || per.o || ' of no side' ELSE '' END
        || CASE WHEN per.d < per.n THEN ' with repeated ranks' ELSE '' END
@@ -50,9 +54,24 @@ WHERE coalesce(per.t, 0) <> least(r.top_k, voc.size) OR coalesce(per.b, 0) <> le
    OR coalesce(per.o, 0) > 0 OR per.d < per.n"""),
     ("token ids within the vocabulary", f"""
 SELECT {_VEC} || ' holds token id ' || p.token_id || ' outside its vocabulary (0–' || (voc.size - 1) || ')'
-FROM vector_tokens p JOIN vectors v USING (vector_id) JOIN checkpoints c USING (checkpoint_id)
+FROM {_TOKEN_ROWS} p JOIN vectors v USING (vector_id) JOIN checkpoints c USING (checkpoint_id)
 JOIN models m USING (model_id) JOIN vocabularies voc ON voc.vocab_id = m.vocab_id
 WHERE p.token_id < 0 OR p.token_id >= voc.size"""),
+    ("token lists equal the token rows", f"""
+WITH per AS (SELECT vector_id,
+                    list(token_id ORDER BY rank) FILTER (WHERE side = 'top') AS t,
+                    list(score ORDER BY rank) FILTER (WHERE side = 'top') AS ts,
+                    list(token_id ORDER BY rank) FILTER (WHERE side = 'bottom') AS b,
+                    list(score ORDER BY rank) FILTER (WHERE side = 'bottom') AS bs
+             FROM vector_tokens GROUP BY vector_id)
+SELECT {_VEC} || CASE WHEN l.vector_id IS NULL THEN ' has token rows but no vector_lists row'
+                      WHEN per.vector_id IS NULL THEN ' has a vector_lists row but no token rows'
+                      ELSE ' has token lists that differ from its token rows' END
+FROM per FULL JOIN vector_lists l USING (vector_id) JOIN vectors v USING (vector_id)
+JOIN checkpoints c USING (checkpoint_id) JOIN models m USING (model_id)
+WHERE l.vector_id IS NULL OR per.vector_id IS NULL OR per.t IS DISTINCT FROM l.top_token_ids
+   OR per.ts IS DISTINCT FROM l.top_scores OR per.b IS DISTINCT FROM l.bottom_token_ids
+   OR per.bs IS DISTINCT FROM l.bottom_scores"""),
     ("unique vector ids", """
 SELECT 'vector id ' || vector_id || ' is used by ' || count(*) || ' vectors' FROM vectors
 GROUP BY vector_id HAVING count(*) > 1"""),
@@ -76,25 +95,6 @@ UNION ALL
 SELECT 'vocabulary ' || voc.vocab_id || ' records ' || voc.size || ' tokens but the store holds '
        || (SELECT count(*) FROM tokens t WHERE t.vocab_id = voc.vocab_id)
 FROM vocabularies voc WHERE voc.size <> (SELECT count(*) FROM tokens t WHERE t.vocab_id = voc.vocab_id)"""),
-]
-
-# Checks of tables newer than the first stores: run only where the table exists (a writer adds it).
-OPTIONAL_CHECKS: list[tuple[str, str, str]] = [
-    ("vector_lists", "token lists equal the token rows", f"""
-WITH per AS (SELECT vector_id,
-                    list(token_id ORDER BY rank) FILTER (WHERE side = 'top') AS t,
-                    list(score ORDER BY rank) FILTER (WHERE side = 'top') AS ts,
-                    list(token_id ORDER BY rank) FILTER (WHERE side = 'bottom') AS b,
-                    list(score ORDER BY rank) FILTER (WHERE side = 'bottom') AS bs
-             FROM vector_tokens GROUP BY vector_id)
-SELECT {_VEC} || CASE WHEN l.vector_id IS NULL THEN ' has token rows but no vector_lists row'
-                      WHEN per.vector_id IS NULL THEN ' has a vector_lists row but no token rows'
-                      ELSE ' has token lists that differ from its token rows' END
-FROM per FULL JOIN vector_lists l USING (vector_id) JOIN vectors v USING (vector_id)
-JOIN checkpoints c USING (checkpoint_id) JOIN models m USING (model_id)
-WHERE l.vector_id IS NULL OR per.vector_id IS NULL OR per.t IS DISTINCT FROM l.top_token_ids
-   OR per.ts IS DISTINCT FROM l.top_scores OR per.b IS DISTINCT FROM l.bottom_token_ids
-   OR per.bs IS DISTINCT FROM l.bottom_scores"""),
 ]
 
 NOTES = """SELECT 'attempt ' || attempt_id || ' to index ' || model || ' from ' || path || ' ' || status
@@ -126,10 +126,6 @@ def check_store(con: duckdb.DuckDBPyConnection) -> CheckReport:
     problems: list[str] = []
     for _, sql in CHECKS:
         problems += [r[0] for r in con.execute(f"SELECT * FROM ({sql}) LIMIT {LIMIT}").fetchall()]
-    tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-    for table, _, sql in OPTIONAL_CHECKS:
-        if table in tables:
-            problems += [r[0] for r in con.execute(f"SELECT * FROM ({sql}) LIMIT {LIMIT}").fetchall()]
-    notes = [r[0] for r in con.execute(NOTES).fetchall()] if "run_attempts" in tables else []
+    notes = [r[0] for r in con.execute(NOTES).fetchall()]
     n_ckpt, n_vec, n_rows = con.execute(COUNTS).fetchone()  # type: ignore[misc]
     return CheckReport(problems=problems, notes=notes, checkpoints=n_ckpt, vectors=n_vec, token_rows=n_rows)

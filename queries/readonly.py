@@ -7,8 +7,8 @@ from pathlib import Path
 import duckdb
 
 from queries.rows import SqlResult
+from schema.connect import open_reader
 from schema.errors import LensdbError, StoreError
-from schema.store import open_reader
 
 # Settings that stay locked for the life of the connection: no files, no network, no extensions.
 HARDENED = {

@@ -2,7 +2,7 @@
 connection, so the statements are tested without a database and run by ``queries.api``."""
 
 from schema.errors import LensdbError
-from schema.store import SORTED_BY_TOKEN
+from schema.layout import SORTED_BY_TOKEN
 
 Sql = tuple[str, list]
 
@@ -37,7 +37,8 @@ def inline(built: Sql) -> Sql:
     return "".join(part + (rendered[i] or "") if i < len(rendered) else part for i, part in enumerate(parts)), []
 
 def checkpoint_filter(checkpoint: str | None, params: list) -> str:
-    """``None``: each model's latest checkpoint; ``"all"``: every checkpoint; else that label."""
+    """``None``: each model's latest checkpoint; ``"all"``: every checkpoint; else that label (the SQL form of
+    ``queries.filters.chooses``)."""
     if checkpoint is None:
         return "c.checkpoint_id IN (SELECT checkpoint_id FROM latest_checkpoints)"
     if checkpoint == "all":
@@ -47,38 +48,23 @@ def checkpoint_filter(checkpoint: str | None, params: list) -> str:
 
 
 def store_generation() -> Sql:
-    """A cheap fingerprint that changes whenever a checkpoint is added, replaced or removed, or a writer
-    upgrades the schema.
+    """A cheap fingerprint that changes whenever a checkpoint is added, replaced or removed.
 
     Models and vocabularies are only ever created together with a checkpoint, and a replaced checkpoint gets a
-    new id, so the checkpoints table alone tells; an upgrade rewrites the tables recorded in lensdb_meta.
+    new id, so the checkpoints table alone tells.
     """
-    return ("SELECT count(*), max(checkpoint_id), sum(checkpoint_id), "
-            "(SELECT value FROM lensdb_meta WHERE key = 'tables') FROM checkpoints", [])
-
-
-OPTIONAL_TABLES = ("head_pairs", "token_forms", "vector_lists")
+    return "SELECT count(*), max(checkpoint_id), sum(checkpoint_id) FROM checkpoints", []
 
 
 def checkpoint_catalog() -> Sql:
-    """Every checkpoint with its model, vocabulary (id and content hash), whether it is its model's latest,
-    whether its vector-id blocks are in ``vector_units`` (checkpoints indexed before that table existed are
-    not), and the tables the writer recorded in ``lensdb_meta`` (NULL in a store from before that record; see
-    ``optional_tables``): one statement, as a cold open pays for each."""
+    """Every checkpoint with its model, vocabulary (id and content hash) and whether it is its model's latest:
+    one statement, as a cold open pays for each."""
     return (
         """SELECT c.checkpoint_id, m.name, m.vocab_id, c.label, c.step,
-       c.checkpoint_id IN (SELECT checkpoint_id FROM latest_checkpoints),
-       c.checkpoint_id IN (SELECT checkpoint_id FROM vector_units),
-       v.content_hash,
-       (SELECT value FROM lensdb_meta WHERE key = 'tables')
+       c.checkpoint_id IN (SELECT checkpoint_id FROM latest_checkpoints), v.content_hash
 FROM checkpoints c JOIN models m USING (model_id) JOIN vocabularies v USING (vocab_id) ORDER BY c.checkpoint_id""",
         [],
     )
-
-
-def optional_tables() -> Sql:
-    """Which of the tables newer than the first stores exist, where the store has not recorded its tables."""
-    return f"SELECT list(table_name) FROM duckdb_tables() WHERE table_name IN {OPTIONAL_TABLES}", []
 
 
 def model_vocabularies() -> Sql:
@@ -89,23 +75,11 @@ def vocabulary(vocab_id: int) -> Sql:
     return "SELECT token_id, token, display, word FROM tokens WHERE vocab_id = ? ORDER BY token_id", [vocab_id]
 
 
-def vector_units(without_units: list[int] | None = None) -> Sql:
+def vector_units() -> Sql:
     """Each run writes one contiguous block of vector ids per (checkpoint, component, layer, head): their
-    bounds let token lookups filter and label hits without joining the vectors table. The checkpoints in
-    ``without_units`` (indexed before ``vector_units`` existed) get theirs from a scan of the vectors table,
-    which is paid only when there are such checkpoints."""
-    units = ("SELECT checkpoint_id, component, layer, head, first_vector_id, last_vector_id, first_index "
-             "FROM vector_units")
-    if not without_units:
-        return f"{units} ORDER BY 5", []
-    return (
-        f"""{units}
-UNION ALL
-SELECT checkpoint_id, component, layer, head, min(vector_id), max(vector_id), min(idx) FROM vectors
-WHERE checkpoint_id IN ({', '.join('?' * len(without_units))}) GROUP BY ALL
-ORDER BY 5""",
-        list(without_units),
-    )
+    bounds let token lookups filter and label hits without joining the vectors table."""
+    return ("SELECT checkpoint_id, component, layer, head, first_vector_id, last_vector_id, first_index "
+            "FROM vector_units ORDER BY 5", [])
 
 
 def all_words(vocab_ids: list[int]) -> Sql:
@@ -116,7 +90,6 @@ def all_words(vocab_ids: list[int]) -> Sql:
 
 def hits_in_ranges(
     groups: list[tuple[list[tuple[int, int]], list[int]]], side: str, limit: int = 20, offset: int = 0,
-    with_pairs: bool = True,
 ) -> Sql:
     """Rows with one of the token ids on ``side`` whose vector id falls in one of the ranges, strongest first.
 
@@ -131,12 +104,10 @@ def hits_in_ranges(
     if not token_ids or not any(r for r, _ in groups):
         raise LensdbError("no tokens or vectors to look up.")
     one = ("SELECT vector_id, side, rank, token_id, score, zscore, NULL::INTEGER AS source_token_id "
-           "FROM vector_tokens WHERE token_id = ?")
-    if with_pairs:  # stores written before head maps existed have no head_pairs table
-        one += (" UNION ALL SELECT vector_id, side, rank, token_id, score, zscore, source_token_id "
-                "FROM head_pairs WHERE token_id = ?")
+           "FROM vector_tokens WHERE token_id = ? UNION ALL "
+           "SELECT vector_id, side, rank, token_id, score, zscore, source_token_id FROM head_pairs WHERE token_id = ?")
     fetch = " UNION ALL ".join(one for _ in token_ids)
-    params: list = [t for t in token_ids for _ in range(2 if with_pairs else 1)] + [side]
+    params: list = [t for t in token_ids for _ in range(2)] + [side]
     ors = []
     for ranges, ids in groups:
         spans = " OR ".join("vector_id BETWEEN ? AND ?" for _ in ranges)
@@ -162,22 +133,13 @@ def warm_scan(table: str) -> Sql:
             f"FROM {table}", [])
 
 
-def resolve_token(word: str, ignore_case: bool, forms: bool = True) -> Sql:
-    """Token ids whose lookup word, raw spelling or display text equals ``word``, per model.
-
-    ``forms``: the store has ``token_forms`` (one sorted equality); a store written before it has only
-    ``tokens``, whose three columns are then compared in one scan.
-    """
+def resolve_token(word: str, ignore_case: bool) -> Sql:
+    """Token ids whose lookup word, raw spelling or display text equals ``word``, per model: one sorted
+    equality on ``token_forms``, or a scan of ``tokens`` comparing lower-cased forms."""
     if ignore_case:
         return (
             "SELECT m.name, m.vocab_id, t.token_id, t.token, t.display FROM tokens t JOIN models m USING (vocab_id) "
             "WHERE lower(?) IN (lower(t.word), lower(t.token), lower(t.display)) ORDER BY m.name, t.token_id",
-            [word],
-        )
-    if not forms:
-        return (
-            "SELECT m.name, m.vocab_id, t.token_id, t.token, t.display FROM tokens t JOIN models m USING (vocab_id) "
-            "WHERE ? IN (t.word, t.token, t.display) ORDER BY m.name, t.token_id",
             [word],
         )
     return (
@@ -230,15 +192,13 @@ WHERE v.vector_id = ?""",
     )
 
 
-def vector_tokens(vector_id: int, vocab_id: int, with_pairs: bool = True) -> Sql:
-    """A vector's top and bottom tokens; for a head map (``*_pair``) its pairs, with their source tokens."""
-    plain = """SELECT p.side, p.rank, p.token_id, t.display, p.score, p.zscore, NULL, NULL FROM vector_tokens p
-JOIN tokens t ON t.vocab_id = ? AND t.token_id = p.token_id
-WHERE p.vector_id = ?"""
-    if not with_pairs:
-        return plain + " ORDER BY 1 DESC, 2", [vocab_id, vector_id]
+def vector_tokens(vector_id: int, vocab_id: int) -> Sql:
+    """A vector's top and bottom tokens from the token-sorted tables (a scan; vectors with lists are read from
+    ``vector_lists``); for a head map (``*_pair``) its pairs, with their source tokens."""
     return (
-        plain + """
+        """SELECT p.side, p.rank, p.token_id, t.display, p.score, p.zscore, NULL, NULL FROM vector_tokens p
+JOIN tokens t ON t.vocab_id = ? AND t.token_id = p.token_id
+WHERE p.vector_id = ?
 UNION ALL
 SELECT p.side, p.rank, p.token_id, t.display, p.score, p.zscore, p.source_token_id, s.display FROM head_pairs p
 JOIN tokens t ON t.vocab_id = ? AND t.token_id = p.token_id
@@ -251,7 +211,7 @@ ORDER BY 1 DESC, 2""",
 
 def vector_lists(vector_ids: list[int]) -> Sql:
     """The ``vector_lists`` rows of these vectors with the statistics their z-scores come from (point lookups
-    by vector id); none for a vector without lists (a head map's pairs, or a store written before the table)."""
+    by vector id); none for a vector without lists (a head map's pairs)."""
     if not vector_ids:
         raise LensdbError("no vectors to look up.")
     return (
@@ -357,25 +317,6 @@ def vector_drift(model: str, component: str, layer: int, index: int, head: int |
 FROM vector_drift WHERE model = ? AND component = ? AND layer = ? AND "index" = ? AND {head_cond}
 ORDER BY {_STEP_ORDER}""",
         params,
-    )
-
-
-def top_tokens(vector_ids: list[int], side: str, k: int) -> Sql:
-    """The first ``k`` tokens on ``side`` of each vector, with their display text (a store without
-    ``vector_lists``: this scans vector_tokens)."""
-    if not vector_ids:
-        raise LensdbError("no vectors to look up.")
-    marks = ", ".join("?" * len(vector_ids))
-    return (
-        f"""SELECT p.vector_id, p.rank, p.token_id, t.display, p.score, p.zscore
-FROM vector_tokens p
-JOIN vectors v ON v.vector_id = p.vector_id
-JOIN checkpoints c ON c.checkpoint_id = v.checkpoint_id
-JOIN models m ON m.model_id = c.model_id
-JOIN tokens t ON t.vocab_id = m.vocab_id AND t.token_id = p.token_id
-WHERE p.vector_id IN ({marks}) AND p.side = ? AND p.rank <= ?
-ORDER BY p.vector_id, p.rank""",
-        [*vector_ids, side, k],
     )
 
 

@@ -11,3 +11,11 @@ class LensdbError(Exception):
 
 class StoreError(LensdbError):
     """The database file cannot be used as asked (locked, wrong schema version, not a lensdb store)."""
+
+
+class NotFound(LensdbError):
+    """The model, checkpoint, vector, trace or run asked for is not in the store."""
+
+
+class UnknownToken(LensdbError):
+    """The word or id is in no indexed vocabulary (or not in the one asked for)."""

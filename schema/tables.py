@@ -3,12 +3,11 @@
 Ids are assigned by the single writer (max + 1 inside its transaction), never by sequences: duckdb_engine
 0.17 cannot autoincrement without an explicit Sequence, and one writer per file makes max + 1 safe.
 Bulk rows (``vectors``, ``vector_tokens``) never go through SQLAlchemy: they arrive as Arrow and are
-copied with ``INSERT … SELECT`` (see ``schema.store``).
+copied with ``INSERT … SELECT`` (see ``schema.writer``). A change here raises ``schema.layout.SCHEMA_VERSION``
+and adds its step to ``schema.migrations``.
 """
 
 import sqlalchemy as sa
-
-SCHEMA_VERSION = 1
 
 metadata = sa.MetaData()
 
@@ -210,9 +209,7 @@ vector_lists = sa.Table(
     "logit_mean and logit_std.",
 )
 
-# ---- training runs (issue 6): registered sources, linked identical steps, watch cycles -------------------
-# Added with CREATE TABLE IF NOT EXISTS: a store written before these tables gains them on its next write
-# (``schema.store.writer``), so SCHEMA_VERSION stays 1 and nothing needs re-indexing.
+# ---- training runs: registered sources, linked identical steps, watch cycles ----------------------------
 
 sources = sa.Table(
     "sources",
@@ -273,7 +270,7 @@ watch_items = sa.Table(
     comment="What each watch cycle did with each new checkpoint it found, and why.",
 )
 
-# ---- reliability (issue 10): every index attempt, committed on its own before the run's one transaction ----
+# ---- reliability: every index attempt, committed on its own before the run's one transaction ----
 
 run_attempts = sa.Table(
     "run_attempts",
@@ -293,8 +290,8 @@ run_attempts = sa.Table(
     "nothing, this row says what happened to an attempt that did not commit.",
 )
 
-# ---- forward passes (issue 7): traces in vocabulary space ----------------------------------------------------
-# Created like the training-run tables: IF NOT EXISTS on a store's next write. Every row belongs to one trace;
+# ---- forward passes: traces in vocabulary space --------------------------------------------------------------
+# Every row belongs to one trace;
 # ``position`` is the input position (0-based) and ``layer`` the block (for states: 0 = after the embedding,
 # l = after block l - 1).
 
@@ -413,8 +410,7 @@ trace_top_tokens = sa.Table(
     comment="Top tokens of each state (logit lens), head output and neuron write (sign-adjusted).",
 )
 
-# ---- across models (issue 8): alignment runs and their scores ---------------------------------------------
-# Also CREATE TABLE IF NOT EXISTS: an existing store gains them on its next write.
+# ---- across models: alignment runs and their scores -------------------------------------------------------
 
 alignment_runs = sa.Table(
     "alignment_runs",

@@ -1,6 +1,6 @@
 """Documented SQL views: the surface users query from `lensdb sql`, the DuckDB CLI or any SQL client.
 
-Each view is declared once here with its documentation; ``schema.store`` creates it and attaches the text as
+Each view is declared once here with its documentation; ``schema.writer`` creates it and attaches the text as
 a DuckDB comment, so ``SELECT * FROM duckdb_views()`` shows it in any client.
 """
 

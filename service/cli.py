@@ -2,35 +2,43 @@
 
 ``main(argv)`` takes its arguments so tests call it in-process. Every ``LensdbError`` becomes one line on
 stderr and exit status 1; usage errors exit 2 (argparse).
+
+Each command imports what it needs when it runs, and its arguments are declared only when it is the command
+asked for (``parser(only=...)``): a read command loads DuckDB and pydantic, never torch, and ``--help`` loads
+neither (tests/test_layout.py).
 """
 
 import argparse
 import json
-import os
-import signal
 import sys
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-
-import queries
-from indexer import IndexOptions, IndexResult, index_checkpoint
-from indexer.adapters import ADAPTERS
-from indexer.discover import KINDS
-from indexer.watch import WatchReport, parse_every, register_source, watch_cycle, watch_loop
-from queries.export import export_parquet
 from schema.errors import LensdbError, StoreError
-from schema.store import optimize
 from service.render import table
-from service.settings import Settings, exposure_problem
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    import queries
+    from indexer import IndexOptions, IndexResult
+    from indexer.watch.cycle import WatchReport
 
 DEFAULT_DB = "lens.duckdb"
 
 
-def _emit(args: argparse.Namespace, items: Sequence[BaseModel] | BaseModel, columns: list[str] | None = None) -> None:
+def _connect(db: str) -> "queries.Lens":
+    import queries
+
+    return queries.connect(db)
+
+
+def _emit(args: argparse.Namespace, items: "Sequence[BaseModel] | BaseModel", columns: list[str] | None = None) -> None:
+    from pydantic import BaseModel
+
     if args.json:
         data = items.model_dump() if isinstance(items, BaseModel) else [i.model_dump() for i in items]
         print(json.dumps(data, indent=2, ensure_ascii=False))
@@ -46,6 +54,8 @@ def server_file(db: str | Path) -> Path:
 
 
 def cmd_index(args: argparse.Namespace) -> None:
+    from indexer import IndexOptions, index_checkpoint
+
     opts = IndexOptions(name=args.name, top_k=args.top_k, basis=args.basis, replace=args.replace,
                         components=args.component or None, device=args.device, precision=args.precision,
                         read_basis=args.read_basis, head_maps=args.head_maps, pair_vocab=args.pair_vocab,
@@ -68,10 +78,14 @@ def cmd_index(args: argparse.Namespace) -> None:
         print(result.message)
 
 
-def index_via_server(server: str, checkpoint: str, opts: IndexOptions, quiet: bool = False,
-                     poll_s: float = 0.25) -> IndexResult:
+def index_via_server(server: str, checkpoint: str, opts: "IndexOptions", quiet: bool = False,
+                     poll_s: float = 0.25) -> "IndexResult":
     """Submit an index job to a running service (POST /index) and follow GET /jobs/{id} until it ends."""
+    import os
+
     import httpx
+
+    from indexer import IndexResult
 
     base = server.rstrip("/")
     body = {"checkpoint": str(Path(checkpoint).resolve()), **opts.model_dump()}
@@ -106,9 +120,12 @@ def _answer(response) -> dict:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    import signal
+
     import uvicorn
 
     from service.app import create_app
+    from service.settings import Settings, exposure_problem
 
     given = {name: getattr(args, name) for name in Settings.model_fields if getattr(args, name) is not None}
     settings = Settings(**given)
@@ -128,7 +145,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    with queries.connect(args.db) as db:
+    with _connect(args.db) as db:
         models = db.models()
     if args.json:
         print(json.dumps([m.model_dump() for m in models], indent=2))
@@ -140,17 +157,20 @@ def cmd_models(args: argparse.Namespace) -> None:
 
 
 def _hits(args: argparse.Namespace, side: str) -> None:
+    from queries import HitFilter
+    from queries.lens import hit_filter
+
     token: str | int = int(args.token) if args.id else args.token
-    with queries.connect(args.db) as db:
+    wanted = hit_filter(None, {f: getattr(args, f) for f in HitFilter.model_fields if getattr(args, f) is not None})
+    with _connect(args.db) as db:
         find = db.promoters if side == "top" else db.suppressors
-        hits = find(token, model=args.model, checkpoint=args.checkpoint, component=args.component,
-                    layer=args.layer, head=args.head, limit=args.limit, offset=args.offset)
+        hits = find(token, wanted)
     _emit(args, hits, ["model", "checkpoint", "component", "layer", "head", "index", "rank", "token", "score",
                        "zscore"])
 
 
 def cmd_vector(args: argparse.Namespace) -> None:
-    with queries.connect(args.db) as db:
+    with _connect(args.db) as db:
         v = db.vector(args.model, args.component, args.layer, args.index, head=args.head, checkpoint=args.checkpoint)
     if args.json:
         print(v.model_dump_json(indent=2))
@@ -170,12 +190,12 @@ def cmd_vector(args: argparse.Namespace) -> None:
 
 def cmd_tokens(args: argparse.Namespace) -> None:
     token: str | int = int(args.token) if args.id else args.token
-    with queries.connect(args.db) as db:
+    with _connect(args.db) as db:
         _emit(args, db.tokens(token, model=args.model))
 
 
 def cmd_sql(args: argparse.Namespace) -> None:
-    with queries.connect(args.db) as db:
+    with _connect(args.db) as db:
         result = db.sql(args.query, max_rows=args.max_rows, timeout_s=args.timeout)
     if args.json:
         print(json.dumps([dict(zip(result.columns, r, strict=True)) for r in result.rows], indent=2, default=str))
@@ -187,7 +207,7 @@ def cmd_sql(args: argparse.Namespace) -> None:
 
 def cmd_check(args: argparse.Namespace) -> None:
     from queries.integrity import check_store
-    from schema.store import open_reader
+    from schema.connect import open_reader
 
     con = open_reader(args.db)
     try:
@@ -209,16 +229,18 @@ def cmd_check(args: argparse.Namespace) -> None:
 
 
 def cmd_register(args: argparse.Namespace) -> None:
+    from indexer.watch.cycle import register_source
+
     result = register_source(args.db, args.name, args.source, kind=args.kind, top_k=args.top_k, basis=args.basis)
     print(result.model_dump_json(indent=2) if args.json else result.message)
 
 
 def cmd_registered(args: argparse.Namespace) -> None:
-    with queries.connect(args.db) as db:
+    with _connect(args.db) as db:
         _emit(args, db.registered(), ["name", "kind", "path", "top_k", "basis", "indexed", "linked"])
 
 
-def _print_report(args: argparse.Namespace, report: WatchReport) -> None:
+def _print_report(args: argparse.Namespace, report: "WatchReport") -> None:
     if args.json:
         print(report.model_dump_json(), flush=True)
         return
@@ -229,6 +251,10 @@ def _print_report(args: argparse.Namespace, report: WatchReport) -> None:
 
 
 def cmd_watch(args: argparse.Namespace) -> None:
+    import threading
+
+    from indexer.watch.cycle import WatchReport, parse_every, watch_cycle, watch_loop
+
     every = parse_every(args.every)
     settle = parse_every(args.settle) if args.settle not in ("0", "0s") else 0.0
     if not Path(args.db).exists():
@@ -245,7 +271,7 @@ def cmd_watch(args: argparse.Namespace) -> None:
 
 
 def cmd_drift(args: argparse.Namespace) -> None:
-    with queries.connect(args.db) as db:
+    with _connect(args.db) as db:
         if args.token is not None:
             token: str | int = int(args.token) if args.id else args.token
             ranks = db.token_rank_over_training(args.model, token, args.component, args.layer, args.index,
@@ -268,7 +294,7 @@ def cmd_drift(args: argparse.Namespace) -> None:
 
 
 def cmd_changed(args: argparse.Namespace) -> None:
-    with queries.connect(args.db) as db:
+    with _connect(args.db) as db:
         changed = db.changed_most(args.model, args.from_checkpoint, args.to_checkpoint, component=args.component,
                                   limit=args.limit)
     _emit(args, changed, ["component", "layer", "head", "index", "shared", "overlap", "jaccard", "norm_from",
@@ -277,7 +303,7 @@ def cmd_changed(args: argparse.Namespace) -> None:
 
 def cmd_head_map(args: argparse.Namespace) -> None:
     token: str | int = int(args.token) if args.id else args.token
-    with queries.connect(args.db) as db:
+    with _connect(args.db) as db:
         rows = db.head_map(token, kind=args.kind, model=args.model, checkpoint=args.checkpoint, limit=args.limit,
                            per_head=args.per_head)
     if args.json:
@@ -291,6 +317,8 @@ def cmd_head_map(args: argparse.Namespace) -> None:
 
 
 def cmd_optimize(args: argparse.Namespace) -> None:
+    from schema.optimize import optimize
+
     if not Path(args.db).exists():
         raise StoreError(f"no lensdb store at {args.db}; create one with `lensdb index CHECKPOINT --db {args.db}`.")
     started = time.perf_counter()
@@ -302,6 +330,8 @@ def cmd_optimize(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from queries.export import export_parquet
+
     result = export_parquet(args.db, args.parquet, overwrite=args.overwrite)
     if args.json:
         print(result.model_dump_json(indent=2))
@@ -311,14 +341,14 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_trace(args: argparse.Namespace) -> None:
-    from indexer.trace import TraceOptions, trace_input
+    from indexer.analyses.trace import TraceOptions, trace_input
     from service.flow import standalone
 
     opts = TraceOptions(model=args.model, prompt=args.prompt, checkpoint=args.checkpoint, position=args.position,
                         zero=args.zero or [], boost=args.boost or [], zero_heads=args.zero_head or [],
                         boost_value=args.boost_value)
     result = trace_input(args.db, opts)
-    with queries.connect(args.db) as db:
+    with _connect(args.db) as db:
         after = db.trace(result.trace_id)
         before = db.trace(result.baseline_trace_id) if result.baseline_trace_id else None
     if args.html:
@@ -331,7 +361,7 @@ def cmd_trace(args: argparse.Namespace) -> None:
           f"{' '.join(repr(t) for t in after.tokens)}")
     print(f"decomposition error {after.error:.2g} (tolerance 1e-4)")
 
-    def cells(t: queries.TraceView) -> list[list[object]]:
+    def cells(t: "queries.TraceView") -> list[list[object]]:
         return [[s.top[0].token if s.top else None, s.pred_rank] for s in t.states]
 
     if before is None:
@@ -349,6 +379,8 @@ def cmd_trace(args: argparse.Namespace) -> None:
 
 def print_alignment(run: "queries.Alignment", limit: int) -> None:
     """The layer matrix (rows: A's layers), the matched pairs and, where widths match, the raw baseline."""
+    from queries import UnitMatch
+
     info = run.info
     print(f"alignment {info.alignment_id}: {info.model_a}/{info.checkpoint_a} (rows) vs {info.model_b}/"
           f"{info.checkpoint_b} (columns), {info.component} per {info.unit}, basis {info.basis}, "
@@ -368,12 +400,12 @@ def print_alignment(run: "queries.Alignment", limit: int) -> None:
                   p.raw_same_index, p.mean_raw_unit_score] for p in run.pairs]))
     if limit and run.matches:
         print(f"\nfirst {min(limit, len(run.matches))} {info.unit} matches:")
-        print(table(list(queries.UnitMatch.model_fields),
+        print(table(list(UnitMatch.model_fields),
                     [list(m.model_dump().values()) for m in run.matches[:limit]]))
 
 
 def cmd_align(args: argparse.Namespace) -> None:
-    from indexer.align import align_models
+    from indexer.analyses.align import align_models
     from service.heatmap import heatmap_png
 
     if args.png:
@@ -382,7 +414,7 @@ def cmd_align(args: argparse.Namespace) -> None:
             raise LensdbError(f"cannot write {args.png}: folder {png_parent} does not exist.")
     outcome = align_models(args.db, args.model_a, args.model_b, component=args.component,
                            checkpoint_a=args.checkpoint_a, checkpoint_b=args.checkpoint_b, basis=args.basis)
-    with queries.connect(args.db) as db:
+    with _connect(args.db) as db:
         run = db.alignment(outcome.alignment_id)
     if args.png:
         marked = {(p.layer_a, p.layer_b) for p in run.pairs}
@@ -395,7 +427,7 @@ def cmd_align(args: argparse.Namespace) -> None:
 
 
 def cmd_alignments(args: argparse.Namespace) -> None:
-    with queries.connect(args.db) as db:
+    with _connect(args.db) as db:
         if args.id is not None:
             run = db.alignment(args.id)
             if args.json:
@@ -427,7 +459,7 @@ def read_examples(path: str) -> tuple[list[str], list[int]]:
 
 
 def cmd_stitch(args: argparse.Namespace) -> None:
-    from indexer.stitch import stitch
+    from indexer.analyses.stitch import stitch
 
     texts, labels = read_examples(args.data)
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
@@ -442,7 +474,7 @@ def cmd_stitch(args: argparse.Namespace) -> None:
 
 
 def cmd_finetune_diff(args: argparse.Namespace) -> None:
-    from indexer.stitch import finetune_diff
+    from indexer.analyses.stitch import finetune_diff
 
     diff = finetune_diff(args.pretrained, args.finetuned, component=args.component, k=args.k, top=args.top,
                          basis=args.basis)
@@ -466,6 +498,8 @@ def cmd_finetune_diff(args: argparse.Namespace) -> None:
 
 
 def cmd_architectures(args: argparse.Namespace) -> None:
+    from indexer.model.adapters import ADAPTERS
+
     rows = [[cls.family, ", ".join(cls.model_types), ", ".join(s.name for s in cls.components)] for cls in ADAPTERS]
     print(table(["family", "model_type", "components"], rows))
     specs = {s.name: s for cls in ADAPTERS for s in cls.components}
@@ -473,20 +507,34 @@ def cmd_architectures(args: argparse.Namespace) -> None:
     print(table(["component", "role", "meaning"], [[s.name, s.role, s.doc] for s in specs.values()]))
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lensdb", description="Read transformer models in embedding space.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def cmd_upgrade(args: argparse.Namespace) -> None:
+    from schema.writer import upgrade_store
 
-    def command(name: str, func, help: str, db: bool = True, json_out: bool = True) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help)
-        sp.set_defaults(func=func)
-        if db:
-            sp.add_argument("--db", default=DEFAULT_DB, help=f"store file (default {DEFAULT_DB})")
-        if json_out:
-            sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
-        return sp
+    before, after = upgrade_store(args.db)
+    print(f"{args.db}: schema version {after} already" if before == after else
+          f"upgraded {args.db} from schema version {before} to {after}")
 
-    sp = command("index", cmd_index, "index a checkpoint folder into the store")
+
+# ---- arguments, declared per command ----------------------------------------------------------------------
+
+def add_fields(sp: argparse.ArgumentParser, model: Any, env_prefix: str | None = None) -> None:
+    """One ``--flag`` per field of a pydantic model, with the field's description as help: the model is the one
+    declaration of these options (``HitFilter`` for searches, ``Settings`` for serve)."""
+    import types
+    import typing
+
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, types.UnionType) or typing.get_origin(ann) is typing.Union:
+            ann = next(a for a in typing.get_args(ann) if a is not type(None))
+        kind = {int: int, float: float}.get(ann, str)
+        notes = ([] if field.default is None else [f"default {field.default}"]) + (
+            [f"env {env_prefix}{name.upper()}"] if env_prefix else [])
+        sp.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
+                        help=field.description + (f" ({'; '.join(notes)})" if notes else ""))
+
+
+def _index_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("checkpoint", help="Hugging Face folder with config.json, safetensors and tokenizer")
     sp.add_argument("--name", help="model name (default: the folder name)")
     sp.add_argument("--top-k", type=int, default=50, help="tokens kept per vector and side (default 50)")
@@ -519,28 +567,22 @@ def parser() -> argparse.ArgumentParser:
                     help="submit the job to a running `lensdb serve` (http://127.0.0.1:8000) and follow it; "
                     "sends LENSDB_TOKEN as its bearer token when set")
 
-    sp = command("serve", cmd_serve, "serve the store over HTTP: API, pages and index jobs", db=False,
-                 json_out=False)
-    for name, field in Settings.model_fields.items():
-        kind = {int: int, float: float}.get(field.annotation, str)  # type: ignore[arg-type]
-        sp.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
-                        help=f"{field.description} (default {field.default}; env LENSDB_{name.upper()})")
 
-    command("models", cmd_models, "list indexed models and checkpoints")
+def _serve_args(sp: argparse.ArgumentParser) -> None:
+    from service.settings import Settings
 
-    for name, side, what in (("promoters", "top", "promote"), ("suppressors", "bottom", "suppress")):
-        sp = command(name, lambda a, s=side: _hits(a, s), f"vectors that {what} a token, strongest first")
-        sp.add_argument("token", help="a word (paris), a raw token (Ġparis, ##s), or an id with --id")
-        sp.add_argument("--id", action="store_true", help="TOKEN is a token id")
-        sp.add_argument("--model", help="only this model")
-        sp.add_argument("--checkpoint", help="checkpoint label, or 'all' (default: each model's latest)")
-        sp.add_argument("--component", help="only this component, e.g. ff_value")
-        sp.add_argument("--layer", type=int, help="only this layer")
-        sp.add_argument("--head", type=int, help="only this attention head")
-        sp.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
-        sp.add_argument("--offset", type=int, default=0, help="rows to skip, for paging")
+    add_fields(sp, Settings, env_prefix="LENSDB_")
 
-    sp = command("vector", cmd_vector, "top and bottom tokens of one vector")
+
+def _hit_args(sp: argparse.ArgumentParser) -> None:
+    from queries import HitFilter
+
+    sp.add_argument("token", help="a word (paris), a raw token (Ġparis, ##s), or an id with --id")
+    sp.add_argument("--id", action="store_true", help="TOKEN is a token id")
+    add_fields(sp, HitFilter)
+
+
+def _vector_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("model")
     sp.add_argument("component", help="e.g. ff_value, ff_key")
     sp.add_argument("layer", type=int)
@@ -549,30 +591,30 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", help="checkpoint label (default: latest)")
     sp.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
 
-    sp = command("tokens", cmd_tokens, "how a word resolves in each model's vocabulary")
+
+def _tokens_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("token")
     sp.add_argument("--id", action="store_true", help="TOKEN is a token id")
     sp.add_argument("--model", help="only this model")
 
-    sp = command("sql", cmd_sql, "run one read-only SELECT over the tables and views")
+
+def _sql_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("query")
     sp.add_argument("--max-rows", type=int, default=1000, help="row cap (default 1000)")
     sp.add_argument("--timeout", type=float, default=10.0, help="seconds before the query is stopped (default 10)")
 
-    command("check", cmd_check, "verify the store: run records, row counts, 2k token rows per vector, token ids, "
-            "orphans; exit 1 naming what is wrong")
 
-    sp = command("register", cmd_register, "register a model's folder for `lensdb watch`: one checkpoint, a "
-                 "Trainer output folder (checkpoint-N/) or a Hugging Face cache entry (models--org--name)")
+def _register_args(sp: argparse.ArgumentParser) -> None:
+    from indexer.watch.discover import KINDS
+
     sp.add_argument("name", help="model name its checkpoints are indexed as")
     sp.add_argument("source", help="the folder to watch")
     sp.add_argument("--kind", choices=KINDS, help="what the folder is (default: detected)")
     sp.add_argument("--top-k", type=int, default=50, help="tokens kept per vector and side (default 50)")
     sp.add_argument("--basis", choices=["folded", "raw"], default="folded", help="projection basis (default folded)")
 
-    command("registered", cmd_registered, "list registered models and how many steps are indexed or linked")
 
-    sp = command("watch", cmd_watch, "index new complete checkpoints of registered models, now and every --every")
+def _watch_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--every", default="10m", help="time between cycles: 30s, 10m, 2h (default 10m)")
     sp.add_argument("--once", action="store_true", help="run one cycle and exit")
     sp.add_argument("--settle", default="60s",
@@ -581,8 +623,8 @@ def parser() -> argparse.ArgumentParser:
                     help="seconds between the two looks that must agree before indexing (default 2)")
     sp.add_argument("--model", help="only this registered model")
 
-    sp = command("drift", cmd_drift, "one vector across training: top tokens per step and overlap with the "
-                 "previous step; with --token, that token's rank per step")
+
+def _drift_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("model")
     sp.add_argument("component", help="e.g. ff_value, ff_key")
     sp.add_argument("layer", type=int)
@@ -593,14 +635,16 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--id", action="store_true", help="--token is a token id")
     sp.add_argument("--side", choices=["top", "bottom"], default="top", help="rank among top or bottom tokens")
 
-    sp = command("changed", cmd_changed, "vectors whose top-k tokens changed most between two checkpoints")
+
+def _changed_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("model")
     sp.add_argument("from_checkpoint", metavar="FROM", help="checkpoint label or step")
     sp.add_argument("to_checkpoint", metavar="TO", help="checkpoint label or step")
     sp.add_argument("--component", help="only this component, e.g. ff_value")
     sp.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
 
-    sp = command("head-map", cmd_head_map, "one row of every head's OV or QK token map, computed exactly")
+
+def _head_map_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("token", help="the source token: attended to (ov) or querying (qk)")
     sp.add_argument("--kind", choices=["ov", "qk"], default="ov", help="ov (default) or qk")
     sp.add_argument("--id", action="store_true", help="TOKEN is a token id")
@@ -609,15 +653,13 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=int, default=20, help="heads to show (default 20)")
     sp.add_argument("--per-head", type=int, default=5, help="targets per head (default 5)")
 
-    command("optimize", cmd_optimize, "rewrite the token-sorted tables as one sorted run each (faster lookups "
-            "after many index runs; one sort of the table)", json_out=False)
 
-    sp = command("export", cmd_export, "write the store as Hive-partitioned Parquet (model/checkpoint/component)")
+def _export_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--parquet", required=True, metavar="DIR", help="target folder (must be empty)")
     sp.add_argument("--overwrite", action="store_true", help="write into a non-empty folder")
 
-    sp = command("trace", cmd_trace, "run one input through an indexed model and store the trace: logit lens, "
-                 "heads, FF neurons, decomposition; with --zero/--boost, before and after")
+
+def _trace_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("model", help="indexed model name")
     sp.add_argument("prompt", help="input text (encoders: put [MASK] where the prediction is read)")
     sp.add_argument("--checkpoint", help="checkpoint label (default: latest)")
@@ -629,8 +671,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--boost-value", type=float, default=10.0, help="activation of boosted neurons (default 10)")
     sp.add_argument("--html", metavar="FILE", help="also write the flow graph as one standalone HTML file")
 
-    sp = command("align", cmd_align, "align two models that share a vocabulary: layer similarity in embedding "
-                 "space, Hungarian layer matching, best match per neuron (or head), raw-parameter baseline")
+
+def _align_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("model_a", metavar="A", help="model whose layers are the rows")
     sp.add_argument("model_b", metavar="B", help="model whose layers are the columns")
     sp.add_argument("--component", default="ff_value", help="component compared (default ff_value)")
@@ -641,20 +683,20 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--png", metavar="FILE", help="also write the layer-similarity heat map as a PNG")
     sp.add_argument("--limit", type=int, default=10, help="unit matches to print (default 10)")
 
-    sp = command("alignments", cmd_alignments, "list stored alignment runs, or show one with --id")
+
+def _alignments_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--id", type=int, help="show this alignment run")
     sp.add_argument("--limit", type=int, default=10, help="unit matches to print with --id (default 10)")
 
-    sp = command("stitch", cmd_stitch, "classify with B's first k blocks mapped into fine-tuned A's space "
-                 "through the shared vocabulary (E_B⁺ E_A), then A's remaining blocks and head; accuracy per k",
-                 db=False)
+
+def _stitch_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("model_a", metavar="A", help="checkpoint folder of the fine-tuned classifier")
     sp.add_argument("model_b", metavar="B", help="checkpoint folder of the pretrained model (same vocabulary)")
     sp.add_argument("--data", required=True, metavar="JSONL", help='examples, one {"text": ..., "label": N} a line')
     sp.add_argument("--layers", help="B layers kept to try, comma-separated (default: every 0..n)")
 
-    sp = command("finetune-diff", cmd_finetune_diff, "project a fine-tuning diff (θ_ft − θ_pre) to the "
-                 "vocabulary: the vectors it changed most and what each classifier row reads", db=False)
+
+def _finetune_diff_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("pretrained", help="checkpoint folder before fine-tuning")
     sp.add_argument("finetuned", help="checkpoint folder after fine-tuning (same architecture and vocabulary)")
     sp.add_argument("--component", default="ff_value", help="component whose changes are read (default ff_value)")
@@ -662,12 +704,91 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--k", type=int, default=8, help="tokens per side (default 8)")
     sp.add_argument("--basis", choices=["raw", "folded"], default="raw", help="projection basis (default raw)")
 
-    command("architectures", cmd_architectures, "list supported architectures", db=False, json_out=False)
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    run: Callable[[argparse.Namespace], None]
+    arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    db: bool = True  # takes --db
+    json_out: bool = True  # takes --json
+
+
+COMMANDS: tuple[Command, ...] = (
+    Command("index", "index a checkpoint folder into the store", cmd_index, _index_args),
+    Command("serve", "serve the store over HTTP: API, pages and index jobs", cmd_serve, _serve_args, db=False,
+            json_out=False),
+    Command("models", "list indexed models and checkpoints", cmd_models),
+    Command("promoters", "vectors that promote a token, strongest first", lambda a: _hits(a, "top"), _hit_args),
+    Command("suppressors", "vectors that suppress a token, strongest first", lambda a: _hits(a, "bottom"),
+            _hit_args),
+    Command("vector", "top and bottom tokens of one vector", cmd_vector, _vector_args),
+    Command("tokens", "how a word resolves in each model's vocabulary", cmd_tokens, _tokens_args),
+    Command("sql", "run one read-only SELECT over the tables and views", cmd_sql, _sql_args),
+    Command("check", "verify the store: run records, row counts, 2k token rows per vector, token ids, orphans; "
+            "exit 1 naming what is wrong", cmd_check),
+    Command("upgrade", "upgrade a store written by an older lensdb to this schema version, in place, in one "
+            "transaction", cmd_upgrade, json_out=False),
+    Command("register", "register a model's folder for `lensdb watch`: one checkpoint, a Trainer output folder "
+            "(checkpoint-N/) or a Hugging Face cache entry (models--org--name)", cmd_register, _register_args),
+    Command("registered", "list registered models and how many steps are indexed or linked", cmd_registered),
+    Command("watch", "index new complete checkpoints of registered models, now and every --every", cmd_watch,
+            _watch_args),
+    Command("drift", "one vector across training: top tokens per step and overlap with the previous step; with "
+            "--token, that token's rank per step", cmd_drift, _drift_args),
+    Command("changed", "vectors whose top-k tokens changed most between two checkpoints", cmd_changed,
+            _changed_args),
+    Command("head-map", "one row of every head's OV or QK token map, computed exactly", cmd_head_map,
+            _head_map_args),
+    Command("optimize", "rewrite the token-sorted tables as one sorted run each (faster lookups after many index "
+            "runs; one sort of the table)", cmd_optimize, json_out=False),
+    Command("export", "write the store as Hive-partitioned Parquet (model/checkpoint/component)", cmd_export,
+            _export_args),
+    Command("trace", "run one input through an indexed model and store the trace: logit lens, heads, FF neurons, "
+            "decomposition; with --zero/--boost, before and after", cmd_trace, _trace_args),
+    Command("align", "align two models that share a vocabulary: layer similarity in embedding space, Hungarian "
+            "layer matching, best match per neuron (or head), raw-parameter baseline", cmd_align, _align_args),
+    Command("alignments", "list stored alignment runs, or show one with --id", cmd_alignments, _alignments_args),
+    Command("stitch", "classify with B's first k blocks mapped into fine-tuned A's space through the shared "
+            "vocabulary (E_B⁺ E_A), then A's remaining blocks and head; accuracy per k", cmd_stitch, _stitch_args,
+            db=False),
+    Command("finetune-diff", "project a fine-tuning diff (θ_ft − θ_pre) to the vocabulary: the vectors it changed "
+            "most and what each classifier row reads", cmd_finetune_diff, _finetune_diff_args, db=False),
+    Command("architectures", "list supported architectures", cmd_architectures, db=False, json_out=False),
+)
+
+EVERY = "*"
+
+
+def parser(only: str | None = EVERY) -> argparse.ArgumentParser:
+    """The argument parser. ``only``: a command name, whose parser alone is built (declaring some commands'
+    arguments imports what their choices come from, and each parser costs time on every run); ``EVERY``: all
+    of them, arguments and all; None (no command given, or not a known one): every command, without arguments,
+    for the overview and argparse's "invalid choice" message."""
+    p = argparse.ArgumentParser(prog="lensdb", description="Read transformer models in embedding space.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    known = {c.name for c in COMMANDS}
+    for cmd in COMMANDS:
+        if only in known and cmd.name != only:
+            continue
+        sp = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        sp.set_defaults(func=cmd.run)
+        if only not in (EVERY, cmd.name):
+            continue
+        if cmd.db:
+            sp.add_argument("--db", default=DEFAULT_DB, help=f"store file (default {DEFAULT_DB})")
+        if cmd.json_out:
+            sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        if cmd.arguments is not None:
+            cmd.arguments(sp)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    command = given[0] if given and not given[0].startswith("-") else None
+    args = parser(only=command).parse_args(given)
     try:
         args.func(args)
     except LensdbError as err:
@@ -679,5 +800,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The ``lensdb`` console script. The process is lensdb's alone, so pydantic's plugin discovery, a scan of
+    every installed distribution's metadata (~10 ms of each command), is switched off."""
+    import os
+
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -2,12 +2,12 @@
 of vanilla JS (hover and click on its flow graph)."""
 
 from html import escape
-from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
 from queries import (
     Alignment,
     AlignmentInfo,
+    ModelDetail,
     ModelInfo,
     TokenHit,
     TokenMatch,
@@ -18,9 +18,6 @@ from queries import (
     VectorView,
 )
 from service import flow
-
-if TYPE_CHECKING:
-    from service.app import ModelPage
 
 CSS = """
 body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1000px;padding:0 1em;color:#222}
@@ -221,7 +218,7 @@ def training(model: str, component: str, layer: int, index: int, head: int | Non
     return _layout(title, f"<h1>{head_link} {escape(component)} layer {layer}{hd} #{index}</h1>{form}{plot}{table}")
 
 
-def model(m: "ModelPage") -> str:
+def model(m: ModelDetail) -> str:
     info = (f"<p>{escape(m.family)} ({escape(m.model_type)}) · {m.n_layers} layers · d_model {m.d_model} · "
             f"d_ff {m.d_ff} · {m.n_heads} heads · vocabulary {m.vocab_size}</p>")
     ckpts = "".join(f"<tr><td>{escape(c.label)}</td><td class=n>{'' if c.step is None else c.step}</td>"

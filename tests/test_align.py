@@ -14,9 +14,9 @@ from transformers import BertConfig, BertForSequenceClassification, GPT2ForSeque
 
 import queries
 from indexer import IndexOptions, index_checkpoint
-from indexer import alignment as al
-from indexer.align import align_models
-from indexer.stitch import finetune_diff, stitch
+from indexer.analyses.align import align_models
+from indexer.analyses.stitch import finetune_diff, stitch
+from indexer.math import correlation as al
 from schema.errors import LensdbError, StoreError
 from service.app import create_app
 from service.cli import main
@@ -196,9 +196,10 @@ def test_a_store_from_before_alignment_gains_the_tables_on_its_next_write(plante
         con.execute(f"DROP VIEW {view}")
     for table in ("alignment_runs", "layer_similarity", "neuron_matches"):
         con.execute(f"DROP TABLE {table}")
+    con.execute("UPDATE lensdb_meta SET value = '1' WHERE key = 'schema_version'")  # as that release wrote it
     con.close()
-    with queries.connect(copy) as lens, pytest.raises(StoreError, match="before lensdb aligned models"):
-        lens.alignments()
+    with pytest.raises(StoreError, match="older lensdb .*lensdb upgrade"):
+        queries.connect(copy)
     out = align_models(copy, "a", "perm")
     with queries.connect(copy) as lens:
         assert [r.alignment_id for r in lens.alignments()] == [out.alignment_id]
@@ -238,7 +239,7 @@ def test_service_alignment_api_and_page(planted_store, tmp_path: Path) -> None:
     try:
         asyncio.run(_service_checks(app))
     finally:
-        app.state.service.close()
+        app.state.owner.close()
 
 
 async def _service_checks(app) -> None:

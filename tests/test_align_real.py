@@ -8,8 +8,8 @@ from transformers import AutoTokenizer, BertForSequenceClassification
 
 import queries
 from indexer import IndexOptions, index_checkpoint
-from indexer.align import align_models
-from indexer.stitch import finetune_diff
+from indexer.analyses.align import align_models
+from indexer.analyses.stitch import finetune_diff
 from tests.tinytasks import toy_task, train_classifier
 
 pytestmark = pytest.mark.slow

@@ -25,7 +25,7 @@ def app(indexed_store: Path, tmp_path: Path):
     shutil.copy(indexed_store, db)
     app = create_app(Settings(db=db, sql_timeout_s=1.0))
     yield app
-    app.state.service.close()
+    app.state.owner.close()
 
 
 def test_no_request_makes_a_server_error(app) -> None:
@@ -50,7 +50,7 @@ def test_no_request_makes_a_server_error(app) -> None:
 
         call()
     assert not failures, "\n".join(failures[:20])
-    jobs = app.state.service.jobs
+    jobs = app.state.owner.jobs
     deadline = time.monotonic() + 60
     while any(j.status in ("queued", "running") for j in jobs.all()):
         assert time.monotonic() < deadline

@@ -144,7 +144,7 @@ def test_optimize_rewrites_the_store_sorted_and_keeps_everything(
 
 def test_optimize_refuses_a_store_another_process_writes(store_copy: Path) -> None:
     from schema.errors import StoreError
-    from schema.store import optimize
+    from schema.optimize import optimize
 
     snap = _snapshot(store_copy)
     holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from indexer.compute import resolve_compute
-from indexer.projection import topk_bottomk
+from indexer.index.compute import resolve_compute
+from indexer.math.projection import topk_bottomk
 from schema.errors import LensdbError
 
 

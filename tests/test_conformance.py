@@ -23,11 +23,11 @@ import torch
 import transformers as tf
 
 import queries
-from indexer.adapters import Adapter, adapter_for, supported
-from indexer.basis import fold_reader, write_basis
-from indexer.checkpoint import open_checkpoint
+from indexer.analyses.stitch import hooked_block
 from indexer.errors import CheckpointError, UnsupportedArchitecture
-from indexer.stitch import hooked_block
+from indexer.math.basis import fold_reader, write_basis
+from indexer.model.adapters import Adapter, adapter_for, supported
+from indexer.model.checkpoint import open_checkpoint
 from service.cli import main
 from tests.tinymodels import byte_bpe_tokenizer
 

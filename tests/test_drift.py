@@ -12,7 +12,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 import queries
-from indexer.watch import register_source, watch_cycle
+from indexer.watch.cycle import register_source, watch_cycle
 from service.app import create_app
 from service.cli import main
 from service.settings import Settings
@@ -137,7 +137,7 @@ def test_service_answers_drift_and_draws_the_rank(store: Path, tmp_path: Path) -
         assert page.text.count("class='rank'") == 2 and page.text.count("class='absent'") == 1
         assert "over training" in _call(app, "GET", "/vector/tiny/ff_value/1/7").text
     finally:
-        app.state.service.close()
+        app.state.owner.close()
 
 
 def test_serve_with_watch_every_indexes_registered_models_through_jobs(tmp_path: Path) -> None:
@@ -152,11 +152,11 @@ def test_serve_with_watch_every_indexes_registered_models_through_jobs(tmp_path:
         r = _call(app, "POST", "/sources", json={"name": "tiny", "path": str(run), "top_k": 5})
         assert r.status_code == 200 and r.json()["source"]["kind"] == "trainer"
         # the next cycle is an hour away: run one now, as the watcher thread does, through the job queue
-        report = app.state.service.watch_once()
+        report = app.state.owner.watch_once()
         assert (report.n_indexed, report.n_linked) == (2, 1)
         assert [j["status"] for j in _call(app, "GET", "/jobs").json()["items"]] == ["done"] * 3
         assert [r["status"] for r in _call(app, "GET", "/watch").json()] == ["ok", "ok"]
         steps = _call(app, "GET", "/models/tiny/steps").json()
         assert [s["checkpoint"] for s in steps] == ["checkpoint-100", "checkpoint-200", "checkpoint-300"]
     finally:
-        app.state.service.close()
+        app.state.owner.close()

@@ -8,10 +8,10 @@ import torch
 
 import queries
 from indexer import IndexOptions, index_checkpoint
-from indexer.adapters import adapter_for
-from indexer.basis import read_basis, write_basis
-from indexer.checkpoint import open_checkpoint
-from indexer.headmaps import layer_factors
+from indexer.index.head_maps import layer_factors
+from indexer.math.basis import read_basis, write_basis
+from indexer.model.adapters import adapter_for
+from indexer.model.checkpoint import open_checkpoint
 from service.cli import main
 from tests.tinymodels import OV_HEAD, QK_HEAD, TinyModel, save_gpt2
 
@@ -122,7 +122,7 @@ def test_head_map_over_http(planted: tuple[TinyModel, Path], tmp_path: Path) -> 
     try:
         ok, bad = asyncio.run(go())
     finally:
-        app.state.service.close()
+        app.state.owner.close()
     assert ok.status_code == 200 and ok.json()[0]["targets"][0]["token"] == " queen"
     assert bad.status_code == 422 and bad.headers["content-type"].startswith("application/problem+json")
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from indexer.heads import head_rows, map_stats, svd_directions, top_pairs
+from indexer.math.token_maps import map_stats, svd_directions, top_pairs
+from queries.head_rows import map_rows
 
 
 @pytest.mark.parametrize("tile_rows", [1, 7, 64, 1000])
@@ -38,7 +39,7 @@ def test_head_rows_are_rows_of_the_map() -> None:
     V, d, r, H = 40, 12, 3, 4
     read, write = torch.randn(V, d, generator=g), torch.randn(V, d, generator=g)
     wl, wr = torch.randn(H, r, d, generator=g), torch.randn(H, r, d, generator=g)
-    rows = head_rows(read[17], wl, wr, write)
+    rows = torch.from_numpy(map_rows(read[17].numpy(), wl.numpy(), wr.numpy(), write.numpy()))
     for h in range(H):
         dense = (read @ wl[h].T) @ (write @ wr[h].T).T
         assert torch.allclose(rows[h], dense[17], atol=1e-4)

@@ -1,5 +1,6 @@
 """The token-lookup hot path: in-memory resolution after ``Lens.warm`` answers exactly what SQL answers, the
-catalog's shortcuts (vector-id blocks, the legacy fallback) give the same hits, and a served store warms."""
+catalog's shortcuts (vector-id blocks) give the same hits, a served store warms, and stores written by lensdb
+releases that lacked a table are upgraded to give the same answers."""
 
 import contextlib
 import shutil
@@ -10,10 +11,12 @@ import pytest
 
 import queries
 from queries import sql as q
-from queries.api import rows_from_lists
 from queries.catalog import loaded_words
-from schema.store import fill_vector_lists, writer
-from service.app import Service
+from queries.lens import rows_from_lists
+from schema.errors import StoreError
+from schema.migrations import fill_vector_lists
+from schema.writer import upgrade_store, writer
+from service.owner import StoreOwner
 from service.settings import Settings
 
 
@@ -33,35 +36,33 @@ def test_warm_resolution_equals_sql_for_every_form(indexed_store: Path) -> None:
         for form in _forms(indexed_store):
             sql = lens._rows(q.resolve_token(form, ignore_case=False))
             assert lens._exact_in_memory(form, cat) == sql, form
-            assert lens._rows(q.resolve_token(form, ignore_case=False, forms=False)) == sql, form
 
 
-def _older_store(store: Path, tmp_path: Path, table: str) -> tuple[Path, list[tuple]]:
-    """A copy of ``store`` as a lensdb from before ``table`` wrote it, with the rows the table had."""
+def _older_store(store: Path, tmp_path: Path, change: str) -> Path:
+    """A copy of ``store`` as schema version 1 left it: ``change`` (SQL) undoes what that release lacked."""
     old = tmp_path / "old.duckdb"
     shutil.copy(store, old)
     con = duckdb.connect(str(old))
-    rows = con.execute(f"SELECT * FROM {table} ORDER BY ALL").fetchall()
-    con.execute(f"DROP TABLE {table}")
-    con.execute("DELETE FROM lensdb_meta WHERE key = 'tables'")  # that lensdb did not record its tables
+    con.execute(change)
+    con.execute("UPDATE lensdb_meta SET value = '1' WHERE key = 'schema_version'")
     con.close()
-    return old, rows
+    return old
 
 
-def test_a_store_without_token_forms_resolves_by_scan_and_a_writer_adds_them(
-        indexed_store: Path, tmp_path: Path) -> None:
-    old, expected = _older_store(indexed_store, tmp_path, "token_forms")
+def _refused_then_upgraded(old: Path) -> None:
+    with pytest.raises(StoreError, match=f"older lensdb .*lensdb upgrade --db {old}"):
+        queries.connect(old)
+    assert upgrade_store(old) == (1, 2)
+
+
+def test_a_store_without_token_forms_is_upgraded_with_them(indexed_store: Path, tmp_path: Path) -> None:
+    with duckdb.connect(str(indexed_store), read_only=True) as con:
+        expected = con.execute("SELECT * FROM token_forms ORDER BY ALL").fetchall()
+    old = _older_store(indexed_store, tmp_path, "DROP TABLE token_forms")
     words: list[str | int] = ["paris", "Paris", "Ġparis", "##s", 5]
     with queries.connect(indexed_store) as new:
         answers = [new.promoters(w, limit=30) for w in words]
-    with queries.connect(old) as lens:
-        assert not lens._catalog().has_token_forms
-        assert [lens.promoters(w, limit=30) for w in words] == answers
-    with writer(old):
-        pass  # a writer adds the missing table and fills it from tokens
-    with queries.connect(old) as lens:
-        assert lens._catalog().has_token_forms
-        assert lens.sql("SELECT value FROM lensdb_meta WHERE key = 'tables'").rows[0][0].count(",") > 10
+    _refused_then_upgraded(old)
     with queries.connect(old) as lens:
         assert lens.con.execute("SELECT * FROM token_forms ORDER BY ALL").fetchall() == expected
         assert [lens.promoters(w, limit=30) for w in words] == answers
@@ -80,16 +81,15 @@ def test_warm_reports_what_it_loaded_and_lookups_agree(store_copy: Path) -> None
         assert {str(w): lens.promoters(w, limit=50) + lens.suppressors(w, limit=50) for w in words} == cold
 
 
-def test_checkpoints_without_vector_units_are_found_through_the_vectors_table(
-        indexed_store: Path, tmp_path: Path) -> None:
-    """A store indexed before vector_units existed: its lookups fall back to a scan of the vectors table."""
-    legacy = tmp_path / "legacy.duckdb"
-    shutil.copy(indexed_store, legacy)
-    con = duckdb.connect(str(legacy))
-    con.execute("DELETE FROM vector_units WHERE checkpoint_id = (SELECT checkpoint_id FROM checkpoints "
-                "JOIN models USING (model_id) WHERE name = 'gpt2-tiny')")
-    con.close()
+def test_checkpoints_without_vector_units_get_them_from_the_upgrade(indexed_store: Path, tmp_path: Path) -> None:
+    """A store indexed before vector_units existed: the upgrade rebuilds each unit's block from the vectors."""
+    with duckdb.connect(str(indexed_store), read_only=True) as con:
+        expected = con.execute("SELECT * FROM vector_units ORDER BY ALL").fetchall()
+    legacy = _older_store(indexed_store, tmp_path, "DELETE FROM vector_units WHERE checkpoint_id = (SELECT "
+                          "checkpoint_id FROM checkpoints JOIN models USING (model_id) WHERE name = 'gpt2-tiny')")
+    _refused_then_upgraded(legacy)
     with queries.connect(indexed_store) as new, queries.connect(legacy) as old:
+        assert old.con.execute("SELECT * FROM vector_units ORDER BY ALL").fetchall() == expected
         assert any(h.model == "gpt2-tiny" for h in old.promoters(5, limit=100))
         for word in ("paris", "Paris", 5, 77):
             assert old.promoters(word, limit=100) == new.promoters(word, limit=100)
@@ -99,7 +99,7 @@ def test_checkpoints_without_vector_units_are_found_through_the_vectors_table(
 
 @pytest.mark.parametrize("warm", [True, False])
 def test_service_warms_at_start_when_asked(store_copy: Path, warm: bool) -> None:
-    svc = Service(Settings(db=store_copy, warm=warm))
+    svc = StoreOwner(Settings(db=store_copy, warm=warm))
     try:
         if svc.warmer is not None:
             svc.warmer.join(60)
@@ -129,23 +129,22 @@ def test_vector_lists_give_exactly_the_token_rows(indexed_store: Path) -> None:
         cat = lens._catalog()
         for name, vocab in cat.models.items():
             vids = [v for v, voc in vectors if voc == vocab][::7]
-            tops = lens._top_tokens(cat, vocab, vids, 5, from_lists=True)
+            tops = lens._top_tokens(cat, vocab, vids, 5)
             assert len(tops) > 50 and all(len(t) == 5 for t in tops.values()), name
-            assert tops == lens._top_tokens(cat, vocab, vids, 5, from_lists=False), name
+            for vid, got in tops.items():
+                want = [r for r in lens._rows(q.vector_tokens(vid, vocab)) if r[0] == "top" and r[1] <= 5]
+                assert [(t.rank, t.token_id, t.token, t.score, t.zscore) for t in got] == [r[1:6] for r in want]
 
 
-def test_a_store_without_vector_lists_reads_token_rows_and_a_writer_adds_them(
-        indexed_store: Path, tmp_path: Path) -> None:
-    old, expected = _older_store(indexed_store, tmp_path, "vector_lists")
+def test_a_store_without_vector_lists_is_upgraded_with_them(indexed_store: Path, tmp_path: Path) -> None:
+    with duckdb.connect(str(indexed_store), read_only=True) as con:
+        expected = con.execute("SELECT * FROM vector_lists ORDER BY ALL").fetchall()
+    old = _older_store(indexed_store, tmp_path, "DROP TABLE vector_lists")
     cases = [("gpt2-tiny", "ff_value", 1, 7, None), ("bert-tiny", "attn_o", 0, 3, 2),
              ("gpt2-tiny", "ff_key", 0, 0, None)]
     with queries.connect(indexed_store) as new:
         answers = [new.vector(*c) for c in cases]
-    with queries.connect(old) as lens:
-        assert not lens._catalog().has_vector_lists
-        assert [lens.vector(*c) for c in cases] == answers
-    with writer(old):
-        pass  # the upgrade fills vector_lists from vector_tokens
+    _refused_then_upgraded(old)
     with queries.connect(old) as lens:
         assert lens.con.execute("SELECT * FROM vector_lists ORDER BY ALL").fetchall() == expected
         assert [lens.vector(*c) for c in cases] == answers

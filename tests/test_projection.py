@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from indexer.adapters.base import Norm
-from indexer.basis import fold_reader, logit_stats, read_basis, write_basis
-from indexer.projection import chunk_rows, chunks, topk_bottomk
+from indexer.math.basis import fold_reader, logit_stats, read_basis, write_basis
+from indexer.math.projection import chunk_rows, chunks, topk_bottomk
+from indexer.model.adapters.base import Norm
 
 
 @pytest.mark.parametrize("vocab_tile", [None, 7, 64, 1000])

@@ -11,7 +11,7 @@ import duckdb
 import pytest
 
 from indexer import IndexOptions, index_checkpoint
-from indexer import run as run_module
+from indexer.index import run as run_module
 from schema.errors import LensdbError
 from tests.tinymodels import TinyModel
 
@@ -74,12 +74,12 @@ def test_failing_unit_on_a_worker_leaves_store_unchanged(ray_local, tiny_gpt2: T
     db = tmp_path / "lens.duckdb"
     index_checkpoint(db, tiny_bert.path, IndexOptions(name="bert-tiny", top_k=5, device="cpu"))
     before = _rows(db)
-    plan = run_module._plan
+    plan = run_module.plan_units
 
     def bad_plan(adapter, components):  # the driver plans a layer the checkpoint does not have
         return [*plan(adapter, components), ("ff_value", 99)]
 
-    monkeypatch.setattr(run_module, "_plan", bad_plan)
+    monkeypatch.setattr(run_module, "plan_units", bad_plan)
     with pytest.raises(LensdbError, match="unit ff_value layer 99 failed on a Ray worker"):
         index_checkpoint(db, tiny_gpt2.path, IndexOptions(name="gpt2-tiny", top_k=5, device="cpu",
                                                            executor="ray", ray_workers=2))

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from indexer import IndexOptions, index_checkpoint
 from queries.integrity import check_store
-from schema.store import open_reader
+from schema.connect import open_reader
 from service.app import create_app
 from service.cli import main
 from service.settings import Settings, exposure_problem
@@ -282,7 +282,7 @@ class Asgi:
         return asyncio.run(go())
 
     def close(self) -> None:
-        self.app.state.service.close()  # idempotent: the fixture closes it again
+        self.app.state.owner.close()  # idempotent: the fixture closes it again
 
 
 @pytest.fixture
@@ -295,7 +295,7 @@ def served(store_copy: Path):
     apps: list = []
     yield make
     for app in apps:
-        app.state.service.close()
+        app.state.owner.close()
 
 
 def test_hostile_sql_is_refused_on_both_surfaces(store_copy: Path, served) -> None:

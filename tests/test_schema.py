@@ -4,7 +4,7 @@ from pathlib import Path
 
 import duckdb
 
-from schema.store import schema_ddl
+from schema.ddl import schema_ddl
 from schema.tables import metadata
 from schema.views import VIEWS
 

@@ -48,7 +48,7 @@ def client(template: Path, tmp_path_factory: pytest.TempPathFactory):
     shutil.copy(template, db)
     app = create_app(Settings(db=db, sql_timeout_s=0.5, sql_max_rows=5, page_limit=50))
     yield Client(app)
-    app.state.service.close()
+    app.state.owner.close()
 
 
 def problem(r: httpx.Response, status: int, kind: str) -> dict:
@@ -61,7 +61,7 @@ def problem(r: httpx.Response, status: int, kind: str) -> dict:
 
 
 def test_health_and_openapi(client: Client) -> None:
-    db = str(client.app.state.service.path)
+    db = str(client.app.state.owner.path)
     assert client.get("/health").json() == {"status": "ok", "db": db, "models": 2, "jobs_running": 0}
     paths = client.get("/openapi.json").json()["paths"]
     for path in ("/health", "/models", "/models/{name}", "/promoters", "/suppressors", "/tokens", "/runs",

@@ -34,9 +34,9 @@ def test_inline_keeps_binding_when_a_value_cannot_be_written() -> None:
 
 
 def test_hits_in_ranges_fetches_each_token_by_equality() -> None:
-    sql, params = q.hits_in_ranges([([(1, 10), (20, 30)], [5, 7])], "top", limit=3, offset=1, with_pairs=False)
-    assert sql.count("WHERE token_id = ?") == 2 and "MATERIALIZED" in sql and "head_pairs" not in sql
-    assert params == [5, 7, "top", 1, 10, 20, 30, 5, 7, 3, 1]
+    sql, params = q.hits_in_ranges([([(1, 10), (20, 30)], [5, 7])], "top", limit=3, offset=1)
+    assert sql.count("FROM vector_tokens WHERE token_id = ?") == 2 and "MATERIALIZED" in sql
+    assert params == [5, 5, 7, 7, "top", 1, 10, 20, 30, 5, 7, 3, 1]
     sql, params = q.hits_in_ranges([([(1, 10)], [5])], "bottom")
     assert sql.count("FROM vector_tokens WHERE token_id = ?") == sql.count("FROM head_pairs WHERE token_id = ?") == 1
     assert params[:3] == [5, 5, "bottom"]

@@ -14,10 +14,10 @@ from transformers import GPT2LMHeadModel
 
 import queries
 from indexer import IndexOptions, index_checkpoint
-from indexer.adapters import adapter_for
-from indexer.checkpoint import open_checkpoint
-from indexer.forward import load_model, run_forward
-from indexer.trace import TOLERANCE, TraceOptions, trace_input
+from indexer.analyses.trace import TOLERANCE, TraceOptions, trace_input
+from indexer.model.adapters import adapter_for
+from indexer.model.checkpoint import open_checkpoint
+from indexer.model.forward import load_model, run_forward
 from schema.errors import LensdbError
 from service.app import create_app
 from service.cli import main
@@ -156,7 +156,7 @@ def test_service_traces_and_page(planted: tuple[Path, Path], tmp_path: Path) -> 
         page = _call(app, "GET", f"/trace/{body['baseline_trace_id']}")
         assert page.status_code == 200 and "id='flow'" in page.text and "decomposition" in page.text
     finally:
-        app.state.service.close()
+        app.state.owner.close()
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not found")

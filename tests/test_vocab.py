@@ -9,7 +9,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from indexer.errors import CheckpointError
-from indexer.vocab import load_vocabulary, read_tokenizer_json, read_with_transformers, vocabulary_from
+from indexer.model.vocab import load_vocabulary, read_tokenizer_json, read_with_transformers, vocabulary_from
 from tests.tinymodels import byte_bpe_tokenizer, wordpiece_tokenizer
 
 

@@ -14,8 +14,8 @@ import torch
 from transformers import GPT2LMHeadModel, Trainer, TrainingArguments, default_data_collator
 
 import queries
-from indexer.discover import Candidate, candidates, changed, detect_kind, fingerprint, incomplete
-from indexer.watch import _Cycle, parse_every, register_source, watch_cycle, watch_loop
+from indexer.watch.cycle import _Cycle, parse_every, register_source, watch_cycle, watch_loop
+from indexer.watch.discover import Candidate, candidates, changed, detect_kind, fingerprint, incomplete
 from schema.errors import LensdbError, StoreError
 from service.cli import main
 from tests.tinymodels import WORDS, save_gpt2
@@ -224,9 +224,10 @@ def test_an_older_store_gains_the_new_tables_on_its_next_write(tmp_path: Path, c
         con.execute(f"DROP VIEW {view}")
     for table in ("sources", "checkpoint_aliases", "watch_runs", "watch_items"):
         con.execute(f"DROP TABLE {table}")
+    con.execute("UPDATE lensdb_meta SET value = '1' WHERE key = 'schema_version'")  # as that release wrote it
     con.close()
-    with queries.connect(db) as lens, pytest.raises(StoreError, match="watch --once"):
-        lens.registered()
+    with pytest.raises(StoreError, match="older lensdb .*lensdb upgrade"):
+        queries.connect(db)
     register_source(db, "x", tmp_path / "m")
     with queries.connect(db) as lens:
         assert [s.name for s in lens.registered()] == ["x"]

@@ -1,0 +1,88 @@
+"""The compute step of a run: vectors and a basis in, CPU chunks of top-k tokens and statistics out.
+
+It never touches the store, so it runs in the writer's process (local executor) or in a Ray worker.
+"""
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from indexer.index.compute import Compute
+from indexer.index.faults import pause_point
+from indexer.math.basis import Basis, logit_stats
+from indexer.math.projection import TopBottom, chunk_rows, chunks, topk_bottomk
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One chunk of a unit's projection, on the CPU: what the writer needs to store its rows."""
+
+    first_index: int
+    tb: TopBottom
+    mean: torch.Tensor
+    std: torch.Tensor
+    norm: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Projected:
+    """One component part (a layer, or a head of it) projected: its chunks in order. No vector ids yet.
+
+    ``chunks`` is a list when the part comes back from another process, and a lazy iterator in this one, so
+    the writer appends one chunk while the next is computed.
+    """
+
+    name: str
+    layer: int
+    head: int | None
+    n: int
+    chunks: Iterable[Chunk]
+
+
+def to_cpu(tb: TopBottom) -> TopBottom:
+    return TopBottom(tb.top_scores.float().cpu(), tb.top_ids.cpu(), tb.bottom_scores.float().cpu(),
+                     tb.bottom_ids.cpu())
+
+
+class Projector:
+    """Projects vectors on a basis chunk by chunk; owns one logits workspace for the whole run."""
+
+    def __init__(self, top_k: int, budget: int, compute: Compute) -> None:
+        self.top_k = top_k
+        self.budget = budget
+        self.compute = compute
+        self._ws: torch.Tensor | None = None
+
+    def _workspace(self, basis: Basis, rows: int) -> torch.Tensor:
+        """One logits buffer for the whole run (reallocated only if a basis needs a bigger or other one)."""
+        fast = basis.fast if basis.fast is not None else basis.matrix
+        need = rows * basis.vocab_size
+        ws = self._ws
+        if ws is None or ws.numel() < need or ws.dtype != fast.dtype or ws.device != fast.device:
+            ws = self._ws = torch.empty(need, dtype=fast.dtype, device=fast.device)
+        return ws
+
+    def chunks(self, vectors: torch.Tensor, basis: Basis) -> Iterator[Chunk]:
+        """Project ``vectors`` chunk by chunk (lazily, so the writer can append one while the next computes)."""
+        size = chunk_rows(basis.vocab_size, self.budget)
+        ws = self._workspace(basis, min(size, vectors.shape[0]))
+        for part in chunks(vectors.shape[0], size):
+            v = vectors[part].to(self.compute.device)
+            if self.compute.exact:
+                tb = topk_bottomk(v, basis.matrix, self.top_k, workspace=ws)
+            else:
+                fast = basis.fast if basis.fast is not None else basis.matrix
+                tb = topk_bottomk(v, fast, self.top_k, exact_basis=basis.matrix, workspace=ws)
+            mean, std = logit_stats(v, basis)
+            norm = v.to(torch.float64).norm(dim=1)
+            pause_point("projection")
+            yield Chunk(part.start, to_cpu(tb), mean.cpu(), std.cpu(), norm.cpu())
+
+    def stream(self, name: str, layer: int, head: int | None, vectors: torch.Tensor, basis: Basis) -> Projected:
+        """A part whose chunks are computed as the writer takes them."""
+        return Projected(name, layer, head, int(vectors.shape[0]), self.chunks(vectors, basis))
+
+    def project(self, name: str, layer: int, head: int | None, vectors: torch.Tensor, basis: Basis) -> Projected:
+        """A whole part at once (what a remote worker returns)."""
+        return Projected(name, layer, head, int(vectors.shape[0]), list(self.chunks(vectors, basis)))

@@ -1,0 +1,93 @@
+"""Arrow batches for the store, built from projection results. No I/O: the store copies them in."""
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from indexer.math.projection import TopBottom
+from indexer.math.token_maps import Pairs
+from indexer.model.vocab import Vocabulary
+
+
+def vector_batch(
+    first_id: int, checkpoint_id: int, component: str, layer: int, head: int | None,
+    first_index: int, norm: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+) -> pa.Table:
+    n = int(norm.shape[0])
+    return pa.table({
+        "vector_id": pa.array(np.arange(first_id, first_id + n, dtype=np.int64)),
+        "checkpoint_id": pa.array(np.full(n, checkpoint_id, dtype=np.int32)),
+        "component": pa.array([component] * n, pa.string()),
+        "layer": pa.array(np.full(n, layer, dtype=np.int32)),
+        "head": pa.array([head] * n, pa.int32()),
+        "idx": pa.array(np.arange(first_index, first_index + n, dtype=np.int32)),
+        "norm": pa.array(norm.to(torch.float64).numpy()),
+        "logit_mean": pa.array(mean.to(torch.float64).numpy()),
+        "logit_std": pa.array(std.to(torch.float64).numpy()),
+    })
+
+
+_SIDES = pa.array(["top", "bottom"], pa.string())
+
+
+def projection_batch(first_id: int, tb: TopBottom, mean: torch.Tensor, std: torch.Tensor) -> pa.Table:
+    """One row per (vector, side, rank), rank 1 = strongest; ``side`` dictionary-encoded (cheap to build)."""
+    n, k = tb.top_scores.shape
+    scores = torch.cat([tb.top_scores, tb.bottom_scores], dim=1).to(torch.float64)
+    token_ids = torch.cat([tb.top_ids, tb.bottom_ids], dim=1)
+    # from the statistics as the vectors table stores them (FLOAT): every stored z-score then equals
+    # (score - logit_mean) / logit_std recomputed from the stored columns (vector_lists relies on it)
+    mean, std = mean.to(torch.float32).to(torch.float64), std.to(torch.float32).to(torch.float64)
+    sd = torch.where(std > 0, std, torch.ones_like(std))
+    z = (scores - mean[:, None]) / sd[:, None]
+    side = np.tile(np.repeat(np.array([0, 1], dtype=np.int8), k), n)
+    return pa.table({
+        "vector_id": np.repeat(np.arange(first_id, first_id + n, dtype=np.int64), 2 * k),
+        "side": pa.DictionaryArray.from_arrays(pa.array(side), _SIDES),
+        "rank": np.tile(np.arange(1, k + 1, dtype=np.int16), 2 * n),
+        "token_id": token_ids.reshape(-1).to(torch.int32).numpy(),
+        "score": scores.reshape(-1).to(torch.float32).numpy(),
+        "zscore": z.reshape(-1).to(torch.float32).numpy(),
+    })
+
+
+def list_batch(first_id: int, tb: TopBottom) -> pa.Table:
+    """One row per vector with its top and bottom tokens and scores as lists (strongest first on each side)."""
+    n, k = tb.top_scores.shape
+    offsets = pa.array(np.arange(0, (n + 1) * k, k, dtype=np.int32))
+
+    def lists(values: torch.Tensor, dtype: torch.dtype) -> pa.ListArray:
+        return pa.ListArray.from_arrays(offsets, pa.array(values.reshape(-1).to(dtype).numpy()))
+
+    return pa.table({
+        "vector_id": pa.array(np.arange(first_id, first_id + n, dtype=np.int64)),
+        "top_token_ids": lists(tb.top_ids, torch.int32), "top_scores": lists(tb.top_scores, torch.float32),
+        "bottom_token_ids": lists(tb.bottom_ids, torch.int32), "bottom_scores": lists(tb.bottom_scores, torch.float32),
+    })
+
+
+def pair_batch(vector_id: int, p: Pairs) -> pa.Table:
+    """One row per (side, rank) of a head map's pairs."""
+    k = int(p.top_scores.shape[0])
+    scores = torch.cat([p.top_scores, p.bottom_scores]).to(torch.float64)
+    sd = p.std if p.std > 0 else 1.0
+    side = np.repeat(np.array([0, 1], dtype=np.int8), k)
+    return pa.table({
+        "vector_id": np.full(2 * k, vector_id, dtype=np.int64),
+        "side": pa.DictionaryArray.from_arrays(pa.array(side), _SIDES),
+        "rank": np.tile(np.arange(1, k + 1, dtype=np.int16), 2),
+        "source_token_id": torch.cat([p.top_src, p.bottom_src]).to(torch.int32).numpy(),
+        "token_id": torch.cat([p.top_dst, p.bottom_dst]).to(torch.int32).numpy(),
+        "score": scores.to(torch.float32).numpy(),
+        "zscore": ((scores - p.mean) / sd).to(torch.float32).numpy(),
+    })
+
+
+def token_batch(vocab_id: int, vocab: Vocabulary) -> pa.Table:
+    return pa.table({
+        "vocab_id": pa.array(np.full(vocab.size, vocab_id, dtype=np.int32)),
+        "token_id": pa.array(np.arange(vocab.size, dtype=np.int32)),
+        "token": pa.array(vocab.tokens, pa.string()),
+        "display": pa.array(vocab.display, pa.string()),
+        "word": pa.array(vocab.words, pa.string()),
+    })

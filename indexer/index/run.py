@@ -1,0 +1,135 @@
+"""One index run: checkpoint → adapter → vectors → projection → Arrow → store, in one transaction.
+
+Everything that can be checked from headers (folder, config, tensor names and shapes, tokenizer) is checked
+before the database is opened. The run then writes inside a single transaction: an error or an interrupt
+anywhere leaves the file exactly as it was (a file the run created is removed).
+"""
+
+import json
+import time
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+from tqdm import tqdm
+
+from indexer.index import catalog_writes as cw
+from indexer.index import head_maps
+from indexer.index.compute import Compute, matmul_mode, resolve_compute
+from indexer.index.executors import check_executor, executor_for
+from indexer.index.faults import pause_point
+from indexer.index.options import VERSION, IndexOptions, IndexResult
+from indexer.index.plan import Unit, plan_units
+from indexer.index.projector import Projector
+from indexer.index.unit_writer import UnitWriter
+from indexer.model.adapters import Adapter, adapter_for
+from indexer.model.checkpoint import Checkpoint, default_name, folder_step, open_checkpoint
+from indexer.model.vocab import Vocabulary, load_vocabulary
+from schema.errors import LensdbError
+from schema.writer import next_id, writer
+
+
+def index_checkpoint(
+    db_path: str | Path, checkpoint_path: str | Path, options: IndexOptions | None = None, progress: bool = False,
+    con: duckdb.DuckDBPyConnection | None = None,
+) -> IndexResult:
+    """Index one checkpoint into the store at ``db_path`` (created if missing).
+
+    ``con``: the process's own open connection to ``db_path`` (``lensdb serve``), written through a cursor.
+    """
+    opts = options or IndexOptions()
+    started = time.perf_counter()
+    started_at = datetime.now()
+    compute = resolve_compute(opts.device, opts.precision)
+    ckpt = open_checkpoint(checkpoint_path)
+    adapter = adapter_for(ckpt)
+    plan = plan_units(adapter, opts.components)
+    vocab = load_vocabulary(ckpt.path, adapter.dims.vocab_size)
+    check_executor(opts)  # a missing Ray fails here, before the store is touched
+    if opts.head_maps:
+        head_maps.check_supported(adapter)
+        head_maps.allowed_tokens(vocab, opts.pair_vocab)
+    name = opts.name or default_name(ckpt)
+    if not name.strip():
+        raise LensdbError("model name is empty; pass --name NAME.")
+    content_hash = ckpt.content_hash()
+    created = con is None and not Path(db_path).exists()
+
+    # The attempt is logged in its own small transaction, so a run that fails or dies leaves a trace while
+    # its rows (one transaction below) leave none.
+    with writer(db_path, con) as tx:
+        cw.mark_interrupted(tx)
+        found = cw.find_checkpoint(tx, content_hash)
+        if found and not opts.replace:
+            return cw.unchanged(found, content_hash, started)
+        attempt_id = cw.log_attempt(tx, content_hash, ckpt.path, name, started_at)
+    try:
+        return _index(db_path, con, ckpt, adapter, plan, vocab, name, content_hash, opts, compute, progress,
+                      started, started_at, attempt_id)
+    except BaseException as err:
+        cw.record_failure(db_path, con, attempt_id, err, created)
+        raise
+
+
+def _index(db_path: str | Path, con: duckdb.DuckDBPyConnection | None, ckpt: Checkpoint, adapter: Adapter,
+           plan: list[Unit], vocab: Vocabulary, name: str, content_hash: str, opts: IndexOptions,
+           compute: Compute, progress: bool, started: float, started_at: datetime, attempt_id: int) -> IndexResult:
+    """The run's one transaction: every row of the checkpoint and its run record, or nothing."""
+    with writer(db_path, con) as con:
+        found = cw.find_checkpoint(con, content_hash)
+        if found and not opts.replace:  # another writer indexed it between the two transactions
+            con.execute("DELETE FROM run_attempts WHERE attempt_id = ?", [attempt_id])
+            return cw.unchanged(found, content_hash, started)
+        if found:
+            cw.delete_checkpoint(con, int(found[0]))
+        model_id = cw.model_id(con, name, adapter, cw.vocab_id(con, vocab))
+        label = opts.label or ckpt.path.name
+        taken = con.execute("SELECT 1 FROM checkpoints WHERE model_id = ? AND label = ?", [model_id, label]).fetchone()
+        if taken:
+            label = f"{label}@{content_hash[:8]}"
+        checkpoint_id = next_id(con, "checkpoints", "checkpoint_id")
+        con.execute(
+            "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [checkpoint_id, model_id, label, content_hash, str(ckpt.path),
+             opts.step if opts.step is not None else folder_step(ckpt.path), datetime.now()],
+        )
+        chunk_mb = opts.chunk_mb or (1024 if compute.device.type == "cuda" else 64)
+        projector = Projector(opts.top_k, chunk_mb << 20, compute)
+        executor = executor_for(opts, ckpt.path, adapter, projector, compute)
+        out = UnitWriter(con, checkpoint_id)
+        flags: dict[str, dict] = {"compute": compute.flags()}
+        bar = tqdm(total=len(plan), disable=not progress, unit="unit", desc=name, leave=False)
+        try:
+            with matmul_mode(compute):
+                for comp_name, layer, basis_flags, parts in executor.units(plan):
+                    bar.set_postfix_str(f"layer {layer} {comp_name}")
+                    flags[adapter.spec(comp_name).role] = basis_flags
+                    for part in parts:
+                        out.write(part)
+                    bar.update(1)
+                flags["compute"].update(executor.flags)
+                if opts.head_maps:
+                    flags["head_maps"] = head_maps.index_heads(
+                        out, projector, adapter, vocab, opts.basis, opts.read_basis, opts.top_k, opts.pair_vocab,
+                        opts.svd, compute, progress)
+            out.finish()
+        finally:
+            out.drain()
+            bar.close()
+        run_id = next_id(con, "index_runs", "run_id")
+        seconds = time.perf_counter() - started
+        con.execute(
+            "INSERT INTO index_runs VALUES (?, ?, 'complete', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [run_id, checkpoint_id, started_at, datetime.now(), opts.basis, json.dumps(flags), opts.top_k,
+             json.dumps(sorted({u[0] for u in plan} | (set(head_maps.COMPONENTS) if opts.head_maps else set()))),
+             out.n_vectors, out.n_projections, seconds, VERSION],
+        )
+        con.execute("UPDATE run_attempts SET status = 'complete', finished_at = ?, checkpoint_id = ? "
+                    "WHERE attempt_id = ?", [datetime.now(), checkpoint_id, attempt_id])
+        pause_point("commit")
+    return IndexResult(
+        status="indexed", model=name, checkpoint=label, content_hash=content_hash, n_vectors=out.n_vectors,
+        n_projections=out.n_projections, seconds=seconds,
+        message=f"indexed {name}/{label}: {out.n_vectors} vectors, {out.n_projections} token rows "
+        f"in {seconds:.1f}s",
+    )

@@ -1,0 +1,103 @@
+"""The write step of a run: projected units in, rows appended to the store inside the run's transaction."""
+
+import functools
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import duckdb
+import pyarrow as pa
+import torch
+
+from indexer.index.faults import pause_point
+from indexer.index.projector import Chunk, Projected
+from indexer.index.records import list_batch, pair_batch, projection_batch, vector_batch
+from indexer.math.token_maps import Pairs
+from schema.writer import append_arrow, next_id
+
+
+class UnitWriter:
+    """Writes projected units: assigns vector ids in the order it is given units, and appends their rows
+    from one background thread.
+
+    The DuckDB appends (and the Arrow batches behind them) overlap with the next chunk's GEMM; at most two
+    chunks wait at a time, so memory stays at one chunk of logits plus two chunks of top-k rows.
+    """
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, checkpoint_id: int) -> None:
+        self.con = con
+        self.checkpoint_id = checkpoint_id
+        self.next_vector = next_id(con, "vectors", "vector_id")
+        self.units: list[tuple] = []
+        self.n_vectors = 0
+        self.n_projections = 0
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lensdb-append")
+        self._pending: deque[Future[None]] = deque()
+        con.execute("CREATE TEMP TABLE staged_tokens AS SELECT * FROM vector_tokens LIMIT 0")
+        con.execute("CREATE TEMP TABLE staged_pairs AS SELECT * FROM head_pairs LIMIT 0")
+
+    def write(self, p: Projected) -> None:
+        """Write one projected part; its vectors get one contiguous block of ids, recorded in ``vector_units``."""
+        if p.n:
+            self.units.append((self.checkpoint_id, p.name, p.layer, p.head, self.next_vector,
+                               self.next_vector + p.n - 1, 0))
+        self._write_chunks(p.name, p.layer, p.head, p.chunks)
+
+    def _write_chunks(self, name: str, layer: int, head: int | None, parts: Iterable[Chunk]) -> None:
+        for c in parts:
+            first = self.next_vector
+            self.next_vector += int(c.norm.shape[0])
+            vecs = vector_batch(first, self.checkpoint_id, name, layer, head, c.first_index, c.norm, c.mean, c.std)
+            rows = projection_batch(first, c.tb, c.mean, c.std)
+            self._submit(functools.partial(self._append, vecs, rows, lists=list_batch(first, c.tb)))
+
+    def pairs(self, name: str, layer: int, head: int, p: Pairs) -> None:
+        """One head map: a vector row carrying the map's statistics, and its pairs staged for head_pairs."""
+        vid = self.next_vector
+        self.next_vector += 1
+        self.units.append((self.checkpoint_id, name, layer, head, vid, vid, 0))
+        one = torch.ones(1, dtype=torch.float64)
+        vecs = vector_batch(vid, self.checkpoint_id, name, layer, head, 0, one * p.norm, one * p.mean, one * p.std)
+        self._submit(functools.partial(self._append, vecs, pair_batch(vid, p), "staged_pairs"))
+
+    def _append(self, vecs: pa.Table, rows: pa.Table, staged: str = "staged_tokens",
+                lists: pa.Table | None = None) -> None:
+        append_arrow(self.con, "vectors", vecs)
+        append_arrow(self.con, staged, rows)
+        if lists is not None:  # ids ascend across appends, so vector_lists stays sorted by vector_id
+            append_arrow(self.con, "vector_lists", lists)
+        self.n_vectors += vecs.num_rows
+        self.n_projections += rows.num_rows
+        pause_point("write")
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        while len(self._pending) >= 2:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(job))
+
+    def drain_pending(self) -> None:
+        """Wait for the appends in flight (the connection is then free for this thread)."""
+        while self._pending:
+            self._pending.popleft().result()
+
+    def drain(self) -> None:
+        """Wait for every append; re-raises the first error. Must run before the transaction ends."""
+        try:
+            self.drain_pending()
+        finally:
+            for fut in self._pending:
+                fut.cancel()
+            self._pool.shutdown(wait=True)
+
+    def finish(self) -> None:
+        """Move staged rows into vector_tokens sorted by token_id, so token lookups skip row groups."""
+        self.drain()
+        self.con.execute("INSERT INTO vector_tokens SELECT * FROM staged_tokens ORDER BY token_id, vector_id")
+        self.con.execute("INSERT INTO head_pairs SELECT * FROM staged_pairs ORDER BY token_id, vector_id")
+        if self.units:
+            cols = ["checkpoint_id", "component", "layer", "head", "first_vector_id", "last_vector_id", "first_index"]
+            append_arrow(self.con, "vector_units", pa.table(
+                {c: pa.array([u[i] for u in self.units], pa.string() if c == "component" else pa.int64())
+                 for i, c in enumerate(cols)}))
+        self.con.execute("DROP TABLE staged_tokens")
+        self.con.execute("DROP TABLE staged_pairs")

@@ -1,0 +1,194 @@
+"""The adapter interface: one small class per architecture family maps checkpoint tensors to canonical
+components. Nothing outside ``indexer/adapters`` knows a checkpoint's tensor names.
+
+Canonical form: every component is a matrix of row vectors in residual-stream coordinates (shape
+``[n, d_model]``), whatever the checkpoint's storage layout (GPT-2 Conv1D is ``[in, out]``, nn.Linear is
+``[out, in]``). A component either *writes* into the stream (read through the unembedding, with the final
+norm folded in) or *reads* from it (read through the reading basis, with its own input norm folded in).
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+
+from indexer.errors import CheckpointError
+from indexer.model.checkpoint import Checkpoint
+
+Role = Literal["writes", "reads"]
+
+
+@dataclass(frozen=True)
+class Norm:
+    """A normalisation the stream passes through: LayerNorm centres then scales, RMSNorm only scales."""
+
+    kind: Literal["layernorm", "rmsnorm"]
+    weight: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Component:
+    """One kind of vector in one layer (and head), as rows in residual coordinates."""
+
+    name: str
+    layer: int
+    head: int | None
+    role: Role
+    vectors: torch.Tensor
+    norm: Norm | None = None
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """What a component is, before any tensor is read: used to plan and validate a run.
+
+    ``per_layer=False`` marks a model-level component (the token embedding): it has one unit, stored as
+    layer 0, and the plan visits it once rather than once per layer. ``default=False``: indexed only when
+    asked for by name.
+    """
+
+    name: str
+    role: Role
+    doc: str
+    per_layer: bool = True
+    default: bool = True
+
+
+@dataclass(frozen=True)
+class Dims:
+    n_layers: int
+    d_model: int
+    d_ff: int
+    n_heads: int
+    vocab_size: int
+    n_kv_heads: int = 0
+    d_head: int = 0
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: fewer than ``n_heads`` under grouped-query attention."""
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.d_head or self.d_model // self.n_heads
+
+
+class Adapter(ABC):
+    """Maps one checkpoint of a family to canonical components. Subclasses hold all naming knowledge."""
+
+    family: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]
+    components: ClassVar[tuple[ComponentSpec, ...]]
+    encoder: ClassVar[bool] = False
+    """True for masked-LM encoders (BERT): a trace reads their prediction through the tied embedding at the
+    chosen position instead of a causal LM head."""
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self.ckpt = ckpt
+        self.dims = self._dims()
+        self.validate()
+
+    @abstractmethod
+    def _dims(self) -> Dims: ...
+
+    @abstractmethod
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor this adapter reads, with the shape the config implies."""
+
+    @abstractmethod
+    def unembedding(self) -> torch.Tensor:
+        """W_U as ``[vocab, d_model]`` rows: what the model's output logits are computed with."""
+
+    @abstractmethod
+    def embedding(self) -> torch.Tensor:
+        """W_E as ``[vocab, d_model]`` rows."""
+
+    @abstractmethod
+    def final_norm(self) -> Norm | None:
+        """The last normalisation the stream passes through before the unembedding, if any."""
+
+    @abstractmethod
+    def component(self, name: str, layer: int) -> list[Component]:
+        """Read one component of one layer (one entry per head for per-head components)."""
+
+    def classifier(self) -> torch.Tensor | None:
+        """The sequence-classification head as ``[n_labels, d_model]`` rows, if the checkpoint has one."""
+        return None
+
+    def module_path(self, key: str, layer: int = 0) -> str | None:
+        """The Hugging Face module that computes ``key`` (``ff_out``, ``attn_out``, ``q``…, ``block``) in
+        ``layer``, so tests and stitching can hook it; ``None`` where the family has no such module."""
+        return None
+
+    def post_norm(self) -> bool:
+        """Whether each block's LayerNorms sit on the stream itself (post-LN, BERT) rather than before the
+        attention and MLP (pre-LN decoders). The forward-pass decomposition follows the stream accordingly."""
+        return False
+
+    def available(self) -> tuple[ComponentSpec, ...]:
+        """The components this checkpoint has (a family's optional biases may be absent)."""
+        return self.components
+
+    def layers(self, name: str) -> range:
+        """The layers a component's units are stored under: every layer, or layer 0 for model-level ones."""
+        return range(self.dims.n_layers) if self.spec(name).per_layer else range(1)
+
+    def spec(self, name: str) -> ComponentSpec:
+        for spec in self.components:
+            if spec.name == name:
+                return spec
+        known = ", ".join(s.name for s in self.components)
+        raise CheckpointError(f"{self.family} models have no component {name!r}; known: {known}.")
+
+    def validate(self) -> None:
+        """Check every tensor the adapter will read exists with the shape the config implies."""
+        for name, want in self.expected_shapes().items():
+            if not self.ckpt.has(name):
+                raise CheckpointError(
+                    f"{self.ckpt.path}: tensor {name!r} is missing; the weights do not match a "
+                    f"{self.ckpt.model_type} model with this config.json."
+                )
+            got = self.ckpt.shape(name)
+            if got != want:
+                raise CheckpointError(
+                    f"{self.ckpt.path}: tensor {name!r} has shape {list(got)} but config.json implies "
+                    f"{list(want)}; the config does not match the weights."
+                )
+
+
+def config_int(ckpt: Checkpoint, *keys: str, default: int | None = None) -> int:
+    """The first of ``keys`` present in config.json, as an int; a clear error if none is."""
+    for key in keys:
+        value = ckpt.config.get(key)
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CheckpointError(f"{ckpt.path / 'config.json'}: {key} must be a positive integer, "
+                                      f"not {value!r}.")
+            return value
+    if default is not None:
+        return default
+    raise CheckpointError(f"{ckpt.path / 'config.json'}: needs one of {', '.join(keys)}.")
+
+
+def find_prefix(ckpt: Checkpoint, probe: str, prefixes: tuple[str, ...]) -> str:
+    """Which of ``prefixes`` the checkpoint's tensor names carry (``transformer.``, ``bert.``…)."""
+    for prefix in prefixes:
+        if ckpt.has(prefix + probe):
+            return prefix
+    raise CheckpointError(
+        f"{ckpt.path}: no tensor named {probe!r} (with any of the prefixes {list(prefixes)}); the weights do "
+        f"not look like a {ckpt.model_type} model."
+    )
+
+
+def head_blocks(rows: torch.Tensor, n_heads: int) -> list[torch.Tensor]:
+    """Split ``[n_heads * d_head, d]`` rows into one ``[d_head, d]`` block per head (head-major layout)."""
+    if rows.shape[0] % n_heads:
+        raise CheckpointError(f"{rows.shape[0]} rows do not split into {n_heads} heads.")
+    return [block.contiguous() for block in rows.chunk(n_heads, dim=0)]
+
+
+Reader = Callable[[Checkpoint], Adapter]

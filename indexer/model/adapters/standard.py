@@ -1,0 +1,210 @@
+"""The logic every family shares, driven by a table of module paths that each family module declares.
+
+A family module names its modules once (``Layout``), as templates over the checkpoint prefix ``{p}`` and the
+layer ``{i}``; tensor names are those paths plus ``.weight`` / ``.bias``. ``StandardAdapter`` turns them into
+canonical components: rows in residual coordinates, one block of rows per attention head.
+
+The same paths name the modules of the loaded Hugging Face model, so the conformance tests hook the modules
+an adapter claims to read (``module_path``) without knowing any family's names themselves.
+"""
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+import torch
+
+from indexer.errors import CheckpointError
+from indexer.model.adapters.base import Adapter, Component, ComponentSpec, Norm, find_prefix, head_blocks
+from indexer.model.checkpoint import Checkpoint
+
+FF_KEY = ComponentSpec("ff_key", "reads", "row i of the MLP input projection: what neuron i reads")
+FF_GATE = ComponentSpec("ff_gate", "reads", "row i of the MLP gate projection: what gates neuron i")
+FF_VALUE = ComponentSpec("ff_value", "writes", "row i of the MLP output projection: what neuron i writes")
+FF_OUT_BIAS = ComponentSpec("ff_out_bias", "writes", "the MLP output bias, where present (1 per layer)")
+ATTN_Q = ComponentSpec("attn_q", "reads", "rows of W_Q for head h: what the head's queries read")
+ATTN_K = ComponentSpec("attn_k", "reads", "rows of W_K for head h; under GQA h is the key/value head")
+ATTN_V = ComponentSpec("attn_v", "reads", "rows of W_V for head h; under GQA h is the key/value head")
+ATTN_O = ComponentSpec("attn_o", "writes", "the d_head rows of W_O belonging to head h: what it writes")
+ATTN_OUT_BIAS = ComponentSpec("attn_out_bias", "writes", "the attention output bias, if any (1 per layer)")
+EMBEDDING = ComponentSpec(
+    "embedding", "writes", "row t of the input embedding, read through the unembedding (model-level: "
+    "stored once as layer 0, idx = token id; only when asked for)", per_layer=False, default=False)
+
+BIASES = {FF_OUT_BIAS.name: "ff_out", ATTN_OUT_BIAS.name: "attn_out"}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Module paths of one family, templates over ``{p}`` (prefix), ``{i}`` (layer) and ``{j}`` (layer - 1).
+
+    ``attn_norm`` / ``ff_norm`` are the pre-norms folded into the readers. For post-norm encoders they are
+    ``None`` (the stream itself is normalised) and ``attn_source`` / ``ff_source`` name the norm whose output
+    the block reads, for the tests. ``conv1d``: weights stored ``[in, out]`` (GPT-2) instead of ``[out, in]``.
+    ``block``: the whole transformer block of layer ``{i}`` (stitching swaps the stream entering it).
+    ``classifier``: where a sequence-classification head may sit (no prefix: heads sit beside the body).
+    """
+
+    embed: str
+    unembed: tuple[str, ...]
+    final_norm: str
+    norm_kind: Literal["layernorm", "rmsnorm"]
+    attn_norm: str | None
+    ff_norm: str | None
+    attn_out: str
+    ff_in: str
+    ff_out: str
+    q: str | None = None
+    k: str | None = None
+    v: str | None = None
+    qkv: str | None = None
+    ff_gate: str | None = None
+    attn_source: tuple[str, str] | None = None
+    ff_source: str | None = None
+    conv1d: bool = False
+    extra: dict[str, str] = field(default_factory=dict)
+    block: str | None = None
+    classifier: tuple[str, ...] = ("score", "classifier", "classifier.out_proj")
+
+
+class StandardAdapter(Adapter):
+    """Canonical components from a ``Layout``; families override only what their storage does differently."""
+
+    layout: ClassVar[Layout]
+    prefixes: ClassVar[tuple[str, ...]] = ("",)
+
+    def __init__(self, ckpt: Checkpoint) -> None:
+        self.p = find_prefix(ckpt, self.layout.embed.format(p="") + ".weight", self.prefixes)
+        super().__init__(ckpt)
+
+    # -- names -------------------------------------------------------------------------------------------
+    def module_path(self, key: str, layer: int = 0) -> str | None:
+        """The module path for ``key`` (a Layout field) in ``layer``, with the prefix filled in."""
+        lay = self.layout
+        if key == "attn_source" and lay.attn_source is not None:
+            template = lay.attn_source[0] if layer == 0 else lay.attn_source[1]
+        else:
+            template = getattr(lay, key)
+        if template is None:
+            return None
+        if key == "final_norm":
+            layer = self.dims.n_layers - 1
+        return template.format(p=self.p, i=layer, j=layer - 1)
+
+    def post_norm(self) -> bool:
+        return self.layout.attn_norm is None
+
+    def _w(self, key: str, layer: int = 0) -> str:
+        path = self.module_path(key, layer)
+        assert path is not None, key
+        return path + ".weight"
+
+    def _bias(self, key: str, layer: int) -> str | None:
+        path = self.module_path(key, layer)
+        name = f"{path}.bias"
+        return name if path is not None and self.ckpt.has(name) else None
+
+    # -- storage → rows ------------------------------------------------------------------------------------
+    def reading_rows(self, key: str, layer: int) -> torch.Tensor:
+        """``[out, in]`` rows of a projection that reads the stream."""
+        w = self.ckpt.tensor(self._w(key, layer))
+        return w.T.contiguous() if self.layout.conv1d else w
+
+    def writing_rows(self, key: str, layer: int) -> torch.Tensor:
+        """``[in, out]`` rows of a projection that writes the stream: row i is what input unit i writes."""
+        w = self.ckpt.tensor(self._w(key, layer))
+        return w if self.layout.conv1d else w.T.contiguous()
+
+    def qkv_rows(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """W_Q ``[n_heads*d_head, d]``, W_K and W_V ``[n_kv_heads*d_head, d]``, head-major."""
+        return self.reading_rows("q", layer), self.reading_rows("k", layer), self.reading_rows("v", layer)
+
+    def qkv_shapes(self) -> dict[str, tuple[int, ...]]:
+        d, dh = self.dims.d_model, self.dims.head_size
+        q, kv = self.dims.n_heads * dh, self.dims.kv_heads * dh
+        shapes: dict[str, tuple[int, ...]] = {}
+        for layer in range(self.dims.n_layers):
+            for key, out in (("q", q), ("k", kv), ("v", kv)):
+                shapes[self._w(key, layer)] = (out, d) if not self.layout.conv1d else (d, out)
+        return shapes
+
+    # -- Adapter -----------------------------------------------------------------------------------------
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        d, f, v = self.dims.d_model, self.dims.d_ff, self.dims.vocab_size
+        hd = self.dims.n_heads * self.dims.head_size
+
+        def lin(out: int, inp: int) -> tuple[int, int]:
+            return (inp, out) if self.layout.conv1d else (out, inp)
+
+        shapes = {self._w("embed"): (v, d), self._w("final_norm"): (d,)}
+        shapes.update(self.qkv_shapes())
+        for layer in range(self.dims.n_layers):
+            shapes[self._w("attn_out", layer)] = lin(d, hd)
+            shapes[self._w("ff_in", layer)] = lin(f, d)
+            shapes[self._w("ff_out", layer)] = lin(d, f)
+            if self.layout.ff_gate:
+                shapes[self._w("ff_gate", layer)] = lin(f, d)
+            for norm in ("attn_norm", "ff_norm"):
+                if getattr(self.layout, norm):
+                    shapes[self._w(norm, layer)] = (d,)
+        return shapes
+
+    def embedding(self) -> torch.Tensor:
+        return self.ckpt.tensor(self._w("embed"))
+
+    def unembedding(self) -> torch.Tensor:
+        want = (self.dims.vocab_size, self.dims.d_model)
+        for template in self.layout.unembed:
+            name = template.format(p=self.p) + ".weight"
+            if self.ckpt.has(name) and self.ckpt.shape(name) == want:
+                return self.ckpt.tensor(name)
+        return self.embedding()  # tied: the checkpoint stores the matrix once
+
+    def _norm(self, key: str, layer: int) -> Norm | None:
+        if self.module_path(key, layer) is None:
+            return None
+        return Norm(self.layout.norm_kind, self.ckpt.tensor(self._w(key, layer)))
+
+    def final_norm(self) -> Norm | None:
+        return self._norm("final_norm", 0)
+
+    def classifier(self) -> torch.Tensor | None:
+        """The sequence-classification head as ``[n_labels, d_model]`` rows, if the checkpoint has one."""
+        for name in self.layout.classifier:
+            weight = name + ".weight"
+            if self.ckpt.has(weight) and len(shape := self.ckpt.shape(weight)) == 2 and shape[1] == self.dims.d_model:
+                return self.ckpt.tensor(weight)
+        return None
+
+    def available(self) -> tuple[ComponentSpec, ...]:
+        return tuple(
+            s for s in self.components
+            if s.name not in BIASES or any(self._bias(BIASES[s.name], i) for i in range(self.dims.n_layers))
+        )
+
+    def component(self, name: str, layer: int) -> list[Component]:
+        spec = self.spec(name)
+        if spec is EMBEDDING:
+            return [Component(name, 0, None, spec.role, self.embedding())]
+        if spec in (FF_KEY, FF_GATE):
+            rows = self.reading_rows("ff_in" if spec is FF_KEY else "ff_gate", layer)
+            return [Component(name, layer, None, spec.role, rows, self._norm("ff_norm", layer))]
+        if spec is FF_VALUE:
+            return [Component(name, layer, None, spec.role, self.writing_rows("ff_out", layer))]
+        if spec.name in BIASES:
+            bias = self._bias(BIASES[spec.name], layer)
+            if bias is None:
+                return []
+            return [Component(name, layer, None, spec.role, self.ckpt.tensor(bias)[None, :])]
+        if spec is ATTN_O:
+            blocks = head_blocks(self.writing_rows("attn_out", layer), self.dims.n_heads)
+            return [Component(name, layer, h, spec.role, b) for h, b in enumerate(blocks)]
+        if spec in (ATTN_Q, ATTN_K, ATTN_V):
+            rows = self.qkv_rows(layer)[(ATTN_Q, ATTN_K, ATTN_V).index(spec)]
+            n = self.dims.n_heads if spec is ATTN_Q else self.dims.kv_heads
+            norm = self._norm("attn_norm", layer)
+            return [Component(name, layer, h, spec.role, b, norm) for h, b in enumerate(head_blocks(rows, n))]
+        raise CheckpointError(f"{self.family}: component {name!r} is declared but not implemented.")
+
+
+ALL_PLAIN = (EMBEDDING, ATTN_Q, ATTN_K, ATTN_V, ATTN_O, ATTN_OUT_BIAS, FF_KEY, FF_VALUE, FF_OUT_BIAS)
+ALL_GATED = (EMBEDDING, ATTN_Q, ATTN_K, ATTN_V, ATTN_O, ATTN_OUT_BIAS, FF_KEY, FF_GATE, FF_VALUE, FF_OUT_BIAS)

@@ -1,0 +1,29 @@
+"""What a question is asked of: which checkpoints ("latest", "all" or a label) and which vectors, and the
+page of hits wanted. One definition, used alike by the Python API, the command line and HTTP."""
+
+from pydantic import BaseModel, ConfigDict, Field
+
+LATEST_HELP = "a checkpoint label, or 'all'; default: each model's latest"
+
+
+def chooses(checkpoint: str | None, label: str, latest: bool) -> bool:
+    """Whether a checkpoint choice picks the checkpoint with ``label``: None takes each model's latest
+    (highest step, then most recently indexed: the ``latest_checkpoints`` view), ``"all"`` every one, any
+    other text the checkpoint with that label. The SQL form is ``queries.sql.checkpoint_filter``."""
+    if checkpoint is None:
+        return latest
+    return checkpoint == "all" or label == checkpoint
+
+
+class HitFilter(BaseModel):
+    """Which vectors a token search looks at, and which page of its hits to return."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    model: str | None = Field(None, description="only this model")
+    checkpoint: str | None = Field(None, description=LATEST_HELP)
+    component: str | None = Field(None, description="only this component, e.g. ff_value")
+    layer: int | None = Field(None, description="only this layer")
+    head: int | None = Field(None, description="only this attention head")
+    limit: int = Field(20, ge=1, le=1_000_000, description="hits to return")
+    offset: int = Field(0, ge=0, le=2**31 - 1, description="hits to skip, for paging")

@@ -1,0 +1,75 @@
+"""Opening a store: one place that turns DuckDB's lock and format errors into a ``StoreError`` that says who
+holds the file and what to do, and that checks the schema version.
+
+Read side only: duckdb and the standard library, so ``queries`` and the read commands stay light.
+"""
+
+import os
+from pathlib import Path
+
+import duckdb
+
+from schema.errors import StoreError
+from schema.layout import SCHEMA_VERSION
+
+
+def quote(text: str) -> str:
+    """``text`` as a SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def open_file(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """A connection to ``path``; a held lock or a file that is not a DuckDB database becomes a ``StoreError``."""
+    try:
+        return duckdb.connect(str(path), read_only=read_only)
+    except duckdb.IOException as err:
+        if "lock" in str(err).lower():
+            raise StoreError(
+                f"{path} is in use by another process that is writing to it (DuckDB allows one writer per "
+                "file, and no reader while it writes). Wait for that index run to finish, or, if `lensdb "
+                "serve` owns this file, send your request to the service instead."
+            ) from None
+        raise StoreError(f"cannot open {path}: {err}") from None
+    except duckdb.Error as err:
+        raise StoreError(f"{path} is not a DuckDB database lensdb can open: {err}") from None
+
+
+def store_version(con: duckdb.DuckDBPyConnection, path: Path) -> int:
+    """The schema version recorded in the store (one statement: every open pays for it)."""
+    try:
+        row = con.execute("SELECT value FROM lensdb_meta WHERE key = 'schema_version'").fetchone()
+    except duckdb.CatalogException:
+        raise StoreError(f"{path} is a DuckDB file but not a lensdb store (no lensdb_meta table).") from None
+    if row is None or not str(row[0]).isdigit():
+        raise StoreError(f"{path} records no schema version lensdb understands ({row[0] if row else 'none'}).")
+    return int(row[0])
+
+
+def check_version(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Refuse a store of another schema version, saying how to upgrade an older one."""
+    found = store_version(con, path)
+    if found < SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} was written by an older lensdb (schema version {found}; this lensdb reads {SCHEMA_VERSION}). "
+            f"Upgrade it in place, in one transaction: lensdb upgrade --db {path} (any write, such as an index "
+            "run, upgrades it too)."
+        )
+    if found > SCHEMA_VERSION:
+        raise StoreError(
+            f"{path} was written by a newer lensdb (schema version {found}; this lensdb reads {SCHEMA_VERSION}); "
+            "install that version to read it."
+        )
+
+
+def open_reader(path: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to an existing store of the current schema version."""
+    p = Path(path)
+    if not p.exists():
+        raise StoreError(f"no lensdb store at {p}; create one with `lensdb index CHECKPOINT --db {p}`.")
+    con = open_file(p, read_only=True)
+    try:
+        check_version(con, p)
+    except StoreError:
+        con.close()
+        raise
+    return con

@@ -1,0 +1,91 @@
+"""Ordered upgrades of older stores to the current schema version, applied by the writer when it opens one.
+
+A store records its version in ``lensdb_meta``. Readers accept only the current version (``schema.connect``);
+the writer upgrades an older store in place inside the transaction it opened anyway, so an upgrade that fails
+leaves the file as it was. ``upgrade`` runs in this order:
+
+1. every declared table that is missing is created in its current shape (``CREATE TABLE IF NOT EXISTS``);
+2. each migration newer than the store, oldest first: changes to tables that existed before it (new columns
+   with ``ADD COLUMN IF NOT EXISTS``, since step 1 may already have created a table in its newest shape) and
+   the rows derived tables need;
+3. every view is recreated, and the new version recorded.
+
+To change the schema: raise ``schema.layout.SCHEMA_VERSION``, append a ``Migration`` for it here, and add a
+store file written by the previous release to ``tests/fixtures`` if its shape is new.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import duckdb
+
+from schema.ddl import table_ddl, view_ddl
+from schema.layout import SCHEMA_VERSION
+
+
+def fill_token_forms(con: duckdb.DuckDBPyConnection, vocab_id: int | None = None) -> None:
+    """Add to ``token_forms`` the forms of one vocabulary's tokens, or of every vocabulary that has none there,
+    sorted by form (a typed word is then one equality that reads one row group)."""
+    where, params = ("vocab_id = ?", [vocab_id]) if vocab_id is not None else (
+        "vocab_id NOT IN (SELECT vocab_id FROM token_forms)", [])
+    forms = " UNION ".join(f"SELECT {col} AS form, vocab_id, token_id, token, display FROM tokens WHERE {where}"
+                           for col in ("word", "token", "display"))
+    con.execute(f"INSERT INTO token_forms {forms} ORDER BY form, vocab_id, token_id", params * 3)
+
+
+def fill_vector_lists(con: duckdb.DuckDBPyConnection, batch: int = 100_000) -> None:
+    """Add to ``vector_lists`` every vector with token rows beyond the last listed one, in vector_id order,
+    ``batch`` vectors at a time: one ordered list aggregate over a whole large store does not fit in memory."""
+    lo, hi = con.execute("SELECT min(vector_id), max(vector_id) FROM vector_tokens "
+                         "WHERE vector_id > (SELECT coalesce(max(vector_id), -1) FROM vector_lists)").fetchone()  # type: ignore[misc]
+    if lo is None:
+        return
+    for start in range(lo, hi + 1, batch):
+        con.execute("""INSERT INTO vector_lists
+SELECT vector_id,
+       list(token_id ORDER BY rank) FILTER (WHERE side = 'top'), list(score ORDER BY rank) FILTER (WHERE side = 'top'),
+       list(token_id ORDER BY rank) FILTER (WHERE side = 'bottom'),
+       list(score ORDER BY rank) FILTER (WHERE side = 'bottom')
+FROM vector_tokens WHERE vector_id BETWEEN ? AND ?
+GROUP BY vector_id ORDER BY vector_id""", [start, start + batch - 1])
+
+
+def _to_v2(con: duckdb.DuckDBPyConnection) -> None:
+    """Version 1 stores grew tables without a version change; some lack the rows readers of version 2 rely on:
+    typed forms of each vocabulary, each vector's token lists, and the vector-id block of every unit (a
+    checkpoint indexed before ``vector_units`` existed has none; a run writes each unit's ids contiguously)."""
+    fill_token_forms(con)
+    fill_vector_lists(con)
+    con.execute("""INSERT INTO vector_units
+SELECT checkpoint_id, component, layer, head, min(vector_id), max(vector_id), min(idx) FROM vectors
+WHERE checkpoint_id NOT IN (SELECT checkpoint_id FROM vector_units)
+GROUP BY checkpoint_id, component, layer, head ORDER BY min(vector_id)""")
+    # version 1 listed its tables here so readers could probe for them; every table exists from version 2 on
+    con.execute("DELETE FROM lensdb_meta WHERE key = 'tables'")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int  # the version a store has after this step
+    doc: str
+    apply: Callable[[duckdb.DuckDBPyConnection], None]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(2, "every table present; token forms, vector lists and unit blocks filled in", _to_v2),
+)
+assert MIGRATIONS[-1].version == SCHEMA_VERSION, "a schema version without its migration"
+
+
+def upgrade(con: duckdb.DuckDBPyConnection, found: int | None) -> None:
+    """Bring the store on ``con`` from version ``found`` (None: a new, empty file) to the current version, inside
+    the caller's transaction."""
+    for stmt in table_ddl():
+        con.execute(stmt)
+    if found is not None:
+        for step in MIGRATIONS:
+            if step.version > found:
+                step.apply(con)
+    for stmt in view_ddl():
+        con.execute(stmt)
+    con.execute("INSERT OR REPLACE INTO lensdb_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])

@@ -1,0 +1,115 @@
+"""The one process that owns the store file while ``lensdb serve`` runs: its read-write connection, a fresh
+read-only snapshot per request, the job runner that indexes into it, the watcher and the warmer.
+
+DuckDB allows one writing process per file and no reader while it writes, so the service keeps ONE
+read-write connection. Every request reads through its own cursor inside a READ ONLY transaction (a
+snapshot of the last commit); writes go through other cursors, each in one transaction. The connection is
+hardened once at start (``queries.readonly.harden``: no file or network access, no extensions, settings
+locked); those settings are database-wide in DuckDB, which is what we want: the writers write only through
+Python and need none of them.
+"""
+
+import contextlib
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+
+from indexer import IndexOptions, IndexResult
+from indexer.watch.cycle import WatchReport, parse_every, watch_cycle, watch_loop
+from queries import Lens
+from queries.readonly import harden
+from schema.errors import LensdbError, StoreError
+from schema.writer import writer
+from service.jobs import IndexRequest, JobRunner
+from service.settings import Settings
+
+
+def open_owner(path: Path) -> duckdb.DuckDBPyConnection:
+    """The service's one read-write connection: schema created or upgraded, then hardened."""
+    if not path.parent.exists():
+        raise StoreError(f"cannot create {path}: folder {path.parent} does not exist.")
+    try:
+        con = duckdb.connect(str(path))
+    except duckdb.Error as err:
+        if "lock" in str(err).lower():
+            raise StoreError(f"{path} is in use by another process (DuckDB allows one writer per file); "
+                             "stop it, or point this service at another --db.") from None
+        raise StoreError(f"cannot open {path}: {err}") from None
+    try:
+        with writer(path, con):
+            pass  # creates the schema in a new file, upgrades an older store
+        harden(con)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+class StoreOwner:
+    """What one running service holds: settings, the owning connection, the job runner and its threads."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.path = Path(settings.db)
+        self.con = open_owner(self.path)
+        self.jobs = JobRunner(self.path, self.con, after=self.warm if settings.warm else None)
+        self.stop_watch = threading.Event()
+        self._one_cycle = threading.Lock()  # cycles never overlap, whoever starts them
+        self.writes = threading.Lock()  # traces and alignments write one at a time (ids are max + 1)
+        self.watcher: threading.Thread | None = None
+        if settings.watch_every:
+            every = parse_every(settings.watch_every)
+            self.watcher = threading.Thread(
+                target=watch_loop, args=(self.watch_once, every, self.stop_watch), name="lensdb-watch", daemon=True,
+                kwargs={"on_error": lambda e: print(f"lensdb: watch cycle failed: {e}", file=sys.stderr)})
+            self.watcher.start()
+        self.warmer: threading.Thread | None = None
+        if settings.warm:
+            self.warmer = threading.Thread(target=self.warm, name="lensdb-warm", daemon=True)
+            self.warmer.start()
+
+    def warm(self) -> None:
+        """Load what token lookups read into memory (``Lens.warm``); a failure is reported, never raised."""
+        try:
+            with self.lens() as lens:
+                lens.warm()
+        except (LensdbError, duckdb.Error) as err:
+            print(f"lensdb: warming the store failed (lookups still work, read from disk): {err}", file=sys.stderr)
+
+    def index_via_jobs(self, path: Path, options: IndexOptions) -> IndexResult:
+        """Index one checkpoint as a job on the runner (the one writer of checkpoints) and wait for it."""
+        job = self.jobs.wait(self.jobs.submit(IndexRequest(checkpoint=str(path), **options.model_dump())).id)
+        if job.status == "failed" or job.result is None:
+            raise LensdbError(job.error or "the index job failed")
+        return job.result
+
+    def watch_once(self) -> WatchReport:
+        """One watch cycle over the registered models, indexing through the job queue."""
+        with self._one_cycle:
+            return watch_cycle(self.path, settle_s=self.settings.watch_settle_s, index=self.index_via_jobs,
+                               con=self.con, stop=self.stop_watch)
+
+    def reader(self) -> Iterator[Lens]:
+        """A ``Lens`` on a fresh cursor in a READ ONLY transaction, for one request (a FastAPI dependency)."""
+        cur = self.con.cursor()
+        try:
+            cur.execute("BEGIN TRANSACTION READ ONLY")
+            yield Lens(cur, self.path)
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                cur.execute("ROLLBACK")
+            cur.close()
+
+    lens = contextlib.contextmanager(reader)
+
+    def close(self) -> None:
+        self.stop_watch.set()
+        if self.watcher is not None:
+            self.watcher.join(60)
+        self.jobs.stop()
+        if self.warmer is not None:
+            self.warmer.join(60)
+        self.con.close()

@@ -1,0 +1,131 @@
+"""Schema versions: a store written by the previous release (tests/fixtures) is refused by readers with the
+command that upgrades it, upgraded in place in one transaction by any writer, and then answers as before."""
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+import queries
+from queries.integrity import check_store
+from schema.connect import open_reader
+from schema.errors import StoreError
+from schema.layout import SCHEMA_VERSION
+from schema.migrations import MIGRATIONS
+from schema.writer import writer
+from service.cli import main
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def v1_store(tmp_path: Path) -> Path:
+    db = tmp_path / "store_v1.duckdb"
+    with gzip.open(FIXTURES / "store_v1.duckdb.gz") as src, db.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
+    return db
+
+
+def _tables(db: Path) -> dict[str, list[tuple]]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        names = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall()]
+        return {n: con.execute(f"SELECT * FROM {n} ORDER BY ALL").fetchall() for n in names}
+
+
+def _version(db: Path) -> str:
+    with duckdb.connect(str(db), read_only=True) as con:
+        return con.execute("SELECT value FROM lensdb_meta WHERE key = 'schema_version'").fetchone()[0]  # type: ignore[index]
+
+
+def test_the_migrations_end_at_the_version_this_lensdb_reads() -> None:
+    assert [m.version for m in MIGRATIONS] == list(range(2, SCHEMA_VERSION + 1))
+
+
+def test_readers_refuse_an_older_store_naming_the_upgrade(v1_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(StoreError, match=f"schema version 1; this lensdb reads {SCHEMA_VERSION}.*lensdb upgrade"):
+        queries.connect(v1_store)
+    assert main(["promoters", "paris", "--db", str(v1_store)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"lensdb upgrade --db {v1_store}" in err
+    assert _version(v1_store) == "1"  # reading changed nothing
+
+
+def test_the_upgrade_keeps_every_row_and_answers_as_the_old_release_did(
+        v1_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = _tables(v1_store)
+    assert main(["upgrade", "--db", str(v1_store)]) == 0
+    assert f"from schema version 1 to {SCHEMA_VERSION}" in capsys.readouterr().out
+    after = _tables(v1_store)
+    assert set(after) == set(before)
+    for table, rows in before.items():
+        if table == "lensdb_meta":  # the version changes; version 1's list of tables is gone
+            assert dict(after[table]) == {"schema_version": str(SCHEMA_VERSION)}
+        else:
+            assert after[table] == rows, table
+    con = open_reader(v1_store)
+    try:
+        assert check_store(con).ok
+    finally:
+        con.close()
+
+    old = json.loads((FIXTURES / "store_v1_answers.json").read_text())
+    with queries.connect(v1_store) as lens:
+        new = {
+            "promoters_paris": [h.model_dump(mode="json") for h in lens.promoters("paris", checkpoint="all", limit=50)],
+            "suppressors_paris": [h.model_dump(mode="json") for h in lens.suppressors("paris", limit=50)],
+            "vector_tiny_ff_value_1_7": lens.vector("tiny", "ff_value", 1, 7).model_dump(mode="json"),
+            "trace_2": lens.trace(2).model_dump(mode="json"),
+            "alignment_1": lens.alignment(1).model_dump(mode="json"),
+            "steps_copy": [s.model_dump(mode="json") for s in lens.steps("copy")],
+            "models": [m.model_dump(mode="json") for m in lens.models()],
+        }
+        heads = [r.model_dump(mode="json") for r in lens.head_map("paris", kind="ov")]
+    for key, answer in new.items():
+        assert answer == old[key], key
+    # head-map rows are computed at query time (float32 products): the same heads and targets, scores to 1e-5
+    assert [(r["layer"], r["head"], [t["token_id"] for t in r["targets"]]) for r in heads] == \
+        [(r["layer"], r["head"], [t["token_id"] for t in r["targets"]]) for r in old["head_map_paris_ov"]]
+    for got, want in zip(heads, old["head_map_paris_ov"], strict=True):
+        assert [t["score"] for t in got["targets"]] == pytest.approx([t["score"] for t in want["targets"]], abs=1e-5)
+    assert main(["upgrade", "--db", str(v1_store)]) == 0
+    assert f"schema version {SCHEMA_VERSION} already" in capsys.readouterr().out
+
+
+def test_an_upgrade_commits_with_the_write_that_caused_it_or_not_at_all(v1_store: Path) -> None:
+    before = _tables(v1_store)
+    with pytest.raises(RuntimeError, match="the write failed"), writer(v1_store) as con:
+        con.execute("INSERT INTO lensdb_meta VALUES ('marker', 'x')")
+        raise RuntimeError("the write failed")
+    assert _tables(v1_store) == before and _version(v1_store) == "1"
+    with writer(v1_store) as con:
+        assert con.execute("SELECT count(*) FROM token_forms").fetchone() == (len(before["token_forms"]),)
+    assert _version(v1_store) == str(SCHEMA_VERSION)
+
+
+def test_a_store_from_a_newer_lensdb_is_refused_by_readers_and_writers(v1_store: Path) -> None:
+    with duckdb.connect(str(v1_store)) as con:
+        con.execute("UPDATE lensdb_meta SET value = '99' WHERE key = 'schema_version'")
+    before = _tables(v1_store)
+    with pytest.raises(StoreError, match="newer lensdb .*version 99"):
+        queries.connect(v1_store)
+    with pytest.raises(StoreError, match="newer lensdb .*version 99"), writer(v1_store):
+        pass
+    assert _tables(v1_store) == before
+
+
+def test_the_service_upgrades_the_store_it_opens(v1_store: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    app = create_app(Settings(db=v1_store, warm=False))
+    try:
+        with TestClient(app) as client:
+            assert client.get("/promoters", params={"token": "paris", "limit": 1}).json()["items"]
+    finally:
+        app.state.owner.close()
+    assert _version(v1_store) == str(SCHEMA_VERSION)
