@@ -36,7 +36,7 @@ class LocalExecutor:
         for name, layer, basis, parts in units_with_bases(self.adapter, plan, mode, self.compute,
                                                           self.opts.read_basis):
             yield name, layer, basis.flags, (self.projector.stream(p.name, p.layer, p.head, unit_vectors(p, mode),
-                                                                   basis) for p in parts)
+                                                                   basis, p.expert) for p in parts)
 
 
 def check_executor(opts: IndexOptions) -> None:

@@ -38,6 +38,7 @@ class Component:
     role: Role
     vectors: torch.Tensor
     norm: Norm | None = None
+    expert: int | None = None
 
 
 @dataclass(frozen=True)
