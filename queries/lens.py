@@ -179,7 +179,8 @@ class Lens:
         """Vectors that have ``token`` among their top tokens, highest z-score first, across models.
 
         Narrow the search with a ``HitFilter`` or its fields as keywords (``model``, ``checkpoint``,
-        ``component``, ``layer``, ``head``, ``expert``, ``limit``, ``offset``); ``checkpoint=None`` searches each model's
+        ``component``, ``layer``, ``head``, ``expert``, ``limit``, ``offset``); ``checkpoint=None`` searches each
+        model's
         latest checkpoint, ``"all"`` every checkpoint.
         """
         return self._hits(token, "top", hit_filter(filter, fields))

@@ -165,17 +165,19 @@ def _hits(args: argparse.Namespace, side: str) -> None:
     with _connect(args.db) as db:
         find = db.promoters if side == "top" else db.suppressors
         hits = find(token, wanted)
-    _emit(args, hits, ["model", "checkpoint", "component", "layer", "head", "index", "rank", "token", "score",
-                       "zscore"])
+    experts = ["expert"] if any(h.expert is not None for h in hits) else []  # only mixture-of-experts hits have one
+    _emit(args, hits, ["model", "checkpoint", "component", "layer", "head", *experts, "index", "rank", "token",
+                       "score", "zscore"])
 
 
 def cmd_vector(args: argparse.Namespace) -> None:
     with _connect(args.db) as db:
-        v = db.vector(args.model, args.component, args.layer, args.index, head=args.head, checkpoint=args.checkpoint)
+        v = db.vector(args.model, args.component, args.layer, args.index, head=args.head, checkpoint=args.checkpoint,
+                      expert=args.expert)
     if args.json:
         print(v.model_dump_json(indent=2))
         return
-    head = f" head {v.head}" if v.head is not None else ""
+    head = (f" head {v.head}" if v.head is not None else "") + (f" expert {v.expert}" if v.expert is not None else "")
     print(f"{v.model}/{v.checkpoint} {v.component} layer {v.layer}{head} index {v.index}  "
           f"norm {v.norm:.4g}  logits mean {v.logit_mean:.4g} std {v.logit_std:.4g}  basis {v.basis}")
     n = max(len(v.top), len(v.bottom))
@@ -275,7 +277,7 @@ def cmd_drift(args: argparse.Namespace) -> None:
         if args.token is not None:
             token: str | int = int(args.token) if args.id else args.token
             ranks = db.token_rank_over_training(args.model, token, args.component, args.layer, args.index,
-                                                head=args.head, side=args.side)
+                                                head=args.head, side=args.side, expert=args.expert)
             if args.json:
                 _emit(args, ranks)
                 return
@@ -283,7 +285,8 @@ def cmd_drift(args: argparse.Namespace) -> None:
                      r.score, r.zscore] for r in ranks]
             print(table(["checkpoint", "step", "linked_to", "rank", "score", "zscore"], rows))
             return
-        steps = db.drift_vector(args.model, args.component, args.layer, args.index, head=args.head, k=args.k)
+        steps = db.drift_vector(args.model, args.component, args.layer, args.index, head=args.head, k=args.k,
+                                expert=args.expert)
     if args.json:
         _emit(args, steps)
         return
@@ -588,6 +591,7 @@ def _vector_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("layer", type=int)
     sp.add_argument("index", type=int)
     sp.add_argument("--head", type=int, help="attention head, for per-head components")
+    sp.add_argument("--expert", type=int, help="expert, for the expert components of mixture-of-experts models")
     sp.add_argument("--checkpoint", help="checkpoint label (default: latest)")
     sp.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
 
@@ -630,6 +634,7 @@ def _drift_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("layer", type=int)
     sp.add_argument("index", type=int)
     sp.add_argument("--head", type=int, help="attention head, for per-head components")
+    sp.add_argument("--expert", type=int, help="expert, for the expert components of mixture-of-experts models")
     sp.add_argument("--k", type=int, default=10, help="top tokens shown per step (default 10)")
     sp.add_argument("--token", help="show this token's rank per step instead (a word, raw token, or id with --id)")
     sp.add_argument("--id", action="store_true", help="--token is a token id")

@@ -51,8 +51,8 @@ def _bar(value: float, scale: float) -> str:
 
 
 def vector_url(model: str, component: str, layer: int, index: int, head: int | None = None,
-               checkpoint: str | None = None) -> str:
-    query = {k: v for k, v in (("head", head), ("checkpoint", checkpoint)) if v is not None}
+               checkpoint: str | None = None, expert: int | None = None) -> str:
+    query = {k: v for k, v in (("head", head), ("checkpoint", checkpoint), ("expert", expert)) if v is not None}
     path = f"/vector/{quote(model, safe='')}/{quote(component, safe='')}/{layer}/{index}"
     return path + ("?" + urlencode(query) if query else "")
 
@@ -88,8 +88,9 @@ def _hits_table(hits: list[TokenHit], title: str) -> str:
         return f"<div><h2>{title}</h2><p class=muted>none</p></div>"
     scale = max(abs(h.zscore) for h in hits)
     rows = "".join(
-        f"<tr><td><a href='{vector_url(h.model, h.component, h.layer, h.index, h.head, h.checkpoint)}'>"
-        f"{escape(h.model)} {escape(h.component)} L{h.layer}{'' if h.head is None else f' H{h.head}'} "
+        f"<tr><td><a href='{vector_url(h.model, h.component, h.layer, h.index, h.head, h.checkpoint, h.expert)}'>"
+        f"{escape(h.model)} {escape(h.component)} L{h.layer}{'' if h.head is None else f' H{h.head}'}"
+        f"{'' if h.expert is None else f' E{h.expert}'} "
         f"#{h.index}</a>"
         f"<div class=muted>{escape(h.checkpoint)} · rank {h.rank}</div></td>"
         f"<td class=n>{h.zscore:.2f}</td><td>{_bar(h.zscore, scale)}</td></tr>" for h in hits)
@@ -125,11 +126,11 @@ def _training_url(v: VectorView) -> str:
 
 
 def vector(v: VectorView, checkpoints: list[str]) -> str:
-    head = "" if v.head is None else f" head {v.head}"
+    head = ("" if v.head is None else f" head {v.head}") + ("" if v.expert is None else f" expert {v.expert}")
     title = f"{v.model} {v.component} layer {v.layer}{head} #{v.index}"
     others = " · ".join(
         f"<b>{escape(c)}</b>" if c == v.checkpoint else
-        f"<a href='{vector_url(v.model, v.component, v.layer, v.index, v.head, c)}'>{escape(c)}</a>"
+        f"<a href='{vector_url(v.model, v.component, v.layer, v.index, v.head, c, v.expert)}'>{escape(c)}</a>"
         for c in checkpoints)
     stats = (f"<p>checkpoint <b>{escape(v.checkpoint)}</b> · norm {v.norm:.4g} · "
              f"logits mean {v.logit_mean:.4g} "

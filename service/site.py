@@ -49,9 +49,10 @@ def page_router(owner: StoreOwner) -> APIRouter:
 
     @router.get("/vector/{model}/{component}/{layer}/{index}", response_class=HTMLResponse)
     def vector_page(lens: ReadLens, model: str, component: str, layer: int, index: int,
-                    head: int | None = None, checkpoint: str | None = None) -> HTMLResponse:
+                    head: int | None = None, checkpoint: str | None = None,
+                    expert: int | None = None) -> HTMLResponse:
         def render() -> str:
-            v = lens.vector(model, component, layer, index, head=head, checkpoint=checkpoint)
+            v = lens.vector(model, component, layer, index, head=head, checkpoint=checkpoint, expert=expert)
             labels = [c.label for m in lens.models() if m.name == model for c in m.checkpoints]
             return pages.vector(v, labels)
         return html(render)
