@@ -180,8 +180,7 @@ class Lens:
 
         Narrow the search with a ``HitFilter`` or its fields as keywords (``model``, ``checkpoint``,
         ``component``, ``layer``, ``head``, ``expert``, ``limit``, ``offset``); ``checkpoint=None`` searches each
-        model's
-        latest checkpoint, ``"all"`` every checkpoint.
+        model's latest checkpoint, ``"all"`` every checkpoint.
         """
         return self._hits(token, "top", hit_filter(filter, fields))
 

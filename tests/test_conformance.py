@@ -56,6 +56,24 @@ def _configs(vocab: int) -> dict[str, tuple[type, object]]:
         "llama": (tf.LlamaForCausalLM, tf.LlamaConfig(**llama)),
         "mistral": (tf.MistralForCausalLM, tf.MistralConfig(**llama)),
         "qwen2": (tf.Qwen2ForCausalLM, tf.Qwen2Config(**llama)),
+        # head_dim 16 with d = 32 and 4 heads: the explicit head_dim, not d / n_heads, sizes the heads
+        "qwen3": (tf.Qwen3ForCausalLM, tf.Qwen3Config(**llama, head_dim=16)),
+        "gemma": (tf.GemmaForCausalLM, tf.GemmaConfig(**llama, head_dim=8)),
+        "gemma2": (tf.Gemma2ForCausalLM, tf.Gemma2Config(**llama, head_dim=8, sliding_window=4)),
+        "gemma3_text": (tf.Gemma3ForCausalLM, tf.Gemma3TextConfig(**llama, head_dim=8, sliding_window=4)),
+        "phi3": (tf.Phi3ForCausalLM, tf.Phi3Config(**llama)),
+        "olmo": (tf.OlmoForCausalLM, tf.OlmoConfig(**llama)),
+        "olmo2": (tf.Olmo2ForCausalLM, tf.Olmo2Config(**llama)),
+        "stablelm": (tf.StableLmForCausalLM, tf.StableLmConfig(**llama, use_qkv_bias=True, qk_layernorm=True)),
+        "stablelm_parallel": (tf.StableLmForCausalLM, tf.StableLmConfig(**llama, use_parallel_residual=True)),
+        "falcon": (tf.FalconForCausalLM, tf.FalconConfig(  # Falcon-7B: multi-query, parallel attention
+            hidden_size=D, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS, bias=True, **common)),
+        "falcon_gqa": (tf.FalconForCausalLM, tf.FalconConfig(  # Falcon-40B: grouped K/V, ln_attn and ln_mlp
+            hidden_size=D, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS, new_decoder_architecture=True,
+            num_kv_heads=2, **common)),
+        "falcon_rw": (tf.FalconForCausalLM, tf.FalconConfig(  # Falcon-RW: per-head q|k|v, sequential
+            hidden_size=D, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS, multi_query=False,
+            parallel_attn=False, bias=True, **common)),
         "bert": (tf.BertForMaskedLM, tf.BertConfig(
             hidden_size=D, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS, intermediate_size=D_FF,
             max_position_embeddings=16, vocab_size=vocab, pad_token_id=0)),
@@ -69,11 +87,18 @@ def _configs(vocab: int) -> dict[str, tuple[type, object]]:
 
 
 ARCHS = list(_configs(8))
-GQA = {"llama", "mistral", "qwen2"}
+GATED = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo", "olmo2", "stablelm",
+         "stablelm_parallel"}
+KV_HEADS = {**{a: 2 for a in GATED}, "falcon": 1, "falcon_gqa": 2}  # key/value heads where fewer than N_HEADS
+ENCODERS = ("bert", "roberta", "distilbert")
+
+
+def model_type(arch: str) -> str:
+    return arch.split("_")[0] if arch.startswith(("falcon", "stablelm")) else arch
 
 
 def test_every_supported_model_type_is_covered() -> None:
-    assert set(supported()) - {"xlm-roberta", "camembert"} == set(ARCHS)
+    assert set(supported()) - {"xlm-roberta", "camembert"} == {model_type(a) for a in ARCHS}
 
 
 def build(arch: str, path: Path, seed: int = 0) -> torch.nn.Module:
@@ -118,7 +143,7 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     outs: dict[str, torch.Tensor] = {}
     handles = []
     keys = ["ff_out", "attn_out", "ff_in", "ff_gate", "q", "k", "v", "qkv", "attn_norm", "ff_norm",
-            "attn_source", "ff_source"]
+            "attn_source", "ff_source", "attn_out_norm", "ff_out_norm"]
     for layer in range(N_LAYERS):
         for key in keys:
             path_ = adapter.module_path(key, layer)
@@ -128,8 +153,8 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
             def hook(_m: torch.nn.Module, args: tuple, out: torch.Tensor, tag: str = f"{key}.{layer}"
                      ) -> None:
                 out = out[0] if isinstance(out, tuple) else out  # flattened: [positions, features]
-                ins[tag] = args[0].detach().reshape(-1, args[0].shape[-1])
-                outs[tag] = out.detach().reshape(-1, out.shape[-1])
+                ins[tag] = args[0].detach().reshape(-1, args[0].shape[-1]).clone()  # Falcon adds in place
+                outs[tag] = out.detach().reshape(-1, out.shape[-1]).clone()
 
             handles.append(model.get_submodule(path_).register_forward_hook(hook))
     final: dict[str, torch.Tensor] = {}
@@ -144,7 +169,10 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         h.remove()
     ins["final"], outs["final"] = (final[k].reshape(-1, D) for k in "xy")
     w_u = model.get_output_embeddings().weight.detach()
-    logits = out.logits if arch not in ("bert", "roberta", "distilbert") else final["y"] @ w_u.T
+    logits = out.logits if arch not in ENCODERS else final["y"] @ w_u.T
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:  # Gemma-2 soft-caps logits as cap · tanh(x / cap): undo it to compare the linear readout
+        logits = cap * torch.atanh(logits / cap)
     return Run(arch, model, adapter, ins, outs, out.attentions, logits.detach().reshape(2 * SEQ, -1))
 
 
@@ -173,12 +201,16 @@ def _scale(run: Run, key: str, layer: int, x: torch.Tensor) -> torch.Tensor:
 
 def _reader_input(run: Run, which: str, layer: int) -> tuple[torch.Tensor, bool]:
     """What a reader of ``which`` ('attn'/'ff') is applied to: the un-normalised stream scaled by 1/σ when its
-    norm is folded into it (pre-norm), else the output of the norm that sits on the stream (post-norm)."""
+    norm is folded into it (pre-norm), the output of the norm that sits on the stream (post-norm), or the raw
+    stream the projection itself reads (no input norm: OLMo-2)."""
     key = f"{which}_norm"
     if f"{key}.{layer}" in run.ins:
         x = run.ins[f"{key}.{layer}"]
         return x * _scale(run, key, layer, x), True
-    return run.outs[f"{which}_source.{layer}"], False
+    if f"{which}_source.{layer}" in run.outs:
+        return run.outs[f"{which}_source.{layer}"], False
+    first = next(k for k in (("q", "qkv") if which == "attn" else ("ff_in",)) if f"{k}.{layer}" in run.ins)
+    return run.ins[f"{first}.{layer}"], False
 
 
 def _predict(run: Run, name: str, layer: int, which: str) -> list[torch.Tensor]:
@@ -199,7 +231,17 @@ def test_ff_values_rebuild_the_mlp_output(run: Run, layer: int) -> None:
     pred = act @ values.vectors
     for bias in run.adapter.component("ff_out_bias", layer):
         pred = pred + bias.vectors[0]
-    _close(pred, out, f"{run.arch} ff_value layer {layer}")
+    _close(*_after_branch_norm(run, "ff", layer, pred, out), f"{run.arch} ff_value layer {layer}")
+
+
+def _after_branch_norm(run: Run, which: str, layer: int, pred: torch.Tensor, out: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where a norm sits on the branch's output (Gemma-2, OLMo-2), the writing vectors carry its gain: the
+    prediction divided by that norm's σ (from the projection's own output) is the normalised branch output."""
+    key = f"{which}_out_norm"
+    if f"{key}.{layer}" not in run.outs:
+        return pred, out
+    return pred * _scale(run, key, layer, out), run.outs[f"{key}.{layer}"]
 
 
 @pytest.mark.parametrize("layer", range(N_LAYERS))
@@ -211,21 +253,35 @@ def test_attn_o_heads_rebuild_the_attention_output(run: Run, layer: int) -> None
     pred = sum(z[..., c.head * dh:(c.head + 1) * dh] @ c.vectors for c in heads)
     for bias in run.adapter.component("attn_out_bias", layer):
         pred = pred + bias.vectors[0]
-    _close(pred, out, f"{run.arch} attn_o layer {layer}")
+    _close(*_after_branch_norm(run, "attn", layer, pred, out), f"{run.arch} attn_o layer {layer}")
 
 
 @pytest.mark.parametrize("layer", range(N_LAYERS))
 def test_ff_readers_reproduce_the_mlp_input(run: Run, layer: int) -> None:
-    names = [("ff_key", "ff_in")] + ([("ff_gate", "ff_gate")] if run.arch in GQA else [])
+    names = [("ff_key", "ff_in")] + ([("ff_gate", "ff_gate")] if run.arch in GATED else [])
     for name, key in names:
         (pred,) = _predict(run, name, layer, "ff")
-        _close(_centre(pred, 0), _centre(run.outs[f"{key}.{layer}"], 0), f"{run.arch} {name} layer {layer}")
+        want = run.outs[f"{key}.{layer}"]
+        if want.shape[1] != pred.shape[1]:  # a fused gate|up projection (Phi-3): each row is one of its outputs
+            _each_row_is_an_output(pred, want, f"{run.arch} {name} layer {layer}")
+            continue
+        _close(_centre(pred, 0), _centre(want, 0), f"{run.arch} {name} layer {layer}")
+
+
+def _each_row_is_an_output(pred: torch.Tensor, fused: torch.Tensor, what: str, all_used: bool = False) -> None:
+    """Every predicted column equals (up to a constant) one column of a fused projection's output, each a
+    different one (and, with ``all_used``, every output column is some row's)."""
+    fused, rows = _centre(fused, 0), _centre(pred, 0)
+    dist = torch.cdist(rows.T, fused.T, compute_mode="donot_use_mm_for_euclid_dist") / fused.norm(dim=0).max()
+    best = dist.min(dim=1)
+    assert best.values.max() < 1e-4, f"{what}: a row matches no output ({best.values.max():.3g})"
+    assert len(set(best.indices.tolist())) == (fused.shape[1] if all_used else rows.shape[1]), what
 
 
 @pytest.mark.parametrize("layer", range(N_LAYERS))
 def test_qkv_readers_reproduce_the_projections(run: Run, layer: int) -> None:
     n_kv = run.adapter.dims.kv_heads
-    assert n_kv == (2 if run.arch in GQA else N_HEADS)
+    assert n_kv == KV_HEADS.get(run.arch, N_HEADS)
     preds = {n: _predict(run, n, layer, "attn") for n in ("attn_q", "attn_k", "attn_v")}
     assert [len(preds[n]) for n in preds] == [N_HEADS, n_kv, n_kv]
     if f"qkv.{layer}" not in run.outs:
@@ -233,12 +289,9 @@ def test_qkv_readers_reproduce_the_projections(run: Run, layer: int) -> None:
             _close(_centre(torch.cat(preds[name], -1), 0), _centre(run.outs[f"{key}.{layer}"], 0),
                    f"{run.arch} {name} layer {layer}")
         return
-    # fused q|k|v (GPT-2, GPT-NeoX): every adapter row must be exactly one output column, all used once
-    fused = _centre(run.outs[f"qkv.{layer}"], 0)
-    rows = _centre(torch.cat([p for n in preds for p in preds[n]], -1), 0)
-    dist = torch.cdist(rows.T, fused.T, compute_mode="donot_use_mm_for_euclid_dist") / fused.norm(dim=0).max()
-    best = dist.min(dim=1)
-    assert best.values.max() < 1e-4 and len(set(best.indices.tolist())) == fused.shape[1]
+    # fused q|k|v (GPT-2, GPT-NeoX, Phi-3, Falcon): every adapter row is exactly one output column, all used once
+    _each_row_is_an_output(torch.cat([p for n in preds for p in preds[n]], -1), run.outs[f"qkv.{layer}"],
+                           f"{run.arch} qkv layer {layer}", all_used=True)
 
 
 @pytest.mark.parametrize("layer", range(N_LAYERS))
@@ -290,7 +343,7 @@ def test_cli_indexes_every_architecture(arch: str, tmp_path: Path,
     assert "embedding" not in comps  # opt-in
     with queries.connect(tmp_path / "emb.duckdb") as lens:
         assert len(lens.vector(arch, "embedding", 0, 5).top) == 3
-    assert ("ff_gate" in comps) == (arch in GQA)
+    assert ("ff_gate" in comps) == (arch in GATED)
     capsys.readouterr()
 
 

@@ -129,6 +129,22 @@ class Adapter(ABC):
         attention and MLP (pre-LN decoders). The forward-pass decomposition follows the stream accordingly."""
         return False
 
+    def branch_norms(self) -> bool:
+        """Whether blocks normalise their attention or MLP output before adding it to the stream (Gemma-2)."""
+        return False
+
+    @property
+    def norm_offset(self) -> float:
+        """Added to a stored norm gain to get the scale it applies (1 for Gemma's ``1 + w``; else 0)."""
+        return 0.0
+
+    def trace_problem(self) -> str | None:
+        """Why a forward-pass trace cannot decompose this model's stream, or None when it can."""
+        if self.branch_norms():
+            return (f"{self.family} blocks normalise their attention and MLP outputs before adding them to the "
+                    "stream, which the trace's decomposition into additive terms does not model yet")
+        return None
+
     def available(self) -> tuple[ComponentSpec, ...]:
         """The components this checkpoint has (a family's optional biases may be absent)."""
         return self.components
