@@ -66,6 +66,14 @@ def _configs(vocab: int) -> dict[str, tuple[type, object]]:
         "olmo2": (tf.Olmo2ForCausalLM, tf.Olmo2Config(**llama)),
         "stablelm": (tf.StableLmForCausalLM, tf.StableLmConfig(**llama, use_qkv_bias=True, qk_layernorm=True)),
         "stablelm_parallel": (tf.StableLmForCausalLM, tf.StableLmConfig(**llama, use_parallel_residual=True)),
+        # mixtures of experts: 4 experts, top 2; Qwen2-MoE with a shared expert and a dense first layer
+        "mixtral": (tf.MixtralForCausalLM, tf.MixtralConfig(**llama, num_local_experts=4, num_experts_per_tok=2)),
+        "qwen2_moe": (tf.Qwen2MoeForCausalLM, tf.Qwen2MoeConfig(
+            **llama, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=24,
+            mlp_only_layers=[0], norm_topk_prob=False)),
+        "qwen3_moe": (tf.Qwen3MoeForCausalLM, tf.Qwen3MoeConfig(
+            **llama, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, head_dim=8, norm_topk_prob=True)),
+        "olmoe": (tf.OlmoeForCausalLM, tf.OlmoeConfig(**llama, num_experts=4, num_experts_per_tok=2)),
         "falcon": (tf.FalconForCausalLM, tf.FalconConfig(  # Falcon-7B: multi-query, parallel attention
             hidden_size=D, num_hidden_layers=N_LAYERS, num_attention_heads=N_HEADS, bias=True, **common)),
         "falcon_gqa": (tf.FalconForCausalLM, tf.FalconConfig(  # Falcon-40B: grouped K/V, ln_attn and ln_mlp
@@ -87,8 +95,9 @@ def _configs(vocab: int) -> dict[str, tuple[type, object]]:
 
 
 ARCHS = list(_configs(8))
+MOE = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe"}
 GATED = {"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "olmo", "olmo2", "stablelm",
-         "stablelm_parallel"}
+         "stablelm_parallel", *MOE}
 KV_HEADS = {**{a: 2 for a in GATED}, "falcon": 1, "falcon_gqa": 2}  # key/value heads where fewer than N_HEADS
 ENCODERS = ("bert", "roberta", "distilbert")
 
@@ -143,7 +152,7 @@ def run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     outs: dict[str, torch.Tensor] = {}
     handles = []
     keys = ["ff_out", "attn_out", "ff_in", "ff_gate", "q", "k", "v", "qkv", "attn_norm", "ff_norm",
-            "attn_source", "ff_source", "attn_out_norm", "ff_out_norm"]
+            "attn_source", "ff_source", "attn_out_norm", "ff_out_norm", "moe_block", "router"]
     for layer in range(N_LAYERS):
         for key in keys:
             path_ = adapter.module_path(key, layer)
@@ -224,8 +233,14 @@ def _predict(run: Run, name: str, layer: int, which: str) -> list[torch.Tensor]:
     return preds
 
 
+def _dense(run: Run, layer: int) -> None:
+    if run.adapter.module_path("moe_block", layer) is not None:
+        pytest.skip("a sparse layer: test_experts_and_router_rebuild_the_sparse_mlp")
+
+
 @pytest.mark.parametrize("layer", range(N_LAYERS))
 def test_ff_values_rebuild_the_mlp_output(run: Run, layer: int) -> None:
+    _dense(run, layer)
     act, out = run.ins[f"ff_out.{layer}"], run.outs[f"ff_out.{layer}"]
     (values,) = run.adapter.component("ff_value", layer)
     pred = act @ values.vectors
@@ -258,6 +273,7 @@ def test_attn_o_heads_rebuild_the_attention_output(run: Run, layer: int) -> None
 
 @pytest.mark.parametrize("layer", range(N_LAYERS))
 def test_ff_readers_reproduce_the_mlp_input(run: Run, layer: int) -> None:
+    _dense(run, layer)
     names = [("ff_key", "ff_in")] + ([("ff_gate", "ff_gate")] if run.arch in GATED else [])
     for name, key in names:
         (pred,) = _predict(run, name, layer, "ff")
@@ -276,6 +292,36 @@ def _each_row_is_an_output(pred: torch.Tensor, fused: torch.Tensor, what: str, a
     best = dist.min(dim=1)
     assert best.values.max() < 1e-4, f"{what}: a row matches no output ({best.values.max():.3g})"
     assert len(set(best.indices.tolist())) == (fused.shape[1] if all_used else rows.shape[1]), what
+
+
+@pytest.mark.parametrize("layer", range(N_LAYERS))
+def test_experts_and_router_rebuild_the_sparse_mlp(run: Run, layer: int) -> None:
+    """A sparse layer's output = Σ over the top-k experts of its routing weight · Σ_i act_i · ff_value[e]_i, with
+    the routing weights from softmax(x · ff_router) (renormalised over the top k where the family does), plus
+    sigmoid(x · ff_shared_router) · the shared expert where there is one; every reader has its norm folded."""
+    if run.adapter.module_path("moe_block", layer) is None:
+        pytest.skip("a dense layer (or a dense model)")
+    from transformers.activations import ACT2FN
+
+    cfg = run.model.config
+    act = ACT2FN[cfg.hidden_act]
+    (router,) = _predict(run, "ff_router", layer, "ff")
+    _close(router, run.outs[f"router.{layer}"], f"{run.arch} ff_router layer {layer}")
+    gates, keys = _predict(run, "ff_gate", layer, "ff"), _predict(run, "ff_key", layer, "ff")
+    values = run.adapter.component("ff_value", layer)
+    assert [v.expert for v in values] == list(range(4)) and all(v.head is None for v in values)
+    weights, chosen = torch.softmax(router, dim=-1).topk(cfg.num_experts_per_tok, dim=-1)
+    if getattr(cfg, "norm_topk_prob", True):  # Mixtral always renormalises
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    pred = torch.zeros_like(run.outs[f"moe_block.{layer}"])
+    for e, value in enumerate(values):
+        share = (weights * (chosen == e)).sum(dim=-1, keepdim=True)
+        pred += share * ((act(gates[e]) * keys[e]) @ value.vectors)
+    if run.adapter.component("ff_shared_value", layer):
+        (sg,), (sk,) = _predict(run, "ff_shared_gate", layer, "ff"), _predict(run, "ff_shared_key", layer, "ff")
+        (sv,), (sr,) = run.adapter.component("ff_shared_value", layer), _predict(run, "ff_shared_router", layer, "ff")
+        pred += torch.sigmoid(sr) * ((act(sg) * sk) @ sv.vectors)
+    _close(pred, run.outs[f"moe_block.{layer}"], f"{run.arch} experts layer {layer}")
 
 
 @pytest.mark.parametrize("layer", range(N_LAYERS))
@@ -382,8 +428,8 @@ def _with_config(tmp_path: Path, arch: str, **changes: object) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("model_type", "nearest"), [("mixtral", "mistral"), ("gpt3", "gpt2"),
-                                                     ("qwen3", "qwen2"), ("neox", "gpt_neox")])
+@pytest.mark.parametrize(("model_type", "nearest"), [("mistral3", "mistral"), ("gpt3", "gpt2"),
+                                                     ("qwen3_next", "qwen3_moe"), ("neox", "gpt_neox")])
 def test_unsupported_model_type_names_the_nearest(tmp_path: Path, model_type: str, nearest: str) -> None:
     path = _with_config(tmp_path, "llama", model_type=model_type)
     with pytest.raises(UnsupportedArchitecture, match=f"nearest supported one is '{nearest}'"):

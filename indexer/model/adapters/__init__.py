@@ -13,17 +13,19 @@ from indexer.model.adapters.gpt2 import GPT2Adapter
 from indexer.model.adapters.gpt_neo import GPTNeoAdapter
 from indexer.model.adapters.gptj import GPTJAdapter
 from indexer.model.adapters.llama import LlamaAdapter
+from indexer.model.adapters.mixtral import MixtralAdapter
 from indexer.model.adapters.neox import GPTNeoXAdapter
 from indexer.model.adapters.olmo import Olmo2Adapter, OlmoAdapter
 from indexer.model.adapters.opt import OPTAdapter
 from indexer.model.adapters.phi3 import Phi3Adapter
+from indexer.model.adapters.qwen_moe import OlmoeAdapter, QwenMoeAdapter
 from indexer.model.adapters.stablelm import StableLmAdapter
 from indexer.model.checkpoint import Checkpoint
 
 ADAPTERS: tuple[type[Adapter], ...] = (
     GPT2Adapter, GPTNeoAdapter, GPTJAdapter, GPTNeoXAdapter, OPTAdapter, LlamaAdapter, GemmaAdapter, Gemma2Adapter,
-    Phi3Adapter, OlmoAdapter, Olmo2Adapter, FalconAdapter, StableLmAdapter,
-    BertAdapter, DistilBertAdapter,
+    Phi3Adapter, OlmoAdapter, Olmo2Adapter, FalconAdapter, StableLmAdapter, MixtralAdapter, QwenMoeAdapter,
+    OlmoeAdapter, BertAdapter, DistilBertAdapter,
 )
 
 __all__ = ["ADAPTERS", "Adapter", "Component", "ComponentSpec", "Dims", "Norm", "adapter_for",

@@ -66,6 +66,7 @@ class Dims:
     vocab_size: int
     n_kv_heads: int = 0
     d_head: int = 0
+    n_experts: int = 0
 
     @property
     def kv_heads(self) -> int:

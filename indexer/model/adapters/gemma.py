@@ -10,6 +10,7 @@ unchanged; scores and z-scores are those of the logits before capping. Gemma-3 a
 projections (rows unchanged). Multimodal Gemma-3 checkpoints (``gemma3``) are refused: index their text model."""
 
 from dataclasses import replace
+from typing import ClassVar
 
 from indexer.model.adapters.base import Dims
 from indexer.model.adapters.llama import LLAMA_LAYOUT, gated_dims
@@ -18,7 +19,7 @@ from indexer.model.adapters.standard import ALL_GATED, StandardAdapter
 
 class GemmaAdapter(StandardAdapter):
     family = "gemma"
-    model_types = ("gemma",)
+    model_types: ClassVar[tuple[str, ...]] = ("gemma",)
     components = ALL_GATED
     prefixes = ("model.", "")
     layout = replace(LLAMA_LAYOUT, norm_offset=1.0)

@@ -90,10 +90,11 @@ class StandardAdapter(Adapter):
     def module_path(self, key: str, layer: int = 0) -> str | None:
         """The module path for ``key`` (a Layout field) in ``layer``, with the prefix filled in."""
         lay = self.layout
+        template: str | None
         if key == "attn_source" and lay.attn_source is not None:
             template = lay.attn_source[0] if layer == 0 else lay.attn_source[1]
         else:
-            template = getattr(lay, key)
+            template = getattr(lay, key, None)
         if template is None:
             return None
         if key == "final_norm":
@@ -164,10 +165,11 @@ class StandardAdapter(Adapter):
         shapes.update(self.qkv_shapes())
         for layer in range(self.dims.n_layers):
             shapes[self._w("attn_out", layer)] = lin(d, hd)
-            shapes[self._w("ff_in", layer)] = lin(f, d)
-            shapes[self._w("ff_out", layer)] = lin(d, f)
-            if self.layout.ff_gate:
-                shapes[self._w("ff_gate", layer)] = lin(f, d)
+            if self.module_path("ff_out", layer) is not None:  # None: a sparse (mixture-of-experts) layer
+                shapes[self._w("ff_in", layer)] = lin(f, d)
+                shapes[self._w("ff_out", layer)] = lin(d, f)
+                if self.layout.ff_gate:
+                    shapes[self._w("ff_gate", layer)] = lin(f, d)
             for norm in ("attn_norm", "ff_norm", "attn_out_norm", "ff_out_norm"):
                 if getattr(self.layout, norm) and self.layout.norm_weights:
                     shapes[self._w(norm, layer)] = (d,)

@@ -1,0 +1,24 @@
+"""Mixtral (Mistral AI): a Mistral decoder whose MLPs are 8 routed experts (softmax over experts, top-2,
+renormalised). On disk (and as transformers 5 saves it) the sparse MLP is ``block_sparse_moe`` with per-expert
+``w1`` (gate), ``w3`` (up) and ``w2`` (down); transformers 5 loads it as ``mlp`` with fused 3-D experts, which
+is also read."""
+
+from indexer.model.adapters.llama import LLAMA_LAYOUT
+from indexer.model.adapters.moe import Experts, MoEAdapter
+
+_FUSED = dict(fused_gate_up="{p}layers.{i}.mlp.experts.gate_up_proj", fused_down="{p}layers.{i}.mlp.experts.down_proj",
+              block_module="{p}layers.{i}.mlp", router_module="{p}layers.{i}.mlp.gate")
+
+
+class MixtralAdapter(MoEAdapter):
+    family = "mixtral"
+    model_types = ("mixtral",)
+    prefixes = ("model.", "")
+    layout = LLAMA_LAYOUT
+    variants = (
+        Experts(router="{p}layers.{i}.block_sparse_moe.gate", gate="{p}layers.{i}.block_sparse_moe.experts.{e}.w1",
+                up="{p}layers.{i}.block_sparse_moe.experts.{e}.w3",
+                down="{p}layers.{i}.block_sparse_moe.experts.{e}.w2", **_FUSED),
+        Experts(router="{p}layers.{i}.mlp.gate", gate="{p}layers.{i}.mlp.experts.{e}.w1",
+                up="{p}layers.{i}.mlp.experts.{e}.w3", down="{p}layers.{i}.mlp.experts.{e}.w2", **_FUSED),
+    )
