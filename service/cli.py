@@ -59,7 +59,8 @@ def cmd_index(args: argparse.Namespace) -> None:
     opts = IndexOptions(name=args.name, top_k=args.top_k, basis=args.basis, replace=args.replace,
                         components=args.component or None, device=args.device, precision=args.precision,
                         read_basis=args.read_basis, head_maps=args.head_maps, pair_vocab=args.pair_vocab,
-                        svd=args.svd, executor=args.executor, address=args.address, ray_workers=args.ray_workers)
+                        svd=args.svd, executor=args.executor, address=args.address, ray_workers=args.ray_workers,
+                        revision=args.revision, base=args.base, lora=args.lora)
     if args.server:
         result = index_via_server(args.server, args.checkpoint, opts, quiet=args.quiet)
     else:
@@ -88,7 +89,8 @@ def index_via_server(server: str, checkpoint: str, opts: "IndexOptions", quiet: 
     from indexer import IndexResult
 
     base = server.rstrip("/")
-    body = {"checkpoint": str(Path(checkpoint).resolve()), **opts.model_dump()}
+    local = Path(checkpoint).exists()  # else a hub id, resolved in the server's own cache
+    body = {"checkpoint": str(Path(checkpoint).resolve()) if local else checkpoint, **opts.model_dump()}
     token = os.environ.get("LENSDB_TOKEN", "")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
@@ -538,7 +540,15 @@ def add_fields(sp: argparse.ArgumentParser, model: Any, env_prefix: str | None =
 
 
 def _index_args(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("checkpoint", help="Hugging Face folder with config.json, safetensors and tokenizer")
+    sp.add_argument("checkpoint", help="Hugging Face folder (config.json, safetensors, tokenizer), a hub id in the "
+                    "local cache (EleutherAI/pythia-70m; never downloaded), a llama.cpp .gguf file, or a PEFT/LoRA "
+                    "adapter folder")
+    sp.add_argument("--revision", help="with a hub id: the cached branch, tag or commit (default main)")
+    sp.add_argument("--base", help="with a LoRA adapter folder: its base model, a folder or cached hub id "
+                    "(default: the base named in adapter_config.json)")
+    sp.add_argument("--lora", choices=["merged", "delta"], default="merged",
+                    help="with a LoRA adapter: index the merged weights W + s·B·A (default), or the adapter's "
+                    "low-rank update s·B·A alone as vectors of their own (delta)")
     sp.add_argument("--name", help="model name (default: the folder name)")
     sp.add_argument("--top-k", type=int, default=50, help="tokens kept per vector and side (default 50)")
     sp.add_argument("--basis", choices=["folded", "raw"], default="folded",
