@@ -10,7 +10,7 @@ import pytest
 
 import queries
 from service.cli import main
-from tests.tinymodels import TinyModel, save_gpt2
+from tests.tinymodels import TinyModel
 
 
 def _cache_entry(cache: Path, repo_id: str, tiny: TinyModel, refs: dict[str, str]) -> dict[str, str]:
