@@ -46,6 +46,8 @@ def index_checkpoint(
     ckpt = source.ckpt
     adapter = adapter_for(ckpt)
     plan = plan_units(adapter, opts.components)
+    if source.flags.get("lora") == "delta":  # the update of weight matrices only: no biases, no embedding
+        plan = [u for u in plan if not u[0].endswith("_bias") and u[0] != "embedding"]
     vocab = source.vocabulary(adapter.dims.vocab_size)
     check_executor(opts)  # a missing Ray fails here, before the store is touched
     if opts.executor == "ray" and not source.plain:

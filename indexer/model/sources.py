@@ -60,8 +60,9 @@ def open_source(location: str | Path, revision: str | None = None, base: str | P
         from indexer.model.peft_adapter import open_peft
 
         return open_peft(path, base, lora)
-    if base is not None:
-        raise LensdbError(f"--base goes with a PEFT adapter folder (one with adapter_config.json); {text} is not one.")
+    if base is not None or lora != "merged":
+        flag = "--base" if base is not None else "--lora delta"
+        raise LensdbError(f"{flag} goes with a PEFT adapter folder (one with adapter_config.json); {text} is not one.")
     ckpt = open_checkpoint(path)
     if hub is None:
         return Source(ckpt, default_name(ckpt), ckpt.path.name, folder_step(ckpt.path))

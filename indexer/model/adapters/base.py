@@ -116,6 +116,10 @@ class Adapter(ABC):
     def component(self, name: str, layer: int) -> list[Component]:
         """Read one component of one layer (one entry per head for per-head components)."""
 
+    def basis_tensors(self) -> set[str]:
+        """Names of the tensors the projection bases are built from (embedding, unembedding, final norm)."""
+        return set()
+
     def classifier(self) -> torch.Tensor | None:
         """The sequence-classification head as ``[n_labels, d_model]`` rows, if the checkpoint has one."""
         return None

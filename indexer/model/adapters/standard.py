@@ -180,6 +180,11 @@ class StandardAdapter(Adapter):
     def embedding(self) -> torch.Tensor:
         return self.ckpt.tensor(self._w("embed"))
 
+    def basis_tensors(self) -> set[str]:
+        names = {self._w("embed"), self._w("final_norm")}
+        names |= {t.format(p=self.p) + ".weight" for t in self.layout.unembed}
+        return {n for n in names if self.ckpt.has(n)}
+
     def unembedding(self) -> torch.Tensor:
         want = (self.dims.vocab_size, self.dims.d_model)
         for template in self.layout.unembed:
