@@ -7,10 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 import queries
 from service.cli import main
-from tests.tinymodels import TinyModel, save_gpt2
+from tests.tinymodels import TinyModel, byte_bpe_tokenizer, save_gpt2
 
 
 def _cache_entry(cache: Path, repo_id: str, tiny: TinyModel, refs: dict[str, str]) -> dict[str, str]:
@@ -171,3 +172,131 @@ def test_an_adapter_on_another_base_is_refused(lora: tuple[TinyModel, Path, int]
     _, adapter, _ = lora
     assert main(["index", str(adapter), "--base", str(tiny_bert.path), "--db", str(tmp_path / "x.duckdb")]) == 1
     assert "pass its base model with --base" in capsys.readouterr().err
+
+
+# ---- GGUF --------------------------------------------------------------------------------------------------------
+
+def write_gguf(folder: Path, out: Path, arch: str, quantize: tuple[str, ...] = ()) -> None:
+    """Convert a saved tiny checkpoint to GGUF as llama.cpp's converter does: names through the gguf package's
+    map, experts stacked per projection, W_Q / W_K rows permuted for ``llama``, tensors whose name contains one of
+    ``quantize`` stored as Q8_0, the vocabulary in the tokenizer metadata."""
+    import json
+
+    import gguf
+    import numpy as np
+    from safetensors.torch import load_file
+    from tokenizers import Tokenizer
+
+    cfg = json.loads((folder / "config.json").read_text())
+    state = {k: v.float() for k, v in load_file(folder / "model.safetensors").items()}
+    n, heads, kv = cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    experts = cfg.get("num_experts") or cfg.get("num_local_experts") or 0
+    for i in range(n):
+        for part in ("gate_proj", "up_proj", "down_proj"):
+            per = [f"model.layers.{i}.mlp.experts.{e}.{part}.weight" for e in range(experts)]
+            if per and per[0] in state:
+                state[f"model.layers.{i}.mlp.experts.{part}.weight"] = torch.stack([state.pop(p) for p in per])
+    model_arch = next(a for a, name in gguf.MODEL_ARCH_NAMES.items() if name == arch)
+    tmap = gguf.get_tensor_name_map(model_arch, n)
+    w = gguf.GGUFWriter(str(out), arch)
+    w.add_block_count(n)
+    w.add_embedding_length(cfg["hidden_size"])
+    w.add_feed_forward_length(cfg["intermediate_size"])
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    if experts:
+        w.add_expert_count(experts)
+        w.add_expert_used_count(cfg["num_experts_per_tok"])
+        w.add_expert_feed_forward_length(cfg["moe_intermediate_size"])
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if quantize else gguf.LlamaFileType.ALL_F32)
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    w.add_tokenizer_model("gpt2")
+    w.add_token_list([tok.id_to_token(i) for i in range(tok.get_vocab_size())])
+    for name, t in state.items():
+        kind_name = tmap.get_type_and_name(name, try_suffixes=(".weight", ".bias"))
+        assert kind_name is not None, name
+        kind, gname = kind_name
+        if arch == "llama" and kind in (gguf.MODEL_TENSOR.ATTN_Q, gguf.MODEL_TENSOR.ATTN_K):
+            h = heads if kind == gguf.MODEL_TENSOR.ATTN_Q else kv
+            t = t.reshape(h, 2, t.shape[0] // h // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
+        data = t.numpy().astype(np.float32)
+        if any(q in name for q in quantize):
+            w.add_tensor(gname, gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0),
+                         raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            w.add_tensor(gname, data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def test_a_gguf_file_reads_as_its_checkpoint_and_indexes_with_its_quantization(tmp_path: Path,
+                                                                               capsys: pytest.CaptureFixture[str]
+                                                                               ) -> None:
+    from indexer.model.adapters import adapter_for
+    from indexer.model.checkpoint import open_checkpoint
+    from indexer.model.sources import open_source
+    from tests.test_conformance import build
+
+    model = build("llama", tmp_path / "llama")
+    paris = byte_bpe_tokenizer().convert_tokens_to_ids("Ġparis")
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[:, 6] = model.lm_head.weight[paris] * 40.0
+    model.save_pretrained(tmp_path / "llama")
+    write_gguf(tmp_path / "llama", tmp_path / "Tiny-Llama.Q8_0.gguf", "llama", quantize=("mlp.",))
+    hf = adapter_for(open_checkpoint(tmp_path / "llama"))
+    gg = adapter_for(open_source(tmp_path / "Tiny-Llama.Q8_0.gguf").ckpt)
+    assert gg.family == "llama" and gg.dims == hf.dims
+    for name in ("attn_q", "attn_k", "attn_v", "attn_o", "embedding"):  # stored F32: exact, rows un-permuted
+        for a, b in zip(hf.component(name, 1), gg.component(name, 1), strict=True):
+            torch.testing.assert_close(a.vectors, b.vectors, rtol=0, atol=0)
+    (a,), (b,) = hf.component("ff_value", 1), gg.component("ff_value", 1)  # Q8_0: within its rounding
+    assert (a.vectors - b.vectors).abs().max() / a.vectors.abs().max() < 1e-2
+    db = tmp_path / "lens.duckdb"
+    assert main(["index", str(tmp_path / "Tiny-Llama.Q8_0.gguf"), "--db", str(db), "--quiet"]) == 0
+    assert "indexed tiny-llama.q8_0/Tiny-Llama.Q8_0.gguf" in capsys.readouterr().out
+    with queries.connect(db) as lens:
+        (hit,) = lens.promoters("paris", component="ff_value", limit=1)
+        assert (hit.layer, hit.index, hit.token) == (1, 6, " paris")
+        source = lens.sql("SELECT basis_flags::JSON->'source' FROM index_runs").rows[0][0]
+    assert '"format":"gguf"' in source.replace(" ", "") and '"quantization":"Q8_0"' in source.replace(" ", "")
+
+
+def test_a_mixture_of_experts_gguf_stacks_its_experts(tmp_path: Path) -> None:
+    from indexer.model.adapters import adapter_for
+    from indexer.model.checkpoint import open_checkpoint
+    from indexer.model.sources import open_source
+    from tests.test_conformance import build
+
+    build("qwen3_moe", tmp_path / "moe")
+    write_gguf(tmp_path / "moe", tmp_path / "moe.gguf", "qwen3moe")
+    hf = adapter_for(open_checkpoint(tmp_path / "moe"))
+    gg = adapter_for(open_source(tmp_path / "moe.gguf").ckpt)
+    assert gg.storage() == "stacked" and hf.storage() == "modules"  # type: ignore[attr-defined]
+    for name in ("ff_key", "ff_gate", "ff_value", "ff_router", "attn_q", "attn_k"):
+        for layer in range(2):
+            for a, b in zip(hf.component(name, layer), gg.component(name, layer), strict=True):
+                assert a.expert == b.expert
+                torch.testing.assert_close(a.vectors, b.vectors, rtol=0, atol=0)
+
+
+def test_gguf_files_lensdb_cannot_read_are_refused_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                           ) -> None:
+    import gguf
+
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all")
+    w = gguf.GGUFWriter(str(tmp_path / "other.gguf"), "mamba")
+    w.add_block_count(1)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    for name, says in (("junk.gguf", "not a readable GGUF file"), ("other.gguf", "GGUF architecture 'mamba' is not "
+                                                                                 "supported; lensdb reads GGUF files "
+                                                                                 "of llama, qwen2")):
+        assert main(["index", str(tmp_path / name), "--db", str(tmp_path / "x.duckdb")]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err, err
+    assert not (tmp_path / "x.duckdb").exists()

@@ -18,7 +18,10 @@ class MixtralAdapter(MoEAdapter):
     variants = (
         Experts(router="{p}layers.{i}.block_sparse_moe.gate", gate="{p}layers.{i}.block_sparse_moe.experts.{e}.w1",
                 up="{p}layers.{i}.block_sparse_moe.experts.{e}.w3",
-                down="{p}layers.{i}.block_sparse_moe.experts.{e}.w2", **_FUSED),
+                down="{p}layers.{i}.block_sparse_moe.experts.{e}.w2", **_FUSED,
+                stacked_gate="{p}layers.{i}.block_sparse_moe.experts.w1",
+                stacked_up="{p}layers.{i}.block_sparse_moe.experts.w3",
+                stacked_down="{p}layers.{i}.block_sparse_moe.experts.w2"),
         Experts(router="{p}layers.{i}.mlp.gate", gate="{p}layers.{i}.mlp.experts.{e}.w1",
                 up="{p}layers.{i}.mlp.experts.{e}.w3", down="{p}layers.{i}.mlp.experts.{e}.w2", **_FUSED),
     )

@@ -1,10 +1,11 @@
 """Mixture-of-experts MLPs, shared by every sparse family: a router and, per expert, a gated MLP of its own.
 
 ``Experts`` names a family's sparse-MLP tensors as templates over ``{p}``, ``{i}`` (layer) and ``{e}`` (expert).
-Checkpoints on disk store experts in one of two ways, both read: one module per expert
-(``…experts.{e}.gate_proj``, what transformers 5 still writes with ``save_pretrained`` and what the hub holds),
-or fused 3-D tensors (``…experts.gate_up_proj`` ``[E, 2·F, d]`` and ``…experts.down_proj`` ``[E, d, F]``, how
-transformers 5 holds them in memory), read one expert at a time. Layers without a router are dense (Qwen-MoE's
+Experts are stored in one of three ways, all read: one module per expert (``…experts.{e}.gate_proj``, what
+transformers 5 still writes with ``save_pretrained`` and what the hub holds); fused 3-D tensors
+(``…experts.gate_up_proj`` ``[E, 2·F, d]`` and ``…experts.down_proj`` ``[E, d, F]``, how transformers 5 holds
+them in memory); or stacked 3-D tensors per projection (``…experts.gate_proj.weight`` ``[E, F, d]``, as llama.cpp
+GGUF files store them). 3-D tensors are read one expert at a time. Layers without a router are dense (Qwen-MoE's
 ``mlp_only_layers``, ``decoder_sparse_step``) and read as in the dense family.
 
 Canonical components: ``ff_key`` / ``ff_gate`` / ``ff_value`` of a sparse layer come as one part per expert,
@@ -65,6 +66,9 @@ class Experts:
     shared_up: str | None = None
     shared_down: str | None = None
     shared_router: str | None = None
+    stacked_gate: str | None = None  # modules whose weight is [E, F, d] (gate, up) or [E, d, F] (down)
+    stacked_up: str | None = None
+    stacked_down: str | None = None
 
 
 class MoEAdapter(StandardAdapter):
@@ -77,7 +81,7 @@ class MoEAdapter(StandardAdapter):
     expert_size_keys: ClassVar[tuple[str, ...]] = ("moe_intermediate_size", "intermediate_size")
 
     def __init__(self, ckpt: Checkpoint) -> None:
-        self._fused: bool | None = None
+        self._storage: str | None = None
         p = find_prefix(ckpt, self.layout.embed.format(p="") + ".weight", self.prefixes)
         n_layers = ckpt.config.get("num_hidden_layers")
         layers = range(n_layers if isinstance(n_layers, int) and 0 < n_layers < 100_000 else 0)
@@ -90,22 +94,32 @@ class MoEAdapter(StandardAdapter):
         return replace(dims, d_ff=config_int(self.ckpt, *self.expert_size_keys),
                        n_experts=config_int(self.ckpt, *self.expert_count_keys))
 
-    def _t(self, template: str, layer: int, expert: int | None = None) -> str:
-        """The tensor a template names: a module's ``.weight``, or a fused parameter as it is (``fused_*``)."""
-        name = template.format(p=self.p, i=layer, e=expert)
-        return name if template in (self.experts.fused_gate_up, self.experts.fused_down) else name + ".weight"
+    def _t(self, template: str, layer: int, expert: int | None = None, weight: bool = True) -> str:
+        """The tensor a template names: a module's ``.weight``, or (``weight=False``) a fused parameter as it is."""
+        return template.format(p=self.p, i=layer, e=expert) + (".weight" if weight else "")
 
     def sparse(self, layer: int) -> bool:
         """Whether ``layer``'s MLP is a mixture of experts (it has a router)."""
         return self.ckpt.has(self._t(self.experts.router, layer))
 
+    def storage(self) -> str:
+        """How experts are stored: ``modules`` (one per expert), ``fused`` (gate|up in one 3-D tensor) or
+        ``stacked`` (one 3-D tensor per projection)."""
+        if self._storage is None:
+            ex = self.experts
+            first = next((i for i in range(self.dims.n_layers) if self.sparse(i)), 0)
+            if ex.stacked_gate and not self.ckpt.has(self._t(ex.gate, first, 0)) and \
+                    self.ckpt.has(self._t(ex.stacked_gate, first)):
+                self._storage = "stacked"
+            elif not self.ckpt.has(self._t(ex.gate, first, 0)) and \
+                    self.ckpt.has(self._t(ex.fused_gate_up, first, weight=False)):
+                self._storage = "fused"
+            else:
+                self._storage = "modules"
+        return self._storage
+
     def fused(self) -> bool:
-        """Whether experts are stored as fused 3-D tensors rather than one module each."""
-        if self._fused is None:
-            first = next((i for i in range(self.dims.n_layers) if self.sparse(i)), None)
-            self._fused = first is not None and not self.ckpt.has(self._t(self.experts.gate, first, 0)) \
-                and self.ckpt.has(self._t(self.experts.fused_gate_up, first))
-        return self._fused
+        return self.storage() == "fused"
 
     def module_path(self, key: str, layer: int = 0) -> str | None:
         if key in ("ff_in", "ff_gate", "ff_out") and self.sparse(layer):
@@ -136,8 +150,11 @@ class MoEAdapter(StandardAdapter):
                 continue
             shapes[self._t(ex.router, i)] = (n, d)
             if self.fused():
-                shapes[self._t(ex.fused_gate_up, i)] = (n, 2 * f, d)
-                shapes[self._t(ex.fused_down, i)] = (n, d, f)
+                shapes[self._t(ex.fused_gate_up, i, weight=False)] = (n, 2 * f, d)
+                shapes[self._t(ex.fused_down, i, weight=False)] = (n, d, f)
+            elif self.storage() == "stacked":
+                shapes.update({self._t(ex.stacked_gate, i): (n, f, d), self._t(ex.stacked_up, i): (n, f, d),  # type: ignore[arg-type]
+                               self._t(ex.stacked_down, i): (n, d, f)})  # type: ignore[arg-type]
             else:
                 for e in range(n):
                     shapes.update({self._t(ex.gate, i, e): (f, d), self._t(ex.up, i, e): (f, d),
@@ -160,10 +177,13 @@ class MoEAdapter(StandardAdapter):
     def expert_rows(self, part: str, layer: int, expert: int) -> torch.Tensor:
         """Rows of one expert in residual coordinates: ``gate`` / ``up`` rows read, ``down`` rows write."""
         ex = self.experts
+        if self.storage() == "stacked":
+            w = self.ckpt.tensor(self._t(getattr(ex, f"stacked_{part}"), layer), expert)
+            return w.T.contiguous() if part == "down" else w
         if self.fused():
             if part == "down":
-                return self.ckpt.tensor(self._t(ex.fused_down, layer), expert).T.contiguous()
-            gate, up = self.ckpt.tensor(self._t(ex.fused_gate_up, layer), expert).chunk(2, dim=0)
+                return self.ckpt.tensor(self._t(ex.fused_down, layer, weight=False), expert).T.contiguous()
+            gate, up = self.ckpt.tensor(self._t(ex.fused_gate_up, layer, weight=False), expert).chunk(2, dim=0)
             return (gate if part == "gate" else up).contiguous()
         w = self.ckpt.tensor(self._t(getattr(ex, part), layer, expert))
         return w.T.contiguous() if part == "down" else w

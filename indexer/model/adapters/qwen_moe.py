@@ -19,6 +19,8 @@ QWEN_EXPERTS = Experts(
     fused_down=f"{_MLP}.experts.down_proj", block_module=_MLP, router_module=f"{_MLP}.gate",
     shared_gate=f"{_MLP}.shared_expert.gate_proj", shared_up=f"{_MLP}.shared_expert.up_proj",
     shared_down=f"{_MLP}.shared_expert.down_proj", shared_router=f"{_MLP}.shared_expert_gate",
+    stacked_gate=f"{_MLP}.experts.gate_proj", stacked_up=f"{_MLP}.experts.up_proj",
+    stacked_down=f"{_MLP}.experts.down_proj",
 )
 
 
