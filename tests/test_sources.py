@@ -300,3 +300,119 @@ def test_gguf_files_lensdb_cannot_read_are_refused_clearly(tmp_path: Path, capsy
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and says in err, err
     assert not (tmp_path / "x.duckdb").exists()
+
+
+# ---- quantized safetensors ---------------------------------------------------------------------------------------
+
+def _int32(words: torch.Tensor) -> torch.Tensor:
+    return ((words + 2**31) % 2**32 - 2**31).to(torch.int32)
+
+
+def _pack(values: torch.Tensor, dim: int, order: tuple[int, ...] = tuple(range(8))) -> torch.Tensor:
+    """4-bit values packed 8 to an int32 along ``dim``: nibble k holds the value at position order[k] of its 8."""
+    v = values.to(torch.int64).movedim(dim, -1)
+    v = v.reshape(*v.shape[:-1], -1, 8)[..., list(order)]
+    words = (v << (4 * torch.arange(8))).sum(-1)
+    return _int32(words.movedim(-1, dim)).contiguous()
+
+
+def _quantize_folder(src: Path, dst: Path, method: str) -> dict[str, torch.Tensor]:
+    """Quantize every block projection of a saved tiny checkpoint by hand in ``method``'s layout on disk; the
+    float weights those quantized tensors stand for, by module."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    state = load_file(dst / "model.safetensors")
+    group, expected = 16, {}
+    gen = torch.Generator().manual_seed(0)
+    for name in [n for n in state if n.endswith("_proj.weight")]:
+        module, w = name.removesuffix(".weight"), state.pop(name).float()
+        out, inp = w.shape
+        if method == "bitsandbytes":
+            scb = w.abs().amax(dim=1)
+            q = torch.round(w / scb[:, None] * 127).to(torch.int8)
+            state |= {f"{module}.weight": q, f"{module}.SCB": scb}
+            expected[module] = q.float() * scb[:, None] / 127
+            continue
+        # groups of input rows: consecutive for AWQ, an arbitrary (act-order) assignment for GPTQ
+        g_idx = torch.arange(inp) // group if method == "awq" else torch.randperm(inp, generator=gen) // group
+        scales, zeros = torch.zeros(inp // group, out), torch.zeros(inp // group, out, dtype=torch.int64)
+        q = torch.zeros(inp, out, dtype=torch.int64)
+        for g in range(inp // group):
+            rows = w.T[g_idx == g]  # [group, out]
+            lo, hi = rows.min(dim=0).values.clamp(max=0), rows.max(dim=0).values.clamp(min=0)
+            scales[g] = ((hi - lo) / 15).clamp_min(1e-8)
+            # GPTQ's original format stores zero - 1 in 4 bits: a zero of 0 cannot be stored (hence gptq_v2)
+            zeros[g] = torch.round(-lo / scales[g]).clamp(1 if method == "gptq" else 0, 15).long()
+            q[g_idx == g] = torch.clamp(torch.round(rows / scales[g]) + zeros[g], 0, 15).long()
+        expected[module] = (scales[g_idx] * (q - zeros[g_idx]).float()).T
+        if method == "gptq":  # qweight packed along the input axis, zeros (less one) along the output axis
+            state |= {f"{module}.qweight": _pack(q, 0), f"{module}.qzeros": _pack(zeros - 1, 1),
+                      f"{module}.scales": scales.half(), f"{module}.g_idx": g_idx.to(torch.int32)}
+        else:
+            state |= {f"{module}.qweight": _pack(q, 1, (0, 2, 4, 6, 1, 3, 5, 7)),
+                      f"{module}.qzeros": _pack(zeros, 1, (0, 2, 4, 6, 1, 3, 5, 7)), f"{module}.scales": scales.half()}
+        expected[module] = (scales.half().float()[g_idx] * (q - zeros[g_idx]).float()).T
+    save_file(state, dst / "model.safetensors", metadata={"format": "pt"})
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg["quantization_config"] = {"bitsandbytes": {"quant_method": "bitsandbytes", "load_in_8bit": True},
+                                  "gptq": {"quant_method": "gptq", "bits": 4, "group_size": group, "desc_act": True,
+                                           "sym": False, "checkpoint_format": "gptq"},
+                                  "awq": {"quant_method": "awq", "bits": 4, "group_size": group, "version": "gemm",
+                                          "zero_point": True}}[method]
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return expected
+
+
+@pytest.mark.parametrize("method", ["bitsandbytes", "gptq", "awq"])
+def test_quantized_safetensors_dequantize_per_tensor(tmp_path: Path, method: str,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from indexer.model.adapters import adapter_for
+    from indexer.model.checkpoint import open_checkpoint
+    from indexer.model.sources import open_source
+    from tests.test_conformance import build
+
+    model = build("llama", tmp_path / "llama")
+    paris = byte_bpe_tokenizer().convert_tokens_to_ids("Ġparis")
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[:, 6] = model.lm_head.weight[paris] * 40.0
+    model.save_pretrained(tmp_path / "llama")
+    expected = _quantize_folder(tmp_path / "llama", tmp_path / "quant", method)
+    ckpt = open_source(tmp_path / "quant").ckpt
+    for module, w in expected.items():
+        torch.testing.assert_close(ckpt.tensor(module + ".weight"), w, rtol=1e-5, atol=1e-6)
+    full, quant = adapter_for(open_checkpoint(tmp_path / "llama")), adapter_for(ckpt)
+    for name in ("attn_q", "attn_k", "ff_key", "ff_value"):
+        for a, b in zip(full.component(name, 1), quant.component(name, 1), strict=True):
+            assert (a.vectors - b.vectors).abs().max() / a.vectors.abs().max() < 0.1, name  # 4-bit rounding
+    db = tmp_path / "lens.duckdb"
+    assert main(["index", str(tmp_path / "quant"), "--db", str(db), "--quiet"]) == 0
+    with queries.connect(db) as lens:
+        (hit,) = lens.promoters("paris", component="ff_value", limit=1)
+        assert (hit.layer, hit.index) == (1, 6)
+        assert method in lens.sql("SELECT basis_flags FROM index_runs").rows[0][0]
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(("config", "says"), [
+    ({"quant_method": "bitsandbytes", "load_in_4bit": True}, "bitsandbytes 4-bit"),
+    ({"quant_method": "awq", "bits": 4, "version": "gemv"}, "AWQ gemv with 4 bits"),
+    ({"quant_method": "fp8"}, "quantization method 'fp8' is not supported"),
+    ({"quant_method": "gptq", "bits": 4}, "config.json says gptq but no tensor ends in .qweight"),
+])
+def test_quantized_formats_lensdb_cannot_read_are_named(tmp_path: Path, config: dict, says: str,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from tests.test_conformance import build
+
+    build("llama", tmp_path / "q")
+    cfg = json.loads((tmp_path / "q" / "config.json").read_text())
+    (tmp_path / "q" / "config.json").write_text(json.dumps({**cfg, "quantization_config": config}))
+    capsys.readouterr()
+    assert main(["index", str(tmp_path / "q"), "--db", str(tmp_path / "x.duckdb")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err, err
+    assert not (tmp_path / "x.duckdb").exists()

@@ -121,7 +121,7 @@ def open_peft(folder: Path, base: str | Path | None, mode: str) -> Source:
     if not base_name:
         raise LensdbError(f"{folder / CONFIG} names no base model; pass it with --base FOLDER_OR_HUB_ID.")
     base_source = open_source(base_name)
-    if not base_source.plain:
+    if base_source.flags.get("format") == "gguf" or "lora" in base_source.flags:
         raise LensdbError(f"the base of a LoRA adapter must be a safetensors checkpoint, not {base_name}.")
     ckpt = base_source.ckpt
     file = folder / WEIGHTS

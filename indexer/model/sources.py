@@ -12,6 +12,7 @@ from pathlib import Path
 
 from indexer.model.checkpoint import Checkpoint, default_name, folder_step, name_step, open_checkpoint
 from indexer.model.hub import resolve_cached
+from indexer.model.quantized import dequantized
 from indexer.model.vocab import Vocabulary, load_vocabulary
 from schema.errors import LensdbError
 
@@ -34,7 +35,7 @@ class Source:
     @property
     def plain(self) -> bool:
         """Whether the checkpoint is a plain folder that any process can reopen from its path alone."""
-        return self.flags.get("format", "safetensors") == "safetensors" and "lora" not in self.flags
+        return not {"format", "lora", "quantization"} & set(self.flags)
 
 
 def open_source(location: str | Path, revision: str | None = None, base: str | Path | None = None,
@@ -63,10 +64,11 @@ def open_source(location: str | Path, revision: str | None = None, base: str | P
     if base is not None or lora != "merged":
         flag = "--base" if base is not None else "--lora delta"
         raise LensdbError(f"{flag} goes with a PEFT adapter folder (one with adapter_config.json); {text} is not one.")
-    ckpt = open_checkpoint(path)
+    ckpt = dequantized(open_checkpoint(path))
+    quant = {"quantization": ckpt.config["quantization_config"]} if "quantization_config" in ckpt.config else {}
     if hub is None:
-        return Source(ckpt, default_name(ckpt), ckpt.path.name, folder_step(ckpt.path))
+        return Source(ckpt, default_name(ckpt), ckpt.path.name, folder_step(ckpt.path), flags=quant)
     label = hub.revision if hub.revision != hub.sha else hub.sha[:12]
     step = name_step(hub.revision.rsplit("/", 1)[-1])
     return Source(ckpt, hub.repo_id.rsplit("/", 1)[-1].lower(), label, step if step is not None else folder_step(path),
-                  flags={"hub_id": hub.repo_id, "revision": hub.revision, "commit": hub.sha})
+                  flags={"hub_id": hub.repo_id, "revision": hub.revision, "commit": hub.sha, **quant})
