@@ -505,11 +505,14 @@ def cmd_finetune_diff(args: argparse.Namespace) -> None:
 def cmd_architectures(args: argparse.Namespace) -> None:
     from indexer.model.adapters import ADAPTERS
 
-    rows = [[cls.family, ", ".join(cls.model_types), ", ".join(s.name for s in cls.components)] for cls in ADAPTERS]
-    print(table(["family", "model_type", "components"], rows))
+    rows = [[cls.family, ", ".join(cls.model_types), ", ".join(s.name for s in cls.components if s.default),
+             cls.notes] for cls in ADAPTERS]
+    print(table(["family", "model_type", "indexes (embedding: opt-in)", "notes"], rows))
     specs = {s.name: s for cls in ADAPTERS for s in cls.components}
     print()
     print(table(["component", "role", "meaning"], [[s.name, s.role, s.doc] for s in specs.values()]))
+    print()
+    print(table(["source", "read as"], [[k, v] for k, v in SOURCES]))
 
 
 def cmd_upgrade(args: argparse.Namespace) -> None:
@@ -518,6 +521,19 @@ def cmd_upgrade(args: argparse.Namespace) -> None:
     before, after = upgrade_store(args.db)
     print(f"{args.db}: schema version {after} already" if before == after else
           f"upgraded {args.db} from schema version {before} to {after}")
+
+
+SOURCES = (
+    ("folder", "config.json + model.safetensors (or a sharded index) + tokenizer files"),
+    ("hub id (org/name)", "its snapshot in the local Hugging Face cache, --revision branch/tag/commit; never "
+                          "downloaded"),
+    ("FILE.gguf", "llama.cpp GGUF (llama, mistral, mixtral, qwen2, qwen3, qwen2moe, qwen3moe, olmoe, phi3), "
+                  "dequantized per tensor; needs the gguf package"),
+    ("LoRA adapter folder", "PEFT LoRA over its base (--base): merged W + s·B·A, or --lora delta for s·B·A alone; "
+                            "DoRA, IA³ and other PEFT methods refused"),
+    ("quantized safetensors", "bitsandbytes 8-bit, GPTQ, AWQ GEMM dequantized per tensor; bitsandbytes 4-bit and "
+                              "other methods refused naming the format"),
+)
 
 
 # ---- arguments, declared per command ----------------------------------------------------------------------

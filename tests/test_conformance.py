@@ -451,9 +451,11 @@ def test_gqa_config_that_does_not_match_the_weights_is_caught(tmp_path: Path) ->
 def test_architectures_lists_families_model_types_and_components(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["architectures"]) == 0
     out = capsys.readouterr().out
-    for word in ("gpt_neox", "llama, mistral, qwen2", "distilbert", "ff_gate", "attn_o", "embedding",
-                 "key/value head"):
-        assert word in out
+    for word in ("gpt_neox", "llama, mistral, qwen2, qwen3", "distilbert", "ff_gate", "attn_o", "embedding",
+                 "key/value head", "gemma2, gemma3_text", "phi3", "olmo2", "falcon", "stablelm", "mixtral",
+                 "qwen2_moe, qwen3_moe", "olmoe", "ff_router", "ff_shared_value", "FILE.gguf", "LoRA adapter folder",
+                 "hub id", "GPTQ"):
+        assert word in out, word
 
 
 @pytest.mark.parametrize("layer", range(N_LAYERS + 1))

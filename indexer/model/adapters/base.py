@@ -84,6 +84,8 @@ class Adapter(ABC):
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
     components: ClassVar[tuple[ComponentSpec, ...]]
+    notes: ClassVar[str] = ""
+    """One line for `lensdb architectures`: how the family stores what it stores, and what is refused."""
     encoder: ClassVar[bool] = False
     """True for masked-LM encoders (BERT): a trace reads their prediction through the tied embedding at the
     chosen position instead of a causal LM head."""

@@ -30,6 +30,8 @@ def _layout(attn_norm: str, ff_norm: str) -> Layout:
 
 class FalconAdapter(StandardAdapter):
     family = "falcon"
+    notes = ('fused query_key_value in its three layouts (multi-query, grouped new architecture, per head), '
+             'parallel or sequential, tied')
     model_types = ("falcon",)
     components = ALL_PLAIN
     prefixes = ("transformer.", "")

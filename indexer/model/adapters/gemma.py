@@ -19,6 +19,7 @@ from indexer.model.adapters.standard import ALL_GATED, StandardAdapter
 
 class GemmaAdapter(StandardAdapter):
     family = "gemma"
+    notes = 'RMSNorm gains 1 + w, √d-scaled embeddings (a scalar: rows as stored), GeGLU, tied'
     model_types: ClassVar[tuple[str, ...]] = ("gemma",)
     components = ALL_GATED
     prefixes = ("model.", "")
@@ -30,6 +31,8 @@ class GemmaAdapter(StandardAdapter):
 
 class Gemma2Adapter(GemmaAdapter):
     family = "gemma2"
+    notes = ("Gemma-2 / Gemma-3 text: sandwich norms (branch-output gains folded into attn_o and ff_value), 1 + w "
+             "gains; logit soft-capping is monotone (top tokens unchanged); multimodal gemma3 refused")
     model_types = ("gemma2", "gemma3_text")
     layout = replace(LLAMA_LAYOUT, norm_offset=1.0, ff_norm="{p}layers.{i}.pre_feedforward_layernorm",
                      attn_out_norm="{p}layers.{i}.post_attention_layernorm",

@@ -36,6 +36,8 @@ LLAMA_LAYOUT = Layout(
 
 class LlamaAdapter(StandardAdapter):
     family = "llama"
+    notes = ('RMSNorm, gated MLP, GQA, untied lm_head (Llama-3: large vocabularies); Qwen3 QK-norm acts after the '
+             'projections; Qwen2 q/k/v biases ignored (readers)')
     model_types = ("llama", "mistral", "qwen2", "qwen3")
     components = ALL_GATED
     prefixes = ("model.", "")

@@ -4,7 +4,7 @@ renormalised). On disk (and as transformers 5 saves it) the sparse MLP is ``bloc
 is also read."""
 
 from indexer.model.adapters.llama import LLAMA_LAYOUT
-from indexer.model.adapters.moe import Experts, MoEAdapter
+from indexer.model.adapters.moe import ROUTED, Experts, MoEAdapter
 
 _FUSED = dict(fused_gate_up="{p}layers.{i}.mlp.experts.gate_up_proj", fused_down="{p}layers.{i}.mlp.experts.down_proj",
               block_module="{p}layers.{i}.mlp", router_module="{p}layers.{i}.mlp.gate")
@@ -12,7 +12,10 @@ _FUSED = dict(fused_gate_up="{p}layers.{i}.mlp.experts.gate_up_proj", fused_down
 
 class MixtralAdapter(MoEAdapter):
     family = "mixtral"
+    notes = ("mixture of experts (softmax, top-k, renormalised): each expert's ff_key/ff_gate/ff_value with its "
+             'expert, ff_router rows; block_sparse_moe per expert, fused or stacked 3-D')
     model_types = ("mixtral",)
+    components = ROUTED
     prefixes = ("model.", "")
     layout = LLAMA_LAYOUT
     variants = (

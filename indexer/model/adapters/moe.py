@@ -46,8 +46,8 @@ FF_SHARED_VALUE = ComponentSpec("ff_shared_value", "writes", "what neuron i of t
 FF_SHARED_ROUTER = ComponentSpec("ff_shared_router", "reads", "the row whose sigmoid scales the shared "
                                  "expert's output (1 per layer)")
 SHARED = {FF_SHARED_KEY.name: "up", FF_SHARED_GATE.name: "gate", FF_SHARED_VALUE.name: "down"}
-ALL_MOE = (EMBEDDING, ATTN_Q, ATTN_K, ATTN_V, ATTN_O, ATTN_OUT_BIAS, FF_KEY, FF_GATE, FF_VALUE, FF_OUT_BIAS, FF_ROUTER,
-           FF_SHARED_KEY, FF_SHARED_GATE, FF_SHARED_VALUE, FF_SHARED_ROUTER)
+ROUTED = (EMBEDDING, ATTN_Q, ATTN_K, ATTN_V, ATTN_O, ATTN_OUT_BIAS, FF_KEY, FF_GATE, FF_VALUE, FF_OUT_BIAS, FF_ROUTER)
+ALL_MOE = (*ROUTED, FF_SHARED_KEY, FF_SHARED_GATE, FF_SHARED_VALUE, FF_SHARED_ROUTER)
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class MoEAdapter(StandardAdapter):
     its sparse MLP on disk (the first whose router the checkpoint holds is read)."""
 
     variants: ClassVar[tuple[Experts, ...]]
-    components = ALL_MOE
+    components: ClassVar[tuple[ComponentSpec, ...]] = ALL_MOE
     expert_count_keys: ClassVar[tuple[str, ...]] = ("num_experts", "num_local_experts", "n_routed_experts")
     expert_size_keys: ClassVar[tuple[str, ...]] = ("moe_intermediate_size", "intermediate_size")
 

@@ -16,6 +16,7 @@ from indexer.model.adapters.standard import ALL_GATED, StandardAdapter
 
 class OlmoAdapter(StandardAdapter):
     family = "olmo"
+    notes = 'LayerNorm without parameters (gains of one), gated MLP; clip_qkv acts after the projections'
     model_types = ("olmo",)
     components = ALL_GATED
     prefixes = ("model.", "")
@@ -27,6 +28,7 @@ class OlmoAdapter(StandardAdapter):
 
 class Olmo2Adapter(OlmoAdapter):
     family = "olmo2"
+    notes = "no input norms (readers read the raw stream), RMSNorm on each branch's output folded into writers, QK-norm"
     model_types = ("olmo2",)
     layout = replace(LLAMA_LAYOUT, attn_norm=None, ff_norm=None,
                      attn_out_norm="{p}layers.{i}.post_attention_layernorm",

@@ -11,6 +11,7 @@ from indexer.model.adapters.standard import ALL_GATED, Layout, StandardAdapter
 
 class Phi3Adapter(StandardAdapter):
     family = "phi3"
+    notes = 'fused qkv_proj [q | k | v] and gate_up_proj [gate | up], RMSNorm, GQA'
     model_types = ("phi3",)
     components = ALL_GATED
     prefixes = ("model.", "")

@@ -10,7 +10,7 @@ renormalised where ``norm_topk_prob``), one ``mlp.experts.{e}`` module per exper
 from typing import ClassVar
 
 from indexer.model.adapters.llama import LLAMA_LAYOUT
-from indexer.model.adapters.moe import Experts, MoEAdapter
+from indexer.model.adapters.moe import ROUTED, Experts, MoEAdapter
 
 _MLP = "{p}layers.{i}.mlp"
 QWEN_EXPERTS = Experts(
@@ -26,6 +26,8 @@ QWEN_EXPERTS = Experts(
 
 class QwenMoeAdapter(MoEAdapter):
     family = "qwen_moe"
+    notes = ("mixture of experts: experts with their expert, ff_router; Qwen2-MoE's shared expert (ff_shared_*) "
+             'and dense layers; Qwen3-MoE QK-norm')
     model_types: ClassVar[tuple[str, ...]] = ("qwen2_moe", "qwen3_moe")
     prefixes = ("model.", "")
     layout = LLAMA_LAYOUT
@@ -34,4 +36,6 @@ class QwenMoeAdapter(MoEAdapter):
 
 class OlmoeAdapter(QwenMoeAdapter):
     family = "olmoe"
+    components = ROUTED
+    notes = "mixture of experts (softmax, top-k): experts with their expert, ff_router; QK-norm over the full width"
     model_types = ("olmoe",)

@@ -16,6 +16,7 @@ _PARALLEL = replace(_SEQUENTIAL, ff_norm="{p}layers.{i}.input_layernorm")
 
 class StableLmAdapter(StandardAdapter):
     family = "stablelm"
+    notes = 'LayerNorm, gated MLP, optional q/k/v biases and per-head QK LayerNorm, parallel or sequential residual'
     model_types = ("stablelm",)
     components = ALL_GATED
     prefixes = ("model.", "")
