@@ -317,7 +317,8 @@ def test_experts_and_router_rebuild_the_sparse_mlp(run: Run, layer: int) -> None
     for e, value in enumerate(values):
         share = (weights * (chosen == e)).sum(dim=-1, keepdim=True)
         pred += share * ((act(gates[e]) * keys[e]) @ value.vectors)
-    if run.adapter.component("ff_shared_value", layer):
+    if "ff_shared_value" in {s.name for s in run.adapter.available()} and \
+            run.adapter.component("ff_shared_value", layer):
         (sg,), (sk,) = _predict(run, "ff_shared_gate", layer, "ff"), _predict(run, "ff_shared_key", layer, "ff")
         (sv,), (sr,) = run.adapter.component("ff_shared_value", layer), _predict(run, "ff_shared_router", layer, "ff")
         pred += torch.sigmoid(sr) * ((act(sg) * sk) @ sv.vectors)

@@ -71,7 +71,7 @@ def test_a_cached_revision_and_its_step(hub_cache: dict[str, str], tmp_path: Pat
     (["not-cached/model"], "is not in the Hugging Face cache at .*hf download not-cached/model"),
     (["tiny-org/Tiny-GPT2", "--revision", "v9"], "revision 'v9' of 'tiny-org/Tiny-GPT2' is not in the Hugging Face "
      "cache .*cached revisions: main, step100.*hf download tiny-org/Tiny-GPT2 --revision v9"),
-    (["./no/such/folder"], "neither an existing file or folder nor a Hugging Face model id"),
+    (["./no/such/folder"], "no/such/folder: no such folder. Pass the folder .*or a Hugging Face model id"),
 ])
 def test_what_is_not_cached_is_one_clear_line_and_no_store(hub_cache: dict[str, str], tmp_path: Path,
                                                            argv: list[str], says: str,

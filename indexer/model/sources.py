@@ -10,8 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from indexer.errors import CheckpointError
 from indexer.model.checkpoint import Checkpoint, default_name, folder_step, name_step, open_checkpoint
-from indexer.model.hub import resolve_cached
+from indexer.model.hub import looks_like_repo_id, resolve_cached
 from indexer.model.quantized import dequantized
 from indexer.model.vocab import Vocabulary, load_vocabulary
 from schema.errors import LensdbError
@@ -49,6 +50,9 @@ def open_source(location: str | Path, revision: str | None = None, base: str | P
     path = Path(text).expanduser()
     hub = None
     if not path.exists() and not path.is_symlink():
+        if not looks_like_repo_id(text):
+            raise CheckpointError(f"{path}: no such folder. Pass the folder that holds config.json and the weights, "
+                                  "a .gguf file, or a Hugging Face model id from the local cache.")
         hub = resolve_cached(text, revision)
         path = hub.path
     elif revision is not None:
