@@ -120,7 +120,7 @@ def _token_bars(scores: list[TokenScore]) -> str:
 
 
 def _training_url(v: VectorView) -> str:
-    path = vector_url(v.model, v.component, v.layer, v.index, v.head)
+    path = vector_url(v.model, v.component, v.layer, v.index, v.head, expert=v.expert)
     base, _, query = path.partition("?")
     return f"{base}/training" + (f"?{query}" if query else "")
 
@@ -192,24 +192,27 @@ def rank_plot(ranks: list[TokenRankStep], width: int = 640, height: int = 260) -
     return "".join(parts)
 
 
-def _step_cell(model: str, component: str, layer: int, index: int, head: int | None, s: VectorStep) -> str:
+def _step_cell(model: str, component: str, layer: int, index: int, head: int | None, s: VectorStep,
+               expert: int | None = None) -> str:
     if s.linked_to:  # linked steps have no vector page of their own: they are the checkpoint named
         return f"{escape(s.checkpoint)} <span class=muted>= {escape(s.linked_to)}</span>"
-    return f"<a href='{vector_url(model, component, layer, index, head, s.checkpoint)}'>{escape(s.checkpoint)}</a>"
+    return (f"<a href='{vector_url(model, component, layer, index, head, s.checkpoint, expert)}'>"
+            f"{escape(s.checkpoint)}</a>")
 
 
 def training(model: str, component: str, layer: int, index: int, head: int | None, token: str,
-             steps: list[VectorStep], ranks: list[TokenRankStep], error: str | None) -> str:
+             steps: list[VectorStep], ranks: list[TokenRankStep], error: str | None, expert: int | None = None) -> str:
     """One vector across training: the chosen token's rank per step as a plot, then top tokens per step."""
-    hd = "" if head is None else f" head {head}"
+    hd = ("" if head is None else f" head {head}") + ("" if expert is None else f" expert {expert}")
     title = f"{model} {component} layer {layer}{hd} #{index} over training"
     form = (f"<form method=get><input name=token value='{escape(token, quote=True)}' placeholder='a token'>"
             + ("" if head is None else f"<input type=hidden name=head value='{head}'>")
+            + ("" if expert is None else f"<input type=hidden name=expert value='{expert}'>")
             + " <button>plot rank</button></form>")
     plot = f"<p class=err>{escape(error)}</p>" if error else (
         f"<h2>rank of {_tok(token)} among the top tokens</h2>{rank_plot(ranks)}" if token else "")
     rows = "".join(
-        f"<tr><td>{_step_cell(model, component, layer, index, head, s)}"
+        f"<tr><td>{_step_cell(model, component, layer, index, head, s, expert)}"
         f"</td><td class=n>{'' if s.step is None else s.step}</td>"
         f"<td class=n>{'' if s.overlap is None else f'{s.overlap:.2f}'}</td><td class=n>{s.norm:.3g}</td>"
         f"<td>{' '.join(_tok(t.token) for t in s.top)}</td></tr>" for s in steps)

@@ -119,3 +119,30 @@ def test_a_trace_of_a_mixture_of_experts_model_is_refused_clearly(planted: Path,
     assert main(["trace", "qwen2_moe", "paris london", "--db", str(planted)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "mixture of experts" in err
+
+
+def test_an_experts_vector_over_training(planted: Path, tmp_path: Path) -> None:
+    """A second checkpoint of the MoE model: drift, the training page and its links keep the expert."""
+    import shutil
+
+    db = tmp_path / "lens.duckdb"
+    shutil.copy(planted, db)
+    later = tmp_path / "qmoe-b"
+    shutil.copytree(planted.parent / "qmoe", later)
+    state = load_file(later / "model.safetensors")
+    state["model.layers.1.mlp.experts.2.down_proj.weight"][:, 5] *= -1  # the planted neuron turns around
+    save_file(state, later / "model.safetensors", metadata={"format": "pt"})
+    assert main(["index", str(later), "--db", str(db), "--quiet", "--top-k", "5", "--name", "qwen2_moe"]) == 0
+    with queries.connect(db) as lens:
+        steps = lens.drift_vector("qwen2_moe", "ff_value", 1, 5, expert=2)
+        assert [s.checkpoint for s in steps] == ["qmoe", "qmoe-b"] and steps[1].shared == 0
+        assert lens.vector("qwen2_moe", "ff_value", 1, 5, expert=2).bottom[0].token_id == PARIS
+    app = create_app(Settings(db=db, warm=False))
+    try:
+        with TestClient(app) as client:
+            page = client.get("/vector/qwen2_moe/ff_value/1/5", params={"expert": 2}).text
+            assert "/training?expert=2" in page
+            training = client.get("/vector/qwen2_moe/ff_value/1/5/training", params={"expert": 2}).text
+            assert "expert 2" in training and "name=expert value='2'" in training and "expert=2" in training
+    finally:
+        app.state.owner.close()
