@@ -173,9 +173,10 @@ def api_router(owner: StoreOwner) -> APIRouter:
 
     @router.get("/vectors/{model}/{component}/{layer}/{index}", response_model=VectorView, tags=["vectors"])
     def vector(lens: ReadLens, model: str, component: str, layer: int, index: int, head: int | None = None,
-               checkpoint: str | None = None) -> VectorView:
-        """One vector with its top and bottom tokens and statistics (latest checkpoint unless named)."""
-        return lens.vector(model, component, layer, index, head=head, checkpoint=checkpoint)
+               checkpoint: str | None = None, expert: int | None = None) -> VectorView:
+        """One vector with its top and bottom tokens and statistics (latest checkpoint unless named); ``expert``
+        for a mixture-of-experts vector."""
+        return lens.vector(model, component, layer, index, head=head, checkpoint=checkpoint, expert=expert)
 
     @router.get("/runs", response_model=Page[RunInfo], tags=["index"])
     def runs(lens: ReadLens, limit: Limit = 50, offset: Offset = 0) -> Page[RunInfo]:
@@ -216,9 +217,10 @@ def api_router(owner: StoreOwner) -> APIRouter:
 
     @router.get("/drift/{model}/{component}/{layer}/{index}", response_model=list[VectorStep], tags=["training"])
     def drift(lens: ReadLens, model: str, component: str, layer: int, index: int, head: int | None = None,
-              k: Annotated[int, Query(ge=1, le=1000, description="top tokens per step")] = 10) -> list[VectorStep]:
+              k: Annotated[int, Query(ge=1, le=1000, description="top tokens per step")] = 10,
+              expert: int | None = None) -> list[VectorStep]:
         """One vector at every step: top tokens and top-k overlap with the previous step."""
-        return lens.drift_vector(model, component, layer, index, head=head, k=k)
+        return lens.drift_vector(model, component, layer, index, head=head, k=k, expert=expert)
 
     @router.get("/drift/{model}/{component}/{layer}/{index}/rank", response_model=list[TokenRankStep],
                 tags=["training"])
