@@ -22,6 +22,7 @@ from indexer.index.options import VERSION, IndexOptions, IndexResult
 from indexer.index.plan import Unit, plan_units
 from indexer.index.projector import Projector
 from indexer.index.unit_writer import UnitWriter
+from indexer.math.basis import BASIS_VERSION
 from indexer.model.adapters import Adapter, adapter_for
 from indexer.model.checkpoint import Checkpoint, default_name, folder_step, open_checkpoint
 from indexer.model.vocab import Vocabulary, load_vocabulary
@@ -97,7 +98,8 @@ def _index(db_path: str | Path, con: duckdb.DuckDBPyConnection | None, ckpt: Che
         projector = Projector(opts.top_k, chunk_mb << 20, compute)
         executor = executor_for(opts, ckpt.path, adapter, projector, compute)
         out = UnitWriter(con, checkpoint_id)
-        flags: dict[str, dict] = {"compute": compute.flags()}
+        compute_flags = compute.flags()
+        flags: dict[str, object] = {"version": BASIS_VERSION, "compute": compute_flags}
         bar = tqdm(total=len(plan), disable=not progress, unit="unit", desc=name, leave=False)
         try:
             with matmul_mode(compute):
@@ -107,7 +109,7 @@ def _index(db_path: str | Path, con: duckdb.DuckDBPyConnection | None, ckpt: Che
                     for part in parts:
                         out.write(part)
                     bar.update(1)
-                flags["compute"].update(executor.flags)
+                compute_flags.update(executor.flags)
                 if opts.head_maps:
                     flags["head_maps"] = head_maps.index_heads(
                         out, projector, adapter, vocab, opts.basis, opts.read_basis, opts.top_k, opts.pair_vocab,

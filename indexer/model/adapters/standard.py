@@ -14,21 +14,27 @@ from typing import ClassVar, Literal
 import torch
 
 from indexer.errors import CheckpointError
-from indexer.model.adapters.base import Adapter, Component, ComponentSpec, Norm, find_prefix, head_blocks
+from indexer.model.adapters.base import Adapter, Component, ComponentSpec, Norm, find_prefix, head_blocks, site
 from indexer.model.checkpoint import Checkpoint
 
-FF_KEY = ComponentSpec("ff_key", "reads", "row i of the MLP input projection: what neuron i reads")
-FF_GATE = ComponentSpec("ff_gate", "reads", "row i of the MLP gate projection: what gates neuron i")
-FF_VALUE = ComponentSpec("ff_value", "writes", "row i of the MLP output projection: what neuron i writes")
-FF_OUT_BIAS = ComponentSpec("ff_out_bias", "writes", "the MLP output bias, where present (1 per layer)")
-ATTN_Q = ComponentSpec("attn_q", "reads", "rows of W_Q for head h: what the head's queries read")
-ATTN_K = ComponentSpec("attn_k", "reads", "rows of W_K for head h; under GQA h is the key/value head")
-ATTN_V = ComponentSpec("attn_v", "reads", "rows of W_V for head h; under GQA h is the key/value head")
-ATTN_O = ComponentSpec("attn_o", "writes", "the d_head rows of W_O belonging to head h: what it writes")
-ATTN_OUT_BIAS = ComponentSpec("attn_out_bias", "writes", "the attention output bias, if any (1 per layer)")
+FF_KEY = ComponentSpec("ff_key", "reads", "row i of the MLP input projection: what neuron i reads", stage="ff")
+FF_GATE = ComponentSpec("ff_gate", "reads", "row i of the MLP gate projection: what gates neuron i", stage="ff")
+FF_VALUE = ComponentSpec("ff_value", "writes", "row i of the MLP output projection: what neuron i writes",
+                         stage="ff")
+FF_OUT_BIAS = ComponentSpec("ff_out_bias", "writes", "the MLP output bias, where present (1 per layer)", stage="ff")
+ATTN_Q = ComponentSpec("attn_q", "reads", "rows of W_Q for head h: what the head's queries read", stage="attn")
+ATTN_K = ComponentSpec("attn_k", "reads", "rows of W_K for head h; under GQA h is the key/value head",
+                       stage="attn")
+ATTN_V = ComponentSpec("attn_v", "reads", "rows of W_V for head h; under GQA h is the key/value head",
+                       stage="attn")
+ATTN_O = ComponentSpec("attn_o", "writes", "the d_head rows of W_O belonging to head h: what it writes",
+                       stage="attn")
+ATTN_OUT_BIAS = ComponentSpec("attn_out_bias", "writes", "the attention output bias, if any (1 per layer)",
+                              stage="attn")
 EMBEDDING = ComponentSpec(
     "embedding", "writes", "row t of the input embedding, read through the unembedding (model-level: "
-    "stored once as layer 0, idx = token id; only when asked for)", per_layer=False, default=False)
+    "stored once as layer 0, idx = token id; only when asked for)", per_layer=False, default=False,
+    stage="embed")
 
 BIASES = {FF_OUT_BIAS.name: "ff_out", ATTN_OUT_BIAS.name: "attn_out"}
 
@@ -42,6 +48,8 @@ class Layout:
     the block reads, for the tests. ``conv1d``: weights stored ``[in, out]`` (GPT-2) instead of ``[out, in]``.
     ``block``: the whole transformer block of layer ``{i}`` (stitching swaps the stream entering it).
     ``classifier``: where a sequence-classification head may sit (no prefix: heads sit beside the body).
+    ``mlm_head``: encoders' masked-LM heads, each as (a tensor that only that head has, the modules that turn
+    the last hidden state into logits, in order); the first whose tensor the checkpoint holds is its head.
     """
 
     embed: str
@@ -64,6 +72,7 @@ class Layout:
     extra: dict[str, str] = field(default_factory=dict)
     block: str | None = None
     classifier: tuple[str, ...] = ("score", "classifier", "classifier.out_proj")
+    mlm_head: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 class StandardAdapter(Adapter):
@@ -74,6 +83,7 @@ class StandardAdapter(Adapter):
 
     def __init__(self, ckpt: Checkpoint) -> None:
         self.p = find_prefix(ckpt, self.layout.embed.format(p="") + ".weight", self.prefixes)
+        self._stream_norms: list[tuple[int, Norm]] | None = None
         super().__init__(ckpt)
 
     # -- names -------------------------------------------------------------------------------------------
@@ -92,6 +102,39 @@ class StandardAdapter(Adapter):
 
     def post_norm(self) -> bool:
         return self.layout.attn_norm is None
+
+    def stream_norms(self) -> list[tuple[int, Norm]]:
+        """Post-LN: the embedding LayerNorm (site 0), then per block its attention LayerNorm (``ff_source``)
+        and its output LayerNorm (``attn_source`` of the next block); the last block's is the final norm."""
+        if not self.post_norm():
+            return []
+        if self._stream_norms is None:
+            kind = self.layout.norm_kind
+            found = [(0, Norm(kind, self.ckpt.tensor(self._w("attn_source", 0))))]
+            for i in range(self.dims.n_layers):
+                found.append((site(i, "attn"), Norm(kind, self.ckpt.tensor(self._w("ff_source", i)))))
+                if i < self.dims.n_layers - 1:
+                    found.append((site(i, "ff"), Norm(kind, self.ckpt.tensor(self._w("attn_source", i + 1)))))
+            self._stream_norms = found
+        return self._stream_norms
+
+    def split_fused(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Q, K and V rows of a fused q|k|v projection (families with one override it)."""
+        raise CheckpointError(f"{self.family}: no layout for a fused q/k/v projection.")
+
+    def value_bias(self, layer: int) -> torch.Tensor | None:
+        key = "v" if self.layout.v is not None else "qkv"
+        name = self._bias(key, layer)
+        if name is None:
+            return None
+        bias = self.ckpt.tensor(name)
+        return bias if key == "v" else self.split_fused(bias[:, None])[2][:, 0].contiguous()
+
+    def mlm_head(self) -> tuple[str, ...] | None:
+        for probe, modules in self.layout.mlm_head:
+            if self.ckpt.has(probe):
+                return modules
+        return None
 
     def _w(self, key: str, layer: int = 0) -> str:
         path = self.module_path(key, layer)
