@@ -342,6 +342,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_trace(args: argparse.Namespace) -> None:
     from indexer.analyses.trace import TraceOptions, trace_input
+    from queries.rows import NO_LM_HEAD
     from service.flow import standalone
 
     opts = TraceOptions(model=args.model, prompt=args.prompt, checkpoint=args.checkpoint, position=args.position,
@@ -364,8 +365,12 @@ def cmd_trace(args: argparse.Namespace) -> None:
     def cells(t: "queries.TraceView") -> list[list[object]]:
         return [[s.top[0].token if s.top else None, s.pred_rank] for s in t.states]
 
+    if after.readout == "none":
+        print(f"{NO_LM_HEAD}; its top token at position {after.position} is {after.prediction!r}, which is no "
+              "prediction of the model")
     if before is None:
-        print(f"prediction {after.prediction!r} (logit {after.prediction_logit:.4g})")
+        if after.readout != "none":
+            print(f"prediction {after.prediction!r} (logit {after.prediction_logit:.4g})")
         rows = [[s.layer] + c for s, c in zip(after.states, cells(after), strict=True)]
         print(table(["layer", "top token", f"rank of {after.prediction!r}"], rows))
     else:
