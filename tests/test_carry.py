@@ -154,3 +154,50 @@ def test_the_trace_carries_with_the_same_implementation(bert: tuple[Path, torch.
         want = unit.prepare(v) @ unit.matrix.T
         scale = got.norm(dim=1, keepdim=True) / want.norm(dim=1, keepdim=True)  # 1/σ products, positive
         torch.testing.assert_close(got, want * scale, rtol=1e-4, atol=1e-5)
+
+
+def test_check_names_stores_indexed_with_the_old_basis(bert: tuple[Path, torch.nn.Module, Adapter], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """A post-LN checkpoint indexed before basis version 2 (no basis_flags.version) is named, with the command
+    that re-indexes it; the note goes once it is re-indexed. The store is not damaged: check still passes."""
+    from service.cli import main
+
+    path, _, _ = bert
+    db = tmp_path / "lens.duckdb"
+    index_checkpoint(db, path, IndexOptions(name="bert", top_k=3, components=["ff_value"]))
+    assert main(["check", "--db", str(db)]) == 0
+    assert "note:" not in capsys.readouterr().out
+    with duckdb.connect(str(db)) as con:  # as version 1 recorded it
+        con.execute("UPDATE index_runs SET basis_flags = "
+                    "json_object('compute', json_extract(basis_flags, '$.compute'))")
+    assert main(["check", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert "(bert/bert) was indexed with folded basis version 1, which read every layer of this post-LN model " \
+           f"through one basis; re-index it to get basis version 2: lensdb index {path} --replace" in out
+    assert main(["index", str(path), "--db", str(db), "--replace", "--quiet", "--component", "ff_value"]) == 0
+    assert main(["check", "--db", str(db)]) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
+def test_check_names_head_maps_of_the_previous_release(tmp_path: Path) -> None:
+    """The previous release's fixture store: its head-map checkpoint is named (reading side centred), the
+    pre-LN checkpoint without head maps is not (version 2 stores the same rows for it)."""
+    import gzip
+    import shutil
+
+    from queries.integrity import check_store
+    from schema.connect import open_reader
+    from schema.writer import upgrade_store
+
+    db = tmp_path / "v1.duckdb"
+    with gzip.open(Path(__file__).parent / "fixtures" / "store_v1.duckdb.gz") as src, db.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
+    upgrade_store(db)
+    con = open_reader(db)
+    try:
+        report = check_store(con)
+    finally:
+        con.close()
+    stale = [n for n in report.notes if "basis version" in n]
+    assert report.ok and len(stale) == 1
+    assert stale[0].startswith("checkpoint 1 (tiny/") and "centred the reading side of its head maps" in stale[0]
