@@ -313,6 +313,7 @@ class AlignmentInfo(Row):
     component: str
     unit: str
     basis: str
+    statistic: str  # best, paper, or best_signed (runs before schema version 3)
     vocab_size: int
     raw_comparable: bool
     mean_matched: float

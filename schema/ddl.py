@@ -10,13 +10,21 @@ from schema.views import VIEWS
 _DIALECT = Dialect()
 
 
-def table_ddl() -> list[str]:
-    """Every statement that creates the declared tables, their indexes and comments; idempotent."""
+def table_ddl(comments: bool = True) -> list[str]:
+    """Every statement that creates the declared tables, their indexes and (``comments``) comments; idempotent.
+    An upgrade comments after its migrations, once the columns they add exist (``comment_ddl``)."""
     stmts: list[str] = []
     for table in metadata.sorted_tables:
         stmts.append(str(CreateTable(table, if_not_exists=True).compile(dialect=_DIALECT)).strip())
         for index in sorted(table.indexes, key=lambda i: str(i.name)):
             stmts.append(str(CreateIndex(index, if_not_exists=True).compile(dialect=_DIALECT)).strip())
+    return stmts + comment_ddl() if comments else stmts
+
+
+def comment_ddl() -> list[str]:
+    """The comment of every declared table and column."""
+    stmts: list[str] = []
+    for table in metadata.sorted_tables:
         if table.comment:
             stmts.append(f"COMMENT ON TABLE {table.name} IS {quote(table.comment)}")
         for col in table.columns:

@@ -8,7 +8,7 @@ leaves the file as it was. ``upgrade`` runs in this order:
 2. each migration newer than the store, oldest first: changes to tables that existed before it (new columns
    with ``ADD COLUMN IF NOT EXISTS``, since step 1 may already have created a table in its newest shape) and
    the rows derived tables need;
-3. every view is recreated, and the new version recorded.
+3. every table and column comment is (re)written, every view recreated, and the new version recorded.
 
 To change the schema: raise ``schema.layout.SCHEMA_VERSION``, append a ``Migration`` for it here, and add a
 store file written by the previous release to ``tests/fixtures`` if its shape is new.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from schema.ddl import table_ddl, view_ddl
+from schema.ddl import comment_ddl, table_ddl, view_ddl
 from schema.layout import SCHEMA_VERSION
 
 
@@ -64,6 +64,16 @@ GROUP BY checkpoint_id, component, layer, head ORDER BY min(vector_id)""")
     con.execute("DELETE FROM lensdb_meta WHERE key = 'tables'")
 
 
+def _to_v3(con: duckdb.DuckDBPyConnection) -> None:
+    """Alignment runs record the statistic that compared their layers; runs before it took each vector's best
+    *signed* correlation (issue 16: the paper's mean |correlation| and a sign-aware best are the choices now).
+    Rows written before stay as they were: folded index runs of version 1 are named by ``lensdb check``."""
+    # DuckDB adds no NOT NULL column to a table with rows, nor sets one in a transaction that updated it: old
+    # runs get the default, which is then dropped (lensdb always writes the statistic)
+    con.execute("ALTER TABLE alignment_runs ADD COLUMN IF NOT EXISTS statistic VARCHAR DEFAULT 'best_signed'")
+    con.execute("ALTER TABLE alignment_runs ALTER COLUMN statistic DROP DEFAULT")
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int  # the version a store has after this step
@@ -73,6 +83,7 @@ class Migration:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "every table present; token forms, vector lists and unit blocks filled in", _to_v2),
+    Migration(3, "alignment runs record their layer statistic (old runs: best_signed)", _to_v3),
 )
 assert MIGRATIONS[-1].version == SCHEMA_VERSION, "a schema version without its migration"
 
@@ -80,12 +91,12 @@ assert MIGRATIONS[-1].version == SCHEMA_VERSION, "a schema version without its m
 def upgrade(con: duckdb.DuckDBPyConnection, found: int | None) -> None:
     """Bring the store on ``con`` from version ``found`` (None: a new, empty file) to the current version, inside
     the caller's transaction."""
-    for stmt in table_ddl():
+    for stmt in table_ddl(comments=False):
         con.execute(stmt)
     if found is not None:
         for step in MIGRATIONS:
             if step.version > found:
                 step.apply(con)
-    for stmt in view_ddl():
+    for stmt in comment_ddl() + view_ddl():
         con.execute(stmt)
     con.execute("INSERT OR REPLACE INTO lensdb_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
