@@ -4,10 +4,12 @@ For each layer and component: the mean top-k overlap (|top-k old ∩ top-k new| 
 between version 1 (one folded basis for every layer: only the last LayerNorm folded into W_U) and version 2
 (each unit carried through every LayerNorm on its path). Then "who promotes paris" among FF values under
 both: the ten vectors with the highest z-score for the token among those that rank it in their top k, as
-``lensdb promoters paris --component ff_value`` answers it from a store.
+``lensdb promoters paris --component ff_value`` answers it from a store. With ``--head-maps``: per layer, the
+mean top-10 overlap of head-map rows (sampled source tokens; QK: keys per query, OV: tokens written per source)
+with and without vocabulary centring of the reading side (version 1 centred it; the carry is the same in both).
 
     .venv/bin/python bench/basis_fidelity.py                  # the real all-MiniLM-L6-v2 (make demo's model)
-    .venv/bin/python bench/basis_fidelity.py PATH --token paris --k 50
+    .venv/bin/python bench/basis_fidelity.py PATH --token paris --k 50 --head-maps
 """
 
 import argparse
@@ -65,12 +67,40 @@ def promoters(adapter: Adapter, token: int, k: int, carried: bool, limit: int = 
     return sorted(hits, key=lambda h: -h[3])[:limit]
 
 
+def head_map_overlaps(adapter: Adapter, sources: int = 500, k: int = 10) -> dict[str, list[list[float]]]:
+    """Per map kind and layer: each head's mean top-k overlap of rows read with and without reading-side
+    vocabulary centring."""
+    from indexer.index.head_maps import layer_factors
+    from indexer.math.basis import write_basis
+
+    e = adapter.unembedding().to(torch.float32)
+    e_c = e - e.mean(dim=0, keepdim=True)
+    u = write_basis(adapter.unembedding(), adapter.final_norm(), "folded").matrix
+    picked = torch.randperm(e.shape[0], generator=torch.Generator().manual_seed(0))[:sources]
+    out: dict[str, list[list[float]]] = {"qk": [], "ov": []}
+    for layer in range(adapter.dims.n_layers):
+        per_head: dict[str, list[float]] = {"qk": [], "ov": []}
+        for f in layer_factors(adapter, layer, "folded"):
+            for kind, left, right_plain, right_centred in (
+                    ("qk", f.qk_left, e @ f.qk_right.T, e_c @ f.qk_right.T),
+                    ("ov", f.ov_left, u @ f.ov_right.T, u @ f.ov_right.T)):
+                plain = (e[picked] @ left.T) @ right_plain.T
+                centred = (e_c[picked] @ left.T) @ right_centred.T
+                a, b = plain.topk(k, dim=1).indices, centred.topk(k, dim=1).indices
+                shared = (a[:, :, None] == b[:, None, :]).any(dim=2).float().mean()
+                per_head[kind].append(float(shared))
+        for kind, values in per_head.items():
+            out[kind].append(values)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", nargs="?", help="checkpoint folder (default: all-MiniLM-L6-v2)")
     parser.add_argument("--k", type=int, default=50)
     parser.add_argument("--token", default="paris")
     parser.add_argument("--components", default="ff_value,attn_o,ff_key,attn_q")
+    parser.add_argument("--head-maps", action="store_true", help="also measure head-map rows (slower)")
     args = parser.parse_args()
     path = args.checkpoint
     if path is None:
@@ -90,6 +120,12 @@ def main() -> None:
         print(f"\nwho promotes {args.token!r} among ff_value, {label}:")
         for layer, index, rank, z in promoters(adapter, token, args.k, carried):
             print(f"  ff_value {layer}.{index:<5} rank {rank:>2}  z {z:.3f}")
+    if args.head_maps:
+        print("\nhead maps, mean top-10 overlap of rows with / without reading-side vocabulary centring, per "
+              "layer: mean over its heads (min–max):")
+        for kind, per_layer in head_map_overlaps(adapter).items():
+            print(f"{kind}: " + "  ".join(f"L{i} {sum(v) / len(v):.2f} ({min(v):.2f}–{max(v):.2f})"
+                                          for i, v in enumerate(per_layer)))
 
 
 if __name__ == "__main__":
