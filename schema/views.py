@@ -145,7 +145,8 @@ TRACE_SHARES = View(
     "trace_shares",
     "The Muppet decomposition with shares: each term's norm as a fraction of the summed norms of all terms at "
     "its position (norm_share), and its part of the final prediction's logit (logit_share = logit / sum of "
-    "the terms' logits, which is the prediction's logit less any lm_head bias).",
+    "the terms' logits, which is the prediction's logit less any lm_head bias; through an encoder's masked-LM "
+    "head, h·W_U[prediction] — the head's transform is not linear).",
     """
     SELECT x.trace_id, x.position, x.kind, x.layer, x.head, x.norm, x.logit,
            x.norm / sum(x.norm) OVER w AS norm_share,
