@@ -201,3 +201,17 @@ def test_check_names_head_maps_of_the_previous_release(tmp_path: Path) -> None:
     stale = [n for n in report.notes if "basis version" in n]
     assert report.ok and len(stale) == 1
     assert stale[0].startswith("checkpoint 1 (tiny/") and "centred the reading side of its head maps" in stale[0]
+
+
+def test_a_site_is_read_by_the_rule_of_its_own_units(bert: tuple[Path, torch.nn.Module, Adapter]) -> None:
+    """site_basis (what a vector placed at a hook point is read with) equals the basis of the components that
+    write or read there."""
+    from indexer.index.plan import site_basis
+
+    _, _, adapter = bert
+    for role, name, stage in (("writes", "ff_value", "ff"), ("writes", "attn_o", "attn"), ("reads", "ff_key", "ff"),
+                              ("reads", "attn_q", "attn")):
+        base = role_basis(adapter, role, "folded", CPU)
+        for layer in range(adapter.dims.n_layers):
+            torch.testing.assert_close(site_basis(adapter, base, role, layer, stage, "folded").dense(),
+                                       unit_basis(adapter, base, name, layer, "folded").dense())

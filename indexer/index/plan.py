@@ -12,7 +12,7 @@ from indexer.index.compute import Compute
 from indexer.math.basis import Basis, BasisMode, fold_reader, read_basis, write_basis
 from indexer.math.carry import path_map
 from indexer.model.adapters import Adapter
-from indexer.model.adapters.base import Component, Role
+from indexer.model.adapters.base import Component, Role, Stage
 
 Unit = tuple[str, int]  # (component, layer)
 
@@ -39,6 +39,17 @@ def role_basis(adapter: Adapter, role: str, mode: BasisMode, compute: Compute,
         matrix = adapter.embedding() if reader == "embedding" else adapter.unembedding()
         basis = read_basis(matrix, reader, mode)
     return basis.to(compute.device, torch.bfloat16 if compute.precision == "bf16" else None)
+
+
+def site_basis(adapter: Adapter, role_basis: Basis, role: Role, layer: int, stage: Stage,
+               mode: BasisMode) -> Basis:
+    """The basis for vectors that write into (or read from) the stream at ``(layer, stage)``: the role's basis
+    after the map of the norms on that site's path (raw: the role's basis). Anything placed at a site — a
+    component, an SAE latent at a hook point — is read by the same rule as the site's own writers or readers."""
+    if mode == "raw":
+        return role_basis
+    norms = adapter.path_norms(role, layer, stage)
+    return role_basis.at(path_map(norms, role, adapter.dims.d_model, role_basis.matrix.device))
 
 
 def unit_basis(adapter: Adapter, role_basis: Basis, name: str, layer: int, mode: BasisMode) -> Basis:

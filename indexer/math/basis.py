@@ -23,7 +23,8 @@ BasisMode = Literal["folded", "raw"]
 BASIS_VERSION = 2
 """Recorded as ``basis_flags.version`` of every run. 1 (no version recorded): one folded write basis for every
 layer, read bases centred over the vocabulary in head maps. 2: units carried through the norms on their path
-(changes post-LN models), head maps read without vocabulary centring (changes every ``--head-maps`` run)."""
+(changes folded runs of post-LN models), head maps read without vocabulary centring (changes every folded
+``--head-maps`` run)."""
 CARRY_RULE = {"writes": "every norm on the stream between the write and the final norm",
               "reads": "every norm on the stream between the embedding and the read"}
 
