@@ -262,7 +262,7 @@ def test_value_bias_is_the_part_of_z_the_pattern_cannot_move(run: Run, layer: in
     key = "v" if f"v.{layer}" in run.ins else "qkv"
     x = run.ins[f"{key}.{layer}"]  # what the value projection reads
     bias = run.adapter.value_bias(layer)
-    assert (bias is None) == (run.arch in ("gpt_neo", "gptj", "llama", "mistral")), run.arch
+    assert (bias is None) == (getattr(run.module(key, layer), "bias", None) is None), run.arch
     values = [c.vectors for c in run.adapter.component("attn_v", layer)]
     z = run.ins[f"attn_out.{layer}"].reshape(2, SEQ, -1)
     pattern = run.attentions[layer]
