@@ -494,7 +494,7 @@ WHERE a.token IS DISTINCT FROM b.token""",
 
 
 _ALIGNMENT_COLUMNS = """r.alignment_id, ma.name, ca.label, mb.name, cb.label, r.component, r.unit, r.basis,
-       r.vocab_size, r.raw_comparable, r.mean_matched, r.seconds, r.created_at
+       r.statistic, r.vocab_size, r.raw_comparable, r.mean_matched, r.seconds, r.created_at
 FROM alignment_runs r
 JOIN checkpoints ca ON ca.checkpoint_id = r.checkpoint_a JOIN models ma ON ma.model_id = ca.model_id
 JOIN checkpoints cb ON cb.checkpoint_id = r.checkpoint_b JOIN models mb ON mb.model_id = cb.model_id"""

@@ -11,7 +11,8 @@ _DIALECT = Dialect()
 
 
 def table_ddl(comments: bool = True) -> list[str]:
-    """Every statement that creates the declared tables, their indexes and (``comments``) comments; idempotent."""
+    """Every statement that creates the declared tables, their indexes and (``comments``) comments; idempotent.
+    An upgrade comments after its migrations, once the columns they add exist (``comment_ddl``)."""
     stmts: list[str] = []
     for table in metadata.sorted_tables:
         stmts.append(str(CreateTable(table, if_not_exists=True).compile(dialect=_DIALECT)).strip())

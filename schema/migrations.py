@@ -72,6 +72,16 @@ def _to_v3(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS expert INTEGER")
 
 
+def _to_v4(con: duckdb.DuckDBPyConnection) -> None:
+    """Alignment runs record the statistic that compared their layers; runs before it took each vector's best
+    *signed* correlation (the paper's mean |correlation| and a sign-aware best are the choices now).
+    Rows written before stay as they were: folded index runs of version 1 are named by ``lensdb check``."""
+    # DuckDB adds no NOT NULL column to a table with rows, nor sets one in a transaction that updated it: old
+    # runs get the default, which is then dropped (lensdb always writes the statistic)
+    con.execute("ALTER TABLE alignment_runs ADD COLUMN IF NOT EXISTS statistic VARCHAR DEFAULT 'best_signed'")
+    con.execute("ALTER TABLE alignment_runs ALTER COLUMN statistic DROP DEFAULT")
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int  # the version a store has after this step
@@ -82,6 +92,7 @@ class Migration:
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "every table present; token forms, vector lists and unit blocks filled in", _to_v2),
     Migration(3, "vectors and vector_units: an expert column for mixture-of-experts models", _to_v3),
+    Migration(4, "alignment runs record their layer statistic (old runs: best_signed)", _to_v4),
 )
 assert MIGRATIONS[-1].version == SCHEMA_VERSION, "a schema version without its migration"
 

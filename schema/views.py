@@ -146,7 +146,8 @@ TRACE_SHARES = View(
     "trace_shares",
     "The Muppet decomposition with shares: each term's norm as a fraction of the summed norms of all terms at "
     "its position (norm_share), and its part of the final prediction's logit (logit_share = logit / sum of "
-    "the terms' logits, which is the prediction's logit less any lm_head bias).",
+    "the terms' logits, which is the prediction's logit less any lm_head bias; through an encoder's masked-LM "
+    "head, h·W_U[prediction] — the head's transform is not linear).",
     """
     SELECT x.trace_id, x.position, x.kind, x.layer, x.head, x.norm, x.logit,
            x.norm / sum(x.norm) OVER w AS norm_share,
@@ -198,12 +199,14 @@ _ALIGNED = """
 
 ALIGNMENT_LAYERS = View(
     "alignment_layers",
-    "Every alignment run's layer-similarity matrix with model and checkpoint names: score is the mean, over "
-    "model A's vectors of layer_a, of their best vocabulary correlation in layer_b of model B; raw_score the "
-    "same over raw parameters (NULL where the widths differ); matched marks the Hungarian pairs.",
+    "Every alignment run's layer-similarity matrix with model and checkpoint names: score compares model A's "
+    "vectors of layer_a with model B's of layer_b by the run's statistic (best: the mean of each A vector's "
+    "best |vocabulary correlation|; paper: the mean |correlation| over all pairs); raw_score the same over raw "
+    "parameters (NULL where the widths differ); matched marks the Hungarian pairs.",
     f"""
     SELECT r.alignment_id, ma.name AS model_a, ca.label AS checkpoint_a, mb.name AS model_b,
-           cb.label AS checkpoint_b, r.component, s.layer_a, s.layer_b, s.score, s.raw_score, s.matched
+           cb.label AS checkpoint_b, r.component, r.statistic, s.layer_a, s.layer_b, s.score, s.raw_score,
+           s.matched
     {_ALIGNED}
     JOIN layer_similarity s ON s.alignment_id = r.alignment_id
     """,
@@ -211,8 +214,9 @@ ALIGNMENT_LAYERS = View(
 
 ALIGNMENT_MATCHES = View(
     "alignment_matches",
-    "Every neuron (or head, see unit) of model A with its best match in the matched layer of model B: "
-    "score is their vocabulary correlation; raw_index_b / raw_score the best match over raw parameters.",
+    "Every neuron (or head, see unit) of model A with its best match in the matched layer of model B (the "
+    "largest |vocabulary correlation|): score is that correlation with its sign; raw_index_b / raw_score the "
+    "best match over raw parameters.",
     f"""
     SELECT r.alignment_id, ma.name AS model_a, mb.name AS model_b, r.component, r.unit, n.layer_a, n.index_a,
            n.layer_b, n.index_b, n.score, n.raw_index_b, n.raw_score

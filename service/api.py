@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from indexer.analyses.align import align_models
 from indexer.analyses.trace import TraceOptions, trace_input
 from indexer.math.basis import BasisMode
+from indexer.math.correlation import Statistic
 from indexer.watch.cycle import RegisterResult, register_source
 from indexer.watch.discover import SourceKind
 from queries import (
@@ -78,6 +79,8 @@ class AlignRequest(BaseModel):
     checkpoint_a: str | None = Field(None, description="checkpoint label of A (default: latest)")
     checkpoint_b: str | None = Field(None, description="checkpoint label of B (default: latest)")
     basis: BasisMode = Field("raw", description="raw (E as is, as Dar et al.) or folded")
+    statistic: Statistic = Field("best", description="how two layers compare: best (mean best |correlation| of "
+                                 "A's vectors) or paper (mean |correlation| over all pairs, as Dar et al.)")
     limit: int = Field(1000, ge=0, description="unit matches returned (all are stored)")
 
 
@@ -283,7 +286,7 @@ def api_router(owner: StoreOwner) -> APIRouter:
         with owner.writes:
             outcome = align_models(owner.path, body.model_a, body.model_b, component=body.component,
                                    checkpoint_a=body.checkpoint_a, checkpoint_b=body.checkpoint_b,
-                                   basis=body.basis, con=owner.con)
+                                   basis=body.basis, con=owner.con, statistic=body.statistic)
         with owner.lens() as lens:
             return lens.alignment(outcome.alignment_id, limit=body.limit)
 

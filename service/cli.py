@@ -347,6 +347,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_trace(args: argparse.Namespace) -> None:
     from indexer.analyses.trace import TraceOptions, trace_input
+    from queries.rows import NO_LM_HEAD
     from service.flow import standalone
 
     opts = TraceOptions(model=args.model, prompt=args.prompt, checkpoint=args.checkpoint, position=args.position,
@@ -369,8 +370,12 @@ def cmd_trace(args: argparse.Namespace) -> None:
     def cells(t: "queries.TraceView") -> list[list[object]]:
         return [[s.top[0].token if s.top else None, s.pred_rank] for s in t.states]
 
+    if after.readout == "none":
+        print(f"{NO_LM_HEAD}; its top token at position {after.position} is {after.prediction!r}, which is no "
+              "prediction of the model")
     if before is None:
-        print(f"prediction {after.prediction!r} (logit {after.prediction_logit:.4g})")
+        if after.readout != "none":
+            print(f"prediction {after.prediction!r} (logit {after.prediction_logit:.4g})")
         rows = [[s.layer] + c for s, c in zip(after.states, cells(after), strict=True)]
         print(table(["layer", "top token", f"rank of {after.prediction!r}"], rows))
     else:
@@ -391,7 +396,10 @@ def print_alignment(run: "queries.Alignment", limit: int) -> None:
           f"{info.checkpoint_b} (columns), {info.component} per {info.unit}, basis {info.basis}, "
           f"{info.vocab_size} tokens")
     cols = [f"B{j}" for j in range(len(run.similarity[0]))]
-    print("\nlayer similarity in embedding space (mean best vocabulary correlation):")
+    how = {"best": "mean best |vocabulary correlation| of A's vectors",
+           "paper": "mean |vocabulary correlation| over all pairs, as Dar et al.",
+           "best_signed": "mean best signed vocabulary correlation, as lensdb computed it before schema version 3"}
+    print(f"\nlayer similarity in embedding space ({how.get(info.statistic, info.statistic)}):")
     print(table(["A", *cols], [[i, *row] for i, row in enumerate(run.similarity)]))
     if run.raw_similarity is not None:
         print("\nraw-parameter baseline (same formula over raw coordinates):")
@@ -418,7 +426,8 @@ def cmd_align(args: argparse.Namespace) -> None:
         if not png_parent.is_dir():
             raise LensdbError(f"cannot write {args.png}: folder {png_parent} does not exist.")
     outcome = align_models(args.db, args.model_a, args.model_b, component=args.component,
-                           checkpoint_a=args.checkpoint_a, checkpoint_b=args.checkpoint_b, basis=args.basis)
+                           checkpoint_a=args.checkpoint_a, checkpoint_b=args.checkpoint_b, basis=args.basis,
+                           statistic=args.similarity)
     with _connect(args.db) as db:
         run = db.alignment(outcome.alignment_id)
     if args.png:
@@ -441,7 +450,8 @@ def cmd_alignments(args: argparse.Namespace) -> None:
                 print_alignment(run, args.limit)
             return
         _emit(args, db.alignments(), ["alignment_id", "model_a", "checkpoint_a", "model_b", "checkpoint_b",
-                                      "component", "basis", "raw_comparable", "mean_matched", "created_at"])
+                                      "component", "basis", "statistic", "raw_comparable", "mean_matched",
+                                      "created_at"])
 
 
 def read_examples(path: str) -> tuple[list[str], list[int]]:
@@ -468,11 +478,12 @@ def cmd_stitch(args: argparse.Namespace) -> None:
 
     texts, labels = read_examples(args.data)
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
-    report = stitch(args.model_a, args.model_b, texts, labels, b_layers=layers)
+    report = stitch(args.model_a, args.model_b, texts, labels, b_layers=layers, method=args.map)
     if args.json:
         print(report.model_dump_json(indent=2))
         return
     print(f"A (fine-tuned, with head): {report.model_a}\nB (pretrained): {report.model_b}")
+    print("map: " + ("E_Bᵀ (E_Aᵀ)⁺, the paper's" if report.map == "paper" else "E_B⁺ E_A"))
     print(f"{report.n_examples} examples; chance (majority) {report.chance:.3f}; A alone {report.accuracy_a:.3f}")
     print(table(["b_layers_kept", "a_resumes_at", "accuracy"],
                 [[r.b_layers, r.a_resumes_at, r.accuracy] for r in report.rows]))
@@ -711,6 +722,9 @@ def _align_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--checkpoint-b", help="checkpoint label of B (default: latest)")
     sp.add_argument("--basis", choices=["raw", "folded"], default="raw",
                     help="raw: E as is, as Dar et al. (default); folded: final-norm gain folded in and centred")
+    sp.add_argument("--similarity", choices=["best", "paper"], default="best",
+                    help="how two layers compare: best, the mean over A's vectors of their best |correlation| "
+                    "(default); paper, the mean |correlation| over all pairs, as Dar et al.")
     sp.add_argument("--png", metavar="FILE", help="also write the layer-similarity heat map as a PNG")
     sp.add_argument("--limit", type=int, default=10, help="unit matches to print (default 10)")
 
@@ -725,6 +739,9 @@ def _stitch_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("model_b", metavar="B", help="checkpoint folder of the pretrained model (same vocabulary)")
     sp.add_argument("--data", required=True, metavar="JSONL", help='examples, one {"text": ..., "label": N} a line')
     sp.add_argument("--layers", help="B layers kept to try, comma-separated (default: every 0..n)")
+    sp.add_argument("--map", choices=["pinv", "paper"], default="pinv",
+                    help="B's stream into A's: pinv, E_B⁺ E_A (carries each token's embedding; default); paper, "
+                    "E_Bᵀ (E_Aᵀ)⁺ (keeps each state's vocabulary scores, as Dar et al.'s code)")
 
 
 def _finetune_diff_args(sp: argparse.ArgumentParser) -> None:
@@ -782,7 +799,8 @@ COMMANDS: tuple[Command, ...] = (
             "layer matching, best match per neuron (or head), raw-parameter baseline", cmd_align, _align_args),
     Command("alignments", "list stored alignment runs, or show one with --id", cmd_alignments, _alignments_args),
     Command("stitch", "classify with B's first k blocks mapped into fine-tuned A's space through the shared "
-            "vocabulary (E_B⁺ E_A), then A's remaining blocks and head; accuracy per k", cmd_stitch, _stitch_args,
+            "vocabulary (--map pinv: E_B⁺ E_A, or paper: E_Bᵀ (E_Aᵀ)⁺), then A's remaining blocks and head; "
+            "accuracy per k", cmd_stitch, _stitch_args,
             db=False),
     Command("finetune-diff", "project a fine-tuning diff (θ_ft − θ_pre) to the vocabulary: the vectors it changed "
             "most and what each classifier row reads", cmd_finetune_diff, _finetune_diff_args, db=False),

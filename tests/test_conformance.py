@@ -354,6 +354,27 @@ def test_attn_v_through_the_pattern_gives_each_heads_z(run: Run, layer: int) -> 
         _close(_centre(got, 1), _centre(want, 1), f"{run.arch} attn_v head {h} layer {layer}")
 
 
+@pytest.mark.parametrize("layer", range(N_LAYERS))
+def test_value_bias_is_the_part_of_z_the_pattern_cannot_move(run: Run, layer: int) -> None:
+    """z_h = A_h · (x W_V^hᵀ) + b_V^h exactly (attention rows sum to one): the value bias the decomposition moves
+    into the correction, split from fused q|k|v projections (GPT-2, NeoX) as the weights are; none where the
+    family has none."""
+    key = "v" if f"v.{layer}" in run.ins else "qkv"
+    x = run.ins[f"{key}.{layer}"]  # what the value projection reads
+    bias = run.adapter.value_bias(layer)
+    assert (bias is None) == (getattr(run.module(key, layer), "bias", None) is None), run.arch
+    values = [c.vectors for c in run.adapter.component("attn_v", layer)]
+    z = run.ins[f"attn_out.{layer}"].reshape(2, SEQ, -1)
+    pattern = run.attentions[layer]
+    dh, group = run.adapter.dims.head_size, N_HEADS // len(values)
+    for h in range(N_HEADS):
+        kv = h // group
+        v = x @ values[kv].T
+        if bias is not None:
+            v = v + bias[kv * dh:(kv + 1) * dh]
+        _close(pattern[:, h] @ v.reshape(2, SEQ, -1), z[..., h * dh:(h + 1) * dh], f"{run.arch} value bias head {h}")
+
+
 def test_folded_write_basis_gives_the_final_logits(run: Run) -> None:
     basis = write_basis(run.adapter.unembedding(), run.adapter.final_norm(), "folded")
     x = run.ins["final"]

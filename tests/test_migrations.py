@@ -29,10 +29,29 @@ def v1_store(tmp_path: Path) -> Path:
     return db
 
 
-def _tables(db: Path) -> dict[str, list[tuple]]:
+# Columns later versions added to tables the previous release had, with the value its rows get.
+ADDED = {
+    "vectors": {"expert": None}, "vector_units": {"expert": None},  # version 3: no old vector is in an expert
+    "alignment_runs": {"statistic": "best_signed"},  # version 4: the layer statistic of each alignment
+}
+
+
+def _columns(db: Path) -> dict[str, list[str]]:
+    with duckdb.connect(str(db), read_only=True) as con:
+        rows = con.execute("SELECT table_name, column_name FROM duckdb_columns() ORDER BY table_name, "
+                           "column_index").fetchall()
+    found: dict[str, list[str]] = {}
+    for table, column in rows:
+        found.setdefault(table, []).append(column)
+    return found
+
+
+def _tables(db: Path, columns: dict[str, list[str]] | None = None) -> dict[str, list[tuple]]:
+    """Every table's rows (``columns``: only those columns of each table)."""
     with duckdb.connect(str(db), read_only=True) as con:
         names = [r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() ORDER BY 1").fetchall()]
-        return {n: con.execute(f"SELECT * FROM {n} ORDER BY ALL").fetchall() for n in names}
+        cols = {n: ", ".join(f'"{c}"' for c in columns[n]) if columns and n in columns else "*" for n in names}
+        return {n: con.execute(f"SELECT {cols[n]} FROM {n} ORDER BY ALL").fetchall() for n in names}
 
 
 def _before_v3(answer: object) -> object:
@@ -65,16 +84,20 @@ def test_readers_refuse_an_older_store_naming_the_upgrade(v1_store: Path, capsys
 
 def test_the_upgrade_keeps_every_row_and_answers_as_the_old_release_did(
         v1_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    before = _tables(v1_store)
+    before, old_columns = _tables(v1_store), _columns(v1_store)
     assert main(["upgrade", "--db", str(v1_store)]) == 0
     assert f"from schema version 1 to {SCHEMA_VERSION}" in capsys.readouterr().out
-    after = _tables(v1_store)
+    after = _tables(v1_store, old_columns)  # every row as it was, in the columns it had
     assert set(after) == set(before)
+    new_columns = _columns(v1_store)
+    for table, added in ADDED.items():
+        assert [c for c in new_columns[table] if c not in old_columns[table]] == list(added)
+        with duckdb.connect(str(v1_store), read_only=True) as con:
+            got = con.execute(f"SELECT DISTINCT {', '.join(added)} FROM {table}").fetchall()
+        assert got == [tuple(added.values())], table
     for table, rows in before.items():
         if table == "lensdb_meta":  # the version changes; version 1's list of tables is gone
             assert dict(after[table]) == {"schema_version": str(SCHEMA_VERSION)}
-        elif table in ("vectors", "vector_units"):  # version 3: every old vector is outside any expert
-            assert after[table] == [(*r, None) for r in rows], table
         else:
             assert after[table] == rows, table
     con = open_reader(v1_store)
@@ -95,6 +118,7 @@ def test_the_upgrade_keeps_every_row_and_answers_as_the_old_release_did(
             "models": [m.model_dump(mode="json") for m in lens.models()],
         }
         heads = [r.model_dump(mode="json") for r in lens.head_map("paris", kind="ov")]
+    old["alignment_1"]["info"]["statistic"] = "best_signed"  # version 4 names the statistic of old runs
     for key, answer in new.items():
         assert _before_v3(answer) == old[key], key
     # head-map rows are computed at query time (float32 products): the same heads and targets, scores to 1e-5

@@ -18,7 +18,6 @@ import pyarrow as pa
 import torch
 from pydantic import BaseModel, Field
 
-from indexer.math.basis import folded_unembedding
 from indexer.model.adapters import Adapter, adapter_for
 from indexer.model.checkpoint import open_checkpoint
 from indexer.model.forward import Forward, interventions, load_model, run_forward
@@ -86,7 +85,9 @@ def analyse(fw: Forward, adapter: Adapter, ids: torch.Tensor, trace_id: int, blo
     pred = fw.logits.argmax(-1)  # [P]
     n_pos = ids.shape[0]
     w_pred = fw.unembedding[pred]  # [P, d]
-    folded = folded_unembedding(fw.unembedding, adapter.final_norm())
+    # heads' and neurons' writes are read as they reach the final state (Decomposition.carry: every later norm,
+    # with its measured σ, the same map the index bases use) through W_U centred over the vocabulary
+    centred = fw.unembedding - fw.unembedding.mean(dim=0, keepdim=True)
     # logit lens
     for layer, state in enumerate(dec.states):
         lens = fw.readout(state)
@@ -99,10 +100,10 @@ def analyse(fw: Forward, adapter: Adapter, ids: torch.Tensor, trace_id: int, blo
             for r in range(idx.shape[1]):
                 rows.add("trace_top_tokens", trace_id=trace_id, position=p, node="state", layer=layer, unit=None,
                          rank=r + 1, token_id=int(idx[p, r]), score=float(vals[p, r]))
-    # heads: output through the folded basis, attention
+    # heads: output as it reaches the final state, through W_U; attention
     for layer in range(fw.head_out.shape[0]):
         out = fw.head_out[layer]  # [H, P, d]
-        proj = out @ folded.T
+        proj = dec.carry(out, layer, "attn") @ centred.T
         vals, idx = _topk(proj, UNIT_TOKENS)
         ranks = _rank(proj, pred)
         att = fw.attentions[layer]  # [H, P, P]
@@ -128,8 +129,8 @@ def analyse(fw: Forward, adapter: Adapter, ids: torch.Tensor, trace_id: int, blo
             writes = act[..., None] * values[chosen]  # [P, k, d]
             final = dec.carry(writes.transpose(0, 1), layer, "ff")  # [k, P, d]
             logit = (final * w_pred).sum(-1).T  # [P, k]
-            direction = torch.sign(act)[..., None] * values[chosen]
-            proj = direction @ folded.T  # [P, k, V]
+            direction = torch.sign(act)[..., None] * values[chosen]  # [P, k, d]
+            proj = (dec.carry(direction.transpose(0, 1), layer, "ff") @ centred.T).transpose(0, 1)  # [P, k, V]
             ranks = _rank(proj.transpose(0, 1), pred).T
             vals, idx = _topk(proj, UNIT_TOKENS)
             first = blocks.get(layer)
@@ -203,7 +204,7 @@ def trace_input(db_path: str | Path, options: TraceOptions, con: duckdb.DuckDBPy
             pred = int(fw.logits[position].argmax())
             w.execute("INSERT INTO traces VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
                 trace_id, checkpoint_id, options.prompt, int(ids.shape[0]), position, pred,
-                float(fw.logits[position, pred]), "tied_embedding" if adapter.encoder else "lm_head",
+                float(fw.logits[position, pred]), fw.readout_kind,
                 json.dumps([str(c) for c in change]), options.boost_value, baseline if change else None,
                 fw.decomposition.error, fw.decomposition.stream_error, datetime.now(),
                 time.perf_counter() - started])

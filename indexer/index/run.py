@@ -22,6 +22,7 @@ from indexer.index.options import VERSION, IndexOptions, IndexResult
 from indexer.index.plan import Unit, plan_units
 from indexer.index.projector import Projector
 from indexer.index.unit_writer import UnitWriter
+from indexer.math.basis import BASIS_VERSION
 from indexer.model.adapters import Adapter, adapter_for
 from indexer.model.checkpoint import Checkpoint
 from indexer.model.sources import Source, open_source
@@ -106,7 +107,9 @@ def _index(db_path: str | Path, con: duckdb.DuckDBPyConnection | None, source: S
         projector = Projector(opts.top_k, chunk_mb << 20, compute)
         executor = executor_for(opts, ckpt.path, adapter, projector, compute)
         out = UnitWriter(con, checkpoint_id)
-        flags: dict[str, dict] = {"compute": compute.flags(), **({"source": source.flags} if source.flags else {})}
+        compute_flags = compute.flags()
+        flags: dict[str, object] = {"version": BASIS_VERSION, "compute": compute_flags,
+                                    **({"source": source.flags} if source.flags else {})}
         bar = tqdm(total=len(plan), disable=not progress, unit="unit", desc=name, leave=False)
         try:
             with matmul_mode(compute):
@@ -116,7 +119,7 @@ def _index(db_path: str | Path, con: duckdb.DuckDBPyConnection | None, source: S
                     for part in parts:
                         out.write(part)
                     bar.update(1)
-                flags["compute"].update(executor.flags)
+                compute_flags.update(executor.flags)
                 if opts.head_maps:
                     flags["head_maps"] = head_maps.index_heads(
                         out, projector, adapter, vocab, opts.basis, opts.read_basis, opts.top_k, opts.pair_vocab,

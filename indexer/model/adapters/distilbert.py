@@ -21,6 +21,8 @@ class DistilBertAdapter(StandardAdapter):
         ff_in="{p}transformer.layer.{i}.ffn.lin1", ff_out="{p}transformer.layer.{i}.ffn.lin2",
         attn_source=("{p}embeddings.LayerNorm", "{p}transformer.layer.{j}.output_layer_norm"),
         ff_source="{p}transformer.layer.{i}.sa_layer_norm",
+        mlm_head=(("vocab_transform.weight", ("vocab_transform", "activation", "vocab_layer_norm",
+                                              "vocab_projector")),),
     )
 
     def _dims(self) -> Dims:

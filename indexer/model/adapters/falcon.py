@@ -60,9 +60,8 @@ class FalconAdapter(StandardAdapter):
         rows = (self.dims.n_heads + 2 * self.dims.kv_heads) * self.dims.head_size
         return {self._w("qkv", i): (rows, self.dims.d_model) for i in range(self.dims.n_layers)}
 
-    def qkv_rows(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def split_fused(self, fused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n, kv, dh = self.dims.n_heads, self.dims.kv_heads, self.dims.head_size
-        fused = self.reading_rows("qkv", layer)
         d = fused.shape[1]
         if self.new_arch:
             groups = fused.view(kv, n // kv + 2, dh, d)

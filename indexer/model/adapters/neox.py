@@ -35,8 +35,8 @@ class GPTNeoXAdapter(StandardAdapter):
         d = self.dims.d_model
         return {self._w("qkv", i): (3 * d, d) for i in range(self.dims.n_layers)}
 
-    def qkv_rows(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def split_fused(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n, dh = self.dims.n_heads, self.dims.head_size
-        fused = self.reading_rows("qkv", layer).view(n, 3, dh, -1)  # per head: q rows, k rows, v rows
+        fused = rows.reshape(n, 3, dh, -1)  # per head: q rows, k rows, v rows
         q, k, v = (fused[:, j].reshape(n * dh, -1).contiguous() for j in range(3))
         return q, k, v

@@ -38,9 +38,9 @@ class Phi3Adapter(StandardAdapter):
         rows = (self.dims.n_heads + 2 * self.dims.kv_heads) * self.dims.head_size
         return {self._w("qkv", i): (rows, self.dims.d_model) for i in range(self.dims.n_layers)}
 
-    def qkv_rows(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def split_fused(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q_rows, kv_rows = self.dims.n_heads * self.dims.head_size, self.dims.kv_heads * self.dims.head_size
-        q, k, v = self.reading_rows("qkv", layer).split([q_rows, kv_rows, kv_rows])
+        q, k, v = rows.split([q_rows, kv_rows, kv_rows])
         return q.contiguous(), k.contiguous(), v.contiguous()
 
     def reading_rows(self, key: str, layer: int) -> torch.Tensor:

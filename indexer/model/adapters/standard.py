@@ -14,21 +14,27 @@ from typing import ClassVar, Literal
 import torch
 
 from indexer.errors import CheckpointError
-from indexer.model.adapters.base import Adapter, Component, ComponentSpec, Norm, find_prefix, head_blocks
+from indexer.model.adapters.base import Adapter, Component, ComponentSpec, Norm, find_prefix, head_blocks, site
 from indexer.model.checkpoint import Checkpoint
 
-FF_KEY = ComponentSpec("ff_key", "reads", "row i of the MLP input projection: what neuron i reads")
-FF_GATE = ComponentSpec("ff_gate", "reads", "row i of the MLP gate projection: what gates neuron i")
-FF_VALUE = ComponentSpec("ff_value", "writes", "row i of the MLP output projection: what neuron i writes")
-FF_OUT_BIAS = ComponentSpec("ff_out_bias", "writes", "the MLP output bias, where present (1 per layer)")
-ATTN_Q = ComponentSpec("attn_q", "reads", "rows of W_Q for head h: what the head's queries read")
-ATTN_K = ComponentSpec("attn_k", "reads", "rows of W_K for head h; under GQA h is the key/value head")
-ATTN_V = ComponentSpec("attn_v", "reads", "rows of W_V for head h; under GQA h is the key/value head")
-ATTN_O = ComponentSpec("attn_o", "writes", "the d_head rows of W_O belonging to head h: what it writes")
-ATTN_OUT_BIAS = ComponentSpec("attn_out_bias", "writes", "the attention output bias, if any (1 per layer)")
+FF_KEY = ComponentSpec("ff_key", "reads", "row i of the MLP input projection: what neuron i reads", stage="ff")
+FF_GATE = ComponentSpec("ff_gate", "reads", "row i of the MLP gate projection: what gates neuron i", stage="ff")
+FF_VALUE = ComponentSpec("ff_value", "writes", "row i of the MLP output projection: what neuron i writes",
+                         stage="ff")
+FF_OUT_BIAS = ComponentSpec("ff_out_bias", "writes", "the MLP output bias, where present (1 per layer)", stage="ff")
+ATTN_Q = ComponentSpec("attn_q", "reads", "rows of W_Q for head h: what the head's queries read", stage="attn")
+ATTN_K = ComponentSpec("attn_k", "reads", "rows of W_K for head h; under GQA h is the key/value head",
+                       stage="attn")
+ATTN_V = ComponentSpec("attn_v", "reads", "rows of W_V for head h; under GQA h is the key/value head",
+                       stage="attn")
+ATTN_O = ComponentSpec("attn_o", "writes", "the d_head rows of W_O belonging to head h: what it writes",
+                       stage="attn")
+ATTN_OUT_BIAS = ComponentSpec("attn_out_bias", "writes", "the attention output bias, if any (1 per layer)",
+                              stage="attn")
 EMBEDDING = ComponentSpec(
     "embedding", "writes", "row t of the input embedding, read through the unembedding (model-level: "
-    "stored once as layer 0, idx = token id; only when asked for)", per_layer=False, default=False)
+    "stored once as layer 0, idx = token id; only when asked for)", per_layer=False, default=False,
+    stage="embed")
 
 BIASES = {FF_OUT_BIAS.name: "ff_out", ATTN_OUT_BIAS.name: "attn_out"}
 
@@ -48,6 +54,8 @@ class Layout:
     ``attn_out_norm`` / ``ff_out_norm`` name norms applied to a branch's *output* before it joins the stream
     (Gemma-2/3, OLMo-2): their gain is folded into the branch's writing vectors, since what reaches the stream
     is ``gain ⊙ (Σ a_i v_i) / rms``, a positive scalar per position times ``Σ a_i (gain ⊙ v_i)``.
+    ``mlm_head``: encoders' masked-LM heads, each as (a tensor that only that head has, the modules that turn
+    the last hidden state into logits, in order); the first whose tensor the checkpoint holds is its head.
     """
 
     embed: str
@@ -74,6 +82,7 @@ class Layout:
     norm_weights: bool = True
     attn_out_norm: str | None = None
     ff_out_norm: str | None = None
+    mlm_head: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 class StandardAdapter(Adapter):
@@ -84,6 +93,7 @@ class StandardAdapter(Adapter):
 
     def __init__(self, ckpt: Checkpoint) -> None:
         self.p = find_prefix(ckpt, self.layout.embed.format(p="") + ".weight", self.prefixes)
+        self._stream_norms: list[tuple[int, Norm]] | None = None
         super().__init__(ckpt)
 
     # -- names -------------------------------------------------------------------------------------------
@@ -113,6 +123,40 @@ class StandardAdapter(Adapter):
     def norm_offset(self) -> float:
         return self.layout.norm_offset
 
+    def stream_norms(self) -> list[tuple[int, Norm]]:
+        """Post-LN: the embedding LayerNorm (site 0), then per block its attention LayerNorm (``ff_source``)
+        and its output LayerNorm (``attn_source`` of the next block); the last block's is the final norm."""
+        if not self.post_norm():
+            return []
+        if self._stream_norms is None:
+            kind = self.layout.norm_kind
+            found = [(0, Norm(kind, self.ckpt.tensor(self._w("attn_source", 0))))]
+            for i in range(self.dims.n_layers):
+                found.append((site(i, "attn"), Norm(kind, self.ckpt.tensor(self._w("ff_source", i)))))
+                if i < self.dims.n_layers - 1:
+                    found.append((site(i, "ff"), Norm(kind, self.ckpt.tensor(self._w("attn_source", i + 1)))))
+            self._stream_norms = found
+        return self._stream_norms
+
+    def split_fused(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Q, K and V rows of a fused q|k|v projection's ``[rows, n]`` outputs (weights, or a bias as one column);
+        families with a fused projection override it."""
+        raise CheckpointError(f"{self.family}: no layout for a fused q/k/v projection.")
+
+    def value_bias(self, layer: int) -> torch.Tensor | None:
+        key = "v" if self.layout.v is not None else "qkv"
+        name = self._bias(key, layer)
+        if name is None:
+            return None
+        bias = self.ckpt.tensor(name)
+        return bias if key == "v" else self.split_fused(bias[:, None])[2][:, 0].contiguous()
+
+    def mlm_head(self) -> tuple[str, ...] | None:
+        for probe, modules in self.layout.mlm_head:
+            if self.ckpt.has(probe):
+                return modules
+        return None
+
     def _w(self, key: str, layer: int = 0) -> str:
         path = self.module_path(key, layer)
         assert path is not None, key
@@ -141,7 +185,10 @@ class StandardAdapter(Adapter):
         return rows if norm is None else rows * norm.weight
 
     def qkv_rows(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """W_Q ``[n_heads*d_head, d]``, W_K and W_V ``[n_kv_heads*d_head, d]``, head-major."""
+        """W_Q ``[n_heads*d_head, d]``, W_K and W_V ``[n_kv_heads*d_head, d]``, head-major; a fused projection is
+        split by the family's ``split_fused`` (the same split its bias gets)."""
+        if self.layout.qkv is not None:
+            return self.split_fused(self.reading_rows("qkv", layer))
         return self.reading_rows("q", layer), self.reading_rows("k", layer), self.reading_rows("v", layer)
 
     def qkv_shapes(self) -> dict[str, tuple[int, ...]]:
