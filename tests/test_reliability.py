@@ -265,7 +265,8 @@ HOSTILE = [
     "SELECT count(*) FROM range(100000000000) a",  # stopped by the time limit
 ]
 REASON = re.compile(r"only SELECT queries are allowed|send exactly one statement|reading files or URLs is not "
-                    r"allowed|cannot parse the SQL|does not exist|ran longer than|Expected a single SELECT")
+                    r"allowed|cannot parse the SQL|does not exist|ran longer than|Expected a single SELECT|"
+                    r"not allowed in read-only SQL|not a table or view of this store")
 
 
 class Asgi:
