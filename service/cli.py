@@ -87,9 +87,17 @@ def index_via_server(server: str, checkpoint: str, opts: "IndexOptions", quiet: 
     import httpx
 
     from indexer import IndexResult
+    from service.jobs import SERVER_ONLY
 
     base = server.rstrip("/")
-    body = {"checkpoint": str(Path(checkpoint).resolve()), **opts.model_dump()}
+    defaults = type(opts)()
+    chosen = [k for k in SERVER_ONLY if getattr(opts, k) != getattr(defaults, k)]
+    if chosen:
+        flags = ", ".join("--" + k.replace("_", "-") for k in chosen)
+        raise LensdbError(f"{flags}: the service decides where and how it computes (lensdb serve --index-device, "
+                          "--index-precision, --index-executor, --ray-address, --ray-workers); drop them with "
+                          "--server.")
+    body = {"checkpoint": str(Path(checkpoint).resolve()), **opts.model_dump(exclude=set(SERVER_ONLY))}
     token = os.environ.get("LENSDB_TOKEN", "")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
@@ -569,10 +577,14 @@ def add_fields(sp: argparse.ArgumentParser, model: Any, env_prefix: str | None =
         ann = field.annotation
         if isinstance(ann, types.UnionType) or typing.get_origin(ann) is typing.Union:
             ann = next(a for a in typing.get_args(ann) if a is not type(None))
+        many = typing.get_origin(ann) is list
         kind = {int: int, float: float}.get(ann, str)
-        notes = ([] if field.default is None else [f"default {field.default}"]) + (
+        shown = field.default if not many else None
+        notes = ([] if shown in (None, "") else [f"default {shown}"]) + (
             [f"env {env_prefix}{name.upper()}"] if env_prefix else [])
         sp.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
+                        action="append" if many else "store",
+                        choices=typing.get_args(ann) if typing.get_origin(ann) is typing.Literal else None,
                         help=field.description + (f" ({'; '.join(notes)})" if notes else ""))
 
 
