@@ -78,6 +78,7 @@ JSON = frozenset({
 })
 
 TIME = frozenset({
+    "current_time", "current_timestamp", "localtime", "localtimestamp",
     "age", "century", "current_date", "current_localtime", "current_localtimestamp", "date_add", "date_diff",
     "date_part", "date_sub", "date_trunc", "datediff", "datepart", "datesub", "datetrunc", "day", "dayname",
     "dayofmonth", "dayofweek", "dayofyear", "days_in_month", "decade", "epoch", "epoch_ms", "epoch_ns", "epoch_us",
@@ -113,6 +114,12 @@ WINDOW = frozenset({
 
 # Every name an expression may call: scalar functions, operators, aggregates and window functions.
 FUNCTIONS = OPERATORS | MATH | TEXT | LISTS | STRUCTS_AND_MAPS | JSON | TIME | OTHER | AGGREGATES | WINDOW
+
+# Bare names DuckDB's binder turns into calls when no column has them (SQL's value functions); those not in
+# FUNCTIONS (the session's user, role, catalog, schema) are refused like any other call.
+VALUE_FUNCTIONS = frozenset({"current_catalog", "current_date", "current_role", "current_schema", "current_time",
+                             "current_timestamp", "current_user", "localtime", "localtimestamp", "session_user",
+                             "user"})
 
 # What may stand in FROM as a function: rows computed from the arguments, streamed (so the time limit holds).
 TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest", "json_each", "json_tree"})

@@ -16,7 +16,7 @@ from uuid import UUID
 
 import duckdb
 
-from queries.allowlist import FUNCTIONS, TABLE_FUNCTIONS
+from queries.allowlist import FUNCTIONS, TABLE_FUNCTIONS, VALUE_FUNCTIONS
 from queries.rows import SqlResult
 from schema.connect import open_reader
 from schema.errors import LensdbError, StoreError
@@ -61,7 +61,8 @@ def open_hardened(path: str | Path) -> duckdb.DuckDBPyConnection:
 
 
 # Bounds on what one call may ask for, whoever asks (CLI, Python, HTTP).
-MAX_SQL_CHARS = 100_000  # one statement's text; literals in it are the only unbounded input besides the store
+MAX_SQL_CHARS = 32_768  # one statement's text: literals in it are the only input besides the store, and DuckDB
+# plans (uninterruptibly) in time that grows with it
 MAX_ROWS = 1_000_000
 MAX_TIMEOUT_S = 3600.0
 MAX_BYTES = 1 << 30
@@ -158,6 +159,11 @@ def _check_tree(root: dict, relations: tuple[str, set[str]]) -> None:
             continue
         if "function_name" in node:
             _check_function(node, FUNCTIONS, "function")
+        elif cls == "COLUMN_REF" and len(node.get("column_names") or []) == 1:
+            # DuckDB binds a bare name it finds no column for as a call: `SELECT current_user`
+            name = str(node["column_names"][0]).lower()
+            if name in VALUE_FUNCTIONS and name not in FUNCTIONS:
+                raise SqlRefused(f"{name} is not allowed in read-only SQL (it reads the session, not the store).")
         stack.extend((v, ctes) for v in node.values() if isinstance(v, dict | list))
 
 

@@ -117,7 +117,8 @@ def open_regular(path: Path):
 def read_regular(path: Path, limit: int) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes; a clear error otherwise."""
     with open_regular(path) as fh:
-        data = fh.read(limit + 1)
+        size = os.fstat(fh.fileno()).st_size  # read what is there (a read(limit) would allocate the limit)
+        data = fh.read(min(size, limit) + 1)
     if len(data) > limit:
         raise CheckpointError(f"{path}: larger than the {limit >> 20} MiB lensdb reads for this file.")
     return data
