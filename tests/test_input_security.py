@@ -227,6 +227,7 @@ def test_a_store_hashed_without_the_tokenizer_still_knows_its_checkpoints(folder
     (["trace", "gpt2-tiny", "x", "--boost-value", "inf"], "not a usable number"),
     (["serve", "--port", "99999"], "port"),
     (["serve", "--sql-timeout-s", "inf"], "sql_timeout_s"),
+    (["index", "x", "--server", "http://127.0.0.1:9", "--executor", "ray"], "the service decides"),
 ])
 def test_absurd_numbers_are_one_line(store_copy: Path, argv: list[str], message: str | None) -> None:
     code, out, err = cli(*argv, "--db", str(store_copy)) if argv[0] != "serve" else cli(*argv)
