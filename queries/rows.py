@@ -33,6 +33,7 @@ class TokenHit(Row):
     zscore: float
     source_token_id: int | None = None
     source_token: str | None = None
+    expert: int | None = None
 
 
 class TokenScore(Row):
@@ -74,6 +75,7 @@ class VectorView(Row):
     basis: str
     top: list[TokenScore]
     bottom: list[TokenScore]
+    expert: int | None = None
 
 
 class CheckpointInfo(Row):
@@ -175,6 +177,7 @@ class ChangedVector(Row):
     norm_change: float
     top_from: str | None
     top_to: str | None
+    expert: int | None = None
 
 
 class SourceInfo(Row):

@@ -10,13 +10,20 @@ from schema.views import VIEWS
 _DIALECT = Dialect()
 
 
-def table_ddl() -> list[str]:
-    """Every statement that creates the declared tables, their indexes and comments; idempotent."""
+def table_ddl(comments: bool = True) -> list[str]:
+    """Every statement that creates the declared tables, their indexes and (``comments``) comments; idempotent."""
     stmts: list[str] = []
     for table in metadata.sorted_tables:
         stmts.append(str(CreateTable(table, if_not_exists=True).compile(dialect=_DIALECT)).strip())
         for index in sorted(table.indexes, key=lambda i: str(i.name)):
             stmts.append(str(CreateIndex(index, if_not_exists=True).compile(dialect=_DIALECT)).strip())
+    return stmts + (comment_ddl() if comments else [])
+
+
+def comment_ddl() -> list[str]:
+    """The comments of every declared table and column (after a migration has added the columns)."""
+    stmts: list[str] = []
+    for table in metadata.sorted_tables:
         if table.comment:
             stmts.append(f"COMMENT ON TABLE {table.name} IS {quote(table.comment)}")
         for col in table.columns:

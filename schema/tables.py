@@ -124,6 +124,8 @@ vectors = sa.Table(
     sa.Column("norm", sa.Float, nullable=False, comment="L2 norm of the vector"),
     sa.Column("logit_mean", sa.Float, nullable=False, comment="mean of its projection over the vocabulary"),
     sa.Column("logit_std", sa.Float, nullable=False, comment="std of its projection over the vocabulary"),
+    sa.Column("expert", sa.Integer, nullable=True,
+              comment="mixture-of-experts expert the vector belongs to, NULL outside experts (schema version 3)"),
     comment="Every indexed parameter vector with exact statistics of its full vocabulary projection.",
 )
 
@@ -137,8 +139,10 @@ vector_units = sa.Table(
     sa.Column("first_vector_id", sa.BigInteger, nullable=False, comment="first vector id of the unit"),
     sa.Column("last_vector_id", sa.BigInteger, nullable=False, comment="last vector id (inclusive)"),
     sa.Column("first_index", sa.Integer, nullable=False, comment="idx of the first vector"),
+    sa.Column("expert", sa.Integer, nullable=True, comment="mixture-of-experts expert, NULL outside experts"),
     comment="The contiguous block of vector ids each index run wrote per (checkpoint, component, layer, head): "
-    "token lookups filter and label hits by these ranges instead of joining vectors.",
+    "token lookups filter and label hits by these ranges instead of joining vectors. "
+    "(checkpoint, component, layer, head, expert) for mixture-of-experts models.",
 )
 
 head_pairs = sa.Table(

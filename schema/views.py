@@ -30,10 +30,10 @@ LATEST_CHECKPOINTS = View(
 VECTOR_INFO = View(
     "vector_info",
     "Every indexed vector with its model and checkpoint names: norm and the mean/std of its full "
-    "vocabulary projection.",
+    "vocabulary projection; expert is the mixture-of-experts expert (NULL outside experts).",
     """
     SELECT m.name AS model, c.label AS checkpoint, c.step, v.component, v.layer, v.head, v.idx AS "index",
-           v.norm, v.logit_mean, v.logit_std, v.vector_id, c.checkpoint_id, m.model_id
+           v.norm, v.logit_mean, v.logit_std, v.vector_id, c.checkpoint_id, m.model_id, v.expert
     FROM vectors v
     JOIN checkpoints c USING (checkpoint_id)
     JOIN models m USING (model_id)
@@ -44,11 +44,12 @@ PROJECTIONS = View(
     "projections",
     "One row per (vector, side, rank): which tokens each vector promotes (side='top') and suppresses "
     "(side='bottom'). score is the logit basis·vector, zscore compares across vectors and models. "
-    "Filter on token_id (or token) first: the table is sorted by token_id.",
+    "Filter on token_id (or token) first: the table is sorted by token_id. expert: the mixture-of-experts "
+    "expert of the vector (NULL outside experts).",
     """
     SELECT m.name AS model, c.label AS checkpoint, c.step, v.component, v.layer, v.head, v.idx AS "index",
            p.side, p.rank, p.token_id, t.display AS token, p.score, p.zscore,
-           v.vector_id, c.checkpoint_id, m.model_id
+           v.vector_id, c.checkpoint_id, m.model_id, v.expert
     FROM vector_tokens p
     JOIN vectors v USING (vector_id)
     JOIN checkpoints c USING (checkpoint_id)
@@ -90,13 +91,13 @@ CHECKPOINT_STEPS = View(
 VECTOR_DRIFT = View(
     "vector_drift",
     "Every vector at every step of its model (ordered by step, then label) compared with the same vector "
-    "(component, layer, head, index) at the previous step: shared = how many top-k tokens both steps have, "
+    "(component, layer, head, expert, index) at the previous step: shared = how many top-k tokens both steps have, "
     "overlap = shared / k, jaccard = shared / |union|, norm_change = norm - previous norm. The first step "
     "has NULLs. Filter on model, component, layer and index.",
     """
     WITH s AS (
         SELECT cs.model, cs.checkpoint, cs.step, cs.linked_to, v.component, v.layer, v.head, v.idx, v.norm,
-               v.vector_id, r.top_k
+               v.vector_id, r.top_k, v.expert
         FROM checkpoint_steps cs
         JOIN vectors v ON v.checkpoint_id = cs.checkpoint_id
         JOIN index_runs r ON r.checkpoint_id = cs.checkpoint_id
@@ -104,7 +105,7 @@ VECTOR_DRIFT = View(
         SELECT *, lag(checkpoint) OVER win AS previous_checkpoint, lag(vector_id) OVER win AS previous_vector_id,
                lag(norm) OVER win AS previous_norm, lag(top_k) OVER win AS previous_top_k
         FROM s
-        WINDOW win AS (PARTITION BY model, component, layer, head, idx ORDER BY step NULLS LAST, checkpoint)
+        WINDOW win AS (PARTITION BY model, component, layer, head, expert, idx ORDER BY step NULLS LAST, checkpoint)
     ), x AS (
         SELECT w.*, CASE WHEN previous_vector_id IS NULL THEN NULL ELSE coalesce((
             SELECT len(list_intersect(a.top_token_ids, b.top_token_ids)) FROM vector_lists a, vector_lists b
@@ -115,7 +116,7 @@ VECTOR_DRIFT = View(
            norm, norm - previous_norm AS norm_change, shared,
            shared / least(top_k, previous_top_k) AS overlap,
            shared / (top_k + previous_top_k - shared) AS jaccard,
-           vector_id, previous_vector_id
+           vector_id, previous_vector_id, expert
     FROM x
     """,
 )

@@ -70,7 +70,7 @@ class HitQuery(HitFilter):
     token: str | None = Field(None, description="a word (paris) or a raw token spelling (Ġparis)")
     token_id: int | None = Field(None, description="a token id instead of token")
 
-    @field_validator("layer", "head", "limit", "offset", "token_id", mode="before")
+    @field_validator("layer", "head", "expert", "limit", "offset", "token_id", mode="before")
     @classmethod
     def _whole_numbers(cls, value: object) -> object:
         """Integers in digits only (``7_0`` is not 70): query values arrive as text."""
@@ -182,9 +182,10 @@ def api_router(owner: StoreOwner) -> APIRouter:
 
     @router.get("/vectors/{model}/{component}/{layer}/{index}", response_model=VectorView, tags=["vectors"])
     def vector(lens: ReadLens, model: str, component: str, layer: Whole, index: Whole, head: Whole | None = None,
-               checkpoint: str | None = None) -> VectorView:
-        """One vector with its top and bottom tokens and statistics (latest checkpoint unless named)."""
-        return lens.vector(model, component, layer, index, head=head, checkpoint=checkpoint)
+               checkpoint: str | None = None, expert: Whole | None = None) -> VectorView:
+        """One vector with its top and bottom tokens and statistics (latest checkpoint unless named); ``expert``
+        for a mixture-of-experts vector."""
+        return lens.vector(model, component, layer, index, head=head, checkpoint=checkpoint, expert=expert)
 
     @router.get("/runs", response_model=Page[RunInfo], tags=["index"])
     def runs(lens: ReadLens, limit: Limit = 50, offset: Offset = 0) -> Page[RunInfo]:
@@ -236,9 +237,10 @@ def api_router(owner: StoreOwner) -> APIRouter:
 
     @router.get("/drift/{model}/{component}/{layer}/{index}", response_model=list[VectorStep], tags=["training"])
     def drift(lens: ReadLens, model: str, component: str, layer: Whole, index: Whole, head: Whole | None = None,
-              k: Annotated[Whole, Query(ge=1, le=1000, description="top tokens per step")] = 10) -> list[VectorStep]:
+              k: Annotated[Whole, Query(ge=1, le=1000, description="top tokens per step")] = 10,
+              expert: Whole | None = None) -> list[VectorStep]:
         """One vector at every step: top tokens and top-k overlap with the previous step."""
-        return lens.drift_vector(model, component, layer, index, head=head, k=k)
+        return lens.drift_vector(model, component, layer, index, head=head, k=k, expert=expert)
 
     @router.get("/drift/{model}/{component}/{layer}/{index}/rank", response_model=list[TokenRankStep],
                 tags=["training"])

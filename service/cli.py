@@ -60,7 +60,8 @@ def cmd_index(args: argparse.Namespace) -> None:
     opts = IndexOptions(name=args.name, top_k=args.top_k, basis=args.basis, replace=args.replace,
                         components=args.component or None, device=args.device, precision=args.precision,
                         read_basis=args.read_basis, head_maps=args.head_maps, pair_vocab=args.pair_vocab,
-                        svd=args.svd, executor=args.executor, address=args.address, ray_workers=args.ray_workers)
+                        svd=args.svd, executor=args.executor, address=args.address, ray_workers=args.ray_workers,
+                        revision=args.revision, base=args.base, lora=args.lora)
     if args.server:
         result = index_via_server(args.server, args.checkpoint, opts, quiet=args.quiet)
     else:
@@ -97,7 +98,9 @@ def index_via_server(server: str, checkpoint: str, opts: "IndexOptions", quiet: 
         raise LensdbError(f"{flags}: the service decides where and how it computes (lensdb serve --index-device, "
                           "--index-precision, --index-executor, --ray-address, --ray-workers); drop them with "
                           "--server.")
-    body = {"checkpoint": str(Path(checkpoint).resolve()), **opts.model_dump(exclude=set(SERVER_ONLY))}
+    local = Path(checkpoint).exists()  # else a hub id, resolved in the server's own cache
+    body = {"checkpoint": str(Path(checkpoint).resolve()) if local else checkpoint,
+            **opts.model_dump(exclude=set(SERVER_ONLY))}
     token = os.environ.get("LENSDB_TOKEN", "")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
@@ -174,17 +177,19 @@ def _hits(args: argparse.Namespace, side: str) -> None:
     with _connect(args.db) as db:
         find = db.promoters if side == "top" else db.suppressors
         hits = find(token, wanted)
-    _emit(args, hits, ["model", "checkpoint", "component", "layer", "head", "index", "rank", "token", "score",
-                       "zscore"])
+    experts = ["expert"] if any(h.expert is not None for h in hits) else []  # only mixture-of-experts hits have one
+    _emit(args, hits, ["model", "checkpoint", "component", "layer", "head", *experts, "index", "rank", "token",
+                       "score", "zscore"])
 
 
 def cmd_vector(args: argparse.Namespace) -> None:
     with _connect(args.db) as db:
-        v = db.vector(args.model, args.component, args.layer, args.index, head=args.head, checkpoint=args.checkpoint)
+        v = db.vector(args.model, args.component, args.layer, args.index, head=args.head, checkpoint=args.checkpoint,
+                      expert=args.expert)
     if args.json:
         print(v.model_dump_json(indent=2))
         return
-    head = f" head {v.head}" if v.head is not None else ""
+    head = (f" head {v.head}" if v.head is not None else "") + (f" expert {v.expert}" if v.expert is not None else "")
     print(f"{v.model}/{v.checkpoint} {v.component} layer {v.layer}{head} index {v.index}  "
           f"norm {v.norm:.4g}  logits mean {v.logit_mean:.4g} std {v.logit_std:.4g}  basis {v.basis}")
     n = max(len(v.top), len(v.bottom))
@@ -286,7 +291,7 @@ def cmd_drift(args: argparse.Namespace) -> None:
         if args.token is not None:
             token: str | int = int(args.token) if args.id else args.token
             ranks = db.token_rank_over_training(args.model, token, args.component, args.layer, args.index,
-                                                head=args.head, side=args.side)
+                                                head=args.head, side=args.side, expert=args.expert)
             if args.json:
                 _emit(args, ranks)
                 return
@@ -294,7 +299,8 @@ def cmd_drift(args: argparse.Namespace) -> None:
                      r.score, r.zscore] for r in ranks]
             print(table(["checkpoint", "step", "linked_to", "rank", "score", "zscore"], rows))
             return
-        steps = db.drift_vector(args.model, args.component, args.layer, args.index, head=args.head, k=args.k)
+        steps = db.drift_vector(args.model, args.component, args.layer, args.index, head=args.head, k=args.k,
+                                expert=args.expert)
     if args.json:
         _emit(args, steps)
         return
@@ -511,11 +517,14 @@ def cmd_finetune_diff(args: argparse.Namespace) -> None:
 def cmd_architectures(args: argparse.Namespace) -> None:
     from indexer.model.adapters import ADAPTERS
 
-    rows = [[cls.family, ", ".join(cls.model_types), ", ".join(s.name for s in cls.components)] for cls in ADAPTERS]
-    print(table(["family", "model_type", "components"], rows))
+    rows = [[cls.family, ", ".join(cls.model_types), ", ".join(s.name for s in cls.components if s.default),
+             cls.notes] for cls in ADAPTERS]
+    print(table(["family", "model_type", "indexes (embedding: opt-in)", "notes"], rows))
     specs = {s.name: s for cls in ADAPTERS for s in cls.components}
     print()
     print(table(["component", "role", "meaning"], [[s.name, s.role, s.doc] for s in specs.values()]))
+    print()
+    print(table(["source", "read as"], [[k, v] for k, v in SOURCES]))
 
 
 def cmd_upgrade(args: argparse.Namespace) -> None:
@@ -524,6 +533,19 @@ def cmd_upgrade(args: argparse.Namespace) -> None:
     before, after = upgrade_store(args.db)
     print(f"{args.db}: schema version {after} already" if before == after else
           f"upgraded {args.db} from schema version {before} to {after}")
+
+
+SOURCES = (
+    ("folder", "config.json + model.safetensors (or a sharded index) + tokenizer files"),
+    ("hub id (org/name)", "its snapshot in the local Hugging Face cache, --revision branch/tag/commit; never "
+                          "downloaded"),
+    ("FILE.gguf", "llama.cpp GGUF (llama, mistral, mixtral, qwen2, qwen3, qwen2moe, qwen3moe, olmoe, phi3), "
+                  "dequantized per tensor; needs the gguf package"),
+    ("LoRA adapter folder", "PEFT LoRA over its base (--base): merged W + s·B·A, or --lora delta for s·B·A alone; "
+                            "DoRA, IA³ and other PEFT methods refused"),
+    ("quantized safetensors", "bitsandbytes 8-bit, GPTQ, AWQ GEMM dequantized per tensor; bitsandbytes 4-bit and "
+                              "other methods refused naming the format"),
+)
 
 
 # ---- arguments, declared per command ----------------------------------------------------------------------
@@ -589,7 +611,15 @@ def add_fields(sp: argparse.ArgumentParser, model: Any, env_prefix: str | None =
 
 
 def _index_args(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("checkpoint", help="Hugging Face folder with config.json, safetensors and tokenizer")
+    sp.add_argument("checkpoint", help="Hugging Face folder (config.json, safetensors, tokenizer), a hub id in the "
+                    "local cache (EleutherAI/pythia-70m; never downloaded), a llama.cpp .gguf file, or a PEFT/LoRA "
+                    "adapter folder")
+    sp.add_argument("--revision", help="with a hub id: the cached branch, tag or commit (default main)")
+    sp.add_argument("--base", help="with a LoRA adapter folder: its base model, a folder or cached hub id "
+                    "(default: the base named in adapter_config.json)")
+    sp.add_argument("--lora", choices=["merged", "delta"], default="merged",
+                    help="with a LoRA adapter: index the merged weights W + s·B·A (default), or the adapter's "
+                    "low-rank update s·B·A alone as vectors of their own (delta)")
     sp.add_argument("--name", help="model name (default: the folder name)")
     sp.add_argument("--top-k", type=whole(1, 1000), default=50, help="tokens kept per vector and side (default 50)")
     sp.add_argument("--basis", choices=["folded", "raw"], default="folded",
@@ -642,6 +672,8 @@ def _vector_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("layer", type=whole(0, 2**63 - 1))
     sp.add_argument("index", type=whole(0, 2**63 - 1))
     sp.add_argument("--head", type=whole(0, 2**63 - 1), help="attention head, for per-head components")
+    sp.add_argument("--expert", type=whole(0, 2**63 - 1),
+                    help="expert, for the expert components of mixture-of-experts models")
     sp.add_argument("--checkpoint", help="checkpoint label (default: latest)")
     sp.add_argument("--limit", type=whole(1, 100_000), default=20, help="rows to show (default 20)")
 
@@ -689,6 +721,8 @@ def _drift_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("layer", type=whole(0, 2**63 - 1))
     sp.add_argument("index", type=whole(0, 2**63 - 1))
     sp.add_argument("--head", type=whole(0, 2**63 - 1), help="attention head, for per-head components")
+    sp.add_argument("--expert", type=whole(0, 2**63 - 1),
+                    help="expert, for the expert components of mixture-of-experts models")
     sp.add_argument("--k", type=whole(1, 1000), default=10, help="top tokens shown per step (default 10)")
     sp.add_argument("--token", help="show this token's rank per step instead (a word, raw token, or id with --id)")
     sp.add_argument("--id", action="store_true", help="--token is a token id")

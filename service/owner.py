@@ -18,6 +18,8 @@ from pathlib import Path
 import duckdb
 
 from indexer import IndexOptions, IndexResult
+from indexer.model.checkpoint import read_json
+from indexer.model.hub import looks_like_repo_id, resolve_cached
 from indexer.watch.cycle import WatchReport, parse_every, watch_cycle, watch_loop
 from queries import Lens
 from queries.readonly import harden
@@ -97,10 +99,26 @@ class StoreOwner:
         device, precision and executor come from the settings."""
         fields = request.model_dump(exclude={"checkpoint"})  # type: ignore[attr-defined]
         roots = self.roots()
-        checkpoint = permit(request.checkpoint, roots, "checkpoint")  # type: ignore[attr-defined]
+        checkpoint = self._allowed_source(request.checkpoint, fields["revision"], roots, "checkpoint")  # type: ignore[attr-defined]
+        if fields["base"] is not None:
+            fields["base"] = self._allowed_source(fields["base"], None, roots, "base")
+        elif Path(checkpoint).is_dir() and (Path(checkpoint) / "adapter_config.json").is_file():
+            named = read_json(Path(checkpoint) / "adapter_config.json")  # the base a LoRA adapter names
+            base = named.get("base_model_name_or_path") if isinstance(named, dict) else None
+            if isinstance(base, str) and base:
+                fields["base"] = self._allowed_source(base, None, roots, "the adapter's base model")
         if fields["pair_vocab"] not in ("all", "ascii", "alnum"):
             fields["pair_vocab"] = str(permit(fields["pair_vocab"], roots, "pair_vocab", folder=False))
-        return self.jobs.submit(str(checkpoint), IndexOptions(**fields, **self.compute_settings()))
+        return self.jobs.submit(checkpoint, IndexOptions(**fields, **self.compute_settings()))
+
+    @staticmethod
+    def _allowed_source(text: str, revision: str | None, roots: list[Path], what: str) -> str:
+        """A checkpoint a request names: an absolute path, or a hub id whose cached snapshot lies inside the
+        allowed folders (the cache itself, or the model's folder in it, allowed by the operator)."""
+        if not Path(text).is_absolute() and looks_like_repo_id(text):
+            permit(str(resolve_cached(text, revision).path), roots, what)
+            return text
+        return str(permit(text, roots, what))
 
     def compute_settings(self) -> dict[str, object]:
         """The index options only the operator sets: device, precision, executor and Ray."""

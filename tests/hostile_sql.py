@@ -135,8 +135,9 @@ REFUSED: dict[str, list[str]] = {
         "SELECT * FROM memory.main.models", "SELECT * FROM temp.main.models", "SELECT * FROM main.main.models",
         "SELECT * FROM nosuchtable", "SELECT * FROM models_", "SELECT * FROM df", "SELECT * FROM pandas_df",
         "SELECT getenv('HOME')", "SELECT * FROM getenv('HOME')", "SELECT list_transform([1], x -> x)",
-        "SELECT COLUMNS(c -> c LIKE '%') FROM models", "SELECT '{}'->'a'", "SELECT * FROM models, LATERAL "
-        "(SELECT * FROM read_csv('/etc/passwd'))", "SELECT 1 FROM models WHERE EXISTS (FROM duckdb_settings())",
+        "SELECT COLUMNS(c -> current_setting('threads') IS NULL) FROM models", "SELECT '{}' -> read_text('/x')",
+        "SELECT * FROM models, LATERAL (SELECT * FROM read_csv('/etc/passwd'))",
+        "SELECT 1 FROM models WHERE EXISTS (FROM duckdb_settings())",
         "SELECT * FROM unnest((SELECT list(name) FROM duckdb_settings()))",
         "SELECT * FROM range(3) t(x) JOIN duckdb_settings() ON true", "SELECT * FROM sqlite_master"],
     "amplifiers": [f"SELECT {a}" for a in AMPLIFIERS]
@@ -177,6 +178,7 @@ ALLOWED = [
     "SELECT basis_flags FROM index_runs",
     "SELECT json_extract(basis_flags, '$.compute.device') AS device, basis_flags->>'$.compute.precision' "
     "FROM index_runs",
+    "SELECT basis_flags::JSON->'compute' AS compute, basis_flags->'$.compute.device' FROM index_runs",
     "WITH hits AS (SELECT * FROM projections WHERE token = 'paris') SELECT model, max(zscore) FROM hits GROUP BY model",
     "SELECT c.checkpoint, c.step FROM checkpoint_steps c ORDER BY c.step",
     "SELECT layer, count(*) FILTER (WHERE side = 'top') FROM projections GROUP BY ALL ORDER BY ALL",

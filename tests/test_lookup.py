@@ -14,6 +14,7 @@ from queries import sql as q
 from queries.catalog import loaded_words
 from queries.lens import rows_from_lists
 from schema.errors import StoreError
+from schema.layout import SCHEMA_VERSION
 from schema.migrations import fill_vector_lists
 from schema.writer import upgrade_store, writer
 from service.owner import StoreOwner
@@ -52,7 +53,7 @@ def _older_store(store: Path, tmp_path: Path, change: str) -> Path:
 def _refused_then_upgraded(old: Path) -> None:
     with pytest.raises(StoreError, match=f"older lensdb .*lensdb upgrade --db {old}"):
         queries.connect(old)
-    assert upgrade_store(old) == (1, 2)
+    assert upgrade_store(old) == (1, SCHEMA_VERSION)
 
 
 def test_a_store_without_token_forms_is_upgraded_with_them(indexed_store: Path, tmp_path: Path) -> None:
@@ -121,7 +122,7 @@ def test_vector_lists_give_exactly_the_token_rows(indexed_store: Path) -> None:
             if not rows:  # a head map's vector: its entries are pairs, in head_pairs
                 assert not lists
                 continue
-            (_, *_, mean, std, _, _), = lens._rows(q.vector_by_id(vid))
+            (_, *_, mean, std, _, _, _), = lens._rows(q.vector_by_id(vid))
             assert lists[0][5:] == (mean, std)
             display = {r[2]: r[3] for r in rows}
             assert rows_from_lists(lists[0][1:5], mean, std, display) == rows, vid

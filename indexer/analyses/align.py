@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from indexer.math import correlation as al
 from indexer.math.basis import BasisMode, fold_reader, read_basis, write_basis
 from indexer.model.adapters import Adapter, adapter_for
-from indexer.model.checkpoint import open_checkpoint
+from indexer.model.sources import open_source
 from queries import sql as q
 from schema.errors import LensdbError, NotFound
 from schema.writer import append_arrow, next_id, writer
@@ -98,7 +98,8 @@ def align_models(db_path: str | Path, model_a: str, model_b: str, component: str
     with writer(db_path, con) as w:
         a, b = _aligned_checkpoint(w, model_a, checkpoint_a), _aligned_checkpoint(w, model_b, checkpoint_b)
         check_vocabularies(w, a, b)
-        ad_a, ad_b = adapter_for(open_checkpoint(a.path)), adapter_for(open_checkpoint(b.path))
+        # a GGUF file, a quantized or LoRA checkpoint reopens as it was read (a LoRA as merged over its recorded base)
+        ad_a, ad_b = adapter_for(open_source(a.path).ckpt), adapter_for(open_source(b.path).ckpt)
         for ad in (ad_a, ad_b):
             if component not in {s.name for s in ad.available()}:
                 known = ", ".join(s.name for s in ad.available())

@@ -187,6 +187,8 @@ def trace_input(db_path: str | Path, options: TraceOptions, con: duckdb.DuckDBPy
             raise LensdbError(f"checkpoint folder {ckpt_path} (recorded for {options.model}/{label}) is gone; "
                               "a trace needs the weights to run the model.")
         adapter = adapter_for(open_checkpoint(ckpt_path))
+        if (problem := adapter.trace_problem()) is not None:  # before loading the model
+            raise LensdbError(f"cannot trace {options.model}: {problem}.")
         changes = interventions(adapter, options.zero, options.boost, options.zero_heads)
         ids, position = _tokenize(ckpt_path, options.prompt, options.position, _max_positions(adapter.ckpt.config))
         model = load_model(ckpt_path, adapter)

@@ -38,6 +38,7 @@ class Projected:
     head: int | None
     n: int
     chunks: Iterable[Chunk]
+    expert: int | None = None
 
 
 def to_cpu(tb: TopBottom) -> TopBottom:
@@ -79,10 +80,12 @@ class Projector:
             pause_point("projection")
             yield Chunk(part.start, to_cpu(tb), mean.cpu(), std.cpu(), norm.cpu())
 
-    def stream(self, name: str, layer: int, head: int | None, vectors: torch.Tensor, basis: Basis) -> Projected:
+    def stream(self, name: str, layer: int, head: int | None, vectors: torch.Tensor, basis: Basis,
+               expert: int | None = None) -> Projected:
         """A part whose chunks are computed as the writer takes them."""
-        return Projected(name, layer, head, int(vectors.shape[0]), self.chunks(vectors, basis))
+        return Projected(name, layer, head, int(vectors.shape[0]), self.chunks(vectors, basis), expert)
 
-    def project(self, name: str, layer: int, head: int | None, vectors: torch.Tensor, basis: Basis) -> Projected:
+    def project(self, name: str, layer: int, head: int | None, vectors: torch.Tensor, basis: Basis,
+                expert: int | None = None) -> Projected:
         """A whole part at once (what a remote worker returns)."""
-        return Projected(name, layer, head, int(vectors.shape[0]), list(self.chunks(vectors, basis)))
+        return Projected(name, layer, head, int(vectors.shape[0]), list(self.chunks(vectors, basis)), expert)

@@ -68,7 +68,8 @@ class UnitWorker:
             self.basis = None  # one basis held at a time, as in a local run
             self.basis = (role, role_basis(self.adapter, role, mode, self.compute, self.reader))
         basis = self.basis[1]
-        return basis.flags, [self.projector.project(p.name, p.layer, p.head, unit_vectors(p, mode), basis)
+        return basis.flags, [self.projector.project(p.name, p.layer, p.head, unit_vectors(p, mode), basis,
+                                                    p.expert)
                              for p in self.adapter.component(name, layer)]
 
 

@@ -23,8 +23,9 @@ from indexer.index.plan import Unit, plan_units
 from indexer.index.projector import Projector
 from indexer.index.unit_writer import UnitWriter
 from indexer.model.adapters import Adapter, adapter_for
-from indexer.model.checkpoint import Checkpoint, default_name, folder_step, open_checkpoint
-from indexer.model.vocab import Vocabulary, load_vocabulary
+from indexer.model.checkpoint import Checkpoint
+from indexer.model.sources import Source, open_source
+from indexer.model.vocab import Vocabulary
 from schema.errors import LensdbError
 from schema.writer import next_id, writer
 
@@ -41,15 +42,22 @@ def index_checkpoint(
     started = time.perf_counter()
     started_at = datetime.now()
     compute = resolve_compute(opts.device, opts.precision)
-    ckpt = open_checkpoint(checkpoint_path)
+    source = open_source(checkpoint_path, opts.revision, opts.base, opts.lora)
+    ckpt = source.ckpt
     adapter = adapter_for(ckpt)
     plan = plan_units(adapter, opts.components)
-    vocab = load_vocabulary(ckpt.path, adapter.dims.vocab_size)
+    if source.flags.get("lora") == "delta":  # the update of weight matrices only: no biases, no embedding
+        plan = [u for u in plan if not u[0].endswith("_bias") and u[0] != "embedding"]
+    vocab = source.vocabulary(adapter.dims.vocab_size)
     check_executor(opts)  # a missing Ray fails here, before the store is touched
+    if opts.executor == "ray" and not source.plain:
+        raise LensdbError(f"--executor ray reopens the checkpoint on each worker from a folder; "
+                          f"{ckpt.path} is read as {source.flags.get('format', 'a LoRA adapter')}. Use the local "
+                          "executor.")
     if opts.head_maps:
         head_maps.check_supported(adapter)
         head_maps.allowed_tokens(vocab, opts.pair_vocab)
-    name = opts.name or default_name(ckpt)
+    name = opts.name or source.name
     if not name.strip():
         raise LensdbError("model name is empty; pass --name NAME.")
     content_hash, legacy_hash = ckpt.content_hashes()
@@ -64,17 +72,18 @@ def index_checkpoint(
             return cw.unchanged(found, content_hash, started)
         attempt_id = cw.log_attempt(tx, content_hash, ckpt.path, name, started_at)
     try:
-        return _index(db_path, con, ckpt, adapter, plan, vocab, name, content_hash, opts, compute, progress,
+        return _index(db_path, con, source, adapter, plan, vocab, name, content_hash, opts, compute, progress,
                       started, started_at, attempt_id)
     except BaseException as err:
         cw.record_failure(db_path, con, attempt_id, err, created)
         raise
 
 
-def _index(db_path: str | Path, con: duckdb.DuckDBPyConnection | None, ckpt: Checkpoint, adapter: Adapter,
+def _index(db_path: str | Path, con: duckdb.DuckDBPyConnection | None, source: Source, adapter: Adapter,
            plan: list[Unit], vocab: Vocabulary, name: str, content_hash: str, opts: IndexOptions,
            compute: Compute, progress: bool, started: float, started_at: datetime, attempt_id: int) -> IndexResult:
     """The run's one transaction: every row of the checkpoint and its run record, or nothing."""
+    ckpt: Checkpoint = source.ckpt
     with writer(db_path, con) as con:
         found = cw.find_checkpoint(con, content_hash)
         if found and not opts.replace:  # another writer indexed it between the two transactions
@@ -83,7 +92,7 @@ def _index(db_path: str | Path, con: duckdb.DuckDBPyConnection | None, ckpt: Che
         if found:
             cw.delete_checkpoint(con, int(found[0]))
         model_id = cw.model_id(con, name, adapter, cw.vocab_id(con, vocab))
-        label = opts.label or ckpt.path.name
+        label = opts.label or source.label
         taken = con.execute("SELECT 1 FROM checkpoints WHERE model_id = ? AND label = ?", [model_id, label]).fetchone()
         if taken:
             label = f"{label}@{content_hash[:8]}"
@@ -91,13 +100,13 @@ def _index(db_path: str | Path, con: duckdb.DuckDBPyConnection | None, ckpt: Che
         con.execute(
             "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
             [checkpoint_id, model_id, label, content_hash, str(ckpt.path),
-             opts.step if opts.step is not None else folder_step(ckpt.path), datetime.now()],
+             opts.step if opts.step is not None else source.step, datetime.now()],
         )
         chunk_mb = opts.chunk_mb or (1024 if compute.device.type == "cuda" else 64)
         projector = Projector(opts.top_k, chunk_mb << 20, compute)
         executor = executor_for(opts, ckpt.path, adapter, projector, compute)
         out = UnitWriter(con, checkpoint_id)
-        flags: dict[str, dict] = {"compute": compute.flags()}
+        flags: dict[str, dict] = {"compute": compute.flags(), **({"source": source.flags} if source.flags else {})}
         bar = tqdm(total=len(plan), disable=not progress, unit="unit", desc=name, leave=False)
         try:
             with matmul_mode(compute):

@@ -56,14 +56,15 @@ class Checkpoint:
     def shape(self, name: str) -> tuple[int, ...]:
         return self.shapes[name]
 
-    def tensor(self, name: str) -> torch.Tensor:
-        """One tensor as float32, checked to be finite."""
+    def tensor(self, name: str, index: int | None = None) -> torch.Tensor:
+        """One tensor as float32, checked to be finite; ``index``: only that slice of its first axis (one expert
+        of a fused ``[experts, …]`` tensor), read without the rest."""
         if name not in self._where:
             raise CheckpointError(f"{self.path}: tensor {name!r} is missing from the weights.")
         file = self._where[name]
         try:
             with safe_open(str(file), framework="pt") as f:
-                t = f.get_tensor(name)
+                t = f.get_tensor(name) if index is None else f.get_slice(name)[index]
         except Exception as err:  # safetensors raises its own untyped errors for corrupt files
             raise CheckpointError(f"{file}: cannot read tensor {name!r}: {err}") from None
         t = t.to(torch.float32)
@@ -75,9 +76,12 @@ class Checkpoint:
         """sha256 over config.json, every weight file and the tokenizer files: the checkpoint's identity."""
         return self.content_hashes()[0]
 
-    def content_hashes(self) -> tuple[str, str]:
+    def content_hashes(self) -> tuple[str, str | None]:
         """(identity, identity as lensdb computed it before the tokenizer files counted: config and weights
-        only), in one pass over the files. The second lets a store written then recognise the checkpoint."""
+        only), in one pass over the files. The second lets a store written then recognise the checkpoint; a
+        reader with an identity of its own (GGUF, LoRA: ``content_hash`` overridden) has none."""
+        if type(self).content_hash is not Checkpoint.content_hash:
+            return self.content_hash(), None
         h = hashlib.sha256(read_regular(self.path / "config.json", MAX_JSON))
         for file in self.files:
             h.update(file.name.encode())

@@ -117,9 +117,10 @@ def _module(model: torch.nn.Module, adapter: Adapter, key: str, layer: int = 0) 
     raise CheckpointError(f"{adapter.family}: the loaded model has no module {path!r}.")
 
 
-def _norm_of(module: torch.nn.Module, x: torch.Tensor, kind: str) -> NormApplied:
+def _norm_of(module: torch.nn.Module, x: torch.Tensor, kind: str, offset: float = 0.0) -> NormApplied:
     eps = getattr(module, "eps", None) or getattr(module, "variance_epsilon", None) or 1e-5
-    weight = torch.as_tensor(module.weight).detach()
+    stored = getattr(module, "weight", None)  # OLMo's LayerNorm has no parameters: a gain of one
+    weight = torch.ones(x.shape[-1]) if stored is None else torch.as_tensor(stored).detach() + offset
     bias = getattr(module, "bias", None)
     return applied_norm(x, kind, weight, None if bias is None else bias.detach(), float(eps))  # type: ignore[arg-type]
 
@@ -128,6 +129,9 @@ def run_forward(model: torch.nn.Module, adapter: Adapter, input_ids: torch.Tenso
                 changes: list[Intervention] | None = None, boost_value: float = 10.0) -> Forward:
     """Run ``input_ids`` ``[P]`` through the model with hooks; apply ``changes``; decompose every position."""
     changes = changes or []
+    problem = adapter.trace_problem()
+    if problem is not None:
+        raise LensdbError(f"cannot trace {adapter.ckpt.path}: {problem}.")
     dims = adapter.dims
     dh = dims.head_size
     kind = adapter.final_norm().kind if adapter.final_norm() is not None else "layernorm"  # type: ignore[union-attr]
@@ -196,18 +200,18 @@ def run_forward(model: torch.nn.Module, adapter: Adapter, input_ids: torch.Tenso
                            attn_bias=attn_b[0].vectors[0] if attn_b else None,
                            ff_bias=ff_b[0].vectors[0] if ff_b else None)
         if post:
-            cap.ff_norm = _norm_of(mods[f"ff.{i}"], seen[f"ff.{i}"], kind)
+            cap.ff_norm = _norm_of(mods[f"ff.{i}"], seen[f"ff.{i}"], kind, adapter.norm_offset)
             cap.attn_check = seen[f"ff.{i}"]
-            cap.out_norm = _norm_of(mods[f"out.{i}"], seen[f"out.{i}"], kind)
+            cap.out_norm = _norm_of(mods[f"out.{i}"], seen[f"out.{i}"], kind, adapter.norm_offset)
             cap.out_check = seen[f"out.{i}"]
         layers.append(cap)
     if post:
         final_out = seen[f"out.{dims.n_layers - 1}.out"]
         dec = decompose(seen["embed"], layers, None, None, final_out,
-                        embed_norm=_norm_of(mods["embed"], seen["embed"], kind))
+                        embed_norm=_norm_of(mods["embed"], seen["embed"], kind, adapter.norm_offset))
         final = None
     else:
-        final = _norm_of(mods["final"], seen["final"], kind)
+        final = _norm_of(mods["final"], seen["final"], kind, adapter.norm_offset)
         final_out = seen["final.out"]
         dec = decompose(flat(out.hidden_states[0]), layers, final, seen["final"], final_out)
     w_u = adapter.unembedding()

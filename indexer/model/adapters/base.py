@@ -38,6 +38,7 @@ class Component:
     role: Role
     vectors: torch.Tensor
     norm: Norm | None = None
+    expert: int | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Dims:
     vocab_size: int
     n_kv_heads: int = 0
     d_head: int = 0
+    n_experts: int = 0
 
     @property
     def kv_heads(self) -> int:
@@ -82,6 +84,8 @@ class Adapter(ABC):
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
     components: ClassVar[tuple[ComponentSpec, ...]]
+    notes: ClassVar[str] = ""
+    """One line for `lensdb architectures`: how the family stores what it stores, and what is refused."""
     encoder: ClassVar[bool] = False
     """True for masked-LM encoders (BERT): a trace reads their prediction through the tied embedding at the
     chosen position instead of a causal LM head."""
@@ -115,6 +119,10 @@ class Adapter(ABC):
     def component(self, name: str, layer: int) -> list[Component]:
         """Read one component of one layer (one entry per head for per-head components)."""
 
+    def basis_tensors(self) -> set[str]:
+        """Names of the tensors the projection bases are built from (embedding, unembedding, final norm)."""
+        return set()
+
     def classifier(self) -> torch.Tensor | None:
         """The sequence-classification head as ``[n_labels, d_model]`` rows, if the checkpoint has one."""
         return None
@@ -128,6 +136,22 @@ class Adapter(ABC):
         """Whether each block's LayerNorms sit on the stream itself (post-LN, BERT) rather than before the
         attention and MLP (pre-LN decoders). The forward-pass decomposition follows the stream accordingly."""
         return False
+
+    def branch_norms(self) -> bool:
+        """Whether blocks normalise their attention or MLP output before adding it to the stream (Gemma-2)."""
+        return False
+
+    @property
+    def norm_offset(self) -> float:
+        """Added to a stored norm gain to get the scale it applies (1 for Gemma's ``1 + w``; else 0)."""
+        return 0.0
+
+    def trace_problem(self) -> str | None:
+        """Why a forward-pass trace cannot decompose this model's stream, or None when it can."""
+        if self.branch_norms():
+            return (f"{self.family} blocks normalise their attention and MLP outputs before adding them to the "
+                    "stream, which the trace's decomposition into additive terms does not model yet")
+        return None
 
     def available(self) -> tuple[ComponentSpec, ...]:
         """The components this checkpoint has (a family's optional biases may be absent)."""

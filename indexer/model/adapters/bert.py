@@ -11,6 +11,7 @@ from indexer.model.adapters.standard import ALL_PLAIN, Layout, StandardAdapter
 
 class BertAdapter(StandardAdapter):
     family = "bert"
+    notes = 'post-LN encoder, tied'
     model_types = ("bert", "roberta", "xlm-roberta", "camembert")
     components = ALL_PLAIN
     encoder = True

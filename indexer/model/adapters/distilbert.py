@@ -6,6 +6,7 @@ from indexer.model.adapters.standard import ALL_PLAIN, Layout, StandardAdapter
 
 class DistilBertAdapter(StandardAdapter):
     family = "distilbert"
+    notes = 'post-LN encoder, tied vocab_projector'
     model_types = ("distilbert",)
     components = ALL_PLAIN
     encoder = True

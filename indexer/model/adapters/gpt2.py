@@ -9,6 +9,7 @@ from indexer.model.adapters.standard import ALL_PLAIN, Layout, StandardAdapter
 
 class GPT2Adapter(StandardAdapter):
     family = "gpt2"
+    notes = 'Conv1D [in, out], fused c_attn, tied'
     model_types = ("gpt2",)
     components = ALL_PLAIN
     prefixes = ("", "transformer.")

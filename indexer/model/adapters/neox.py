@@ -9,6 +9,7 @@ from indexer.model.adapters.standard import ALL_PLAIN, Layout, StandardAdapter
 
 class GPTNeoXAdapter(StandardAdapter):
     family = "gpt_neox"
+    notes = 'parallel, two pre-norms, fused query_key_value per head, untied embed_out'
     model_types = ("gpt_neox",)
     components = ALL_PLAIN
     prefixes = ("gpt_neox.", "")
