@@ -108,6 +108,8 @@ class TokenMatch(Row):
     token_id: int
     token: str
     display: str
+    form: str = Field("exact", description="how the typed text matched in this model's vocabulary: exact, "
+                      "any-case, word (without space or a Ġ/▁/## marker, any case) or id")
 
 
 class WarmInfo(Row):

@@ -19,3 +19,8 @@ class NotFound(LensdbError):
 
 class UnknownToken(LensdbError):
     """The word or id is in no indexed vocabulary (or not in the one asked for)."""
+
+
+class InvalidFilter(LensdbError):
+    """A search names a component, layer, head, expert or role that the searched checkpoints do not have; the
+    message lists what they have."""

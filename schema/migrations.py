@@ -82,6 +82,23 @@ def _to_v4(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE alignment_runs ALTER COLUMN statistic DROP DEFAULT")
 
 
+# Components as the adapters of version 6 declare them (tests/test_roles.py checks this against the adapters):
+# the reading ones, and the head maps whose rows are token pairs; every other component writes.
+READING_COMPONENTS = ("ff_key", "ff_gate", "attn_q", "attn_k", "attn_v", "ff_router", "ff_shared_key",
+                      "ff_shared_gate", "ff_shared_router", "attn_ov_svd_in", "attn_qk_svd_q", "attn_qk_svd_k")
+PAIR_COMPONENTS = ("attn_ov_pair", "attn_qk_pair")
+
+
+def _to_v5(con: duckdb.DuckDBPyConnection) -> None:
+    """Unit blocks carry their component's role (writes, reads, pairs), so a search can default to the vectors
+    that write into the stream; units indexed before get it from their component name."""
+    con.execute("ALTER TABLE vector_units ADD COLUMN IF NOT EXISTS role VARCHAR")
+    reads = ", ".join(f"'{c}'" for c in READING_COMPONENTS)
+    pairs = ", ".join(f"'{c}'" for c in PAIR_COMPONENTS)
+    con.execute(f"""UPDATE vector_units SET role = CASE WHEN component IN ({pairs}) THEN 'pairs'
+    WHEN component IN ({reads}) THEN 'reads' ELSE 'writes' END WHERE role IS NULL""")
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int  # the version a store has after this step
@@ -93,6 +110,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "every table present; token forms, vector lists and unit blocks filled in", _to_v2),
     Migration(3, "vectors and vector_units: an expert column for mixture-of-experts models", _to_v3),
     Migration(4, "alignment runs record their layer statistic (old runs: best_signed)", _to_v4),
+    Migration(5, "vector_units: each unit's role (writes, reads or pairs), filled from the component name", _to_v5),
 )
 assert MIGRATIONS[-1].version == SCHEMA_VERSION, "a schema version without its migration"
 

@@ -106,7 +106,7 @@ def _index(db_path: str | Path, con: duckdb.DuckDBPyConnection | None, source: S
         chunk_mb = opts.chunk_mb or (1024 if compute.device.type == "cuda" else 64)
         projector = Projector(opts.top_k, chunk_mb << 20, compute)
         executor = executor_for(opts, ckpt.path, adapter, projector, compute)
-        out = UnitWriter(con, checkpoint_id)
+        out = UnitWriter(con, checkpoint_id, lambda comp: head_maps.SVD_ROLES.get(comp) or adapter.spec(comp).role)
         compute_flags = compute.flags()
         flags: dict[str, object] = {"version": BASIS_VERSION, "compute": compute_flags,
                                     **({"source": source.flags} if source.flags else {})}
