@@ -116,3 +116,25 @@ class TokenHits(Rows[R]):
     def _repr_html_(self) -> str:
         note = self.note()
         return (f"<p>{html.escape(note)}</p>" if note else "") + super()._repr_html_()
+
+
+def with_frames(cls: type) -> type:
+    """Class decorator: every public method of ``cls`` annotated to return ``list[Row]`` returns a ``Rows`` of
+    that row kind (so ``lens.models().df()`` works), on ``Lens`` and on every implementation of it."""
+    import functools
+    import typing
+
+    for name, fn in list(vars(cls).items()):
+        if name.startswith("_") or not callable(fn):
+            continue
+        returns = typing.get_type_hints(fn).get("return")
+        args = typing.get_args(returns)
+        if typing.get_origin(returns) is not list or len(args) != 1 or not isinstance(args[0], type) \
+                or not issubclass(args[0], BaseModel):
+            continue
+
+        def wrapped(*a: Any, __fn: Any = fn, __kind: type = args[0], **k: Any) -> Any:
+            return Rows(__fn(*a, **k), __kind)
+
+        setattr(cls, name, functools.wraps(fn)(wrapped))
+    return cls

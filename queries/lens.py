@@ -14,7 +14,7 @@ from queries import head_rows
 from queries import sql as q
 from queries.catalog import Catalog, catalog, load_words, loaded_words, select_units
 from queries.filters import HitFilter
-from queries.frames import Rows, TokenHits
+from queries.frames import TokenHits, with_frames
 from queries.readonly import DEFAULT_MAX_BYTES, DEFAULT_RSS_BUDGET_MB, open_hardened, run_readonly
 from queries.rows import (
     Alignment,
@@ -52,6 +52,7 @@ from queries.resolve import Resolution, resolve
 from schema.errors import LensdbError, NotFound, UnknownToken
 
 
+@with_frames
 class Lens:
     """A read-only view of one store. Create with ``queries.connect(path)``."""
 
@@ -113,13 +114,15 @@ class Lens:
         return WarmInfo(vocabularies=len(cat.vocab_hashes), loaded_vocabularies=loaded, rows=rows,
                         seconds=time.perf_counter() - started)
 
-    def tokens(self, token: str | int, model: str | None = None) -> list[TokenMatch]:
+    def tokens(self, token: str | int, model: str | None = None) -> TokenHits[TokenMatch]:
         """How ``token`` (a word, a raw token spelling, or an int id) resolves in each model's vocabulary.
 
-        A word matches its lookup form, raw spelling or display text case-sensitively where it can (``paris``
-        finds ``Ġparis``, ``paris`` and ``##paris``) and case-insensitively only when nothing matches exactly.
+        Per model, a word matches its lookup form, raw spelling or display text exactly where it can (``paris``
+        finds ``Ġparis``, ``paris`` and ``##paris``), else case-insensitively, else without its marker; each
+        match says which (``form``), and ``.missing`` names the models with no match (``queries.resolve``).
         """
-        return Rows(self._resolve(token, model), TokenMatch)
+        found = self.resolution(token, model)
+        return TokenHits(found.matches, TokenMatch, matches=found.matches, missing=found.missing, token=token)
 
     def _hits(self, token: str | int, side: str, f: HitFilter) -> TokenHits[TokenHit]:
         cat = self._catalog()

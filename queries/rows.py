@@ -1,9 +1,11 @@
 """Typed rows the query layer returns (and the CLI and service serialise)."""
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from queries.frames import Frames, table_arrow, table_html
 
 
 class Row(BaseModel):
@@ -77,6 +79,37 @@ class VectorView(Row):
     bottom: list[TokenScore]
     expert: int | None = None
 
+    def arrow(self) -> Any:
+        """Its top and bottom tokens as one pyarrow Table (a ``side`` column first); ``.df()``, ``.pl()`` alike."""
+        return table_arrow(*self._token_table())
+
+    def df(self) -> Any:
+        """Its top and bottom tokens as a pandas DataFrame."""
+        return Frames.df(self)  # type: ignore[arg-type]
+
+    def pl(self) -> Any:
+        """Its top and bottom tokens as a polars DataFrame."""
+        return Frames.pl(self)  # type: ignore[arg-type]
+
+    def _token_table(self) -> tuple[list[str], list[list]]:
+        cols = ["side", *TokenScore.model_fields]
+        return cols, [[side, *t.model_dump().values()] for side, ts in (("top", self.top), ("bottom", self.bottom))
+                      for t in ts]
+
+    def _repr_html_(self) -> str:
+        where = f" head {self.head}" if self.head is not None else ""
+        where += f" expert {self.expert}" if self.expert is not None else ""
+        title = (f"{self.model}/{self.checkpoint} {self.component} layer {self.layer}{where} #{self.index} — "
+                 f"norm {self.norm:.4g}, basis {self.basis}")
+        n = max(len(self.top), len(self.bottom))
+        rows = [[i + 1, *((t.token, t.zscore) if (t := _at(self.top, i)) else ("", None)),
+                 *((b.token, b.zscore) if (b := _at(self.bottom, i)) else ("", None))] for i in range(n)]
+        return table_html(["rank", "top", "z", "bottom", "z"], rows, caption=title)
+
+
+def _at(items: list, i: int) -> Any:
+    return items[i] if i < len(items) else None
+
 
 class CheckpointInfo(Row):
     label: str
@@ -126,6 +159,28 @@ class SqlResult(Row):
     rows: list[list] = Field(description="values as JSON carries them: dates as ISO text, blobs as \\x-prefixed hex")
     truncated: bool
     truncated_by: Literal["rows", "bytes"] | None = Field(None, description="which cap cut the answer, if one did")
+
+    def _columns(self) -> list[str]:
+        return self.columns
+
+    def _records(self) -> list:
+        return self.rows
+
+    def arrow(self) -> Any:
+        """The rows as a pyarrow Table (``.df()``: pandas, ``.pl()``: polars), values as the JSON answer has them."""
+        return table_arrow(self.columns, self.rows)
+
+    def df(self) -> Any:
+        """A pandas DataFrame of the rows (pandas: the optional extra ``lensdb[frames]``)."""
+        return Frames.df(self)  # type: ignore[arg-type]
+
+    def pl(self) -> Any:
+        """A polars DataFrame of the rows."""
+        return Frames.pl(self)  # type: ignore[arg-type]
+
+    def _repr_html_(self) -> str:
+        note = f"<p>truncated by {self.truncated_by}</p>" if self.truncated else ""
+        return table_html(self.columns, self.rows) + note
 
 
 class StepInfo(Row):

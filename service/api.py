@@ -59,7 +59,8 @@ class Page(BaseModel, Generic[T]):
 class Hits(Page[TokenHit]):
     """Vectors that promote (or suppress) a token, with how the token resolved in each model."""
 
-    matches: list[TokenMatch]
+    matches: list[TokenMatch] = Field(description="per model, the tokens the typed word matched and how (form)")
+    missing: list[str] = Field([], description="models searched whose vocabulary has no such token")
 
 
 class HitQuery(HitFilter):
@@ -161,10 +162,10 @@ def api_router(owner: StoreOwner) -> APIRouter:
             wanted = query.search()
             find = lens.promoters if side == "promoters" else lens.suppressors
             rows = find(tok, wanted.model_copy(update={"limit": wanted.limit + 1}))
-            matches = lens.tokens(tok, model=wanted.model)
             more = len(rows) > wanted.limit
-            return Hits(items=rows[:wanted.limit], limit=wanted.limit, offset=wanted.offset, matches=matches,
-                        total=None, next_offset=wanted.offset + wanted.limit if more else None)
+            return Hits(items=rows[:wanted.limit], limit=wanted.limit, offset=wanted.offset, matches=rows.matches,
+                        missing=rows.missing, total=None,
+                        next_offset=wanted.offset + wanted.limit if more else None)
 
         search.__doc__ = (f"Vectors that {side[:-3]}e a token (by word or id), strongest z-score first. "
                           "checkpoint: a label, 'all', or default each model's latest.")
