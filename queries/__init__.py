@@ -11,6 +11,7 @@ DuckDB costs (tests/test_layout.py checks the module set).
 """
 
 from queries.filters import HitFilter
+from queries.frames import Rows, TokenHits
 from queries.lens import Lens, connect
 from queries.readonly import SqlRefused, SqlTimeout
 from queries.rows import (
@@ -30,13 +31,16 @@ from queries.rows import (
     TraceSummary,
     TraceView,
     UnitMatch,
+    VectorInfo,
+    VectorPage,
     VectorStep,
     VectorView,
     WatchRunInfo,
 )
-from schema.errors import NotFound, UnknownToken
+from queries.resolve import Resolution
+from schema.errors import InvalidFilter, NotFound, UnknownToken
 
-__all__ = ["Alignment", "AlignmentInfo", "ChangedVector", "HeadRow", "HitFilter", "Lens", "ModelDetail", "ModelInfo",
-           "NotFound", "SourceInfo", "SqlRefused", "SqlResult", "SqlTimeout", "StepInfo", "TokenHit", "TokenMatch",
+__all__ = ["Alignment", "AlignmentInfo", "ChangedVector", "HeadRow", "HitFilter", "InvalidFilter", "Lens", "ModelDetail",
+           "ModelInfo", "NotFound", "Resolution", "Rows", "TokenHits", "VectorInfo", "VectorPage", "SourceInfo", "SqlRefused", "SqlResult", "SqlTimeout", "StepInfo", "TokenHit", "TokenMatch",
            "TokenRankStep", "TokenScore", "TraceSummary", "TraceView", "UnitMatch", "UnknownToken", "VectorStep",
            "VectorView", "WatchRunInfo", "connect"]

@@ -41,6 +41,8 @@ from queries.rows import (
     TraceToken,
     TraceView,
     UnitMatch,
+    VectorInfo,
+    VectorPage,
     VectorStep,
     VectorView,
     WarmInfo,
@@ -279,6 +281,24 @@ class Lens:
         """Components of a model's latest checkpoint with how many layers, heads and vectors each has."""
         return [ComponentCount(component=r[0], layers=r[1], heads=r[2], vectors=r[3])
                 for r in self._rows(q.component_counts(model))]
+
+    def vectors(self, model: str, component: str | None = None, layer: int | None = None, head: int | None = None,
+                checkpoint: str | None = None, order: str = "norm", limit: int = 50, offset: int = 0) -> VectorPage:
+        """A page of a model's vectors (latest checkpoint unless named), largest norm first (``order="norm"``) or
+        by component, layer, head and index (``"index"``), each with its first top tokens; ``.total`` counts them
+        all. A component, layer or head the model does not have is an ``InvalidFilter`` naming what it has."""
+        cat = self._catalog()
+        self._check_model(model, cat)
+        refs = cat.chosen(model, checkpoint)
+        if not refs:
+            raise NotFound(f"model {model!r} has no checkpoint {checkpoint!r}.")
+        select_units(cat.units, {r.checkpoint_id for r in refs}, component, layer, head, role="all" if component
+                     is None else None)
+        rows = self._rows(q.list_vectors(model, component, layer, head, checkpoint, order, limit, offset))
+        tops = self._top_tokens(cat, cat.models[model], [r[7] for r in rows], 3) if rows else {}
+        items = [VectorInfo(checkpoint=r[0], component=r[1], layer=r[2], head=r[3], expert=r[4], index=r[5], norm=r[6],
+                            top=[t.token for t in tops.get(r[7], [])]) for r in rows]
+        return VectorPage(items=items, total=rows[0][8] if rows else 0)
 
     def models(self) -> list[ModelInfo]:
         """Every model with its checkpoints and how each was indexed."""

@@ -111,6 +111,43 @@ def _at(items: list, i: int) -> Any:
     return items[i] if i < len(items) else None
 
 
+class VectorInfo(Row):
+    """One vector in a model's listing (``Lens.vectors``): where it sits, its norm and its first top tokens."""
+
+    checkpoint: str
+    component: str
+    layer: int
+    head: int | None
+    expert: int | None
+    index: int
+    norm: float
+    top: list[str] = Field(description="its first top tokens (none for a head map's pairs)")
+
+
+class VectorPage(Row):
+    """A page of ``Lens.vectors`` with the size of the whole listing."""
+
+    items: list[VectorInfo]
+    total: int
+
+    def arrow(self) -> Any:
+        """This page's vectors as a pyarrow Table (``.df()``: pandas, ``.pl()``: polars)."""
+        from queries.frames import Rows
+
+        return Rows(self.items, VectorInfo).arrow()
+
+    def df(self) -> Any:
+        return Frames.df(self)  # type: ignore[arg-type]
+
+    def pl(self) -> Any:
+        return Frames.pl(self)  # type: ignore[arg-type]
+
+    def _repr_html_(self) -> str:
+        from queries.frames import Rows
+
+        return Rows(self.items, VectorInfo)._repr_html_() + f"<p>{len(self.items)} of {self.total} vectors</p>"
+
+
 class CheckpointInfo(Row):
     label: str
     step: int | None

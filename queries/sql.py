@@ -290,6 +290,32 @@ def model_components(model: str) -> Sql:
     )
 
 
+VECTOR_ORDERS = {"norm": "v.norm DESC, v.vector_id", "index": "v.component, v.layer, v.head NULLS FIRST, "
+                 "v.expert NULLS FIRST, v.idx"}
+
+
+def list_vectors(model: str, component: str | None, layer: int | None, head: int | None, checkpoint: str | None,
+                 order: str, limit: int, offset: int) -> Sql:
+    """One page of a model's vectors (latest checkpoint unless named), largest norm first or in index order,
+    and the size of the whole list."""
+    if order not in VECTOR_ORDERS:
+        raise LensdbError(f"order must be one of {', '.join(VECTOR_ORDERS)}, not {order!r}.")
+    params: list = [model]
+    conds = ["m.name = ?", checkpoint_filter(checkpoint, params)]
+    for col, value in (("v.component", component), ("v.layer", layer), ("v.head", head)):
+        if value is not None:
+            conds.append(f"{col} = ?")
+            params.append(value)
+    params += [limit, offset]
+    return (
+        f"""SELECT c.label, v.component, v.layer, v.head, v.expert, v.idx, v.norm, v.vector_id, count(*) OVER () AS total
+FROM vectors v JOIN checkpoints c USING (checkpoint_id) JOIN models m USING (model_id)
+WHERE {' AND '.join(conds)}
+ORDER BY {VECTOR_ORDERS[order]} LIMIT ? OFFSET ?""",
+        params,
+    )
+
+
 # ---- training runs: steps, drift, registered sources, watch cycles -----------------------------------------
 
 _STEP_ORDER = "step NULLS LAST, checkpoint"

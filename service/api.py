@@ -32,6 +32,7 @@ from queries import (
     TokenRankStep,
     TraceSummary,
     TraceView,
+    VectorPage,
     VectorStep,
     VectorView,
     WatchRunInfo,
@@ -147,6 +148,15 @@ def api_router(owner: StoreOwner) -> APIRouter:
     @router.get("/models/{name}", response_model=ModelDetail, tags=["models"])
     def get_model(lens: ReadLens, name: str) -> ModelDetail:
         return lens.model(name)
+
+    @router.get("/models/{name}/vectors", response_model=VectorPage, tags=["models"])
+    def model_vectors(lens: ReadLens, name: str, component: str | None = None, layer: Whole | None = None,
+                      head: Whole | None = None, checkpoint: str | None = None,
+                      order: Literal["norm", "index"] = "norm", limit: Limit = 50, offset: Offset = 0) -> VectorPage:
+        """A page of a model's vectors (latest checkpoint unless named), largest norm first or in index order, each
+        with its first top tokens; ``total`` counts the whole listing."""
+        return lens.vectors(name, component=component, layer=layer, head=head, checkpoint=checkpoint, order=order,
+                            limit=limit, offset=offset)
 
     @router.get("/tokens", response_model=list[TokenMatch], tags=["search"])
     def tokens(lens: ReadLens, token: str | None = None, token_id: Whole | None = None,
