@@ -14,6 +14,7 @@ from queries.filters import HitFilter
 from queries.frames import Rows, TokenHits
 from queries.lens import Lens, connect
 from queries.readonly import SqlRefused, SqlTimeout
+from queries.resolve import Resolution
 from queries.rows import (
     Alignment,
     AlignmentInfo,
@@ -37,10 +38,10 @@ from queries.rows import (
     VectorView,
     WatchRunInfo,
 )
-from queries.resolve import Resolution
 from schema.errors import InvalidFilter, NotFound, UnknownToken
 
-__all__ = ["Alignment", "AlignmentInfo", "ChangedVector", "HeadRow", "HitFilter", "InvalidFilter", "Lens", "ModelDetail",
-           "ModelInfo", "NotFound", "Resolution", "Rows", "TokenHits", "VectorInfo", "VectorPage", "SourceInfo", "SqlRefused", "SqlResult", "SqlTimeout", "StepInfo", "TokenHit", "TokenMatch",
-           "TokenRankStep", "TokenScore", "TraceSummary", "TraceView", "UnitMatch", "UnknownToken", "VectorStep",
+__all__ = ["Alignment", "AlignmentInfo", "ChangedVector", "HeadRow", "HitFilter", "InvalidFilter", "Lens",
+           "ModelDetail", "ModelInfo", "NotFound", "Resolution", "Rows", "SourceInfo", "SqlRefused", "SqlResult",
+           "SqlTimeout", "StepInfo", "TokenHit", "TokenHits", "TokenMatch", "TokenRankStep", "TokenScore",
+           "TraceSummary", "TraceView", "UnitMatch", "UnknownToken", "VectorInfo", "VectorPage", "VectorStep",
            "VectorView", "WatchRunInfo", "connect"]

@@ -25,7 +25,8 @@ def _need(module: str, extra: str = "frames") -> Any:
     except ImportError:
         from schema.errors import LensdbError
 
-        raise LensdbError(f"{module} is not installed; install it (pip install {module}, or lensdb[{extra}]).") from None
+        raise LensdbError(f"{module} is not installed; install it (pip install {module}, or lensdb[{extra}]).") \
+            from None
 
 
 def table_arrow(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Any:

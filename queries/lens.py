@@ -16,6 +16,7 @@ from queries.catalog import Catalog, catalog, load_words, loaded_words, select_u
 from queries.filters import HitFilter
 from queries.frames import TokenHits, with_frames
 from queries.readonly import DEFAULT_MAX_BYTES, DEFAULT_RSS_BUDGET_MB, open_hardened, run_readonly
+from queries.resolve import Resolution, resolve
 from queries.rows import (
     Alignment,
     AlignmentInfo,
@@ -50,7 +51,6 @@ from queries.rows import (
     WatchRunInfo,
 )
 from queries.rows import LayerPair as LayerPairRow
-from queries.resolve import Resolution, resolve
 from schema.errors import LensdbError, NotFound, UnknownToken
 
 

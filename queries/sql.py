@@ -308,7 +308,8 @@ def list_vectors(model: str, component: str | None, layer: int | None, head: int
             params.append(value)
     params += [limit, offset]
     return (
-        f"""SELECT c.label, v.component, v.layer, v.head, v.expert, v.idx, v.norm, v.vector_id, count(*) OVER () AS total
+        f"""SELECT c.label, v.component, v.layer, v.head, v.expert, v.idx, v.norm, v.vector_id,
+       count(*) OVER () AS total
 FROM vectors v JOIN checkpoints c USING (checkpoint_id) JOIN models m USING (model_id)
 WHERE {' AND '.join(conds)}
 ORDER BY {VECTOR_ORDERS[order]} LIMIT ? OFFSET ?""",

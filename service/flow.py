@@ -143,7 +143,8 @@ def flow_svg(t: TraceView) -> str:
               "<b style='background:#f2d466'>≤10</b> <b style='background:#f0b8a0'>≤100</b> "
               "<b style='background:#ddd'>&gt;100</b> · edges: |effect on the predicted logit|, "
               "<span style='color:#3b6fd1'>raises</span> / <span style='color:#d1503b'>lowers</span></p>")
-    return (f"<style>{STYLE}</style><div id='flow'>{legend}<div style='overflow:auto;max-height:80vh'>{''.join(parts)}</div>"
+    return (f"<style>{STYLE}</style><div id='flow'>{legend}"
+            f"<div style='overflow:auto;max-height:80vh'>{''.join(parts)}</div>"
             f"<div id='flow-info'>hover or click a node</div></div><script>{SCRIPT}</script>")
 
 

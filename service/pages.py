@@ -359,7 +359,7 @@ def alignment(run: Alignment) -> str:
              f"{escape(i.checkpoint_b)} (columns) on <b>{escape(i.component)}</b>, per {escape(i.unit)}, basis "
              f"{escape(i.basis)}, over {i.vocab_size} tokens. Cells: mean best vocabulary correlation; white "
              "borders: the Hungarian layer matching.</p>")
-    axes = {"rows_label": f"{i.model_a} layer", "cols_label": f"{i.model_b} layer"}
+    axes: dict = {"rows_label": f"{i.model_a} layer", "cols_label": f"{i.model_b} layer"}
     maps = (f"<div class=cols><div class=scroll><h2>embedding space</h2>"
             f"{heatmap_svg(run.similarity, marked, title=title, **axes)}</div>")
     if run.raw_similarity is not None:

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
 
-from queries import Lens, UnknownToken
+from queries import HitFilter, Lens, UnknownToken
 from schema.errors import InvalidFilter, LensdbError
 from service import pages
 from service.flow import SCRIPT
@@ -68,10 +68,9 @@ def page_router(owner: StoreOwner) -> APIRouter:
             try:
                 if filters["layer"] is not None and not str(filters["layer"]).isdigit():
                     raise InvalidFilter(f"layer must be a whole number, not {layer!r}.")
-                wanted = {k: v for k, v in filters.items() if v is not None}
-                hits = [find(token, offset=offset, **{**wanted, "layer": None if layer.strip() == "" else int(layer),
-                                                      "limit": limit + 1})
-                        for find in (lens.promoters, lens.suppressors)]
+                wanted = HitFilter(**{**{k: v for k, v in filters.items() if v is not None}, "offset": offset,
+                                      "layer": None if layer.strip() == "" else int(layer), "limit": limit + 1})
+                hits = [find(token, wanted) for find in (lens.promoters, lens.suppressors)]
                 more = any(len(h) > limit for h in hits)
                 return pages.search(token, hits[0].matches, hits[0][:limit], hits[1][:limit], None, filters, names,
                                     comps, hits[0].missing, offset, more)

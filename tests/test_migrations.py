@@ -179,8 +179,8 @@ def test_the_service_upgrades_the_store_it_opens(v1_store: Path) -> None:
 def test_the_upgrade_gives_every_old_unit_its_components_role(v1_store: Path) -> None:
     """Units written before roles existed get the role their component's adapter declares: readers (ff_key,
     attn_q, …) read, head-map pairs are pairs, everything else writes; so a default search finds writers."""
-    from indexer.model.adapters import ADAPTERS
     from indexer.index.head_maps import PAIRS, SVD_ROLES
+    from indexer.model.adapters import ADAPTERS
 
     assert main(["upgrade", "--db", str(v1_store)]) == 0
     declared = {s.name: s.role for adapter in ADAPTERS for s in adapter.components}

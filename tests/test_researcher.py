@@ -113,8 +113,8 @@ def test_promoters_default_to_vectors_that_write(store: Path) -> None:
 def test_head_pairs_only_when_asked_and_with_their_source_token(store: Path,
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     with queries.connect(store) as lens:
-        target = lens.sql("SELECT p.token_id FROM head_pairs p JOIN vectors v USING (vector_id) "
-                          "WHERE v.component = 'attn_ov_pair' AND p.side = 'top' ORDER BY p.zscore DESC LIMIT 1").rows[0][0]
+        target = lens.sql("SELECT p.token_id FROM head_pairs p JOIN vectors v USING (vector_id) WHERE "
+                          "v.component = 'attn_ov_pair' AND p.side = 'top' ORDER BY p.zscore DESC LIMIT 1").rows[0][0]
         word = lens.tokens(target, model="gpt2")[0].token
         assert not {h.component for h in lens.promoters(target, model="gpt2", role="all", limit=10_000)} & PAIRS
         pairs = lens.promoters(target, model="gpt2", component="attn_ov_pair", limit=5)
