@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from schema.ddl import comment_ddl, table_ddl, view_ddl
+from schema.ddl import comment_ddl, table_ddl, view_column_comments, view_ddl
 from schema.layout import SCHEMA_VERSION
 
 
@@ -125,5 +125,7 @@ def upgrade(con: duckdb.DuckDBPyConnection, found: int | None) -> None:
             if step.version > found:
                 step.apply(con)
     for stmt in comment_ddl() + view_ddl():
+        con.execute(stmt)
+    for stmt in view_column_comments(con):
         con.execute(stmt)
     con.execute("INSERT OR REPLACE INTO lensdb_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
