@@ -231,7 +231,8 @@ VIEWS: tuple[View, ...] = (LATEST_CHECKPOINTS, VECTOR_INFO, PROJECTIONS, MODEL_S
 
 # ---- column comments ----------------------------------------------------------------------------------------
 # Every view column gets a comment (``schema.ddl.view_column_comments``): its own line below where the view
-# computes or renames it (``view.column`` for one view's own), else the comment of the same-named column of the first table the view reads it from.
+# computes or renames it (``view.column`` for one view's own), else the comment of the same-named column of the
+# first table the view reads it from.
 
 VIEW_SOURCES: dict[str, tuple[str, ...]] = {
     "latest_checkpoints": ("checkpoints",),
