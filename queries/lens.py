@@ -87,11 +87,14 @@ class Lens:
 
     def _resolve(self, token: str | int, model: str | None, cat: Catalog | None = None) -> list[TokenMatch]:
         """Every (model, token id) that ``token`` names (see ``resolution``); a clear error if none."""
-        return self.resolution(token, model, cat).matches
+        return self._resolution(token, model, cat).matches
 
-    def resolution(self, token: str | int, model: str | None = None, cat: Catalog | None = None) -> Resolution:
+    def resolution(self, token: str | int, model: str | None = None) -> Resolution:
         """How ``token`` resolves in each model's own vocabulary (``queries.resolve``): the matched tokens with
         the form that matched, per model, and the models with no match; ``UnknownToken`` when no model has it."""
+        return self._resolution(token, model)
+
+    def _resolution(self, token: str | int, model: str | None = None, cat: Catalog | None = None) -> Resolution:
         cat = cat or self._catalog()
         self._check_model(model, cat)
         found = resolve(self.con, cat, self.path, token, model)
@@ -128,7 +131,7 @@ class Lens:
 
     def _hits(self, token: str | int, side: str, f: HitFilter) -> TokenHits[TokenHit]:
         cat = self._catalog()
-        found = self.resolution(token, f.model, cat)
+        found = self._resolution(token, f.model, cat)
         matches = found.matches
         refs = cat.chosen(f.model, f.checkpoint)
         if f.checkpoint not in (None, "all") and not refs:
