@@ -14,7 +14,10 @@ def table_ddl() -> list[str]:
     """Every statement that creates the declared tables, their indexes and comments; idempotent."""
     stmts: list[str] = []
     for table in metadata.sorted_tables:
-        stmts.append(str(CreateTable(table, if_not_exists=True).compile(dialect=_DIALECT)).strip())
+        # references are declared, not created: DuckDB's foreign keys cannot cascade and index every bulk load
+        # (schema.tables); schema.deletes follows them instead
+        create = CreateTable(table, if_not_exists=True, include_foreign_key_constraints=())
+        stmts.append(str(create.compile(dialect=_DIALECT)).strip())
         for index in sorted(table.indexes, key=lambda i: str(i.name)):
             stmts.append(str(CreateIndex(index, if_not_exists=True).compile(dialect=_DIALECT)).strip())
         if table.comment:

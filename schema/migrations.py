@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import duckdb
 
 from schema.ddl import table_ddl, view_ddl
+from schema.ids import start_counters
 from schema.layout import SCHEMA_VERSION
 
 
@@ -73,6 +74,8 @@ class Migration:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "every table present; token forms, vector lists and unit blocks filled in", _to_v2),
+    Migration(3, "ids from id_counters (never reused), started at the highest id each table holds; the "
+              "foreign_keys view", start_counters),
 )
 assert MIGRATIONS[-1].version == SCHEMA_VERSION, "a schema version without its migration"
 
@@ -82,7 +85,9 @@ def upgrade(con: duckdb.DuckDBPyConnection, found: int | None) -> None:
     the caller's transaction."""
     for stmt in table_ddl():
         con.execute(stmt)
-    if found is not None:
+    if found is None:
+        start_counters(con)
+    else:
         for step in MIGRATIONS:
             if step.version > found:
                 step.apply(con)

@@ -14,6 +14,7 @@ from queries import sql as q
 from queries.catalog import loaded_words
 from queries.lens import rows_from_lists
 from schema.errors import StoreError
+from schema.layout import SCHEMA_VERSION
 from schema.migrations import fill_vector_lists
 from schema.writer import upgrade_store, writer
 from service.owner import StoreOwner
@@ -52,7 +53,7 @@ def _older_store(store: Path, tmp_path: Path, change: str) -> Path:
 def _refused_then_upgraded(old: Path) -> None:
     with pytest.raises(StoreError, match=f"older lensdb .*lensdb upgrade --db {old}"):
         queries.connect(old)
-    assert upgrade_store(old) == (1, 2)
+    assert upgrade_store(old) == (1, SCHEMA_VERSION)
 
 
 def test_a_store_without_token_forms_is_upgraded_with_them(indexed_store: Path, tmp_path: Path) -> None:

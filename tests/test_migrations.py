@@ -59,7 +59,11 @@ def test_the_upgrade_keeps_every_row_and_answers_as_the_old_release_did(
     assert main(["upgrade", "--db", str(v1_store)]) == 0
     assert f"from schema version 1 to {SCHEMA_VERSION}" in capsys.readouterr().out
     after = _tables(v1_store)
-    assert set(after) == set(before)
+    assert set(after) == set(before) | {"id_counters"}  # version 3: ids from counters, never reused
+    with duckdb.connect(str(v1_store), read_only=True) as con:
+        for table, column, last in after["id_counters"]:
+            assert last == con.execute(f"SELECT coalesce(max({column}), 0) FROM {table}").fetchone()[0], table
+    assert {t for t, _, _ in after["id_counters"]} >= {"checkpoints", "vectors", "traces", "alignment_runs"}
     for table, rows in before.items():
         if table == "lensdb_meta":  # the version changes; version 1's list of tables is gone
             assert dict(after[table]) == {"schema_version": str(SCHEMA_VERSION)}
