@@ -34,7 +34,9 @@ from queries import (
     VectorView,
     WatchRunInfo,
 )
+from queries.integrity import CheckReport
 from queries.rows import RunInfo
+from schema.deletes import Forgotten, forget
 from schema.errors import LensdbError
 from service.jobs import IndexRequest, Job
 from service.owner import StoreOwner
@@ -84,13 +86,17 @@ class AlignRequest(BaseModel):
 class Health(BaseModel):
     status: str
     db: str
+    store: str = Field(description="the store file, as an absolute path (clients check a note against it)")
     models: int
     jobs_running: int
+    writes_waiting: int = Field(description="writes queued behind the one running")
 
 
 class SqlRequest(BaseModel):
     sql: str = Field(description="one SELECT over the documented tables and views (README, 'SQL')")
     max_rows: int | None = Field(None, ge=1, description="row cap; at most the server's sql_max_rows")
+    timeout_s: float | None = Field(None, gt=0, description="seconds before it is stopped; at most the server's "
+                                    "sql_timeout_s")
 
 
 class RegisterRequest(BaseModel):
@@ -124,7 +130,8 @@ def api_router(owner: StoreOwner) -> APIRouter:
     @router.get("/health", response_model=Health, tags=["service"])
     def health(lens: ReadLens) -> Health:
         running = sum(j.status == "running" for j in owner.jobs.all())
-        return Health(status="ok", db=str(owner.path), models=len(lens.models()), jobs_running=running)
+        return Health(status="ok", db=str(owner.path), store=str(owner.path.resolve()), models=len(lens.models()),
+                      jobs_running=running, writes_waiting=owner.writes.waiting())
 
     @router.get("/models", response_model=Page[ModelInfo], tags=["models"])
     def list_models(lens: ReadLens, limit: Limit = 50, offset: Offset = 0) -> Page[ModelInfo]:
@@ -201,11 +208,34 @@ def api_router(owner: StoreOwner) -> APIRouter:
             raise NotFound(f"no index job {job_id} in this service process; GET /jobs lists them.")
         return job
 
+    @router.delete("/jobs/{job_id}", response_model=Job, tags=["index"])
+    def cancel_job(job_id: int) -> Job:
+        """Cancel an index job: a queued one never starts; a running one stops at its next unit and writes
+        nothing (its status becomes cancelled; answered once it has stopped, or after 30 s with
+        cancel_requested set). A finished job is answered as it is."""
+        job = owner.jobs.cancel(job_id)
+        if job is None:
+            raise NotFound(f"no index job {job_id} in this service process; GET /jobs lists them.")
+        return job
+
     @router.post("/sql", response_model=SqlResult, tags=["sql"])
     def sql(lens: ReadLens, body: SqlRequest) -> SqlResult:
         """One read-only SELECT, capped at sql_max_rows rows and sql_timeout_s seconds."""
         cap = min(body.max_rows or settings.sql_max_rows, settings.sql_max_rows)
-        return lens.sql(body.sql, max_rows=cap, timeout_s=settings.sql_timeout_s)
+        timeout = min(body.timeout_s or settings.sql_timeout_s, settings.sql_timeout_s)
+        return lens.sql(body.sql, max_rows=cap, timeout_s=timeout)
+
+    @router.get("/check", response_model=CheckReport, tags=["models"])
+    def check(lens: ReadLens) -> CheckReport:
+        """Verify the store (``lensdb check``) in one snapshot: run records, row counts, k token rows a side per
+        vector, token ids, token lists, unit blocks, orphans along every declared reference, id counters."""
+        return lens.check()
+
+    @router.delete("/models/{name}", response_model=Forgotten, tags=["models"])
+    def forget_model(name: str, checkpoint: str | None = None) -> Forgotten:
+        """Forget a model (or one checkpoint of it) and everything made from it: vectors, token rows, runs,
+        traces, alignments, linked steps (what the store's declared references lead to), in one transaction."""
+        return forget(owner.store, name, checkpoint)
 
     # ---- training runs -----------------------------------------------------------------------------------
 
@@ -244,8 +274,8 @@ def api_router(owner: StoreOwner) -> APIRouter:
     @router.post("/sources", response_model=RegisterResult, tags=["training"])
     def register(body: RegisterRequest) -> RegisterResult:
         """Register a folder on the server as a model to watch."""
-        return register_source(owner.path, body.name, body.path, kind=body.kind, top_k=body.top_k,
-                               basis=body.basis, con=owner.con)
+        return register_source(owner.store, body.name, body.path, kind=body.kind, top_k=body.top_k,
+                               basis=body.basis)
 
     @router.get("/watch", response_model=list[WatchRunInfo], tags=["training"])
     def watch_runs(lens: ReadLens, limit: Limit = 20, offset: Offset = 0) -> list[WatchRunInfo]:
@@ -258,8 +288,7 @@ def api_router(owner: StoreOwner) -> APIRouter:
     def create_trace(body: TraceOptions) -> TraceView:
         """Run one input through an indexed model on the server's CPU and store the trace (with interventions:
         its baseline too); answers the stored trace."""
-        with owner.writes:
-            result = trace_input(owner.path, body, con=owner.con)
+        result = trace_input(owner.store, body)
         with owner.lens() as lens:
             return lens.trace(result.trace_id)
 
@@ -278,10 +307,8 @@ def api_router(owner: StoreOwner) -> APIRouter:
     @router.post("/align", response_model=Alignment, tags=["across models"])
     def align(body: AlignRequest) -> Alignment:
         """Align model B to model A (same vocabulary) on one component, store the run and return it."""
-        with owner.writes:
-            outcome = align_models(owner.path, body.model_a, body.model_b, component=body.component,
-                                   checkpoint_a=body.checkpoint_a, checkpoint_b=body.checkpoint_b,
-                                   basis=body.basis, con=owner.con)
+        outcome = align_models(owner.store, body.model_a, body.model_b, component=body.component,
+                               checkpoint_a=body.checkpoint_a, checkpoint_b=body.checkpoint_b, basis=body.basis)
         with owner.lens() as lens:
             return lens.alignment(outcome.alignment_id, limit=body.limit)
 
