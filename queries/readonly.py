@@ -178,27 +178,94 @@ def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         raise SqlRefused(f"only SELECT queries are allowed here, not {kind.name}. The store is read-only.")
 
 
+# DuckDB's memory_limit holds for its whole instance, and DuckDB says how much memory the instance uses, not which
+# query uses it. So user SQL runs one query at a time in this process (lookups and the other questions never wait
+# for it), and that query is stopped once DuckDB's working memory (everything but cached table blocks, which it
+# can evict) has grown by more than this share of memory_limit since it started: a single allocation can at
+# most double that, which still leaves half for everyone else.
+QUERY_SHARE = 4
+_ONE_QUERY = threading.Lock()
+_CACHED = ("BASE_TABLE", "EXTERNAL_FILE_CACHE")
+_UNITS = {"": 1, "B": 1, "BYTES": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4, "KIB": 1 << 10,
+          "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
+
+
+def size_bytes(text: str) -> int:
+    """A DuckDB size (``190.7 MiB``, ``4GB``) in bytes."""
+    number = text.strip().rstrip("BbIiKkMmGgTtYySsEe ")
+    unit = text.strip()[len(number):].strip().upper()
+    return int(float(number) * _UNITS.get(unit, 1))
+
+
+def _working_memory(probe: duckdb.DuckDBPyConnection) -> int:
+    row = probe.execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() WHERE tag NOT IN "
+                        f"({', '.join(repr(t) for t in _CACHED)})").fetchone()
+    return int(row[0]) if row else 0
+
+
+class _MemoryWatch(threading.Thread):
+    """Stops the query on ``con`` (``interrupt``) once DuckDB's working memory grew by more than ``bound`` bytes."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, bound: int, every_s: float = 0.01) -> None:
+        super().__init__(name="lensdb-sql-memory", daemon=True)
+        self.con = con
+        self.bound = bound
+        self.every_s = every_s
+        self.probe = con.cursor()
+        self.base = _working_memory(self.probe)
+        self.done = threading.Event()
+        self.tripped = False
+
+    def run(self) -> None:
+        try:
+            while not self.done.wait(self.every_s):
+                if _working_memory(self.probe) - self.base > self.bound:
+                    self.tripped = True
+                    self.con.interrupt()
+                    return
+        finally:
+            self.probe.close()
+
+
 def run_readonly(con: duckdb.DuckDBPyConnection, sql: str, max_rows: int = 1000, timeout_s: float = 10.0) -> SqlResult:
-    """Run one SELECT on a hardened connection; at most ``max_rows`` rows, ``truncated`` says if more."""
+    """Run one SELECT on a hardened connection; at most ``max_rows`` rows, ``truncated`` says if more. It is
+    stopped after ``timeout_s`` seconds, or once it takes more than a ``QUERY_SHARE``-th of ``memory_limit``;
+    it waits at most ``timeout_s`` for the user query before it (one at a time, see ``QUERY_SHARE``)."""
     check_statement(con, sql)
+    if not _ONE_QUERY.acquire(timeout=timeout_s):
+        raise SqlTimeout(f"other SQL queries held the store for {timeout_s:g}s (they run one at a time); try again.")
+    try:
+        return _run(con, sql, max_rows, timeout_s)
+    finally:
+        _ONE_QUERY.release()
+
+
+def _run(con: duckdb.DuckDBPyConnection, sql: str, max_rows: int, timeout_s: float) -> SqlResult:
+    # read before the query: a transaction the query aborts answers nothing more
+    (limit,) = con.execute("SELECT current_setting('memory_limit')").fetchone()  # type: ignore[misc]
+    bound = size_bytes(limit) // QUERY_SHARE
     timer = threading.Timer(timeout_s, con.interrupt)
+    watch = _MemoryWatch(con, bound)
     timer.start()
+    watch.start()
     try:
         cur = con.execute(sql)
         columns = [d[0] for d in cur.description or []]
         rows = cur.fetchmany(max_rows + 1)
     except duckdb.Error as err:
+        if watch.tripped or isinstance(err, duckdb.OutOfMemoryException):
+            raise SqlRefused(f"the query needs more memory than one query may take here ({bound / 2**20:.1f} MiB, a "
+                             f"{QUERY_SHARE}th of memory_limit {limit}) and was stopped; filter first, aggregate "
+                             "less at once, or add a LIMIT.") from None
         if isinstance(err, duckdb.InterruptException) or "interrupt" in str(err).lower():
             raise SqlTimeout(
                 f"the query ran longer than {timeout_s:g}s and was stopped; add filters or a LIMIT."
             ) from None
-        if isinstance(err, duckdb.OutOfMemoryException):
-            limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]  # type: ignore[index]
-            raise SqlRefused(f"the query needs more memory than this connection allows (memory_limit {limit}) and "
-                             "was stopped; filter first, aggregate less at once, or add a LIMIT.") from None
         raise SqlRefused(_reason(err)) from None
     finally:
         timer.cancel()
+        watch.done.set()
+        watch.join()
     truncated = len(rows) > max_rows
     return SqlResult(columns=columns, rows=[list(r) for r in rows[:max_rows]], truncated=truncated)
 

@@ -156,6 +156,8 @@ class RemoteLens(Lens):
 
     def head_map(self, token: str | int, kind: str = "ov", *, model: str | None = None,
                  checkpoint: str | None = None, limit: int = 20, per_head: int = 5) -> list[HeadRow]:
+        if kind not in ("ov", "qk"):  # the file's message, not the service's parameter check
+            raise LensdbError(f"kind must be 'ov' or 'qk', not {kind!r}.")
         return _rows(list[HeadRow], self._get("/head-map", kind=kind, model=model, checkpoint=checkpoint, limit=limit,
                                               per_head=per_head, **_token(token)))
 

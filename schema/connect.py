@@ -42,6 +42,9 @@ def open_error(path: Path, err: duckdb.Error) -> StoreError:
             f"{path} is in use by another process that is writing to it (DuckDB allows one writer per "
             f"file, and no reader while it writes). Wait for that index run to finish. {via}"
         )
+    if "already attached" in str(err):
+        return StoreError(f"{path} is in use in this process by a reader (queries.connect): close it before "
+                          "writing to the file.")
     if isinstance(err, duckdb.IOException):
         return StoreError(f"cannot open {path}: {err}")
     return StoreError(f"{path} is not a DuckDB database lensdb can open: {err}")

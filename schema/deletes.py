@@ -55,8 +55,8 @@ def delete_statements(table: str, where: str) -> list[tuple[str, str]]:
 
 def delete_rows(con: duckdb.DuckDBPyConnection, table: str, where: str, params: list | None = None) -> dict[str, int]:
     """Delete the rows of ``table`` matching ``where`` and every row that names them, inside the caller's
-    transaction; rows deleted (or references cleared) per table. A RESTRICT reference that still names one of
-    the rows raises ``Restricted`` before anything is deleted."""
+    transaction; rows deleted per table (references cleared by SET NULL are not counted). A RESTRICT reference
+    that still names one of the rows raises ``Restricted`` before anything is deleted."""
     stmts = delete_statements(table, where)
     for target, sql in stmts:
         if sql.startswith("SELECT"):
@@ -68,13 +68,14 @@ def delete_rows(con: duckdb.DuckDBPyConnection, table: str, where: str, params: 
         if sql.startswith("SELECT"):
             continue
         (n,) = con.execute(sql, params or []).fetchone()  # type: ignore[misc]
-        counts[target] = counts.get(target, 0) + int(n)
+        if sql.startswith("DELETE"):
+            counts[target] = counts.get(target, 0) + int(n)
     return counts
 
 
 @dataclass
 class Forgotten:
-    """What ``forget`` removed: rows per table (references cleared count as rows of their table too)."""
+    """What ``forget`` removed: rows deleted per table."""
 
     model: str
     checkpoint: str | None

@@ -24,7 +24,8 @@ def _column(table: str) -> str:
 def start_counters(con: duckdb.DuckDBPyConnection) -> None:
     """Give every counted table a counter at the highest id it holds (0 when empty); existing counters stay."""
     for table, column in COUNTERS.items():
-        con.execute(f"INSERT INTO id_counters SELECT * FROM (SELECT ?, ?, coalesce(max({column}), 0) FROM {table}) "
+        con.execute(f"INSERT INTO id_counters (table_name, column_name, last_id) SELECT * FROM (SELECT ?, ?, "
+                    f"coalesce(max({column}), 0) FROM {table}) "
                     "WHERE NOT EXISTS (SELECT 1 FROM id_counters WHERE table_name = ?)", [table, column, table])
 
 

@@ -31,7 +31,7 @@ def fill_token_forms(con: duckdb.DuckDBPyConnection, vocab_id: int | None = None
         "vocab_id NOT IN (SELECT vocab_id FROM token_forms)", [])
     forms = " UNION ".join(f"SELECT {col} AS form, vocab_id, token_id, token, display FROM tokens WHERE {where}"
                            for col in ("word", "token", "display"))
-    con.execute(f"INSERT INTO token_forms {forms} ORDER BY form, vocab_id, token_id", params * 3)
+    con.execute(f"INSERT INTO token_forms BY NAME {forms} ORDER BY form, vocab_id, token_id", params * 3)
 
 
 def fill_vector_lists(con: duckdb.DuckDBPyConnection, batch: int = 100_000) -> None:
@@ -42,11 +42,12 @@ def fill_vector_lists(con: duckdb.DuckDBPyConnection, batch: int = 100_000) -> N
     if lo is None:
         return
     for start in range(lo, hi + 1, batch):
-        con.execute("""INSERT INTO vector_lists
+        con.execute("""INSERT INTO vector_lists BY NAME
 SELECT vector_id,
-       list(token_id ORDER BY rank) FILTER (WHERE side = 'top'), list(score ORDER BY rank) FILTER (WHERE side = 'top'),
-       list(token_id ORDER BY rank) FILTER (WHERE side = 'bottom'),
-       list(score ORDER BY rank) FILTER (WHERE side = 'bottom')
+       list(token_id ORDER BY rank) FILTER (WHERE side = 'top') AS top_token_ids,
+       list(score ORDER BY rank) FILTER (WHERE side = 'top') AS top_scores,
+       list(token_id ORDER BY rank) FILTER (WHERE side = 'bottom') AS bottom_token_ids,
+       list(score ORDER BY rank) FILTER (WHERE side = 'bottom') AS bottom_scores
 FROM vector_tokens WHERE vector_id BETWEEN ? AND ?
 GROUP BY vector_id ORDER BY vector_id""", [start, start + batch - 1])
 
@@ -57,8 +58,9 @@ def _to_v2(con: duckdb.DuckDBPyConnection) -> None:
     checkpoint indexed before ``vector_units`` existed has none; a run writes each unit's ids contiguously)."""
     fill_token_forms(con)
     fill_vector_lists(con)
-    con.execute("""INSERT INTO vector_units
-SELECT checkpoint_id, component, layer, head, min(vector_id), max(vector_id), min(idx) FROM vectors
+    con.execute("""INSERT INTO vector_units BY NAME
+SELECT checkpoint_id, component, layer, head, min(vector_id) AS first_vector_id, max(vector_id) AS last_vector_id,
+       min(idx) AS first_index FROM vectors
 WHERE checkpoint_id NOT IN (SELECT checkpoint_id FROM vector_units)
 GROUP BY checkpoint_id, component, layer, head ORDER BY min(vector_id)""")
     # version 1 listed its tables here so readers could probe for them; every table exists from version 2 on
