@@ -6,8 +6,9 @@ snapshot when it is given one (the service's readers are).
 
 Bounded in memory and time: the token rows (``vector_tokens``, ``head_pairs`` and the lists of ``vector_lists``,
 the three big tables) are read in ONE pass that keeps a few numbers per vector (counts, rank sums, token id
-range, an order-free checksum of the rows against the lists), never the rows themselves, so what it holds grows
-with the number of vectors, not of token rows, and DuckDB can spill it under the connection's memory limit.
+range, an order-free checksum of the rows against the lists, which are hashed in place), never the rows
+themselves, so what it holds grows with the number of vectors, not of token rows, and DuckDB can spill it under
+the connection's memory limit.
 Everything else reads the small tables or one column of a big one. Orphans are looked for along every
 reference the store declares (the ``foreign_keys`` view, from ``schema.tables``), so a new table is checked
 without being listed here.
@@ -25,43 +26,44 @@ _VEC = ("'vector ' || v.vector_id || ' (' || m.name || '/' || c.label || ' ' || 
 # Head maps: one vector per head and map whose rows are token pairs in head_pairs (not token lists).
 _PAIR_COMPONENTS = "('attn_ov_pair', 'attn_qk_pair')"
 
-# One pass over every token row, a few numbers per vector. kind 1: vector_tokens, 2: head_pairs, 3: the lists of
-# vector_lists unnested (which must hold exactly the rows of kind 1: same multiset, by a sum of row hashes).
-PER_VECTOR = """
+# One pass over every token row, a few numbers per vector (kind 1: vector_tokens, 2: head_pairs), beside each
+# vector's lists in vector_lists, which must hold exactly its rows of kind 1: the same count, and the same sum of
+# row hashes (side, rank, token, score: a row moved, changed or missing changes it).
+_LIST_HASH = ("list_sum(list_transform(range(1, len({ids}) + 1), "
+              "i -> hash('{side}', i::SMALLINT, {ids}[i], {scores}[i])::HUGEINT))")
+PER_VECTOR = f"""
 CREATE TEMP TABLE check_per_vector AS
-WITH token_rows AS (
-    SELECT vector_id, side, rank, token_id, NULL::INTEGER AS source_token_id,
-           hash(side, rank, token_id, score) AS h, 1 AS kind FROM vector_tokens
+WITH sides AS (
+    SELECT vector_id, side, 1 AS kind, count(*) AS n, sum(rank) AS s, sum(rank::BIGINT * rank) AS sq,
+           max(rank) AS mx, min(token_id) AS lo, max(token_id) AS hi,
+           sum(hash(side, rank, token_id, score)::HUGEINT) AS h
+    FROM vector_tokens GROUP BY vector_id, side
     UNION ALL
-    SELECT vector_id, side, rank, token_id, source_token_id, 0::UBIGINT, 2 FROM head_pairs
-    UNION ALL
-    SELECT vector_id, 'top', generate_subscripts(top_token_ids, 1), unnest(top_token_ids), NULL,
-           hash('top', generate_subscripts(top_token_ids, 1)::SMALLINT, unnest(top_token_ids), unnest(top_scores)), 3
-    FROM vector_lists
-    UNION ALL
-    SELECT vector_id, 'bottom', generate_subscripts(bottom_token_ids, 1), unnest(bottom_token_ids), NULL,
-           hash('bottom', generate_subscripts(bottom_token_ids, 1)::SMALLINT, unnest(bottom_token_ids),
-                unnest(bottom_scores)), 3
+    SELECT vector_id, side, 2, count(*), sum(rank), sum(rank::BIGINT * rank), max(rank),
+           least(min(token_id), min(source_token_id)), greatest(max(token_id), max(source_token_id)), 0
+    FROM head_pairs GROUP BY vector_id, side
+), per AS (
+    SELECT vector_id,
+           coalesce(sum(n) FILTER (WHERE side = 'top'), 0) AS n_top,
+           coalesce(sum(n) FILTER (WHERE side = 'bottom'), 0) AS n_bottom,
+           coalesce(sum(n) FILTER (WHERE side NOT IN ('top', 'bottom')), 0) AS n_other,
+           sum(s) FILTER (WHERE side = 'top') AS sum_top, sum(sq) FILTER (WHERE side = 'top') AS sq_top,
+           max(mx) FILTER (WHERE side = 'top') AS max_top,
+           sum(s) FILTER (WHERE side = 'bottom') AS sum_bottom, sum(sq) FILTER (WHERE side = 'bottom') AS sq_bottom,
+           max(mx) FILTER (WHERE side = 'bottom') AS max_bottom,
+           min(lo) AS min_token, max(hi) AS max_token,
+           coalesce(sum(n) FILTER (WHERE kind = 1), 0) AS n_rows,
+           coalesce(sum(n) FILTER (WHERE kind = 2), 0) AS n_pairs,
+           coalesce(sum(h) FILTER (WHERE kind = 1), 0) AS h_rows
+    FROM sides GROUP BY vector_id
+), listed AS (
+    SELECT vector_id, len(top_token_ids) + len(bottom_token_ids) AS n_listed,
+           coalesce({_LIST_HASH.format(ids="top_token_ids", scores="top_scores", side="top")}, 0)
+           + coalesce({_LIST_HASH.format(ids="bottom_token_ids", scores="bottom_scores", side="bottom")}, 0)
+           AS h_listed
     FROM vector_lists
 )
-SELECT vector_id,
-       count(*) FILTER (WHERE kind < 3 AND side = 'top') AS n_top,
-       count(*) FILTER (WHERE kind < 3 AND side = 'bottom') AS n_bottom,
-       count(*) FILTER (WHERE kind < 3 AND side NOT IN ('top', 'bottom')) AS n_other,
-       sum(rank) FILTER (WHERE kind < 3 AND side = 'top') AS sum_top,
-       sum(rank::BIGINT * rank) FILTER (WHERE kind < 3 AND side = 'top') AS sq_top,
-       max(rank) FILTER (WHERE kind < 3 AND side = 'top') AS max_top,
-       sum(rank) FILTER (WHERE kind < 3 AND side = 'bottom') AS sum_bottom,
-       sum(rank::BIGINT * rank) FILTER (WHERE kind < 3 AND side = 'bottom') AS sq_bottom,
-       max(rank) FILTER (WHERE kind < 3 AND side = 'bottom') AS max_bottom,
-       least(min(token_id) FILTER (WHERE kind < 3), min(source_token_id)) AS min_token,
-       greatest(max(token_id) FILTER (WHERE kind < 3), max(source_token_id)) AS max_token,
-       count(*) FILTER (WHERE kind = 1) AS n_rows,
-       count(*) FILTER (WHERE kind = 2) AS n_pairs,
-       count(*) FILTER (WHERE kind = 3) AS n_listed,
-       coalesce(sum(h) FILTER (WHERE kind = 1), 0) AS h_rows,
-       coalesce(sum(h) FILTER (WHERE kind = 3), 0) AS h_listed
-FROM token_rows GROUP BY vector_id
+SELECT * FROM per FULL JOIN listed USING (vector_id)
 """
 
 # Each vector with what it should have: k rows a side, k = min(top_k, vocabulary) (pairs: min(top_k, tokens²)).
@@ -113,11 +115,12 @@ SELECT {_VEC.replace("m.name", "name").replace("c.label", "label")} || ' holds t
 FROM ({_EXPECTED}) v WHERE min_token < 0 OR max_token >= vocab_size"""),
     ("token lists equal the token rows", f"""
 SELECT {_VEC.replace("m.name", "name").replace("c.label", "label")}
-       || CASE WHEN n_listed = 0 THEN ' has token rows but no vector_lists row'
-               WHEN n_rows = 0 THEN ' has a vector_lists row but no token rows'
+       || CASE WHEN n_listed IS NULL THEN ' has token rows but no vector_lists row'
+               WHEN coalesce(n_rows, 0) = 0 THEN ' has a vector_lists row but no token rows'
                ELSE ' has token lists that differ from its token rows' END
 FROM ({_EXPECTED}) v
-WHERE (n_rows > 0 OR n_listed > 0) AND (n_rows <> n_listed OR h_rows <> h_listed)"""),
+WHERE (coalesce(n_rows, 0) > 0 OR coalesce(n_listed, 0) > 0)
+  AND (coalesce(n_rows, 0) <> coalesce(n_listed, 0) OR coalesce(h_rows, 0) <> coalesce(h_listed, 0))"""),
     ("unique vector ids", """
 SELECT 'vector id ' || vector_id || ' is used by ' || count(*) || ' vectors' FROM vectors
 GROUP BY vector_id HAVING count(*) > 1"""),

@@ -120,7 +120,7 @@ class _Instance:
 
 
 _OPEN: dict[tuple[str, Limits], _Instance] = {}
-_OPEN_LOCK = threading.Lock()
+_OPEN_LOCK = threading.RLock()  # re-entrant: a Lens collected mid-call gives its cursor back from here
 
 
 def open_hardened(path: str | Path, limits: Limits | None = None

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import queries
     from indexer import IndexOptions, IndexResult
     from indexer.watch.cycle import WatchReport
+    from queries.readonly import Limits
     from queries.remote import RemoteLens
 
 DEFAULT_DB = "lens.duckdb"
@@ -55,11 +56,11 @@ def _service(args: argparse.Namespace) -> "RemoteLens | None":
     return remote
 
 
-def _connect(args: argparse.Namespace) -> "queries.Lens":
-    """A Lens on the store: through the service that owns it, else on the file."""
+def _connect(args: argparse.Namespace, limits: "Limits | None" = None) -> "queries.Lens":
+    """A Lens on the store: through the service that owns it, else on the file (bounded by ``limits``)."""
     import queries
 
-    return _service(args) or queries.connect(args.db)
+    return _service(args) or queries.connect(args.db, limits=limits)
 
 
 def _emit(args: argparse.Namespace, items: "Sequence[BaseModel] | BaseModel", columns: list[str] | None = None) -> None:
@@ -240,7 +241,9 @@ def cmd_sql(args: argparse.Namespace) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> None:
-    with _connect(args) as db:
+    from queries.readonly import Limits
+
+    with _connect(args, Limits(memory_limit=args.memory_limit)) as db:
         report = db.check()
     if args.json:
         print(json.dumps({"ok": report.ok, **report.model_dump()}, indent=2))
@@ -644,6 +647,12 @@ def _index_args(sp: argparse.ArgumentParser) -> None:
                     "sends --token (or LENSDB_TOKEN) as its bearer token; Ctrl-C cancels the job")
 
 
+def _check_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--memory-limit", default="512MB",
+                    help="most memory DuckDB may take for the check; beyond it, it spills to a temporary folder "
+                    "(default 512MB)")
+
+
 def _forget_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("model", help="the model to forget")
     sp.add_argument("--checkpoint", help="forget only this checkpoint (its label) of the model")
@@ -811,7 +820,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("sql", "run one read-only SELECT over the tables and views", cmd_sql, _sql_args, served=True),
     Command("check", "verify the store: run records, row counts, 2k token rows per vector, token ids and lists, "
             "unit blocks, orphans along every declared reference, id counters; exit 1 naming what is wrong",
-            cmd_check, served=True),
+            cmd_check, _check_args, served=True),
     Command("forget", "remove a model (or one checkpoint with --checkpoint) and everything made from it: vectors, "
             "token rows, runs, traces, alignments, linked steps", cmd_forget, _forget_args, served=True),
     Command("upgrade", "upgrade a store written by an older lensdb to this schema version, in place, in one "

@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -31,8 +32,9 @@ from service.settings import Settings
 
 def limits(settings: Settings) -> Limits:
     """The bounds of the service's DuckDB instance, from its settings."""
-    given = {"memory_limit": settings.memory_limit, "threads": settings.threads,
-             "temp_directory": settings.temp_directory, "max_temp_directory_size": settings.max_temp_directory_size}
+    given: dict[str, Any] = {"memory_limit": settings.memory_limit, "threads": settings.threads,
+                             "temp_directory": settings.temp_directory,
+                             "max_temp_directory_size": settings.max_temp_directory_size}
     return Limits(**{k: v for k, v in given.items() if v not in (None, "")})
 
 

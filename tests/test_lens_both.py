@@ -231,7 +231,9 @@ def _answer(call: Callable[[queries.Lens], Any], lens: queries.Lens, store: Path
         got = call(lens)
     except LensdbError as err:  # the same message, but for which copy of the store it names
         return ("error", type(err), str(err).replace(str(store), "STORE"))
-    dump = (lambda v: v.model_dump(mode="json") if hasattr(v, "model_dump") else v)
+    def dump(v: Any) -> Any:
+        return v.model_dump(mode="json") if hasattr(v, "model_dump") else v
+
     return [dump(v) for v in got] if isinstance(got, list) else (
         ([dump(v) for v in got[0]], got[1]) if isinstance(got, tuple) else dump(got))
 
@@ -378,8 +380,9 @@ def test_a_query_past_its_memory_limit_is_refused_while_others_keep_answering(ri
 # ---- one write queue ------------------------------------------------------------------------------------------
 
 
-def test_eight_concurrent_writes_never_fail_and_all_are_stored(rich_store: Path, tmp_path: Path) -> None:
-    """Three POST /align, three POST /traces and two POST /index at once: no 5xx, every one stored, ids unique."""
+def test_concurrent_writes_never_fail_and_all_are_stored(rich_store: Path, tmp_path: Path) -> None:
+    """Three POST /align, three POST /traces, two POST /index and four POST /sources at once: no 5xx, every one
+    stored, ids unique (before the one write queue, registrations racing each other took the same id: 500)."""
     db = tmp_path / "lens.duckdb"
     shutil.copy(rich_store, db)
     fresh = [tiny_gpt2(tmp_path / f"new-{i}", seed=10 + i) for i in range(2)]
@@ -387,7 +390,8 @@ def test_eight_concurrent_writes_never_fail_and_all_are_stored(rich_store: Path,
                  for c in ("ff_value", "ff_key", "attn_o")]
                 + [("POST", "/traces", {"model": "tiny", "prompt": p}) for p in ("paris", "london paris", "berlin")]
                 + [("POST", "/index", {"checkpoint": str(f), "name": f"new-{i}", "top_k": 5})
-                   for i, f in enumerate(fresh)])
+                   for i, f in enumerate(fresh)]
+                + [("POST", "/sources", {"name": f"watched-{i}", "path": str(fresh[i % 2])}) for i in range(4)])
     with serving(db, "--warm", "false") as url:
         with queries.connect(url) as remote:
             before_alignments, before_traces = len(remote.alignments()), len(remote.traces())
@@ -409,10 +413,10 @@ def test_eight_concurrent_writes_never_fail_and_all_are_stored(rich_store: Path,
         for t in threads:
             t.join(300)
         statuses = [a.status_code if isinstance(a, httpx.Response) else repr(a) for a in answers]
-        assert statuses == [200, 200, 200, 201, 201, 201, 202, 202], [
+        assert statuses == [200, 200, 200, 201, 201, 201, 202, 202, 200, 200, 200, 200], [
             a.text[:300] if isinstance(a, httpx.Response) else a for a in answers]
         with httpx.Client(base_url=url, timeout=60) as c:
-            for a in answers[-2:]:
+            for a in answers[6:8]:
                 job = a.json()  # type: ignore[union-attr]
                 deadline = time.monotonic() + 120
                 while (job := c.get(f"/jobs/{job['id']}").json())["status"] in ("queued", "running"):
@@ -425,6 +429,7 @@ def test_eight_concurrent_writes_never_fail_and_all_are_stored(rich_store: Path,
             assert len({a.alignment_id for a in alignments}) == len(alignments)
             assert len(remote.traces()) == before_traces + 3
             assert {"new-0", "new-1"} <= {m.name for m in remote.models()}
+            assert {f"watched-{i}" for i in range(4)} <= {s.name for s in remote.registered()}
             assert remote.check().ok, remote.check().problems
 
 

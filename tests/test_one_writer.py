@@ -18,7 +18,6 @@ from pathlib import Path
 import duckdb
 import pytest
 
-import queries
 from indexer import IndexOptions, index_checkpoint
 from indexer.analyses.align import align_models
 from indexer.analyses.trace import TraceOptions, trace_input
