@@ -6,14 +6,14 @@ writes it).
 
 Standard library only (``http.client``): a read command that goes through the service costs no more imports
 than one that opens the file. ``live_service`` is how the command line finds the service: the note
-``lens.duckdb.server`` that ``lensdb serve`` writes, trusted only when the service there answers for that file.
+``lens.duckdb.server`` that ``lensdb serve`` writes, trusted only when the service there names the instance the
+note names (a note left by a service that died, or a service that owns another file, is ignored).
 """
 
 import http.client
 import json
 import os
 import threading
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -45,7 +45,7 @@ from queries.rows import (
     WarmInfo,
     WatchRunInfo,
 )
-from schema.connect import noted_url
+from schema.connect import noted_service, noted_url
 from schema.errors import LensdbError, NotFound, StoreError, UnknownToken
 
 # Problem types the service answers with (service.problems.PROBLEMS) → the error a Lens on the file raises;
@@ -229,12 +229,13 @@ class RemoteLens(Lens):
     # ---- finding the service ---------------------------------------------------------------------------------
 
     def serves(self, db: str | os.PathLike[str]) -> bool:
-        """Whether this service owns the store file ``db`` (its ``/health`` names the same file)."""
+        """Whether this service is the one that noted ``db`` (its ``/health`` names the instance in the note)."""
+        noted = noted_service(db)
         try:
             health = self._get("/health")
         except StoreError:
             return False
-        return isinstance(health, dict) and health.get("store") == str(Path(db).resolve())
+        return noted is not None and isinstance(health, dict) and health.get("instance") == noted[1] != ""
 
 
 def live_service(db: str | os.PathLike[str], token: str | None = None) -> RemoteLens | None:

@@ -23,12 +23,20 @@ def server_note(path: str | os.PathLike[str]) -> Path:
     return Path(f"{path}.server")
 
 
-def noted_url(path: str | os.PathLike[str]) -> str | None:
-    """The URL a service noted for the store at ``path``, if there is a note (it may be stale)."""
+def noted_service(path: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """(URL, instance) a service noted for the store at ``path``, if there is a note (it may be stale: the service
+    that answers at the URL must name the same instance in ``/health``)."""
     try:
-        return server_note(path).read_text().strip() or None
+        lines = server_note(path).read_text().split()
     except OSError:
         return None
+    return (lines[0], lines[1] if len(lines) > 1 else "") if lines else None
+
+
+def noted_url(path: str | os.PathLike[str]) -> str | None:
+    """The URL a service noted for the store at ``path``, if there is a note (it may be stale)."""
+    noted = noted_service(path)
+    return noted[0] if noted else None
 
 
 def open_error(path: Path, err: duckdb.Error) -> StoreError:

@@ -76,6 +76,7 @@ def session(path: str | os.PathLike[str]) -> Iterator[Store]:
         return
     if not p.parent.exists():
         raise StoreError(f"cannot create {p}: folder {p.parent} does not exist.")
+    _sweep(p)
     fresh = p.with_name(f".{p.name}.{os.getpid()}-{secrets.token_hex(4)}.new")
     con = open_file(fresh, read_only=False)
     try:
@@ -96,6 +97,24 @@ def session(path: str | os.PathLike[str]) -> Iterator[Store]:
         con.close()
         for leftover in (fresh, Path(f"{fresh}.wal")):
             leftover.unlink(missing_ok=True)
+
+
+def _sweep(p: Path) -> None:
+    """Remove the private files of first runs into ``p`` whose process is gone (killed before they finished)."""
+    for leftover in p.parent.glob(f".{p.name}.*-*.new*"):
+        pid = leftover.name[len(p.name) + 2:].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def with_store(db: "str | os.PathLike[str] | Store", body: Callable[[Store], T]) -> T:

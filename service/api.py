@@ -86,7 +86,8 @@ class AlignRequest(BaseModel):
 class Health(BaseModel):
     status: str
     db: str
-    store: str = Field(description="the store file, as an absolute path (clients check a note against it)")
+    instance: str = Field(description="this service process's id, also in the note it keeps next to the store "
+                          "(lens.duckdb.server): a client that finds the note knows it is talking to its writer")
     models: int
     jobs_running: int
     writes_waiting: int = Field(description="writes queued behind the one running")
@@ -130,7 +131,7 @@ def api_router(owner: StoreOwner) -> APIRouter:
     @router.get("/health", response_model=Health, tags=["service"])
     def health(lens: ReadLens) -> Health:
         running = sum(j.status == "running" for j in owner.jobs.all())
-        return Health(status="ok", db=str(owner.path), store=str(owner.path.resolve()), models=len(lens.models()),
+        return Health(status="ok", db=str(owner.path), instance=owner.instance, models=len(lens.models()),
                       jobs_running=running, writes_waiting=owner.writes.waiting())
 
     @router.get("/models", response_model=Page[ModelInfo], tags=["models"])

@@ -169,7 +169,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from schema.connect import server_note
 
     noted = server_note(settings.db)
-    noted.write_text(url + "\n")
+    noted.write_text(f"{url}\n{app.state.owner.instance}\n")
     print(f"lensdb: serving {settings.db} at {url} (pages at /, API docs at /docs)", file=sys.stderr)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it: exit cleanly then, so `finally` runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -12,6 +12,7 @@ the writers write only through Python and need none of what is locked, and the b
 """
 
 import contextlib
+import secrets
 import sys
 import threading
 from collections.abc import Iterator
@@ -66,6 +67,7 @@ class StoreOwner:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.path = Path(settings.db)
+        self.instance = secrets.token_hex(8)  # names this process in /health and in the note beside the store
         self.con = open_owner(self.path, limits(settings))
         self.writes = WriteQueue()
         self.store = Store(self.path, self.con, gate=self.writes.turn)  # every write of this service goes here

@@ -9,10 +9,12 @@ Real DuckDB files, real processes; nothing of ours mocked.
 import contextlib
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -271,3 +273,26 @@ def test_two_index_runs_racing_on_a_new_store_lose_nothing(tmp_path: Path) -> No
         assert cli("check", "--db", str(db))[0] == 0, f"trial {i}"
         assert not list(tmp_path.glob(f".store-{i}.duckdb.*")), "a private file was left behind"
     assert both > 0  # the loser of the race to create the file indexes into the winner's store
+
+
+def test_a_first_run_killed_midway_leaves_no_store_and_its_private_file_is_swept(tmp_path: Path) -> None:
+    ckpt = tiny_gpt2(tmp_path / "ckpt", n_embd=16, seed=3)
+    db, marker = tmp_path / "lens.duckdb", tmp_path / "paused"
+    env = {**os.environ, "LENSDB_TEST_PAUSE_AT": "write", "LENSDB_TEST_PAUSE_MARKER": str(marker)}
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "index", str(ckpt), "--db", str(db), "--quiet",
+                             "--device", "cpu"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(1200):
+            if marker.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert marker.exists(), proc.communicate()[0]
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    assert not db.exists()  # the run was building its store in a private file
+    assert list(tmp_path.glob(".lens.duckdb.*.new*"))
+    code, out, err = cli("index", str(ckpt), "--db", str(db), "--quiet", "--device", "cpu")
+    assert code == 0, err
+    assert not list(tmp_path.glob(".lens.duckdb.*.new*"))  # the dead run's file is gone
+    assert cli("check", "--db", str(db))[0] == 0
