@@ -25,7 +25,7 @@ demo: install
 	@echo; echo "Which FF values promote 'paris'?"
 	$(LENSDB) promoters paris --component ff_value --limit 10 --db $(DB)
 	@echo; echo "What does the strongest of them promote and suppress?"
-	$(LENSDB) vector minilm ff_value 3 1016 --limit 10 --db $(DB)
+	$(LENSDB) vector minilm ff_value 4 335 --limit 10 --db $(DB)
 
 test: install chromium
 	$(PY) -m pytest -q

@@ -1,5 +1,5 @@
 """The small, slowly changing part of a store held in memory: checkpoints with their models and
-vocabularies, and the vector-id block of every (checkpoint, component, layer, head) unit.
+vocabularies, and the vector-id block of every (checkpoint, component, layer, head, expert) unit.
 
 Token lookups are the hot path ("who promotes X"): with these in memory, a lookup filters and labels its
 hits by vector-id ranges instead of joining the vectors table and the latest-checkpoint view. A catalog is
@@ -41,6 +41,7 @@ class Unit(NamedTuple):
     first_id: int
     last_id: int
     first_index: int
+    expert: int | None = None
 
 
 @dataclass
@@ -57,10 +58,12 @@ class Catalog:
         return [r for r in self.checkpoints.values()
                 if (model is None or r.model == model) and chooses(checkpoint, r.label, r.latest)]
 
-    def vector_id(self, checkpoint_id: int, component: str, layer: int, head: int | None, index: int) -> int | None:
+    def vector_id(self, checkpoint_id: int, component: str, layer: int, head: int | None, index: int,
+                  expert: int | None = None) -> int | None:
         """The id of one vector from the unit blocks (no statement), or None where no unit holds it."""
         for u in self.units:
-            if (u.checkpoint_id, u.component, u.layer, u.head) == (checkpoint_id, component, layer, head) and \
+            if (u.checkpoint_id, u.component, u.layer, u.head, u.expert) == (
+                    checkpoint_id, component, layer, head, expert) and \
                     u.first_index <= index <= u.first_index + u.last_id - u.first_id:
                 return u.first_id + index - u.first_index
         return None

@@ -25,5 +25,6 @@ class HitFilter(BaseModel):
     component: str | None = Field(None, description="only this component, e.g. ff_value")
     layer: int | None = Field(None, description="only this layer")
     head: int | None = Field(None, description="only this attention head")
+    expert: int | None = Field(None, description="only this mixture-of-experts expert")
     limit: int = Field(20, ge=1, le=1_000_000, description="hits to return")
     offset: int = Field(0, ge=0, le=2**31 - 1, description="hits to skip, for paging")

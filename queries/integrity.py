@@ -166,12 +166,29 @@ NOTES = """SELECT 'attempt ' || attempt_id || ' to index ' || model || ' from ' 
        || ': nothing of it was committed' || coalesce(' (' || error || ')', '')
 FROM run_attempts WHERE status IN ('running', 'failed', 'cancelled', 'interrupted') ORDER BY attempt_id"""
 
+# Basis version 2 (issue 16) changed what folded runs store for post-LN models (a basis per layer: each unit
+# carried through the LayerNorms on its path) and for every head map (no vocabulary centring on the reading side).
+# Folded runs recorded before it (no basis_flags.version) of those kinds need re-indexing; pre-LN models without
+# head maps store exactly what they stored before. POST_LN_V1: the post-LN families lensdb read at version 1.
+POST_LN_V1 = ("bert", "distilbert")
+_POST_LN = "(" + ", ".join(f"'{family}'" for family in POST_LN_V1) + ")"
+OLD_BASIS = f"""SELECT 'checkpoint ' || c.checkpoint_id || ' (' || m.name || '/' || c.label || ') was indexed with '
+       || 'folded basis version ' || coalesce(json_extract_string(r.basis_flags, '$.version'), '1') || ', which '
+       || CASE WHEN m.family IN {_POST_LN} THEN 'read every layer of this post-LN model through one basis'
+               ELSE 'centred the reading side of its head maps over the vocabulary' END
+       || '; re-index it to get basis version 2: lensdb index ' || c.path || ' --replace'
+FROM index_runs r JOIN checkpoints c USING (checkpoint_id) JOIN models m USING (model_id)
+WHERE r.basis = 'folded' AND coalesce(TRY_CAST(json_extract_string(r.basis_flags, '$.version') AS INTEGER), 1) < 2
+  AND (m.family IN {_POST_LN} OR json_extract(r.basis_flags, '$.head_maps') IS NOT NULL)
+ORDER BY c.checkpoint_id"""
+
 COUNTS = """SELECT (SELECT count(*) FROM checkpoints), (SELECT count(*) FROM vectors),
        (SELECT count(*) FROM vector_tokens), (SELECT count(*) FROM head_pairs)"""
 
 
 class CheckReport(BaseModel):
-    """What ``lensdb check`` found: problems (the store is damaged) and notes (attempts that did not commit)."""
+    """What ``lensdb check`` found: problems (the store is damaged) and notes (attempts that did not commit,
+    checkpoints indexed with an older folded basis that ``--replace`` would bring up to date)."""
 
     problems: list[str]
     notes: list[str]
@@ -201,6 +218,7 @@ def check_store(con: duckdb.DuckDBPyConnection) -> CheckReport:
     for table, column in con.execute("SELECT table_name, column_name FROM id_counters ORDER BY ALL").fetchall():
         problems += [r[0] for r in con.execute(COUNTER_BEHIND.format(table=table, column=column)).fetchall()]
     notes = [r[0] for r in con.execute(NOTES).fetchall()]
+    notes += [r[0] for r in con.execute(OLD_BASIS).fetchall()]
     n_ckpt, n_vec, n_rows, n_pairs = con.execute(COUNTS).fetchone()  # type: ignore[misc]
     return CheckReport(problems=problems, notes=notes, checkpoints=n_ckpt, vectors=n_vec, token_rows=n_rows,
                        pair_rows=n_pairs)

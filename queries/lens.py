@@ -148,7 +148,8 @@ class Lens:
         wanted = {r.checkpoint_id for r in refs}
         units = [u for u in cat.units if u.checkpoint_id in wanted
                  and (f.component is None or u.component == f.component)
-                 and (f.layer is None or u.layer == f.layer) and (f.head is None or u.head == f.head)]
+                 and (f.layer is None or u.layer == f.layer) and (f.head is None or u.head == f.head)
+                 and (f.expert is None or u.expert == f.expert)]
         display = {(m.vocab_id, m.token_id): m.display for m in matches}
         groups = []
         for vid in sorted({m.vocab_id for m in matches}):
@@ -168,7 +169,7 @@ class Lens:
                 model=ref.model, checkpoint=ref.label, component=u.component, layer=u.layer, head=u.head,
                 index=u.first_index + vector_id - u.first_id, side=sd, rank=rank, token_id=token_id,
                 token=display[(ref.vocab_id, token_id)], score=score, zscore=z, source_token_id=src,
-                source_token=sources.get((ref.vocab_id, src))))
+                source_token=sources.get((ref.vocab_id, src)), expert=u.expert))
         return hits
 
     def _source_names(self, cat: Catalog, rows: list[tuple]) -> dict[tuple[int, int], str]:
@@ -185,8 +186,8 @@ class Lens:
         """Vectors that have ``token`` among their top tokens, highest z-score first, across models.
 
         Narrow the search with a ``HitFilter`` or its fields as keywords (``model``, ``checkpoint``,
-        ``component``, ``layer``, ``head``, ``limit``, ``offset``); ``checkpoint=None`` searches each model's
-        latest checkpoint, ``"all"`` every checkpoint.
+        ``component``, ``layer``, ``head``, ``expert``, ``limit``, ``offset``); ``checkpoint=None`` searches each
+        model's latest checkpoint, ``"all"`` every checkpoint.
         """
         return self._hits(token, "top", hit_filter(filter, fields))
 
@@ -195,17 +196,18 @@ class Lens:
         return self._hits(token, "bottom", hit_filter(filter, fields))
 
     def vector(self, model: str, component: str, layer: int, index: int, head: int | None = None,
-               checkpoint: str | None = None) -> VectorView:
-        """One vector's statistics with its top and bottom tokens (latest checkpoint unless named)."""
+               checkpoint: str | None = None, expert: int | None = None) -> VectorView:
+        """One vector's statistics with its top and bottom tokens (latest checkpoint unless named); ``expert``
+        names the expert of a mixture-of-experts vector."""
         cat = self._catalog()
         self._check_model(model, cat)
         refs = cat.chosen(model, checkpoint)
-        vid = cat.vector_id(refs[0].checkpoint_id, component, layer, head, index) if len(refs) == 1 else None
+        vid = cat.vector_id(refs[0].checkpoint_id, component, layer, head, index, expert) if len(refs) == 1 else None
         found = self._rows(q.vector_by_id(vid) if vid is not None else
-                           q.find_vector(model, component, layer, index, head, checkpoint))
+                           q.find_vector(model, component, layer, index, head, checkpoint, expert))
         if not found:
-            raise NotFound(self._missing_vector(model, component, layer, index, checkpoint))
-        vid, name, label, comp, lay, hd, idx, norm, mean, std, basis, vocab_id = found[0]
+            raise NotFound(self._missing_vector(model, component, layer, index, checkpoint, expert))
+        vid, name, label, comp, lay, hd, idx, norm, mean, std, basis, vocab_id, exp = found[0]
         top: list[TokenScore] = []
         bottom: list[TokenScore] = []
         lists = [r[1:5] for r in self._rows(q.vector_lists([vid]))]
@@ -215,7 +217,7 @@ class Lens:
             (top if side == "top" else bottom).append(TokenScore(rank=rank, token_id=token_id, token=token, score=score,
                                                                  zscore=z, source_token_id=src, source_token=src_token))
         return VectorView(model=name, checkpoint=label, component=comp, layer=lay, head=hd, index=idx, norm=norm,
-                          logit_mean=mean, logit_std=std, basis=basis, top=top, bottom=bottom)
+                          logit_mean=mean, logit_std=std, basis=basis, top=top, bottom=bottom, expert=exp)
 
     def _displays(self, cat: Catalog, vocab_id: int, token_ids: list[int]) -> dict[int, str]:
         """Display text of tokens: from memory after ``warm``, else one lookup."""
@@ -224,11 +226,17 @@ class Lens:
             return {t: words[vocab_id].display[t] for t in token_ids}
         return dict(self._rows(q.token_displays(vocab_id, sorted(set(token_ids)))))
 
-    def _missing_vector(self, model: str, component: str, layer: int, index: int, checkpoint: str | None) -> str:
+    def _missing_vector(self, model: str, component: str, layer: int, index: int, checkpoint: str | None,
+                        expert: int | None = None) -> str:
         comps = [r[0] for r in self._rows(q.model_components(model))]
         if component not in comps:
             return f"model {model!r} has no component {component!r}; indexed: {', '.join(comps)}."
-        lo_l, hi_l, lo_i, hi_i, _ = self._rows(q.vector_extent(model, component))[0]
+        lo_l, hi_l, lo_i, hi_i, _, lo_e, hi_e = self._rows(q.vector_extent(model, component))[0]
+        if (expert is None) != (lo_e is None) or (expert is not None and not lo_e <= expert <= hi_e):
+            experts = "none (not an expert component)" if lo_e is None else f"{lo_e}–{hi_e}"
+            return (f"no {component} vector {layer}.{index}"
+                    f"{'' if expert is None else f' of expert {expert}'} in {model!r}: its experts are {experts}"
+                    f"{'' if lo_e is None else '; pass the expert (--expert E)'}.")
         if checkpoint not in (None, "all"):
             labels = [c.label for m in self.models() if m.name == model for c in m.checkpoints]
             if checkpoint not in labels:
@@ -328,11 +336,11 @@ class Lens:
         raise NotFound(f"model {model!r} has no checkpoint or step {which!r}; it has: {labels}.")
 
     def drift_vector(self, model: str, component: str, layer: int, index: int, head: int | None = None,
-                     k: int = 10) -> list[VectorStep]:
+                     k: int = 10, expert: int | None = None) -> list[VectorStep]:
         """One vector across training: its top ``k`` tokens at every step, and how much of its top-k set it
         shares with the previous step (``shared``, ``overlap`` = shared / k, ``jaccard``)."""
         self._steps(model)
-        rows = self._rows(q.vector_drift(model, component, layer, index, head))
+        rows = self._rows(q.vector_drift(model, component, layer, index, head, expert))
         if not rows:
             raise NotFound(self._missing_vector(model, component, layer, index, "all"))
         cat = self._catalog()
@@ -355,12 +363,14 @@ class Lens:
         return tops
 
     def token_rank_over_training(self, model: str, token: str | int, component: str, layer: int, index: int,
-                                 head: int | None = None, side: str = "top") -> list[TokenRankStep]:
+                                 head: int | None = None, side: str = "top",
+                                 expert: int | None = None) -> list[TokenRankStep]:
         """The rank of ``token`` among one vector's top (or bottom) tokens at every step; ``rank`` is None
         where the token is not in that step's top-k."""
         self._steps(model)
         matches = self.tokens(token, model=model)
-        rows = self._rows(q.token_rank(model, component, layer, index, head, [m.token_id for m in matches], side))
+        rows = self._rows(q.token_rank(model, component, layer, index, head, [m.token_id for m in matches], side,
+                                       expert))
         if not rows:
             raise NotFound(self._missing_vector(model, component, layer, index, "all"))
         return [TokenRankStep(checkpoint=r[0], step=r[1], linked_to=r[2], rank=r[3], score=r[4], zscore=r[5],

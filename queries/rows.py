@@ -33,6 +33,7 @@ class TokenHit(Row):
     zscore: float
     source_token_id: int | None = None
     source_token: str | None = None
+    expert: int | None = None
 
 
 class TokenScore(Row):
@@ -74,6 +75,7 @@ class VectorView(Row):
     basis: str
     top: list[TokenScore]
     bottom: list[TokenScore]
+    expert: int | None = None
 
 
 class CheckpointInfo(Row):
@@ -174,6 +176,7 @@ class ChangedVector(Row):
     norm_change: float
     top_from: str | None
     top_to: str | None
+    expert: int | None = None
 
 
 class SourceInfo(Row):
@@ -260,8 +263,15 @@ class TraceTerm(Row):
     logit: float
 
 
+NO_LM_HEAD = "readout: none — the checkpoint has no LM head; showing h·Eᵀ"
+"""What a trace of an encoder without a masked-LM head says instead of presenting a prediction."""
+
+
 class TraceView(Row):
-    """One trace at one position: the logit lens per layer, heads, neurons and the decomposition."""
+    """One trace at one position: the logit lens per layer, heads, neurons and the decomposition. ``readout``:
+    ``lm_head``, ``mlm_head`` (an encoder's own masked-LM head), or ``none`` (no LM head: ``prediction`` is then
+    only the top token of h·Eᵀ, see ``NO_LM_HEAD``; traces stored before schema version 3 say ``tied_embedding``
+    for that)."""
 
     trace_id: int
     model: str
@@ -306,6 +316,7 @@ class AlignmentInfo(Row):
     component: str
     unit: str
     basis: str
+    statistic: str  # best, paper, or best_signed (runs before schema version 3)
     vocab_size: int
     raw_comparable: bool
     mean_matched: float

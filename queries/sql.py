@@ -78,7 +78,7 @@ def vocabulary(vocab_id: int) -> Sql:
 def vector_units() -> Sql:
     """Each run writes one contiguous block of vector ids per (checkpoint, component, layer, head): their
     bounds let token lookups filter and label hits without joining the vectors table."""
-    return ("SELECT checkpoint_id, component, layer, head, first_vector_id, last_vector_id, first_index "
+    return ("SELECT checkpoint_id, component, layer, head, first_vector_id, last_vector_id, first_index, expert "
             "FROM vector_units ORDER BY 5", [])
 
 
@@ -164,18 +164,18 @@ def similar_words(word: str, limit: int = 5) -> Sql:
     )
 
 
-def find_vector(model: str, component: str, layer: int, index: int, head: int | None, checkpoint: str | None) -> Sql:
+def find_vector(model: str, component: str, layer: int, index: int, head: int | None, checkpoint: str | None,
+                expert: int | None = None) -> Sql:
     params: list = [model, component, layer, index]
-    head_cond = "v.head IS NULL" if head is None else "v.head = ?"
-    if head is not None:
-        params.append(head)
+    head_cond = _head(head, params, "v.head")
+    expert_cond = _head(expert, params, "v.expert")
     ckpt = checkpoint_filter(checkpoint, params)
     return (
         f"""SELECT v.vector_id, m.name, c.label, v.component, v.layer, v.head, v.idx, v.norm, v.logit_mean,
-       v.logit_std, r.basis, m.vocab_id
+       v.logit_std, r.basis, m.vocab_id, v.expert
 FROM vectors v JOIN checkpoints c USING (checkpoint_id) JOIN models m USING (model_id)
 JOIN index_runs r USING (checkpoint_id)
-WHERE m.name = ? AND v.component = ? AND v.layer = ? AND v.idx = ? AND {head_cond} AND {ckpt}""",
+WHERE m.name = ? AND v.component = ? AND v.layer = ? AND v.idx = ? AND {head_cond} AND {expert_cond} AND {ckpt}""",
         params,
     )
 
@@ -184,7 +184,7 @@ def vector_by_id(vector_id: int) -> Sql:
     """What ``find_vector`` returns, for a vector whose id is known: a point lookup on vectors (sorted by id)."""
     return (
         """SELECT v.vector_id, m.name, c.label, v.component, v.layer, v.head, v.idx, v.norm, v.logit_mean,
-       v.logit_std, r.basis, m.vocab_id
+       v.logit_std, r.basis, m.vocab_id, v.expert
 FROM vectors v JOIN checkpoints c USING (checkpoint_id) JOIN models m USING (model_id)
 JOIN index_runs r USING (checkpoint_id)
 WHERE v.vector_id = ?""",
@@ -256,7 +256,8 @@ def head_map_checkpoints() -> Sql:
 def vector_extent(model: str, component: str) -> Sql:
     """What exists for a model and component, to say what a missing vector could have been."""
     return (
-        """SELECT min(v.layer), max(v.layer), min(v.idx), max(v.idx), count(DISTINCT v.head)
+        """SELECT min(v.layer), max(v.layer), min(v.idx), max(v.idx), count(DISTINCT v.head), min(v.expert),
+       max(v.expert)
 FROM vectors v JOIN checkpoints c USING (checkpoint_id) JOIN models m USING (model_id)
 WHERE m.name = ? AND v.component = ?""",
         [model, component],
@@ -307,21 +308,23 @@ WHERE cs.model = ? ORDER BY cs.step NULLS LAST, cs.checkpoint""",
     )
 
 
-def vector_drift(model: str, component: str, layer: int, index: int, head: int | None) -> Sql:
+def vector_drift(model: str, component: str, layer: int, index: int, head: int | None,
+                 expert: int | None = None) -> Sql:
     """One vector at every step of its model, compared with the previous step (view ``vector_drift``)."""
     params: list = [model, component, layer, index]
     head_cond = _head(head, params)
+    expert_cond = _head(expert, params, "expert")
     return (
         f"""SELECT checkpoint, step, linked_to, previous_checkpoint, norm, norm_change, shared, overlap, jaccard,
        vector_id
-FROM vector_drift WHERE model = ? AND component = ? AND layer = ? AND "index" = ? AND {head_cond}
+FROM vector_drift WHERE model = ? AND component = ? AND layer = ? AND "index" = ? AND {head_cond} AND {expert_cond}
 ORDER BY {_STEP_ORDER}""",
         params,
     )
 
 
 def token_rank(model: str, component: str, layer: int, index: int, head: int | None, token_ids: list[int],
-               side: str) -> Sql:
+               side: str, expert: int | None = None) -> Sql:
     """Per step of ``model``: the best rank any of ``token_ids`` has on ``side`` of one vector (NULL: absent)."""
     if side not in ("top", "bottom"):
         raise LensdbError(f"side must be 'top' or 'bottom', not {side!r}.")
@@ -329,6 +332,7 @@ def token_rank(model: str, component: str, layer: int, index: int, head: int | N
         raise LensdbError("no tokens to look up.")
     params: list = [*token_ids, side, component, layer, index]
     head_cond = _head(head, params, "v.head")
+    expert_cond = _head(expert, params, "v.expert")
     params.append(model)
     return (
         f"""WITH hits AS (
@@ -342,7 +346,7 @@ JOIN index_runs r ON r.checkpoint_id = cs.checkpoint_id
 JOIN checkpoints c ON c.checkpoint_id = cs.checkpoint_id
 JOIN models m ON m.model_id = c.model_id
 JOIN vectors v ON v.checkpoint_id = cs.checkpoint_id AND v.component = ? AND v.layer = ? AND v.idx = ?
-     AND {head_cond}
+     AND {head_cond} AND {expert_cond}
 LEFT JOIN hits h ON h.vector_id = v.vector_id AND h.n = 1
 LEFT JOIN tokens t ON t.vocab_id = m.vocab_id AND t.token_id = h.token_id
 WHERE cs.model = ?
@@ -357,14 +361,14 @@ def changed_most(from_id: int, to_id: int, from_k: int, to_k: int, vocab_id: int
     ties broken by the largest change in norm."""
     comp = "" if component is None else "AND component = ?"
     comp_params = [] if component is None else [component]
-    sql = f"""WITH a AS (SELECT vector_id, component, layer, head, idx, norm FROM vectors
+    sql = f"""WITH a AS (SELECT vector_id, component, layer, head, idx, norm, expert FROM vectors
                 WHERE checkpoint_id = ? {comp}),
-b AS (SELECT vector_id, component, layer, head, idx, norm FROM vectors WHERE checkpoint_id = ? {comp}),
+b AS (SELECT vector_id, component, layer, head, idx, norm, expert FROM vectors WHERE checkpoint_id = ? {comp}),
 pairs AS (
     SELECT a.component, a.layer, a.head, a.idx, a.vector_id AS a_id, b.vector_id AS b_id,
-           a.norm AS norm_from, b.norm AS norm_to
+           a.norm AS norm_from, b.norm AS norm_to, a.expert
     FROM a JOIN b ON a.component = b.component AND a.layer = b.layer AND a.idx = b.idx
-                 AND a.head IS NOT DISTINCT FROM b.head
+                 AND a.head IS NOT DISTINCT FROM b.head AND a.expert IS NOT DISTINCT FROM b.expert
 ),
 ta AS (SELECT vector_id, token_id, rank FROM vector_tokens WHERE side = 'top'
        AND vector_id IN (SELECT a_id FROM pairs)),
@@ -378,13 +382,14 @@ scored AS (
 )
 SELECT s.component, s.layer, s.head, s.idx, s.shared, s.shared / least(?, ?) AS overlap,
        s.shared / (? + ? - s.shared) AS jaccard, s.norm_from, s.norm_to, s.norm_to - s.norm_from AS norm_change,
-       tf.display AS top_from, tt.display AS top_to
+       tf.display AS top_from, tt.display AS top_to, s.expert
 FROM scored s
 LEFT JOIN ta ON ta.vector_id = s.a_id AND ta.rank = 1
 LEFT JOIN tokens tf ON tf.vocab_id = ? AND tf.token_id = ta.token_id
 LEFT JOIN tb ON tb.vector_id = s.b_id AND tb.rank = 1
 LEFT JOIN tokens tt ON tt.vocab_id = ? AND tt.token_id = tb.token_id
-ORDER BY overlap, abs(s.norm_to - s.norm_from) DESC, s.component, s.layer, s.head NULLS FIRST, s.idx
+ORDER BY overlap, abs(s.norm_to - s.norm_from) DESC, s.component, s.layer, s.head NULLS FIRST,
+         s.expert NULLS FIRST, s.idx
 LIMIT ?"""
     params = [from_id, *comp_params, to_id, *comp_params, from_k, to_k, from_k, to_k, vocab_id, vocab_id, limit]
     return sql, params
@@ -489,7 +494,7 @@ WHERE a.token IS DISTINCT FROM b.token""",
 
 
 _ALIGNMENT_COLUMNS = """r.alignment_id, ma.name, ca.label, mb.name, cb.label, r.component, r.unit, r.basis,
-       r.vocab_size, r.raw_comparable, r.mean_matched, r.seconds, r.created_at
+       r.statistic, r.vocab_size, r.raw_comparable, r.mean_matched, r.seconds, r.created_at
 FROM alignment_runs r
 JOIN checkpoints ca ON ca.checkpoint_id = r.checkpoint_a JOIN models ma ON ma.model_id = ca.model_id
 JOIN checkpoints cb ON cb.checkpoint_id = r.checkpoint_b JOIN models mb ON mb.model_id = cb.model_id"""

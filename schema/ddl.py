@@ -10,8 +10,9 @@ from schema.views import VIEWS
 _DIALECT = Dialect()
 
 
-def table_ddl() -> list[str]:
-    """Every statement that creates the declared tables, their indexes and comments; idempotent."""
+def table_ddl(comments: bool = True) -> list[str]:
+    """Every statement that creates the declared tables, their indexes and (``comments``) comments; idempotent.
+    An upgrade comments after its migrations, once the columns they add exist (``comment_ddl``)."""
     stmts: list[str] = []
     for table in metadata.sorted_tables:
         # references are declared, not created: DuckDB's foreign keys cannot cascade and index every bulk load
@@ -20,6 +21,13 @@ def table_ddl() -> list[str]:
         stmts.append(str(create.compile(dialect=_DIALECT)).strip())
         for index in sorted(table.indexes, key=lambda i: str(i.name)):
             stmts.append(str(CreateIndex(index, if_not_exists=True).compile(dialect=_DIALECT)).strip())
+    return stmts + (comment_ddl() if comments else [])
+
+
+def comment_ddl() -> list[str]:
+    """The comments of every declared table and column (after a migration has added the columns)."""
+    stmts: list[str] = []
+    for table in metadata.sorted_tables:
         if table.comment:
             stmts.append(f"COMMENT ON TABLE {table.name} IS {quote(table.comment)}")
         for col in table.columns:

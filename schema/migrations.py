@@ -7,8 +7,8 @@ leaves the file as it was. ``upgrade`` runs in this order:
 1. every declared table that is missing is created in its current shape (``CREATE TABLE IF NOT EXISTS``);
 2. each migration newer than the store, oldest first: changes to tables that existed before it (new columns
    with ``ADD COLUMN IF NOT EXISTS``, since step 1 may already have created a table in its newest shape) and
-   the rows derived tables need;
-3. every view is recreated, and the new version recorded.
+   the rows derived tables need; rows are inserted by column name, as later versions may add columns;
+3. every table and column comment is (re)written, every view is recreated, and the new version recorded.
 
 To change the schema: raise ``schema.layout.SCHEMA_VERSION``, append a ``Migration`` for it here, and add a
 store file written by the previous release to ``tests/fixtures`` if its shape is new.
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from schema.ddl import table_ddl, view_ddl
+from schema.ddl import comment_ddl, table_ddl, view_ddl
 from schema.ids import start_counters
 from schema.layout import SCHEMA_VERSION
 
@@ -58,13 +58,30 @@ def _to_v2(con: duckdb.DuckDBPyConnection) -> None:
     checkpoint indexed before ``vector_units`` existed has none; a run writes each unit's ids contiguously)."""
     fill_token_forms(con)
     fill_vector_lists(con)
-    con.execute("""INSERT INTO vector_units BY NAME
-SELECT checkpoint_id, component, layer, head, min(vector_id) AS first_vector_id, max(vector_id) AS last_vector_id,
-       min(idx) AS first_index FROM vectors
+    con.execute("""INSERT INTO vector_units
+    (checkpoint_id, component, layer, head, first_vector_id, last_vector_id, first_index)
+SELECT checkpoint_id, component, layer, head, min(vector_id), max(vector_id), min(idx) FROM vectors
 WHERE checkpoint_id NOT IN (SELECT checkpoint_id FROM vector_units)
 GROUP BY checkpoint_id, component, layer, head ORDER BY min(vector_id)""")
     # version 1 listed its tables here so readers could probe for them; every table exists from version 2 on
     con.execute("DELETE FROM lensdb_meta WHERE key = 'tables'")
+
+
+def _to_v3(con: duckdb.DuckDBPyConnection) -> None:
+    """Mixture-of-experts models: vectors and their unit blocks gain an ``expert`` coordinate (NULL for every
+    vector indexed before, none of which belongs to an expert)."""
+    for table in ("vectors", "vector_units"):
+        con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS expert INTEGER")
+
+
+def _to_v4(con: duckdb.DuckDBPyConnection) -> None:
+    """Alignment runs record the statistic that compared their layers; runs before it took each vector's best
+    *signed* correlation (the paper's mean |correlation| and a sign-aware best are the choices now).
+    Rows written before stay as they were: folded index runs of version 1 are named by ``lensdb check``."""
+    # DuckDB adds no NOT NULL column to a table with rows, nor sets one in a transaction that updated it: old
+    # runs get the default, which is then dropped (lensdb always writes the statistic)
+    con.execute("ALTER TABLE alignment_runs ADD COLUMN IF NOT EXISTS statistic VARCHAR DEFAULT 'best_signed'")
+    con.execute("ALTER TABLE alignment_runs ALTER COLUMN statistic DROP DEFAULT")
 
 
 @dataclass(frozen=True)
@@ -76,7 +93,9 @@ class Migration:
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "every table present; token forms, vector lists and unit blocks filled in", _to_v2),
-    Migration(3, "ids from id_counters (never reused), started at the highest id each table holds; the "
+    Migration(3, "vectors and vector_units: an expert column for mixture-of-experts models", _to_v3),
+    Migration(4, "alignment runs record their layer statistic (old runs: best_signed)", _to_v4),
+    Migration(5, "ids from id_counters (never reused), started at the highest id each table holds; the "
               "foreign_keys view", start_counters),
 )
 assert MIGRATIONS[-1].version == SCHEMA_VERSION, "a schema version without its migration"
@@ -85,7 +104,7 @@ assert MIGRATIONS[-1].version == SCHEMA_VERSION, "a schema version without its m
 def upgrade(con: duckdb.DuckDBPyConnection, found: int | None) -> None:
     """Bring the store on ``con`` from version ``found`` (None: a new, empty file) to the current version, inside
     the caller's transaction."""
-    for stmt in table_ddl():
+    for stmt in table_ddl(comments=False):
         con.execute(stmt)
     if found is None:
         start_counters(con)
@@ -93,6 +112,6 @@ def upgrade(con: duckdb.DuckDBPyConnection, found: int | None) -> None:
         for step in MIGRATIONS:
             if step.version > found:
                 step.apply(con)
-    for stmt in view_ddl():
+    for stmt in comment_ddl() + view_ddl():
         con.execute(stmt)
     con.execute("INSERT OR REPLACE INTO lensdb_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])

@@ -152,6 +152,8 @@ vectors = sa.Table(
     sa.Column("norm", sa.Float, nullable=False, comment="L2 norm of the vector"),
     sa.Column("logit_mean", sa.Float, nullable=False, comment="mean of its projection over the vocabulary"),
     sa.Column("logit_std", sa.Float, nullable=False, comment="std of its projection over the vocabulary"),
+    sa.Column("expert", sa.Integer, nullable=True,
+              comment="mixture-of-experts expert the vector belongs to, NULL outside experts (schema version 3)"),
     comment="Every indexed parameter vector with exact statistics of its full vocabulary projection.",
 )
 
@@ -165,8 +167,10 @@ vector_units = sa.Table(
     sa.Column("first_vector_id", sa.BigInteger, nullable=False, comment="first vector id of the unit"),
     sa.Column("last_vector_id", sa.BigInteger, nullable=False, comment="last vector id (inclusive)"),
     sa.Column("first_index", sa.Integer, nullable=False, comment="idx of the first vector"),
+    sa.Column("expert", sa.Integer, nullable=True, comment="mixture-of-experts expert, NULL outside experts"),
     comment="The contiguous block of vector ids each index run wrote per (checkpoint, component, layer, head): "
-    "token lookups filter and label hits by these ranges instead of joining vectors.",
+    "token lookups filter and label hits by these ranges instead of joining vectors. "
+    "(checkpoint, component, layer, head, expert) for mixture-of-experts models.",
 )
 
 head_pairs = sa.Table(
@@ -341,7 +345,9 @@ traces = sa.Table(
     sa.Column("prediction_token_id", sa.Integer, nullable=False, comment="the model's top token at that position"),
     sa.Column("prediction_logit", sa.Float, nullable=False, comment="its logit"),
     sa.Column("readout", sa.String, nullable=False,
-              comment="lm_head (causal LMs) or tied_embedding (encoders: MLM-style readout at the position)"),
+              comment="lm_head (causal LMs), mlm_head (an encoder's own masked-LM head), or none (an encoder without "
+              "an LM head: the prediction columns hold the top of h·Eᵀ, no model's prediction; traces before "
+              "schema version 3 say tied_embedding for h·Eᵀ)"),
     sa.Column("interventions", sa.String, nullable=False, comment="JSON list: zero/boost L.N, zero-head L.H"),
     sa.Column("boost_value", sa.Float, nullable=False, comment="activation a boosted neuron is set to"),
     sa.Column("baseline_trace_id", sa.Integer, _ref("traces.trace_id", "SET NULL"), nullable=True,
@@ -423,7 +429,9 @@ trace_terms = sa.Table(
     metadata,
     sa.Column("trace_id", sa.Integer, _ref("traces.trace_id"), nullable=False, comment="trace"),
     sa.Column("position", sa.Integer, nullable=False, comment="input position"),
-    sa.Column("kind", sa.String, nullable=False, comment="embedding, head, ff, bias or norm_bias"),
+    sa.Column("kind", sa.String, nullable=False,
+              comment="embedding, head, ff, bias or norm (Mickus et al.'s terms; traces before schema version 3 "
+              "centred their terms and had norm_bias, each LayerNorm's β only)"),
     sa.Column("layer", sa.Integer, nullable=True, comment="block (NULL: embedding, embedding/final norm bias)"),
     sa.Column("head", sa.Integer, nullable=True, comment="head, for kind head"),
     sa.Column("norm", sa.Float, nullable=False, comment="L2 norm of the term in the final hidden state"),
@@ -459,6 +467,10 @@ alignment_runs = sa.Table(
     sa.Column("component", sa.String, nullable=False, comment="component compared: ff_value, ff_key, attn_o…"),
     sa.Column("unit", sa.String, nullable=False, comment="what neuron_matches pairs: neuron or head"),
     sa.Column("basis", sa.String, nullable=False, comment="raw (E as is, as Dar et al.) or folded"),
+    sa.Column("statistic", sa.String, nullable=False,
+              comment="how two layers compare: best (mean over A's vectors of their best |correlation| in B), paper "
+              "(mean |correlation| over all pairs, as Dar et al.), or best_signed (runs before schema version 3: "
+              "best signed correlation)"),
     sa.Column("vocab_size", sa.Integer, nullable=False, comment="tokens the correlations run over"),
     sa.Column("raw_comparable", sa.Boolean, nullable=False,
               comment="whether both models have the same width, so raw-parameter correlations exist"),
@@ -475,7 +487,7 @@ layer_similarity = sa.Table(
     sa.Column("layer_a", sa.Integer, nullable=False, comment="layer of model A"),
     sa.Column("layer_b", sa.Integer, nullable=False, comment="layer of model B"),
     sa.Column("score", sa.Float, nullable=False,
-              comment="mean over A's vectors of their best vocabulary correlation among B's vectors of layer_b"),
+              comment="layer_a against layer_b by the run's statistic over their vectors' vocabulary correlations"),
     sa.Column("raw_score", sa.Float, nullable=True, comment="the same over raw parameters; NULL if widths differ"),
     sa.Column("matched", sa.Boolean, nullable=False, comment="whether the Hungarian matching pairs the two layers"),
     sa.PrimaryKeyConstraint("alignment_id", "layer_a", "layer_b"),
@@ -490,7 +502,8 @@ neuron_matches = sa.Table(
     sa.Column("index_a", sa.Integer, nullable=False, comment="neuron (or head) of model A"),
     sa.Column("layer_b", sa.Integer, nullable=False, comment="the layer of B matched to layer_a"),
     sa.Column("index_b", sa.Integer, nullable=False, comment="its best match in layer_b, in embedding space"),
-    sa.Column("score", sa.Float, nullable=False, comment="their vocabulary correlation"),
+    sa.Column("score", sa.Float, nullable=False,
+              comment="their vocabulary correlation, with its sign (the best match has the largest |correlation|)"),
     sa.Column("raw_index_b", sa.Integer, nullable=True, comment="best match over raw parameters (NULL: widths differ)"),
     sa.Column("raw_score", sa.Float, nullable=True, comment="that raw correlation"),
     sa.PrimaryKeyConstraint("alignment_id", "layer_a", "index_a"),

@@ -33,10 +33,10 @@ LATEST_CHECKPOINTS = View(
 VECTOR_INFO = View(
     "vector_info",
     "Every indexed vector with its model and checkpoint names: norm and the mean/std of its full "
-    "vocabulary projection.",
+    "vocabulary projection; expert is the mixture-of-experts expert (NULL outside experts).",
     """
     SELECT m.name AS model, c.label AS checkpoint, c.step, v.component, v.layer, v.head, v.idx AS "index",
-           v.norm, v.logit_mean, v.logit_std, v.vector_id, c.checkpoint_id, m.model_id
+           v.norm, v.logit_mean, v.logit_std, v.vector_id, c.checkpoint_id, m.model_id, v.expert
     FROM vectors v
     JOIN checkpoints c USING (checkpoint_id)
     JOIN models m USING (model_id)
@@ -47,11 +47,12 @@ PROJECTIONS = View(
     "projections",
     "One row per (vector, side, rank): which tokens each vector promotes (side='top') and suppresses "
     "(side='bottom'). score is the logit basis·vector, zscore compares across vectors and models. "
-    "Filter on token_id (or token) first: the table is sorted by token_id.",
+    "Filter on token_id (or token) first: the table is sorted by token_id. expert: the mixture-of-experts "
+    "expert of the vector (NULL outside experts).",
     """
     SELECT m.name AS model, c.label AS checkpoint, c.step, v.component, v.layer, v.head, v.idx AS "index",
            p.side, p.rank, p.token_id, t.display AS token, p.score, p.zscore,
-           v.vector_id, c.checkpoint_id, m.model_id
+           v.vector_id, c.checkpoint_id, m.model_id, v.expert
     FROM vector_tokens p
     JOIN vectors v USING (vector_id)
     JOIN checkpoints c USING (checkpoint_id)
@@ -93,13 +94,13 @@ CHECKPOINT_STEPS = View(
 VECTOR_DRIFT = View(
     "vector_drift",
     "Every vector at every step of its model (ordered by step, then label) compared with the same vector "
-    "(component, layer, head, index) at the previous step: shared = how many top-k tokens both steps have, "
+    "(component, layer, head, expert, index) at the previous step: shared = how many top-k tokens both steps have, "
     "overlap = shared / k, jaccard = shared / |union|, norm_change = norm - previous norm. The first step "
     "has NULLs. Filter on model, component, layer and index.",
     """
     WITH s AS (
         SELECT cs.model, cs.checkpoint, cs.step, cs.linked_to, v.component, v.layer, v.head, v.idx, v.norm,
-               v.vector_id, r.top_k
+               v.vector_id, r.top_k, v.expert
         FROM checkpoint_steps cs
         JOIN vectors v ON v.checkpoint_id = cs.checkpoint_id
         JOIN index_runs r ON r.checkpoint_id = cs.checkpoint_id
@@ -107,7 +108,7 @@ VECTOR_DRIFT = View(
         SELECT *, lag(checkpoint) OVER win AS previous_checkpoint, lag(vector_id) OVER win AS previous_vector_id,
                lag(norm) OVER win AS previous_norm, lag(top_k) OVER win AS previous_top_k
         FROM s
-        WINDOW win AS (PARTITION BY model, component, layer, head, idx ORDER BY step NULLS LAST, checkpoint)
+        WINDOW win AS (PARTITION BY model, component, layer, head, expert, idx ORDER BY step NULLS LAST, checkpoint)
     ), x AS (
         SELECT w.*, CASE WHEN previous_vector_id IS NULL THEN NULL ELSE coalesce((
             SELECT len(list_intersect(a.top_token_ids, b.top_token_ids)) FROM vector_lists a, vector_lists b
@@ -118,7 +119,7 @@ VECTOR_DRIFT = View(
            norm, norm - previous_norm AS norm_change, shared,
            shared / least(top_k, previous_top_k) AS overlap,
            shared / (top_k + previous_top_k - shared) AS jaccard,
-           vector_id, previous_vector_id
+           vector_id, previous_vector_id, expert
     FROM x
     """,
 )
@@ -148,7 +149,8 @@ TRACE_SHARES = View(
     "trace_shares",
     "The Muppet decomposition with shares: each term's norm as a fraction of the summed norms of all terms at "
     "its position (norm_share), and its part of the final prediction's logit (logit_share = logit / sum of "
-    "the terms' logits, which is the prediction's logit less any lm_head bias).",
+    "the terms' logits, which is the prediction's logit less any lm_head bias; through an encoder's masked-LM "
+    "head, h·W_U[prediction] — the head's transform is not linear).",
     """
     SELECT x.trace_id, x.position, x.kind, x.layer, x.head, x.norm, x.logit,
            x.norm / sum(x.norm) OVER w AS norm_share,
@@ -200,12 +202,14 @@ _ALIGNED = """
 
 ALIGNMENT_LAYERS = View(
     "alignment_layers",
-    "Every alignment run's layer-similarity matrix with model and checkpoint names: score is the mean, over "
-    "model A's vectors of layer_a, of their best vocabulary correlation in layer_b of model B; raw_score the "
-    "same over raw parameters (NULL where the widths differ); matched marks the Hungarian pairs.",
+    "Every alignment run's layer-similarity matrix with model and checkpoint names: score compares model A's "
+    "vectors of layer_a with model B's of layer_b by the run's statistic (best: the mean of each A vector's "
+    "best |vocabulary correlation|; paper: the mean |correlation| over all pairs); raw_score the same over raw "
+    "parameters (NULL where the widths differ); matched marks the Hungarian pairs.",
     f"""
     SELECT r.alignment_id, ma.name AS model_a, ca.label AS checkpoint_a, mb.name AS model_b,
-           cb.label AS checkpoint_b, r.component, s.layer_a, s.layer_b, s.score, s.raw_score, s.matched
+           cb.label AS checkpoint_b, r.component, r.statistic, s.layer_a, s.layer_b, s.score, s.raw_score,
+           s.matched
     {_ALIGNED}
     JOIN layer_similarity s ON s.alignment_id = r.alignment_id
     """,
@@ -213,8 +217,9 @@ ALIGNMENT_LAYERS = View(
 
 ALIGNMENT_MATCHES = View(
     "alignment_matches",
-    "Every neuron (or head, see unit) of model A with its best match in the matched layer of model B: "
-    "score is their vocabulary correlation; raw_index_b / raw_score the best match over raw parameters.",
+    "Every neuron (or head, see unit) of model A with its best match in the matched layer of model B (the "
+    "largest |vocabulary correlation|): score is that correlation with its sign; raw_index_b / raw_score the "
+    "best match over raw parameters.",
     f"""
     SELECT r.alignment_id, ma.name AS model_a, mb.name AS model_b, r.component, r.unit, n.layer_a, n.index_a,
            n.layer_b, n.index_b, n.score, n.raw_index_b, n.raw_score

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from indexer.analyses.align import align_models
 from indexer.analyses.trace import TraceOptions, trace_input
 from indexer.math.basis import BasisMode
+from indexer.math.correlation import Statistic
 from indexer.watch.cycle import RegisterResult, register_source
 from indexer.watch.discover import SourceKind
 from queries import (
@@ -80,6 +81,8 @@ class AlignRequest(BaseModel):
     checkpoint_a: str | None = Field(None, description="checkpoint label of A (default: latest)")
     checkpoint_b: str | None = Field(None, description="checkpoint label of B (default: latest)")
     basis: BasisMode = Field("raw", description="raw (E as is, as Dar et al.) or folded")
+    statistic: Statistic = Field("best", description="how two layers compare: best (mean best |correlation| of "
+                                 "A's vectors) or paper (mean |correlation| over all pairs, as Dar et al.)")
     limit: int = Field(1000, ge=0, description="unit matches returned (all are stored)")
 
 
@@ -181,9 +184,10 @@ def api_router(owner: StoreOwner) -> APIRouter:
 
     @router.get("/vectors/{model}/{component}/{layer}/{index}", response_model=VectorView, tags=["vectors"])
     def vector(lens: ReadLens, model: str, component: str, layer: int, index: int, head: int | None = None,
-               checkpoint: str | None = None) -> VectorView:
-        """One vector with its top and bottom tokens and statistics (latest checkpoint unless named)."""
-        return lens.vector(model, component, layer, index, head=head, checkpoint=checkpoint)
+               checkpoint: str | None = None, expert: int | None = None) -> VectorView:
+        """One vector with its top and bottom tokens and statistics (latest checkpoint unless named); ``expert``
+        for a mixture-of-experts vector."""
+        return lens.vector(model, component, layer, index, head=head, checkpoint=checkpoint, expert=expert)
 
     @router.get("/runs", response_model=Page[RunInfo], tags=["index"])
     def runs(lens: ReadLens, limit: Limit = 50, offset: Offset = 0) -> Page[RunInfo]:
@@ -247,9 +251,10 @@ def api_router(owner: StoreOwner) -> APIRouter:
 
     @router.get("/drift/{model}/{component}/{layer}/{index}", response_model=list[VectorStep], tags=["training"])
     def drift(lens: ReadLens, model: str, component: str, layer: int, index: int, head: int | None = None,
-              k: Annotated[int, Query(ge=1, le=1000, description="top tokens per step")] = 10) -> list[VectorStep]:
+              k: Annotated[int, Query(ge=1, le=1000, description="top tokens per step")] = 10,
+              expert: int | None = None) -> list[VectorStep]:
         """One vector at every step: top tokens and top-k overlap with the previous step."""
-        return lens.drift_vector(model, component, layer, index, head=head, k=k)
+        return lens.drift_vector(model, component, layer, index, head=head, k=k, expert=expert)
 
     @router.get("/drift/{model}/{component}/{layer}/{index}/rank", response_model=list[TokenRankStep],
                 tags=["training"])
@@ -309,7 +314,8 @@ def api_router(owner: StoreOwner) -> APIRouter:
     def align(body: AlignRequest) -> Alignment:
         """Align model B to model A (same vocabulary) on one component, store the run and return it."""
         outcome = align_models(owner.store, body.model_a, body.model_b, component=body.component,
-                               checkpoint_a=body.checkpoint_a, checkpoint_b=body.checkpoint_b, basis=body.basis)
+                               checkpoint_a=body.checkpoint_a, checkpoint_b=body.checkpoint_b, basis=body.basis,
+                               statistic=body.statistic)
         with owner.lens() as lens:
             return lens.alignment(outcome.alignment_id, limit=body.limit)
 

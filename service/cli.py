@@ -81,7 +81,8 @@ def cmd_index(args: argparse.Namespace) -> None:
     opts = IndexOptions(name=args.name, top_k=args.top_k, basis=args.basis, replace=args.replace,
                         components=args.component or None, device=args.device, precision=args.precision,
                         read_basis=args.read_basis, head_maps=args.head_maps, pair_vocab=args.pair_vocab,
-                        svd=args.svd, executor=args.executor, address=args.address, ray_workers=args.ray_workers)
+                        svd=args.svd, executor=args.executor, address=args.address, ray_workers=args.ray_workers,
+                        revision=args.revision, base=args.base, lora=args.lora)
     if args.server:
         result = index_via_server(args.server, args.checkpoint, opts, quiet=args.quiet, token=args.access_token)
     else:
@@ -112,7 +113,8 @@ def index_via_server(server: str, checkpoint: str, opts: "IndexOptions", quiet: 
     from indexer import IndexResult
 
     base = server.rstrip("/")
-    body = {"checkpoint": str(Path(checkpoint).resolve()), **opts.model_dump()}
+    local = Path(checkpoint).exists()  # else a hub id, resolved in the server's own cache
+    body = {"checkpoint": str(Path(checkpoint).resolve()) if local else checkpoint, **opts.model_dump()}
     token = token if token is not None else os.environ.get("LENSDB_TOKEN", "")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     job: dict | None = None
@@ -200,17 +202,19 @@ def _hits(args: argparse.Namespace, side: str) -> None:
     with _connect(args) as db:
         find = db.promoters if side == "top" else db.suppressors
         hits = find(token, wanted)
-    _emit(args, hits, ["model", "checkpoint", "component", "layer", "head", "index", "rank", "token", "score",
-                       "zscore"])
+    experts = ["expert"] if any(h.expert is not None for h in hits) else []  # only mixture-of-experts hits have one
+    _emit(args, hits, ["model", "checkpoint", "component", "layer", "head", *experts, "index", "rank", "token",
+                       "score", "zscore"])
 
 
 def cmd_vector(args: argparse.Namespace) -> None:
     with _connect(args) as db:
-        v = db.vector(args.model, args.component, args.layer, args.index, head=args.head, checkpoint=args.checkpoint)
+        v = db.vector(args.model, args.component, args.layer, args.index, head=args.head, checkpoint=args.checkpoint,
+                      expert=args.expert)
     if args.json:
         print(v.model_dump_json(indent=2))
         return
-    head = f" head {v.head}" if v.head is not None else ""
+    head = (f" head {v.head}" if v.head is not None else "") + (f" expert {v.expert}" if v.expert is not None else "")
     print(f"{v.model}/{v.checkpoint} {v.component} layer {v.layer}{head} index {v.index}  "
           f"norm {v.norm:.4g}  logits mean {v.logit_mean:.4g} std {v.logit_std:.4g}  basis {v.basis}")
     n = max(len(v.top), len(v.bottom))
@@ -332,7 +336,7 @@ def cmd_drift(args: argparse.Namespace) -> None:
         if args.token is not None:
             token: str | int = int(args.token) if args.id else args.token
             ranks = db.token_rank_over_training(args.model, token, args.component, args.layer, args.index,
-                                                head=args.head, side=args.side)
+                                                head=args.head, side=args.side, expert=args.expert)
             if args.json:
                 _emit(args, ranks)
                 return
@@ -340,7 +344,8 @@ def cmd_drift(args: argparse.Namespace) -> None:
                      r.score, r.zscore] for r in ranks]
             print(table(["checkpoint", "step", "linked_to", "rank", "score", "zscore"], rows))
             return
-        steps = db.drift_vector(args.model, args.component, args.layer, args.index, head=args.head, k=args.k)
+        steps = db.drift_vector(args.model, args.component, args.layer, args.index, head=args.head, k=args.k,
+                                expert=args.expert)
     if args.json:
         _emit(args, steps)
         return
@@ -399,6 +404,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_trace(args: argparse.Namespace) -> None:
     from indexer.analyses.trace import TraceOptions, trace_input
+    from queries.rows import NO_LM_HEAD
     from service.flow import standalone
 
     opts = TraceOptions(model=args.model, prompt=args.prompt, checkpoint=args.checkpoint, position=args.position,
@@ -431,8 +437,12 @@ def cmd_trace(args: argparse.Namespace) -> None:
     def cells(t: "queries.TraceView") -> list[list[object]]:
         return [[s.top[0].token if s.top else None, s.pred_rank] for s in t.states]
 
+    if after.readout == "none":
+        print(f"{NO_LM_HEAD}; its top token at position {after.position} is {after.prediction!r}, which is no "
+              "prediction of the model")
     if before is None:
-        print(f"prediction {after.prediction!r} (logit {after.prediction_logit:.4g})")
+        if after.readout != "none":
+            print(f"prediction {after.prediction!r} (logit {after.prediction_logit:.4g})")
         rows = [[s.layer] + c for s, c in zip(after.states, cells(after), strict=True)]
         print(table(["layer", "top token", f"rank of {after.prediction!r}"], rows))
     else:
@@ -453,7 +463,10 @@ def print_alignment(run: "queries.Alignment", limit: int) -> None:
           f"{info.checkpoint_b} (columns), {info.component} per {info.unit}, basis {info.basis}, "
           f"{info.vocab_size} tokens")
     cols = [f"B{j}" for j in range(len(run.similarity[0]))]
-    print("\nlayer similarity in embedding space (mean best vocabulary correlation):")
+    how = {"best": "mean best |vocabulary correlation| of A's vectors",
+           "paper": "mean |vocabulary correlation| over all pairs, as Dar et al.",
+           "best_signed": "mean best signed vocabulary correlation, as lensdb computed it before schema version 3"}
+    print(f"\nlayer similarity in embedding space ({how.get(info.statistic, info.statistic)}):")
     print(table(["A", *cols], [[i, *row] for i, row in enumerate(run.similarity)]))
     if run.raw_similarity is not None:
         print("\nraw-parameter baseline (same formula over raw coordinates):")
@@ -487,11 +500,12 @@ def cmd_align(args: argparse.Namespace) -> None:
             run = queries.Alignment.model_validate(remote.call("POST", "/align", body={
                 "model_a": args.model_a, "model_b": args.model_b, "component": args.component,
                 "checkpoint_a": args.checkpoint_a, "checkpoint_b": args.checkpoint_b, "basis": args.basis,
-                "limit": 2**31 - 1}))
+                "statistic": args.similarity, "limit": 2**31 - 1}))
         message = f"alignment {run.info.alignment_id} stored by the service at {remote.url}"
     else:
         outcome = align_models(args.db, args.model_a, args.model_b, component=args.component,
-                               checkpoint_a=args.checkpoint_a, checkpoint_b=args.checkpoint_b, basis=args.basis)
+                               checkpoint_a=args.checkpoint_a, checkpoint_b=args.checkpoint_b, basis=args.basis,
+                               statistic=args.similarity)
         message = outcome.message
         with _connect(args) as db:
             run = db.alignment(outcome.alignment_id)
@@ -515,7 +529,8 @@ def cmd_alignments(args: argparse.Namespace) -> None:
                 print_alignment(run, args.limit)
             return
         _emit(args, db.alignments(), ["alignment_id", "model_a", "checkpoint_a", "model_b", "checkpoint_b",
-                                      "component", "basis", "raw_comparable", "mean_matched", "created_at"])
+                                      "component", "basis", "statistic", "raw_comparable", "mean_matched",
+                                      "created_at"])
 
 
 def read_examples(path: str) -> tuple[list[str], list[int]]:
@@ -542,11 +557,12 @@ def cmd_stitch(args: argparse.Namespace) -> None:
 
     texts, labels = read_examples(args.data)
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
-    report = stitch(args.model_a, args.model_b, texts, labels, b_layers=layers)
+    report = stitch(args.model_a, args.model_b, texts, labels, b_layers=layers, method=args.map)
     if args.json:
         print(report.model_dump_json(indent=2))
         return
     print(f"A (fine-tuned, with head): {report.model_a}\nB (pretrained): {report.model_b}")
+    print("map: " + ("E_Bᵀ (E_Aᵀ)⁺, the paper's" if report.map == "paper" else "E_B⁺ E_A"))
     print(f"{report.n_examples} examples; chance (majority) {report.chance:.3f}; A alone {report.accuracy_a:.3f}")
     print(table(["b_layers_kept", "a_resumes_at", "accuracy"],
                 [[r.b_layers, r.a_resumes_at, r.accuracy] for r in report.rows]))
@@ -579,11 +595,14 @@ def cmd_finetune_diff(args: argparse.Namespace) -> None:
 def cmd_architectures(args: argparse.Namespace) -> None:
     from indexer.model.adapters import ADAPTERS
 
-    rows = [[cls.family, ", ".join(cls.model_types), ", ".join(s.name for s in cls.components)] for cls in ADAPTERS]
-    print(table(["family", "model_type", "components"], rows))
+    rows = [[cls.family, ", ".join(cls.model_types), ", ".join(s.name for s in cls.components if s.default),
+             cls.notes] for cls in ADAPTERS]
+    print(table(["family", "model_type", "indexes (embedding: opt-in)", "notes"], rows))
     specs = {s.name: s for cls in ADAPTERS for s in cls.components}
     print()
     print(table(["component", "role", "meaning"], [[s.name, s.role, s.doc] for s in specs.values()]))
+    print()
+    print(table(["source", "read as"], [[k, v] for k, v in SOURCES]))
 
 
 def cmd_upgrade(args: argparse.Namespace) -> None:
@@ -592,6 +611,19 @@ def cmd_upgrade(args: argparse.Namespace) -> None:
     before, after = upgrade_store(args.db)
     print(f"{args.db}: schema version {after} already" if before == after else
           f"upgraded {args.db} from schema version {before} to {after}")
+
+
+SOURCES = (
+    ("folder", "config.json + model.safetensors (or a sharded index) + tokenizer files"),
+    ("hub id (org/name)", "its snapshot in the local Hugging Face cache, --revision branch/tag/commit; never "
+                          "downloaded"),
+    ("FILE.gguf", "llama.cpp GGUF (llama, mistral, mixtral, qwen2, qwen3, qwen2moe, qwen3moe, olmoe, phi3), "
+                  "dequantized per tensor; needs the gguf package"),
+    ("LoRA adapter folder", "PEFT LoRA over its base (--base): merged W + s·B·A, or --lora delta for s·B·A alone; "
+                            "DoRA, IA³ and other PEFT methods refused"),
+    ("quantized safetensors", "bitsandbytes 8-bit, GPTQ, AWQ GEMM dequantized per tensor; bitsandbytes 4-bit and "
+                              "other methods refused naming the format"),
+)
 
 
 # ---- arguments, declared per command ----------------------------------------------------------------------
@@ -614,7 +646,15 @@ def add_fields(sp: argparse.ArgumentParser, model: Any, env_prefix: str | None =
 
 
 def _index_args(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("checkpoint", help="Hugging Face folder with config.json, safetensors and tokenizer")
+    sp.add_argument("checkpoint", help="Hugging Face folder (config.json, safetensors, tokenizer), a hub id in the "
+                    "local cache (EleutherAI/pythia-70m; never downloaded), a llama.cpp .gguf file, or a PEFT/LoRA "
+                    "adapter folder")
+    sp.add_argument("--revision", help="with a hub id: the cached branch, tag or commit (default main)")
+    sp.add_argument("--base", help="with a LoRA adapter folder: its base model, a folder or cached hub id "
+                    "(default: the base named in adapter_config.json)")
+    sp.add_argument("--lora", choices=["merged", "delta"], default="merged",
+                    help="with a LoRA adapter: index the merged weights W + s·B·A (default), or the adapter's "
+                    "low-rank update s·B·A alone as vectors of their own (delta)")
     sp.add_argument("--name", help="model name (default: the folder name)")
     sp.add_argument("--top-k", type=int, default=50, help="tokens kept per vector and side (default 50)")
     sp.add_argument("--basis", choices=["folded", "raw"], default="folded",
@@ -678,6 +718,7 @@ def _vector_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("layer", type=int)
     sp.add_argument("index", type=int)
     sp.add_argument("--head", type=int, help="attention head, for per-head components")
+    sp.add_argument("--expert", type=int, help="expert, for the expert components of mixture-of-experts models")
     sp.add_argument("--checkpoint", help="checkpoint label (default: latest)")
     sp.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
 
@@ -720,6 +761,7 @@ def _drift_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("layer", type=int)
     sp.add_argument("index", type=int)
     sp.add_argument("--head", type=int, help="attention head, for per-head components")
+    sp.add_argument("--expert", type=int, help="expert, for the expert components of mixture-of-experts models")
     sp.add_argument("--k", type=int, default=10, help="top tokens shown per step (default 10)")
     sp.add_argument("--token", help="show this token's rank per step instead (a word, raw token, or id with --id)")
     sp.add_argument("--id", action="store_true", help="--token is a token id")
@@ -770,6 +812,9 @@ def _align_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--checkpoint-b", help="checkpoint label of B (default: latest)")
     sp.add_argument("--basis", choices=["raw", "folded"], default="raw",
                     help="raw: E as is, as Dar et al. (default); folded: final-norm gain folded in and centred")
+    sp.add_argument("--similarity", choices=["best", "paper"], default="best",
+                    help="how two layers compare: best, the mean over A's vectors of their best |correlation| "
+                    "(default); paper, the mean |correlation| over all pairs, as Dar et al.")
     sp.add_argument("--png", metavar="FILE", help="also write the layer-similarity heat map as a PNG")
     sp.add_argument("--limit", type=int, default=10, help="unit matches to print (default 10)")
 
@@ -784,6 +829,9 @@ def _stitch_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("model_b", metavar="B", help="checkpoint folder of the pretrained model (same vocabulary)")
     sp.add_argument("--data", required=True, metavar="JSONL", help='examples, one {"text": ..., "label": N} a line')
     sp.add_argument("--layers", help="B layers kept to try, comma-separated (default: every 0..n)")
+    sp.add_argument("--map", choices=["pinv", "paper"], default="pinv",
+                    help="B's stream into A's: pinv, E_B⁺ E_A (carries each token's embedding; default); paper, "
+                    "E_Bᵀ (E_Aᵀ)⁺ (keeps each state's vocabulary scores, as Dar et al.'s code)")
 
 
 def _finetune_diff_args(sp: argparse.ArgumentParser) -> None:
@@ -850,7 +898,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("alignments", "list stored alignment runs, or show one with --id", cmd_alignments, _alignments_args,
             served=True),
     Command("stitch", "classify with B's first k blocks mapped into fine-tuned A's space through the shared "
-            "vocabulary (E_B⁺ E_A), then A's remaining blocks and head; accuracy per k", cmd_stitch, _stitch_args,
+            "vocabulary (--map pinv: E_B⁺ E_A, or paper: E_Bᵀ (E_Aᵀ)⁺), then A's remaining blocks and head; "
+            "accuracy per k", cmd_stitch, _stitch_args,
             db=False),
     Command("finetune-diff", "project a fine-tuning diff (θ_ft − θ_pre) to the vocabulary: the vectors it changed "
             "most and what each classifier row reads", cmd_finetune_diff, _finetune_diff_args, db=False),

@@ -11,6 +11,7 @@ node for its details; clicking highlights its edges. No CDN, no build: one strin
 from html import escape
 
 from queries import TraceView
+from queries.rows import NO_LM_HEAD
 
 UNITS_PER_KIND = 3
 COL, TOP, ROW = 190, 70, 62
@@ -136,8 +137,10 @@ def summary(t: TraceView) -> str:
                     for i, x in enumerate(t.tokens))
     changes = ", ".join(t.interventions) or "none"
     base = f" · baseline trace {t.baseline_trace_id}" if t.baseline_trace_id else ""
+    what = (f"{escape(NO_LM_HEAD)}: top token <b>{escape(repr(t.prediction))}</b>" if t.readout == "none" else
+            f"prediction <b>{escape(repr(t.prediction))}</b>")
     return (f"<p>{escape(t.model)}/{escape(t.checkpoint)} · input: {toks}</p>"
-            f"<p>position {t.position} → prediction <b>{escape(repr(t.prediction))}</b> (logit "
+            f"<p>position {t.position} → {what} (logit "
             f"{t.prediction_logit:.3f}, readout {escape(t.readout)}) · interventions: {escape(changes)}{base} · "
             f"decomposition error {t.error:.2g}</p>")
 

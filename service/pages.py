@@ -51,8 +51,8 @@ def _bar(value: float, scale: float) -> str:
 
 
 def vector_url(model: str, component: str, layer: int, index: int, head: int | None = None,
-               checkpoint: str | None = None) -> str:
-    query = {k: v for k, v in (("head", head), ("checkpoint", checkpoint)) if v is not None}
+               checkpoint: str | None = None, expert: int | None = None) -> str:
+    query = {k: v for k, v in (("head", head), ("checkpoint", checkpoint), ("expert", expert)) if v is not None}
     path = f"/vector/{quote(model, safe='')}/{quote(component, safe='')}/{layer}/{index}"
     return path + ("?" + urlencode(query) if query else "")
 
@@ -88,8 +88,9 @@ def _hits_table(hits: list[TokenHit], title: str) -> str:
         return f"<div><h2>{title}</h2><p class=muted>none</p></div>"
     scale = max(abs(h.zscore) for h in hits)
     rows = "".join(
-        f"<tr><td><a href='{vector_url(h.model, h.component, h.layer, h.index, h.head, h.checkpoint)}'>"
-        f"{escape(h.model)} {escape(h.component)} L{h.layer}{'' if h.head is None else f' H{h.head}'} "
+        f"<tr><td><a href='{vector_url(h.model, h.component, h.layer, h.index, h.head, h.checkpoint, h.expert)}'>"
+        f"{escape(h.model)} {escape(h.component)} L{h.layer}{'' if h.head is None else f' H{h.head}'}"
+        f"{'' if h.expert is None else f' E{h.expert}'} "
         f"#{h.index}</a>"
         f"<div class=muted>{escape(h.checkpoint)} · rank {h.rank}</div></td>"
         f"<td class=n>{h.zscore:.2f}</td><td>{_bar(h.zscore, scale)}</td></tr>" for h in hits)
@@ -119,17 +120,17 @@ def _token_bars(scores: list[TokenScore]) -> str:
 
 
 def _training_url(v: VectorView) -> str:
-    path = vector_url(v.model, v.component, v.layer, v.index, v.head)
+    path = vector_url(v.model, v.component, v.layer, v.index, v.head, expert=v.expert)
     base, _, query = path.partition("?")
     return f"{base}/training" + (f"?{query}" if query else "")
 
 
 def vector(v: VectorView, checkpoints: list[str]) -> str:
-    head = "" if v.head is None else f" head {v.head}"
+    head = ("" if v.head is None else f" head {v.head}") + ("" if v.expert is None else f" expert {v.expert}")
     title = f"{v.model} {v.component} layer {v.layer}{head} #{v.index}"
     others = " · ".join(
         f"<b>{escape(c)}</b>" if c == v.checkpoint else
-        f"<a href='{vector_url(v.model, v.component, v.layer, v.index, v.head, c)}'>{escape(c)}</a>"
+        f"<a href='{vector_url(v.model, v.component, v.layer, v.index, v.head, c, v.expert)}'>{escape(c)}</a>"
         for c in checkpoints)
     stats = (f"<p>checkpoint <b>{escape(v.checkpoint)}</b> · norm {v.norm:.4g} · "
              f"logits mean {v.logit_mean:.4g} "
@@ -191,24 +192,27 @@ def rank_plot(ranks: list[TokenRankStep], width: int = 640, height: int = 260) -
     return "".join(parts)
 
 
-def _step_cell(model: str, component: str, layer: int, index: int, head: int | None, s: VectorStep) -> str:
+def _step_cell(model: str, component: str, layer: int, index: int, head: int | None, s: VectorStep,
+               expert: int | None = None) -> str:
     if s.linked_to:  # linked steps have no vector page of their own: they are the checkpoint named
         return f"{escape(s.checkpoint)} <span class=muted>= {escape(s.linked_to)}</span>"
-    return f"<a href='{vector_url(model, component, layer, index, head, s.checkpoint)}'>{escape(s.checkpoint)}</a>"
+    return (f"<a href='{vector_url(model, component, layer, index, head, s.checkpoint, expert)}'>"
+            f"{escape(s.checkpoint)}</a>")
 
 
 def training(model: str, component: str, layer: int, index: int, head: int | None, token: str,
-             steps: list[VectorStep], ranks: list[TokenRankStep], error: str | None) -> str:
+             steps: list[VectorStep], ranks: list[TokenRankStep], error: str | None, expert: int | None = None) -> str:
     """One vector across training: the chosen token's rank per step as a plot, then top tokens per step."""
-    hd = "" if head is None else f" head {head}"
+    hd = ("" if head is None else f" head {head}") + ("" if expert is None else f" expert {expert}")
     title = f"{model} {component} layer {layer}{hd} #{index} over training"
     form = (f"<form method=get><input name=token value='{escape(token, quote=True)}' placeholder='a token'>"
             + ("" if head is None else f"<input type=hidden name=head value='{head}'>")
+            + ("" if expert is None else f"<input type=hidden name=expert value='{expert}'>")
             + " <button>plot rank</button></form>")
     plot = f"<p class=err>{escape(error)}</p>" if error else (
         f"<h2>rank of {_tok(token)} among the top tokens</h2>{rank_plot(ranks)}" if token else "")
     rows = "".join(
-        f"<tr><td>{_step_cell(model, component, layer, index, head, s)}"
+        f"<tr><td>{_step_cell(model, component, layer, index, head, s, expert)}"
         f"</td><td class=n>{'' if s.step is None else s.step}</td>"
         f"<td class=n>{'' if s.overlap is None else f'{s.overlap:.2f}'}</td><td class=n>{s.norm:.3g}</td>"
         f"<td>{' '.join(_tok(t.token) for t in s.top)}</td></tr>" for s in steps)

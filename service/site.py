@@ -49,26 +49,28 @@ def page_router(owner: StoreOwner) -> APIRouter:
 
     @router.get("/vector/{model}/{component}/{layer}/{index}", response_class=HTMLResponse)
     def vector_page(lens: ReadLens, model: str, component: str, layer: int, index: int,
-                    head: int | None = None, checkpoint: str | None = None) -> HTMLResponse:
+                    head: int | None = None, checkpoint: str | None = None,
+                    expert: int | None = None) -> HTMLResponse:
         def render() -> str:
-            v = lens.vector(model, component, layer, index, head=head, checkpoint=checkpoint)
+            v = lens.vector(model, component, layer, index, head=head, checkpoint=checkpoint, expert=expert)
             labels = [c.label for m in lens.models() if m.name == model for c in m.checkpoints]
             return pages.vector(v, labels)
         return html(render)
 
     @router.get("/vector/{model}/{component}/{layer}/{index}/training", response_class=HTMLResponse)
     def training_page(lens: ReadLens, model: str, component: str, layer: int, index: int, head: int | None = None,
-                      token: str = "") -> HTMLResponse:
+                      token: str = "", expert: int | None = None) -> HTMLResponse:
         def render() -> str:
-            steps = lens.drift_vector(model, component, layer, index, head=head, k=5)
+            steps = lens.drift_vector(model, component, layer, index, head=head, k=5, expert=expert)
             chosen = token.strip() or (steps[0].top[0].token.strip() if steps and steps[0].top else "")
             ranks, error = [], None
             if chosen:
                 try:
-                    ranks = lens.token_rank_over_training(model, chosen, component, layer, index, head=head)
+                    ranks = lens.token_rank_over_training(model, chosen, component, layer, index, head=head,
+                                                          expert=expert)
                 except UnknownToken as err:
                     error = str(err)
-            return pages.training(model, component, layer, index, head, chosen, steps, ranks, error)
+            return pages.training(model, component, layer, index, head, chosen, steps, ranks, error, expert)
         return html(render)
 
     @router.get("/alignment/{alignment_id}", response_class=HTMLResponse)

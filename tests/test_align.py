@@ -61,12 +61,57 @@ def test_hungarian_recovers_a_shuffled_order_where_greedy_would_not() -> None:
     assert al.hungarian(sim) == list(enumerate(order))
 
 
-def test_translation_maps_b_embeddings_onto_a() -> None:
+def test_the_two_stitching_maps_against_their_definitions() -> None:
+    """pinv = E_B⁺ E_A carries B's token embeddings onto A's; paper = E_Bᵀ (E_Aᵀ)⁺ (Dar et al.'s code) keeps
+    every state's vocabulary scores, h_B E_Bᵀ = (h_B M) E_Aᵀ; under an orthogonal change of basis they agree."""
     g = torch.Generator().manual_seed(2)
     ea = torch.randn(200, 8, generator=g)
     m = torch.randn(8, 8, generator=g)
     eb = ea @ torch.linalg.inv(m)  # B's embeddings are an invertible linear image of A's
-    torch.testing.assert_close((eb.double() @ al.translation(eb, ea)).float(), ea, atol=1e-4, rtol=0)
+    pinv, paper = al.translation(eb, ea, "pinv"), al.translation(eb, ea, "paper")
+    torch.testing.assert_close((eb.double() @ pinv).float(), ea, atol=1e-4, rtol=0)
+    torch.testing.assert_close(paper, eb.double().T @ torch.linalg.pinv(ea.double().T))  # the notebook's kernel
+    h = torch.randn(5, 8, generator=g, dtype=torch.float64)  # any states of B
+    torch.testing.assert_close(h @ paper @ ea.double().T, h @ eb.double().T, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(paper, pinv, atol=1e-3)
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=g))
+    torch.testing.assert_close(al.translation(ea @ q, ea, "paper"), al.translation(ea @ q, ea, "pinv"), atol=1e-5,
+                               rtol=1e-4)
+
+
+def test_layer_statistics_and_sign_aware_matches() -> None:
+    """paper: the mean |correlation| over all pairs; best: the mean of each row's best |correlation|; a unit's
+    best match may be a negated copy, and keeps its sign."""
+    corr = torch.tensor([[0.2, -0.9, 0.1], [0.5, 0.4, -0.3]])
+    assert al.unit_similarity(corr, "paper") == pytest.approx(float(corr.abs().mean()))
+    assert al.unit_similarity(corr, "best") == pytest.approx((0.9 + 0.5) / 2)
+    index, score = al.best_match(corr)
+    assert index.tolist() == [1, 0] and score.tolist() == pytest.approx([-0.9, 0.5])
+
+
+def test_negated_units_are_matched_with_their_sign() -> None:
+    """B's layers hold A's vectors permuted and half of them negated (they promote what A's suppress): the
+    sign-aware best match finds every one, with correlation −1 for the negated, and both layer statistics
+    see the negated copies; a signed best match would have missed them."""
+    from indexer.analyses.align import ComponentVectors, compare
+
+    g = torch.Generator().manual_seed(5)
+    e = torch.randn(300, 16, generator=g)
+    layers_a = [torch.randn(24, 16, generator=g) for _ in range(3)]
+    perms = [torch.randperm(24, generator=g) for _ in range(3)]
+    signs = torch.where(torch.arange(24) % 2 == 0, 1.0, -1.0)
+    layers_b = [layers_a[i][perms[i]] * signs[:, None] for i in range(3)]
+    units_a = [list(x.split(1)) for x in layers_a]
+    units_b = [list(x.split(1)) for x in layers_b]
+    for statistic in ("best", "paper"):
+        result = compare(ComponentVectors(layers_a, units_a, e), ComponentVectors(layers_b, units_b, e),
+                         statistic)
+        assert result.pairs == [(0, 0), (1, 1), (2, 2)]
+        for _, index_a, layer_b, index_b, score, _, _ in result.matches:
+            n = int((perms[layer_b] == index_a).nonzero()[0])  # where A's vector sits in B
+            assert index_b == n and score == pytest.approx(float(signs[n]), abs=1e-4)
+    signed = al.embedded_corr(layers_a[0], layers_b[0], al.kernels(e, e)).max(dim=1).indices
+    assert (signed != torch.argsort(perms[0])).any()  # the old signed maximum misses the negated copies
 
 
 # ---- planted permutations ----------------------------------------------------------------------------------
@@ -229,6 +274,12 @@ def test_cli_align_prints_matrix_and_writes_png(planted_store, tmp_path: Path, c
     assert len(data["similarity"]) == N_LAYER
     assert main(["alignments", "--db", str(db)]) == 0
     assert main(["align", "a", "nope", "--db", str(db)]) == 1
+    capsys.readouterr()
+    assert main(["align", "a", "perm", "--db", str(db), "--similarity", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert "layer similarity in embedding space (mean |vocabulary correlation| over all pairs, as Dar et al.)" in out
+    with queries.connect(db) as lens:
+        assert [r.statistic for r in lens.alignments(limit=2)] == ["paper", "best"]
 
 
 def test_service_alignment_api_and_page(planted_store, tmp_path: Path) -> None:
@@ -256,6 +307,10 @@ async def _service_checks(app) -> None:
         assert page.status_code == 200 and "<svg" in page.text
         bad = await client.post("/align", json={"model_a": "a", "model_b": "nope"})
         assert bad.status_code == 404
+        paper = await client.post("/align", json={"model_a": "a", "model_b": "perm", "statistic": "paper"})
+        assert paper.status_code == 200 and paper.json()["info"]["statistic"] == "paper"
+        wrong = await client.post("/align", json={"model_a": "a", "model_b": "perm", "statistic": "max"})
+        assert wrong.status_code == 422 and wrong.headers["content-type"].startswith("application/problem+json")
 
 
 # ---- stitching and fine-tuning diffs on tiny classifiers trained here ------------------------------------
@@ -300,10 +355,12 @@ def tiny_classifiers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     return paths
 
 
-def test_stitched_classifier_beats_chance(tiny_classifiers: dict[str, Path]) -> None:
+@pytest.mark.parametrize("method", ["pinv", "paper"])
+def test_stitched_classifier_beats_chance(tiny_classifiers: dict[str, Path], method: str) -> None:
     texts, labels = toy_task(200, "paris", seed=7)
-    report = stitch(tiny_classifiers["a"], tiny_classifiers["b"], texts, labels)
-    print(f"\nstitching: chance {report.chance:.2f}, A alone {report.accuracy_a:.2f}, "  # the numbers, with -s
+    report = stitch(tiny_classifiers["a"], tiny_classifiers["b"], texts, labels, method=method)
+    assert report.map == method
+    print(f"\nstitching ({method}): chance {report.chance:.2f}, A alone {report.accuracy_a:.2f}, "  # with -s
           + ", ".join(f"B keeps {r.b_layers} → A from {r.a_resumes_at}: {r.accuracy:.2f}" for r in report.rows))
     assert report.accuracy_a > 0.9
     assert [r.b_layers for r in report.rows] == list(range(STITCH_LAYERS + 1))
@@ -317,7 +374,11 @@ def test_stitch_and_finetune_diff_from_the_cli(tiny_classifiers: dict[str, Path]
     data.write_text("\n".join(json.dumps({"text": t, "label": y}) for t, y in zip(texts, labels, strict=True)))
     assert main(["stitch", str(tiny_classifiers["a"]), str(tiny_classifiers["b"]), "--data", str(data),
                  "--layers", "0,2"]) == 0
-    assert "a_resumes_at" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "a_resumes_at" in out and "map: E_B⁺ E_A" in out
+    assert main(["stitch", str(tiny_classifiers["a"]), str(tiny_classifiers["b"]), "--data", str(data),
+                 "--layers", "0", "--map", "paper"]) == 0
+    assert "map: E_Bᵀ (E_Aᵀ)⁺, the paper's" in capsys.readouterr().out
     assert main(["finetune-diff", str(tiny_classifiers["pre"]), str(tiny_classifiers["a"]), "--json"]) == 0
     diff = json.loads(capsys.readouterr().out)
     assert len(diff["classifier"]) == 2 and diff["vectors"]

@@ -8,8 +8,6 @@ import torch
 
 import queries
 from indexer import IndexOptions, index_checkpoint
-from indexer.index.head_maps import layer_factors
-from indexer.math.basis import read_basis, write_basis
 from indexer.model.adapters import adapter_for
 from indexer.model.checkpoint import open_checkpoint
 from service.cli import main
@@ -26,11 +24,25 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> tuple[TinyModel, Path]:
 
 
 def _dense_maps(tiny: TinyModel, layer: int, head: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The V×V maps as TransformerLens would read them: the reading side E as it is (no vocabulary centring),
+    readers with ln_1's gain folded in and centred across d, the writing side W_U with ln_f's gain folded in and
+    centred across d and across the vocabulary. Pre-LN: no other norm lies on the path."""
     adapter = adapter_for(open_checkpoint(tiny.path))
-    write = write_basis(adapter.unembedding(), adapter.final_norm(), "folded").matrix
-    read = read_basis(adapter.unembedding(), "unembedding", "folded").matrix
-    f = layer_factors(adapter, layer, "folded")[head]
-    return (read @ f.ov_left.T) @ (write @ f.ov_right.T).T, (read @ f.qk_left.T) @ (read @ f.qk_right.T).T
+    e = adapter.unembedding()  # tied
+    final = adapter.final_norm()
+    assert final is not None
+    u = e * final.weight
+    u = u - u.mean(dim=1, keepdim=True)
+    u = u - u.mean(dim=0, keepdim=True)
+
+    def fold(name: str) -> torch.Tensor:
+        part = adapter.component(name, layer)[head]
+        assert part.norm is not None
+        rows = part.vectors * part.norm.weight
+        return rows - rows.mean(dim=1, keepdim=True)
+
+    o = adapter.component("attn_o", layer)[head].vectors
+    return (e @ fold("attn_v").T) @ (u @ o.T).T, (e @ fold("attn_q").T) @ (e @ fold("attn_k").T).T
 
 
 def test_planted_ov_head_is_found_three_ways(planted: tuple[TinyModel, Path]) -> None:
@@ -133,3 +145,40 @@ def test_head_pairs_view(planted: tuple[TinyModel, Path]) -> None:
         rows = lens.sql("SELECT layer, head, source_token, token FROM head_pair_projections WHERE "
                         "component = 'attn_ov_pair' AND side = 'top' ORDER BY zscore DESC LIMIT 1").rows
     assert rows == [[1, 2, " king", " queen"]]
+
+
+def test_post_ln_head_maps_equal_dense_maps_carried_through_every_layernorm(tmp_path: Path) -> None:
+    """A tiny BERT with random gains and biases: each head's OV and QK maps, read with the reading side carried
+    from the embedding to the head and W_O carried to the output (dense, from the model's own LayerNorms) and no
+    vocabulary centring on any reading side, are what the store holds, pairs and rows."""
+    from indexer.model.forward import load_model
+    from tests.test_carry import _dense_path
+    from tests.test_conformance import build
+
+    path = tmp_path / "bert"
+    build("bert", path)
+    adapter = adapter_for(open_checkpoint(path))
+    model = load_model(path, adapter)
+    db = tmp_path / "lens.duckdb"
+    index_checkpoint(db, path, IndexOptions(name="bert", head_maps=True, top_k=10, components=["ff_value"]))
+    e = adapter.unembedding().double()  # tied
+    with queries.connect(db) as lens:
+        for layer, head in ((0, 1), (1, 3)):
+            reads = e @ _dense_path(model, adapter, "reads", layer, "attn").T
+            u = (e - e.mean(dim=0)) @ _dense_path(model, adapter, "writes", layer, "attn")  # to the final LN
+
+            def rows(name: str, layer: int = layer, head: int = head) -> torch.Tensor:
+                return adapter.component(name, layer)[head].vectors.double()
+
+            ov = (reads @ rows("attn_v").T) @ (u @ rows("attn_o").T).T
+            qk = (reads @ rows("attn_q").T) @ (reads @ rows("attn_k").T).T
+            for kind, dense in (("ov", ov), ("qk", qk)):
+                v = lens.vector("bert", f"attn_{kind}_pair", layer, 0, head=head)
+                flat = dense.reshape(-1).topk(10)
+                assert [(t.source_token_id, t.token_id) for t in v.top] == [
+                    (int(i) // dense.shape[1], int(i) % dense.shape[1]) for i in flat.indices]
+                assert v.logit_mean == pytest.approx(dense.mean().item(), abs=1e-6)
+                source = 7
+                row = [r for r in lens.head_map(source, kind=kind, limit=100, per_head=5)
+                       if (r.layer, r.head) == (layer, head)][0]
+                assert [t.token_id for t in row.targets] == dense[source].topk(5).indices.tolist()

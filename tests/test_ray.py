@@ -50,12 +50,14 @@ def _compute_flags(db: Path) -> dict:
     return json.loads(row[0])
 
 
-def test_ray_run_equals_local_run(ray_local, tiny_gpt2: TinyModel, tmp_path: Path) -> None:
+@pytest.mark.parametrize("tiny", ["tiny_gpt2", "tiny_bert"])  # BERT: every unit has its own carried basis
+def test_ray_run_equals_local_run(ray_local, tiny: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    model: TinyModel = request.getfixturevalue(tiny)
     local, remote = tmp_path / "local.duckdb", tmp_path / "ray.duckdb"
-    opts = {"name": "gpt2-tiny", "top_k": 5, "device": "cpu", "components": None}
-    index_checkpoint(local, tiny_gpt2.path, IndexOptions(**opts))
+    opts = {"name": tiny, "top_k": 5, "device": "cpu", "components": None}
+    index_checkpoint(local, model.path, IndexOptions(**opts))
     # two workers finish units in any order; the writer takes them in plan order
-    result = index_checkpoint(remote, tiny_gpt2.path, IndexOptions(**opts, executor="ray", ray_workers=2))
+    result = index_checkpoint(remote, model.path, IndexOptions(**opts, executor="ray", ray_workers=2))
     assert result.status == "indexed" and result.n_vectors > 0
     a, b = _rows(local), _rows(remote)
     for table in DATA:

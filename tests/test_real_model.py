@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors import safe_open
 
 import queries
@@ -22,14 +23,21 @@ def minilm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_stored_projections_equal_brute_force(minilm: Path) -> None:
+    """Layer 2's FF values, read through every LayerNorm between their write and the output (layer 2's output
+    LayerNorm, then layers 3–5's attention and output LayerNorms: gain and centring each), then E centred over
+    the vocabulary, as a dense product."""
     path = Path(gt.get_model_path()) / "model.safetensors"
+    names = ["encoder.layer.2.output.LayerNorm.weight"] + [
+        f"encoder.layer.{i}.{ln}.LayerNorm.weight" for i in (3, 4, 5) for ln in ("attention.output", "output")]
     with safe_open(str(path), "pt") as f:
-        emb = f.get_tensor("embeddings.word_embeddings.weight")
-        gain = f.get_tensor("encoder.layer.5.output.LayerNorm.weight")
-        values = f.get_tensor("encoder.layer.2.output.dense.weight").T
-    basis = emb * gain
-    basis = basis - basis.mean(1, keepdim=True)
-    basis = basis - basis.mean(0, keepdim=True)
+        emb = f.get_tensor("embeddings.word_embeddings.weight").double()
+        gains = [f.get_tensor(name).double() for name in names]
+        values = f.get_tensor("encoder.layer.2.output.dense.weight").T.double()
+    d = emb.shape[1]
+    carry = torch.eye(d, dtype=torch.float64)
+    for gain in gains:  # C = L_K ⋯ L_1, L = diag(g)(I − 11ᵀ/d)
+        carry = torch.diag(gain) @ (torch.eye(d, dtype=torch.float64) - 1.0 / d) @ carry
+    basis = (emb - emb.mean(0, keepdim=True)) @ carry
     with queries.connect(minilm) as db:
         for index in (0, 777, 1535):
             v = db.vector("minilm", "ff_value", 2, index)

@@ -15,8 +15,9 @@ from pydantic import BaseModel
 
 from indexer.math import correlation as al
 from indexer.math.basis import BasisMode, fold_reader, read_basis, write_basis
+from indexer.math.carry import path_map
 from indexer.model.adapters import Adapter, adapter_for
-from indexer.model.checkpoint import open_checkpoint
+from indexer.model.sources import open_source
 from queries import sql as q
 from schema.errors import LensdbError, NotFound
 from schema.ids import next_id
@@ -71,7 +72,9 @@ def check_vocabularies(con: duckdb.DuckDBPyConnection, a: AlignedCheckpoint, b: 
 
 
 def component_vectors(adapter: Adapter, component: str, mode: BasisMode) -> ComponentVectors:
-    """Every vector of ``component`` in canonical rows, with the basis that reads them (see ``indexer.math.basis``)."""
+    """Every vector of ``component`` in canonical rows, with the basis that reads them (see ``indexer.math.basis``).
+    Folded: each layer's vectors carried through the norms on their path, as an index run projects them, so one
+    basis matrix serves every layer."""
     spec = adapter.spec(component)
     if not spec.per_layer:
         raise LensdbError(f"{component!r} is model-level; align a per-layer component such as ff_value.")
@@ -85,6 +88,9 @@ def component_vectors(adapter: Adapter, component: str, mode: BasisMode) -> Comp
         if not parts:
             raise LensdbError(f"{adapter.ckpt.path} has no {component} in layer {layer}.")
         rows = [fold_reader(p.vectors, p.norm, mode) if p.role == "reads" else p.vectors for p in parts]
+        if mode == "folded":
+            carry = path_map(adapter.component_path(component, layer), spec.role, adapter.dims.d_model)
+            rows = rows if carry is None else [r.to(torch.float32) @ carry for r in rows]
         layers.append(torch.cat(rows))
         per_head = parts[0].head is not None
         units.append(rows if per_head else list(layers[-1].split(1)))
@@ -92,34 +98,37 @@ def component_vectors(adapter: Adapter, component: str, mode: BasisMode) -> Comp
 
 
 def align_models(db: str | Path | Store, model_a: str, model_b: str, component: str = "ff_value",
-                 checkpoint_a: str | None = None, checkpoint_b: str | None = None,
-                 basis: BasisMode = "raw") -> AlignOutcome:
+                 checkpoint_a: str | None = None, checkpoint_b: str | None = None, basis: BasisMode = "raw",
+                 statistic: al.Statistic = "best") -> AlignOutcome:
     """Align model B to model A on ``component`` and store the run (in the store at ``db``, or through the
-    service's ``Store``); read it back with ``Lens.alignment``."""
+    service's ``Store``); read it back with ``Lens.alignment``.
+    ``statistic``: how two layers compare (``indexer.math.correlation``): ``best`` or ``paper``."""
     return with_store(db, lambda store: _align(store, model_a, model_b, component, checkpoint_a, checkpoint_b,
-                                               basis))
+                                               basis, statistic))
 
 
 def _align(store: Store, model_a: str, model_b: str, component: str, checkpoint_a: str | None,
-           checkpoint_b: str | None, basis: BasisMode) -> AlignOutcome:
+           checkpoint_b: str | None, basis: BasisMode, statistic: al.Statistic) -> AlignOutcome:
     started = time.perf_counter()
     with store.transaction() as w:
         a, b = _aligned_checkpoint(w, model_a, checkpoint_a), _aligned_checkpoint(w, model_b, checkpoint_b)
         check_vocabularies(w, a, b)
-        ad_a, ad_b = adapter_for(open_checkpoint(a.path)), adapter_for(open_checkpoint(b.path))
+        # a GGUF file, a quantized or LoRA checkpoint reopens as it was read (a LoRA as merged over its recorded base)
+        ad_a, ad_b = adapter_for(open_source(a.path).ckpt), adapter_for(open_source(b.path).ckpt)
         for ad in (ad_a, ad_b):
             if component not in {s.name for s in ad.available()}:
                 known = ", ".join(s.name for s in ad.available())
                 raise LensdbError(f"{ad.ckpt.path} ({ad.family}) has no component {component!r}; known: {known}.")
         sa, sb = component_vectors(ad_a, component, basis), component_vectors(ad_b, component, basis)
-        result = compare(sa, sb)
+        result = compare(sa, sb, statistic)
         alignment_id = next_id(w, "alignment_runs")
         unit = "head" if len(sa.units[0]) != sa.layers[0].shape[0] else "neuron"
         mean_matched = sum(result.similarity[i, j].item() for i, j in result.pairs) / len(result.pairs)
         seconds = time.perf_counter() - started
         append_arrow(w, "alignment_runs", pa.table({
             "alignment_id": [alignment_id], "checkpoint_a": [a.checkpoint_id], "checkpoint_b": [b.checkpoint_id],
-            "component": [component], "unit": [unit], "basis": [basis], "vocab_size": [int(sa.basis.shape[0])],
+            "component": [component], "unit": [unit], "basis": [basis], "statistic": [statistic],
+            "vocab_size": [int(sa.basis.shape[0])],
             "raw_comparable": [result.raw_similarity is not None], "mean_matched": [mean_matched],
             "seconds": [seconds], "created_at": [datetime.now()]}))
         append_arrow(w, "layer_similarity", result.layer_rows(alignment_id))
@@ -129,7 +138,7 @@ def _align(store: Store, model_a: str, model_b: str, component: str, checkpoint_
            else f"no raw-parameter baseline: widths differ ({sa.layers[0].shape[1]} vs {sb.layers[0].shape[1]})")
     return AlignOutcome(alignment_id=alignment_id, message=(
         f"alignment {alignment_id}: {a.model}/{a.label} ↔ {b.model}/{b.label} on {component}: layers {order}; "
-        f"mean matched similarity {mean_matched:.3f}; {raw}; {seconds:.1f}s"))
+        f"mean matched similarity ({statistic}) {mean_matched:.3f}; {raw}; {seconds:.1f}s"))
 
 
 @dataclass
@@ -158,12 +167,13 @@ class Comparison:
             "raw_index_b": pa.array(cols[5], pa.int32()), "raw_score": pa.array(cols[6], pa.float64())})
 
 
-def compare(a: ComponentVectors, b: ComponentVectors) -> Comparison:
-    """Layer similarity (embedding space and raw), Hungarian layer pairs, best match for every unit of A."""
+def compare(a: ComponentVectors, b: ComponentVectors, statistic: al.Statistic = "best") -> Comparison:
+    """Layer similarity by ``statistic`` (embedding space and raw), Hungarian layer pairs, the sign-aware best
+    match for every unit of A."""
     k = al.kernels(a.basis, b.basis)
-    sim = al.groups_corr(a.layers, b.layers, k)
+    sim = al.groups_corr(a.layers, b.layers, k, statistic)
     raw_ok = a.layers[0].shape[1] == b.layers[0].shape[1]
-    raw = al.groups_corr(a.layers, b.layers, None) if raw_ok else None
+    raw = al.groups_corr(a.layers, b.layers, None, statistic) if raw_ok else None
     pairs = al.hungarian(sim)
     matches: list[tuple[int, int, int, int, float, int | None, float | None]] = []
     for i, j in pairs:
@@ -173,8 +183,8 @@ def compare(a: ComponentVectors, b: ComponentVectors) -> Comparison:
             corr = al.embedded_corr(a.layers[i], b.layers[j], k)
             raw_corr = al.raw_corr(a.layers[i], b.layers[j]) if raw_ok else None
         else:
-            corr = al.groups_corr(ua, ub, k)
-            raw_corr = al.groups_corr(ua, ub, None) if raw_ok else None
+            corr = al.groups_corr(ua, ub, k, statistic)
+            raw_corr = al.groups_corr(ua, ub, None, statistic) if raw_ok else None
         idx, score = al.best_match(corr)
         ridx, rscore = al.best_match(raw_corr) if raw_corr is not None else (None, None)
         for n in range(len(ua)):

@@ -1,8 +1,9 @@
 """Across models without training (Dar et al., section 5): stitch a pretrained model B under a classifier
 fine-tuned from model A through their shared vocabulary, and read a fine-tuning diff in the vocabulary.
 
-Stitching: B runs its first ``k`` blocks; the stream entering B's block ``k`` is carried into A's space with
-``E_B⁺ E_A`` (``indexer.math.correlation.translation``) and replaces the stream entering A's block ``k·n_A/n_B``;
+Stitching: B runs its first ``k`` blocks; the stream entering B's block ``k`` is carried into A's space by a map
+through the shared vocabulary — ``E_B⁺ E_A`` (default) or the paper's ``E_Bᵀ (E_Aᵀ)⁺``
+(``indexer.math.correlation.translation``) — and replaces the stream entering A's block ``k·n_A/n_B``;
 A's remaining blocks and its head classify. Blocks are found through the adapters (``module_path("block")``)
 and swapped with forward hooks, so nothing here knows a family's module names.
 
@@ -19,6 +20,7 @@ from pydantic import BaseModel
 
 from indexer.math import correlation as al
 from indexer.math.basis import BasisMode, read_basis, write_basis
+from indexer.math.carry import path_map
 from indexer.math.projection import topk_bottomk
 from indexer.model.adapters import Adapter, adapter_for
 from indexer.model.checkpoint import open_checkpoint
@@ -37,6 +39,7 @@ class StitchReport(BaseModel):
 
     model_a: str
     model_b: str
+    map: str
     n_examples: int
     chance: float
     accuracy_a: float
@@ -156,8 +159,9 @@ def _stitched(model_a: torch.nn.Module, ad_a: Adapter, model_b: torch.nn.Module,
 
 
 def stitch(path_a: str | Path, path_b: str | Path, texts: Sequence[str], labels: Sequence[int],
-           batch_size: int = 32, b_layers: Sequence[int] | None = None) -> StitchReport:
-    """Accuracy on (texts, labels) of B's first k blocks → ``E_B⁺ E_A`` → A's remaining blocks and head, per k."""
+           batch_size: int = 32, b_layers: Sequence[int] | None = None, method: al.StitchMap = "pinv") -> StitchReport:
+    """Accuracy on (texts, labels) of B's first k blocks → the map (``pinv``: E_B⁺ E_A; ``paper``: E_Bᵀ (E_Aᵀ)⁺)
+    → A's remaining blocks and head, per k."""
     from transformers import AutoTokenizer
 
     if not texts or len(texts) != len(labels):
@@ -165,7 +169,7 @@ def stitch(path_a: str | Path, path_b: str | Path, texts: Sequence[str], labels:
     ad_a, ad_b, _ = _pair(path_a, path_b)
     if ad_a.classifier() is None:
         raise LensdbError(f"{ad_a.ckpt.path} has no sequence-classification head; A must be the fine-tuned one.")
-    m = al.translation(ad_b.embedding(), ad_a.embedding()).float()
+    m = al.translation(ad_b.embedding(), ad_a.embedding(), method).float()
     model_a, model_b = _load(ad_a.ckpt.path, head=True), _load(ad_b.ckpt.path, head=False)
     tok = AutoTokenizer.from_pretrained(ad_a.ckpt.path)
     if tok.pad_token is None:
@@ -190,7 +194,7 @@ def stitch(path_a: str | Path, path_b: str | Path, texts: Sequence[str], labels:
 
     counts = torch.bincount(gold)
     return StitchReport(
-        model_a=str(ad_a.ckpt.path), model_b=str(ad_b.ckpt.path), n_examples=len(texts),
+        model_a=str(ad_a.ckpt.path), model_b=str(ad_b.ckpt.path), map=method, n_examples=len(texts),
         chance=float(counts.max()) / len(texts), accuracy_a=accuracy(None),
         rows=[StitchRow(b_layers=k, a_resumes_at=round(k * n_a / n_b), accuracy=accuracy(k)) for k in ks])
 
@@ -230,6 +234,11 @@ def finetune_diff(pretrained: str | Path, finetuned: str | Path, component: str 
     out = []
     if found:
         diffs = torch.stack([f[5] for f in found])
+        if basis == "folded":  # each diff carried through the norms on its layer's path, as an index run reads it
+            for n, f in enumerate(found):
+                carry = path_map(pre.component_path(component, f[2]), spec.role, pre.dims.d_model)
+                if carry is not None:
+                    diffs[n] = diffs[n].to(torch.float32) @ carry
         tb = topk_bottomk(diffs, proj, k)
         corr = al.embedded_corr(diffs, head, kern) if head is not None else None
         for n, (norm, rel, layer, idx, hd, _) in enumerate(found):

@@ -18,7 +18,6 @@ import pyarrow as pa
 import torch
 from pydantic import BaseModel, Field
 
-from indexer.math.basis import folded_unembedding
 from indexer.model.adapters import Adapter, adapter_for
 from indexer.model.checkpoint import open_checkpoint
 from indexer.model.forward import Forward, interventions, load_model, run_forward
@@ -87,7 +86,9 @@ def analyse(fw: Forward, adapter: Adapter, ids: torch.Tensor, trace_id: int, blo
     pred = fw.logits.argmax(-1)  # [P]
     n_pos = ids.shape[0]
     w_pred = fw.unembedding[pred]  # [P, d]
-    folded = folded_unembedding(fw.unembedding, adapter.final_norm())
+    # heads' and neurons' writes are read as they reach the final state (Decomposition.carry: every later norm,
+    # with its measured σ, the same map the index bases use) through W_U centred over the vocabulary
+    centred = fw.unembedding - fw.unembedding.mean(dim=0, keepdim=True)
     # logit lens
     for layer, state in enumerate(dec.states):
         lens = fw.readout(state)
@@ -100,10 +101,10 @@ def analyse(fw: Forward, adapter: Adapter, ids: torch.Tensor, trace_id: int, blo
             for r in range(idx.shape[1]):
                 rows.add("trace_top_tokens", trace_id=trace_id, position=p, node="state", layer=layer, unit=None,
                          rank=r + 1, token_id=int(idx[p, r]), score=float(vals[p, r]))
-    # heads: output through the folded basis, attention
+    # heads: output as it reaches the final state, through W_U; attention
     for layer in range(fw.head_out.shape[0]):
         out = fw.head_out[layer]  # [H, P, d]
-        proj = out @ folded.T
+        proj = dec.carry(out, layer, "attn") @ centred.T
         vals, idx = _topk(proj, UNIT_TOKENS)
         ranks = _rank(proj, pred)
         att = fw.attentions[layer]  # [H, P, P]
@@ -129,8 +130,8 @@ def analyse(fw: Forward, adapter: Adapter, ids: torch.Tensor, trace_id: int, blo
             writes = act[..., None] * values[chosen]  # [P, k, d]
             final = dec.carry(writes.transpose(0, 1), layer, "ff")  # [k, P, d]
             logit = (final * w_pred).sum(-1).T  # [P, k]
-            direction = torch.sign(act)[..., None] * values[chosen]
-            proj = direction @ folded.T  # [P, k, V]
+            direction = torch.sign(act)[..., None] * values[chosen]  # [P, k, d]
+            proj = (dec.carry(direction.transpose(0, 1), layer, "ff") @ centred.T).transpose(0, 1)  # [P, k, V]
             ranks = _rank(proj.transpose(0, 1), pred).T
             vals, idx = _topk(proj, UNIT_TOKENS)
             first = blocks.get(layer)
@@ -190,6 +191,8 @@ def _trace(store: Store, options: TraceOptions) -> TraceResult:
             raise LensdbError(f"checkpoint folder {ckpt_path} (recorded for {options.model}/{label}) is gone; "
                               "a trace needs the weights to run the model.")
         adapter = adapter_for(open_checkpoint(ckpt_path))
+        if (problem := adapter.trace_problem()) is not None:  # before loading the model
+            raise LensdbError(f"cannot trace {options.model}: {problem}.")
         changes = interventions(adapter, options.zero, options.boost, options.zero_heads)
         ids, position = _tokenize(ckpt_path, options.prompt, options.position)
         model = load_model(ckpt_path, adapter)
@@ -205,8 +208,7 @@ def _trace(store: Store, options: TraceOptions) -> TraceResult:
             pred = int(fw.logits[position].argmax())
             insert(w, "traces", trace_id=trace_id, checkpoint_id=checkpoint_id, prompt=options.prompt,
                    n_positions=int(ids.shape[0]), position=position, prediction_token_id=pred,
-                   prediction_logit=float(fw.logits[position, pred]),
-                   readout="tied_embedding" if adapter.encoder else "lm_head",
+                   prediction_logit=float(fw.logits[position, pred]), readout=fw.readout_kind,
                    interventions=json.dumps([str(c) for c in change]), boost_value=options.boost_value,
                    baseline_trace_id=baseline if change else None, error=fw.decomposition.error,
                    stream_error=fw.decomposition.stream_error, created_at=datetime.now(),

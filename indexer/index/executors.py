@@ -35,8 +35,10 @@ class LocalExecutor:
         mode = self.opts.basis
         for name, layer, basis, parts in units_with_bases(self.adapter, plan, mode, self.compute,
                                                           self.opts.read_basis):
+            if self.opts.lora == "delta":  # a LoRA's update alone: matrices it does not adapt read as zeros
+                parts = [p for p in parts if bool(p.vectors.any())]
             yield name, layer, basis.flags, (self.projector.stream(p.name, p.layer, p.head, unit_vectors(p, mode),
-                                                                   basis) for p in parts)
+                                                                   basis, p.expert) for p in parts)
 
 
 def check_executor(opts: IndexOptions) -> None:

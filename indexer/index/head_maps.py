@@ -9,6 +9,14 @@ What is stored per checkpoint:
   directions of W_OV = W_Vᵀ W_O and W_QK = W_Qᵀ W_K, scaled by σ, projected like any other vector;
 - ``head_factors`` (each head's reading and writing rows) and ``bases`` (the two projection bases), so
   ``queries`` answers "what does head L.H write when it attends to X" without the checkpoint.
+
+Bases (folded mode): the writing side is W_U as TransformerLens processes it (final norm's gain folded in,
+centred across d and across the vocabulary); no reading side is centred across the vocabulary, because a
+bilinear map's reading-side centring, (e_a − μ)·M·e_bᵀ, shifts each target b by its own −μ·M·e_bᵀ and changes
+which keys a query attends to and which tokens a source writes. Each head's factors carry the norms on its
+path (``indexer.math.carry``): the readers every norm between the embedding and the head's input, W_O every
+norm between the head's write and the final norm (post-LN encoders; nothing in pre-LN models), so the two
+stored bases serve every layer.
 """
 
 from collections.abc import Iterator
@@ -23,6 +31,7 @@ from indexer.index.compute import Compute
 from indexer.index.projector import Projector
 from indexer.index.unit_writer import UnitWriter
 from indexer.math.basis import Basis, BasisMode, fold_reader, read_basis, write_basis
+from indexer.math.carry import path_map
 from indexer.math.token_maps import Pairs, svd_directions, top_pairs
 from indexer.model.adapters import Adapter
 from indexer.model.vocab import Vocabulary
@@ -55,14 +64,23 @@ def check_supported(adapter: Adapter) -> None:
 
 
 def layer_factors(adapter: Adapter, layer: int, mode: BasisMode) -> list[HeadFactors]:
-    """Every head of a layer; readers have their input norm folded in, K/V follow grouped-query sharing."""
+    """Every head of a layer; readers have their input norm folded in, K/V follow grouped-query sharing, and
+    (folded) each side is carried through the norms on its path."""
     q, k, v, o = (adapter.component(name, layer) for name in NEEDS)
     group = max(1, len(q) // max(1, len(k)))
+    d = adapter.dims.d_model
+    reads = path_map(adapter.path_norms("reads", layer, "attn"), "reads", d) if mode == "folded" else None
+    writes = path_map(adapter.path_norms("writes", layer, "attn"), "writes", d) if mode == "folded" else None
+
+    def carried(rows: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+        return rows if m is None else rows.to(torch.float32) @ m
+
     out = []
     for h, (qh, oh) in enumerate(zip(q, o, strict=True)):
         kh, vh = k[h // group], v[h // group]
-        out.append(HeadFactors(layer, h, fold_reader(vh.vectors, vh.norm, mode), oh.vectors,
-                               fold_reader(qh.vectors, qh.norm, mode), fold_reader(kh.vectors, kh.norm, mode)))
+        out.append(HeadFactors(layer, h, carried(fold_reader(vh.vectors, vh.norm, mode), reads),
+                               carried(oh.vectors, writes), carried(fold_reader(qh.vectors, qh.norm, mode), reads),
+                               carried(fold_reader(kh.vectors, kh.norm, mode), reads)))
     return out
 
 
@@ -146,7 +164,7 @@ def index_heads(out: UnitWriter, projector: Projector, adapter: Adapter, vocab: 
     fast = torch.bfloat16 if compute.precision == "bf16" else None
     write = write_basis(adapter.unembedding(), adapter.final_norm(), mode).to(compute.device, fast)
     reader = adapter.embedding() if read_with == "embedding" else adapter.unembedding()
-    read = read_basis(reader, read_with, mode).to(compute.device, fast)
+    read = read_basis(reader, read_with, mode, centre_vocab=False).to(compute.device, fast)
     allowed = allowed_tokens(vocab, pair_vocab)
     factors_all = []
     for layer in tqdm(range(adapter.dims.n_layers), disable=not progress, desc="head maps", leave=False):

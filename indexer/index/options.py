@@ -36,6 +36,13 @@ class IndexOptions(BaseModel):
                                 "ray://host:10001; default: start a local instance")
     ray_workers: int | None = Field(None, ge=1, description="Ray actors with executor ray; default: one per CPU "
                                     "of the cluster")
+    revision: str | None = Field(None, description="with a Hugging Face model id: the cached revision (branch, tag "
+                                 "or commit); default main. Nothing is downloaded")
+    base: str | None = Field(None, description="with a PEFT/LoRA adapter folder: its base model (folder or cached "
+                             "hub id); default: the base named in adapter_config.json")
+    lora: Literal["merged", "delta"] = Field(
+        "merged", description="with a LoRA adapter: index the merged weights W + s·B·A (merged) or the adapter's "
+        "low-rank update s·B·A alone, as its own vectors (delta)")
 
 
 class IndexResult(BaseModel):

@@ -1,4 +1,8 @@
-"""Which units (component × layer) a run projects, in what order, through which basis."""
+"""Which units (component × layer) a run projects, in what order, through which basis.
+
+One ``[V, d]`` basis per role is built at a time; a unit's basis is that matrix read after the unit's path map
+(``unit_basis``: the norms between its vectors and the readout, a ``[d, d]`` map), so a per-layer basis costs no
+extra vocabulary-sized copy. Local and Ray executors both go through ``unit_basis``."""
 
 from collections.abc import Iterator
 
@@ -6,8 +10,9 @@ import torch
 
 from indexer.index.compute import Compute
 from indexer.math.basis import Basis, BasisMode, fold_reader, read_basis, write_basis
+from indexer.math.carry import path_map
 from indexer.model.adapters import Adapter
-from indexer.model.adapters.base import Component
+from indexer.model.adapters.base import Component, Role, Stage
 
 Unit = tuple[str, int]  # (component, layer)
 
@@ -36,6 +41,26 @@ def role_basis(adapter: Adapter, role: str, mode: BasisMode, compute: Compute,
     return basis.to(compute.device, torch.bfloat16 if compute.precision == "bf16" else None)
 
 
+def site_basis(adapter: Adapter, role_basis: Basis, role: Role, layer: int, stage: Stage,
+               mode: BasisMode) -> Basis:
+    """The basis for vectors that write into (or read from) the stream at ``(layer, stage)``: the role's basis
+    after the map of the norms on that site's path (raw: the role's basis). Anything placed at a site — a
+    component, an SAE latent at a hook point — is read by the same rule as the site's own writers or readers."""
+    if mode == "raw":
+        return role_basis
+    norms = adapter.path_norms(role, layer, stage)
+    return role_basis.at(path_map(norms, role, adapter.dims.d_model, role_basis.matrix.device))
+
+
+def unit_basis(adapter: Adapter, role_basis: Basis, name: str, layer: int, mode: BasisMode) -> Basis:
+    """The basis one unit is projected on: its role's basis after the unit's path map (raw: the role's basis)."""
+    if mode == "raw":
+        return role_basis
+    role: Role = adapter.spec(name).role
+    norms = adapter.component_path(name, layer)
+    return role_basis.at(path_map(norms, role, adapter.dims.d_model, role_basis.matrix.device))
+
+
 def unit_vectors(part: Component, mode: BasisMode) -> torch.Tensor:
     """A part's vectors as projected: reading vectors get their input norm folded in."""
     return fold_reader(part.vectors, part.norm, mode) if part.role == "reads" else part.vectors
@@ -53,4 +78,4 @@ def units_with_bases(adapter: Adapter, plan: list[Unit], mode: BasisMode, comput
             role = spec.role
             basis = role_basis(adapter, role, mode, compute, reader)
         assert basis is not None
-        yield name, layer, basis, adapter.component(name, layer)
+        yield name, layer, unit_basis(adapter, basis, name, layer, mode), adapter.component(name, layer)

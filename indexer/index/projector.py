@@ -38,6 +38,7 @@ class Projected:
     head: int | None
     n: int
     chunks: Iterable[Chunk]
+    expert: int | None = None
 
 
 def to_cpu(tb: TopBottom) -> TopBottom:
@@ -68,21 +69,24 @@ class Projector:
         size = chunk_rows(basis.vocab_size, self.budget)
         ws = self._workspace(basis, min(size, vectors.shape[0]))
         for part in chunks(vectors.shape[0], size):
-            v = vectors[part].to(self.compute.device)
+            raw = vectors[part].to(self.compute.device)
+            v = basis.prepare(raw)  # carried through the norms on the unit's path, where there are any
             if self.compute.exact:
                 tb = topk_bottomk(v, basis.matrix, self.top_k, workspace=ws)
             else:
                 fast = basis.fast if basis.fast is not None else basis.matrix
                 tb = topk_bottomk(v, fast, self.top_k, exact_basis=basis.matrix, workspace=ws)
             mean, std = logit_stats(v, basis)
-            norm = v.to(torch.float64).norm(dim=1)
+            norm = raw.to(torch.float64).norm(dim=1)  # the vector's own norm, as the checkpoint holds it
             pause_point("projection")
             yield Chunk(part.start, to_cpu(tb), mean.cpu(), std.cpu(), norm.cpu())
 
-    def stream(self, name: str, layer: int, head: int | None, vectors: torch.Tensor, basis: Basis) -> Projected:
+    def stream(self, name: str, layer: int, head: int | None, vectors: torch.Tensor, basis: Basis,
+               expert: int | None = None) -> Projected:
         """A part whose chunks are computed as the writer takes them."""
-        return Projected(name, layer, head, int(vectors.shape[0]), self.chunks(vectors, basis))
+        return Projected(name, layer, head, int(vectors.shape[0]), self.chunks(vectors, basis), expert)
 
-    def project(self, name: str, layer: int, head: int | None, vectors: torch.Tensor, basis: Basis) -> Projected:
+    def project(self, name: str, layer: int, head: int | None, vectors: torch.Tensor, basis: Basis,
+                expert: int | None = None) -> Projected:
         """A whole part at once (what a remote worker returns)."""
-        return Projected(name, layer, head, int(vectors.shape[0]), list(self.chunks(vectors, basis)))
+        return Projected(name, layer, head, int(vectors.shape[0]), list(self.chunks(vectors, basis)), expert)

@@ -18,7 +18,7 @@ import torch
 from indexer.index.compute import DeviceChoice, Precision, resolve_compute
 from indexer.index.executors import ProjectedUnit
 from indexer.index.options import VERSION, IndexOptions
-from indexer.index.plan import Unit, role_basis, unit_vectors
+from indexer.index.plan import Unit, role_basis, unit_basis, unit_vectors
 from indexer.index.projector import Projected, Projector
 from indexer.math.basis import BasisMode
 from indexer.model.adapters import adapter_for
@@ -67,8 +67,9 @@ class UnitWorker:
         if self.basis is None or self.basis[0] != role:
             self.basis = None  # one basis held at a time, as in a local run
             self.basis = (role, role_basis(self.adapter, role, mode, self.compute, self.reader))
-        basis = self.basis[1]
-        return basis.flags, [self.projector.project(p.name, p.layer, p.head, unit_vectors(p, mode), basis)
+        basis = unit_basis(self.adapter, self.basis[1], name, layer, mode)
+        return basis.flags, [self.projector.project(p.name, p.layer, p.head, unit_vectors(p, mode), basis,
+                                                    p.expert)
                              for p in self.adapter.component(name, layer)]
 
 

@@ -23,9 +23,11 @@ from indexer.index.options import VERSION, IndexOptions, IndexResult
 from indexer.index.plan import Unit, plan_units
 from indexer.index.projector import Projector
 from indexer.index.unit_writer import UnitWriter
+from indexer.math.basis import BASIS_VERSION
 from indexer.model.adapters import Adapter, adapter_for
-from indexer.model.checkpoint import Checkpoint, default_name, folder_step, open_checkpoint
-from indexer.model.vocab import Vocabulary, load_vocabulary
+from indexer.model.checkpoint import Checkpoint
+from indexer.model.sources import Source, open_source
+from indexer.model.vocab import Vocabulary
 from schema.deletes import delete_rows
 from schema.errors import LensdbError
 from schema.writer import Store, insert_new, with_store
@@ -44,15 +46,22 @@ def index_checkpoint(
     started = time.perf_counter()
     started_at = datetime.now()
     compute = resolve_compute(opts.device, opts.precision)
-    ckpt = open_checkpoint(checkpoint_path)
+    source = open_source(checkpoint_path, opts.revision, opts.base, opts.lora)
+    ckpt = source.ckpt
     adapter = adapter_for(ckpt)
     plan = plan_units(adapter, opts.components)
-    vocab = load_vocabulary(ckpt.path, adapter.dims.vocab_size)
+    if source.flags.get("lora") == "delta":  # the update of weight matrices only: no biases, no embedding
+        plan = [u for u in plan if not u[0].endswith("_bias") and u[0] != "embedding"]
+    vocab = source.vocabulary(adapter.dims.vocab_size)
     check_executor(opts)  # a missing Ray fails here, before the store is touched
+    if opts.executor == "ray" and not source.plain:
+        raise LensdbError(f"--executor ray reopens the checkpoint on each worker from a folder; "
+                          f"{ckpt.path} is read as {source.flags.get('format', 'a LoRA adapter')}. Use the local "
+                          "executor.")
     if opts.head_maps:
         head_maps.check_supported(adapter)
         head_maps.allowed_tokens(vocab, opts.pair_vocab)
-    name = opts.name or default_name(ckpt)
+    name = opts.name or source.name
     if not name.strip():
         raise LensdbError("model name is empty; pass --name NAME.")
     content_hash = ckpt.content_hash()
@@ -67,7 +76,7 @@ def index_checkpoint(
                 return cw.unchanged(found, content_hash, started)
             attempt_id = cw.log_attempt(tx, content_hash, ckpt.path, name, started_at)
         try:
-            return _index(store, ckpt, adapter, plan, vocab, name, content_hash, opts, compute, progress,
+            return _index(store, source, adapter, plan, vocab, name, content_hash, opts, compute, progress,
                           started, started_at, attempt_id, cancel)
         except BaseException as err:
             cw.record_failure(store, attempt_id, err)
@@ -76,10 +85,11 @@ def index_checkpoint(
     return with_store(db, run)
 
 
-def _index(store: Store, ckpt: Checkpoint, adapter: Adapter, plan: list[Unit], vocab: Vocabulary, name: str,
+def _index(store: Store, source: Source, adapter: Adapter, plan: list[Unit], vocab: Vocabulary, name: str,
            content_hash: str, opts: IndexOptions, compute: Compute, progress: bool, started: float,
            started_at: datetime, attempt_id: int, cancel: threading.Event | None) -> IndexResult:
     """The run's one transaction: every row of the checkpoint and its run record, or nothing."""
+    ckpt: Checkpoint = source.ckpt
     with store.transaction() as con:
         found = cw.find_checkpoint(con, content_hash)
         if found and not opts.replace:  # another writer indexed it between the two transactions
@@ -87,18 +97,20 @@ def _index(store: Store, ckpt: Checkpoint, adapter: Adapter, plan: list[Unit], v
             return cw.unchanged(found, content_hash, started)
         removed = delete_rows(con, "checkpoints", "checkpoint_id = ?", [int(found[0])]) if found else {}
         model_id = cw.model_id(con, name, adapter, cw.vocab_id(con, vocab))
-        label = opts.label or ckpt.path.name
+        label = opts.label or source.label
         taken = con.execute("SELECT 1 FROM checkpoints WHERE model_id = ? AND label = ?", [model_id, label]).fetchone()
         if taken:
             label = f"{label}@{content_hash[:8]}"
         checkpoint_id = insert_new(
             con, "checkpoints", model_id=model_id, label=label, content_hash=content_hash, path=str(ckpt.path),
-            step=opts.step if opts.step is not None else folder_step(ckpt.path), indexed_at=datetime.now())
+            step=opts.step if opts.step is not None else source.step, indexed_at=datetime.now())
         chunk_mb = opts.chunk_mb or (1024 if compute.device.type == "cuda" else 64)
         projector = Projector(opts.top_k, chunk_mb << 20, compute)
         executor = executor_for(opts, ckpt.path, adapter, projector, compute)
         out = UnitWriter(con, checkpoint_id, cancel)
-        flags: dict[str, dict] = {"compute": compute.flags()}
+        compute_flags = compute.flags()
+        flags: dict[str, object] = {"version": BASIS_VERSION, "compute": compute_flags,
+                                    **({"source": source.flags} if source.flags else {})}
         bar = tqdm(total=len(plan), disable=not progress, unit="unit", desc=name, leave=False)
         try:
             with matmul_mode(compute):
@@ -108,7 +120,7 @@ def _index(store: Store, ckpt: Checkpoint, adapter: Adapter, plan: list[Unit], v
                     for part in parts:
                         out.write(part)
                     bar.update(1)
-                flags["compute"].update(executor.flags)
+                compute_flags.update(executor.flags)
                 if opts.head_maps:
                     flags["head_maps"] = head_maps.index_heads(
                         out, projector, adapter, vocab, opts.basis, opts.read_basis, opts.top_k, opts.pair_vocab,

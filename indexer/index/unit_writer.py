@@ -51,14 +51,16 @@ class UnitWriter:
         self.stop_if_cancelled()
         if p.n:
             self.units.append((self.checkpoint_id, p.name, p.layer, p.head, self.next_vector,
-                               self.next_vector + p.n - 1, 0))
-        self._write_chunks(p.name, p.layer, p.head, p.chunks)
+                               self.next_vector + p.n - 1, 0, p.expert))
+        self._write_chunks(p.name, p.layer, p.head, p.chunks, p.expert)
 
-    def _write_chunks(self, name: str, layer: int, head: int | None, parts: Iterable[Chunk]) -> None:
+    def _write_chunks(self, name: str, layer: int, head: int | None, parts: Iterable[Chunk],
+                      expert: int | None = None) -> None:
         for c in parts:
             first = self.next_vector
             self.next_vector += int(c.norm.shape[0])
-            vecs = vector_batch(first, self.checkpoint_id, name, layer, head, c.first_index, c.norm, c.mean, c.std)
+            vecs = vector_batch(first, self.checkpoint_id, name, layer, head, c.first_index, c.norm, c.mean, c.std,
+                                expert)
             rows = projection_batch(first, c.tb, c.mean, c.std)
             self._submit(functools.partial(self._append, vecs, rows, lists=list_batch(first, c.tb)))
 
@@ -67,7 +69,7 @@ class UnitWriter:
         self.stop_if_cancelled()
         vid = self.next_vector
         self.next_vector += 1
-        self.units.append((self.checkpoint_id, name, layer, head, vid, vid, 0))
+        self.units.append((self.checkpoint_id, name, layer, head, vid, vid, 0, None))
         one = torch.ones(1, dtype=torch.float64)
         vecs = vector_batch(vid, self.checkpoint_id, name, layer, head, 0, one * p.norm, one * p.mean, one * p.std)
         self._submit(functools.partial(self._append, vecs, pair_batch(vid, p), "staged_pairs"))
@@ -109,7 +111,8 @@ class UnitWriter:
         self.con.execute("INSERT INTO head_pairs BY NAME SELECT * FROM staged_pairs ORDER BY token_id, vector_id")
         taken_through(self.con, "vectors", self.next_vector - 1)
         if self.units:
-            cols = ["checkpoint_id", "component", "layer", "head", "first_vector_id", "last_vector_id", "first_index"]
+            cols = ["checkpoint_id", "component", "layer", "head", "first_vector_id", "last_vector_id", "first_index",
+                    "expert"]
             append_arrow(self.con, "vector_units", pa.table(
                 {c: pa.array([u[i] for u in self.units], pa.string() if c == "component" else pa.int64())
                  for i, c in enumerate(cols)}))

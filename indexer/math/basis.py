@@ -2,9 +2,13 @@
 
 ``folded`` (default) does what TransformerLens does to read a model's own logits: the final norm's gain is
 folded into W_U, rows are centred across d_model where that norm is a LayerNorm (it subtracts the mean of
-the vector it normalises), and W_U is centred across the vocabulary (softmax ignores a constant shift, but a
-per-token offset would otherwise change which vectors rank first for a token). Reading vectors get their own
-input norm's gain folded in instead. ``raw`` is the plain matrix, as Dar et al. use it.
+the vector it normalises), and W_U is centred across the vocabulary (softmax ignores a constant shift; for one
+vector the centring is a per-vector offset and changes neither its ranking nor its z-scores). Reading vectors
+get their own input norm's gain folded in. Where further norms lie on a vector's path (post-LN encoders: every
+LayerNorm sits on the stream), a unit's basis carries its vectors through their linear parts first
+(``Basis.carry``, ``indexer.math.carry``): writers through every norm between their write and the final norm,
+readers through every norm between the embedding and their read. ``raw`` is the plain matrix, as Dar et al.
+use it.
 """
 
 from dataclasses import dataclass, field, replace
@@ -15,6 +19,14 @@ import torch
 from indexer.model.adapters.base import Norm
 
 BasisMode = Literal["folded", "raw"]
+
+BASIS_VERSION = 2
+"""Recorded as ``basis_flags.version`` of every run. 1 (no version recorded): one folded write basis for every
+layer, read bases centred over the vocabulary in head maps. 2: units carried through the norms on their path
+(changes folded runs of post-LN models), head maps read without vocabulary centring (changes every folded
+``--head-maps`` run)."""
+CARRY_RULE = {"writes": "every norm on the stream between the write and the final norm",
+              "reads": "every norm on the stream between the embedding and the read"}
 
 
 @dataclass(frozen=True)
@@ -28,6 +40,10 @@ class Basis:
     cov: torch.Tensor = field(repr=False)
 
     fast: torch.Tensor | None = field(default=None, repr=False)
+    carry: torch.Tensor | None = field(default=None, repr=False)
+    """``[d, d]``: vectors are carried as ``v @ carry`` before they meet ``matrix`` (the norms on a unit's path,
+    ``indexer.math.carry.path_map``); ``None`` where no norm lies between them. One ``[V, d]`` matrix per role
+    serves every layer: a unit's basis differs only by this small map."""
 
     @property
     def vocab_size(self) -> int:
@@ -37,7 +53,21 @@ class Basis:
         """This basis on ``device``, with a ``fast`` low-precision copy of the matrix when asked for."""
         matrix = self.matrix.to(device)
         fast = None if fast_dtype is None else matrix.to(fast_dtype)
-        return replace(self, matrix=matrix, col_mean=self.col_mean.to(device), cov=self.cov.to(device), fast=fast)
+        carry = None if self.carry is None else self.carry.to(device)
+        return replace(self, matrix=matrix, col_mean=self.col_mean.to(device), cov=self.cov.to(device), fast=fast,
+                       carry=carry)
+
+    def at(self, carry: torch.Tensor | None) -> "Basis":
+        """The same matrix read after ``carry`` (a unit's path map): no copy of the matrix."""
+        return replace(self, carry=None if carry is None else carry.to(self.matrix.device))
+
+    def prepare(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Vectors as they meet the matrix: carried through the path's norms (float32), or as they are."""
+        return vectors if self.carry is None else vectors.to(torch.float32) @ self.carry
+
+    def dense(self) -> torch.Tensor:
+        """The ``[V, d]`` matrix this basis reads vectors with, carry included (tests and small models only)."""
+        return self.matrix if self.carry is None else self.matrix @ self.carry.T
 
 
 def _basis(matrix: torch.Tensor, flags: dict[str, object], block: int = 4096) -> Basis:
@@ -82,15 +112,19 @@ def write_basis(unembedding: torch.Tensor, final_norm: Norm | None, mode: BasisM
     m = folded_unembedding(unembedding, final_norm)
     layernorm = final_norm is not None and final_norm.kind == "layernorm"
     return _basis(m, {"matrix": "unembedding", "final_norm_gain": final_norm is not None,
-                      "centre_d": layernorm, "centre_vocab": True})
+                      "centre_d": layernorm, "centre_vocab": True, "carry": CARRY_RULE["writes"]})
 
 
-def read_basis(matrix: torch.Tensor, matrix_name: str, mode: BasisMode) -> Basis:
-    """The basis that reads what a vector reads from the stream, as token directions."""
+def read_basis(matrix: torch.Tensor, matrix_name: str, mode: BasisMode, centre_vocab: bool = True) -> Basis:
+    """The basis that reads what a vector reads from the stream, as token directions.
+
+    ``centre_vocab=False`` for head maps: a bilinear map's reading side must not be centred over the vocabulary
+    ((e_a − μ)·M·e_b shifts each target b by its own −μ·M·e_b), as TransformerLens leaves W_E uncentred there."""
     if mode == "raw":
         return _basis(matrix, {"matrix": matrix_name, "reader_norm_gain": False, "centre_vocab": False})
-    return _basis(matrix - matrix.mean(dim=0, keepdim=True),
-                  {"matrix": matrix_name, "reader_norm_gain": True, "centre_vocab": True})
+    flags: dict[str, object] = {"matrix": matrix_name, "reader_norm_gain": True, "centre_vocab": centre_vocab,
+                                "carry": CARRY_RULE["reads"]}
+    return _basis(matrix - matrix.mean(dim=0, keepdim=True) if centre_vocab else matrix, flags)
 
 
 def fold_reader(vectors: torch.Tensor, norm: Norm | None, mode: BasisMode) -> torch.Tensor:
@@ -103,7 +137,8 @@ def fold_reader(vectors: torch.Tensor, norm: Norm | None, mode: BasisMode) -> to
 
 def logit_stats(vectors: torch.Tensor, basis: Basis) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std over the vocabulary of ``basis.matrix @ v`` per row, from d×d sums alone (float64 mean;
-    the variance vᵀ·cov·v in float32, as exact as the float32 logits it describes)."""
+    the variance vᵀ·cov·v in float32, as exact as the float32 logits it describes). ``vectors`` are as they meet
+    the matrix (``Basis.prepare``)."""
     v = vectors.to(torch.float32)
     mean = vectors.to(torch.float64) @ basis.col_mean
     var = ((v @ basis.cov) * v).sum(dim=1).to(torch.float64)

@@ -11,9 +11,16 @@ d×d kernel or a column sum, so no vocabulary-long vector is ever built:
 The same correlation over raw parameter coordinates is the baseline; it only means something where both
 models have the same width (and even then only if they share a residual basis, which separately trained
 models do not).
+
+Two layers are compared by one of two statistics over their vectors' correlation matrix: ``paper`` — the mean
+|correlation| over all pairs, as Dar et al.'s code (``parameter-alignment.ipynb``) aggregates it; ``best`` —
+the mean over A's vectors of their best |correlation| among B's. Both ignore the sign: a vector and its
+negation promote and suppress the same tokens. Unit matches are sign-aware best matches (largest |correlation|,
+stored with its sign).
 """
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -103,15 +110,23 @@ def raw_corr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
     return ca @ cb.T
 
 
+Statistic = Literal["best", "paper"]
+StitchMap = Literal["paper", "pinv"]
+
+
 def best_match(corr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For every row (a unit of A): the column (unit of B) it correlates with most, and that correlation."""
-    score, index = corr.max(dim=1)
-    return index, score
+    """For every row (a unit of A): the column (unit of B) with the largest |correlation|, and that correlation
+    with its sign (a negated copy is a match too)."""
+    index = corr.abs().argmax(dim=1)
+    return index, corr.gather(1, index[:, None])[:, 0]
 
 
-def unit_similarity(corr: torch.Tensor) -> float:
-    """How alike two groups of vectors are: the mean, over A's vectors, of their best correlation in B."""
-    return float(corr.max(dim=1).values.mean())
+def unit_similarity(corr: torch.Tensor, statistic: Statistic = "best") -> float:
+    """How alike two groups of vectors are: ``best``, the mean over A's vectors of their best |correlation| in B;
+    ``paper``, the mean |correlation| over all pairs (Dar et al.)."""
+    if statistic == "paper":
+        return float(corr.abs().mean())
+    return float(corr.abs().max(dim=1).values.mean())
 
 
 def hungarian(similarity: torch.Tensor) -> list[tuple[int, int]]:
@@ -120,8 +135,9 @@ def hungarian(similarity: torch.Tensor) -> list[tuple[int, int]]:
     return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True)]
 
 
-def groups_corr(a: list[torch.Tensor], b: list[torch.Tensor], k: Kernels | None) -> torch.Tensor:
-    """Similarity of every group of A to every group of B (``k=None``: raw coordinates).
+def groups_corr(a: list[torch.Tensor], b: list[torch.Tensor], k: Kernels | None,
+                statistic: Statistic = "best") -> torch.Tensor:
+    """Similarity of every group of A to every group of B (``k=None``: raw coordinates) by ``statistic``.
 
     A group is the vectors of one unit: a layer's FF neurons, or one head's rows.
     """
@@ -132,14 +148,24 @@ def groups_corr(a: list[torch.Tensor], b: list[torch.Tensor], k: Kernels | None)
         for j, gb in enumerate(b):
             corr = prepared_corr(pa[i], pb[j]) if k is not None else raw_corr(ga, gb)
             assert corr is not None
-            out[i, j] = unit_similarity(corr)
+            out[i, j] = unit_similarity(corr, statistic)
     return out
 
 
-def translation(embedding_b: torch.Tensor, embedding_a: torch.Tensor) -> torch.Tensor:
-    """``[d_b, d_a]`` map of B's residual stream into A's through the shared vocabulary: ``E_B⁺ E_A``.
+def translation(embedding_b: torch.Tensor, embedding_a: torch.Tensor, method: StitchMap = "pinv") -> torch.Tensor:
+    """``[d_b, d_a]`` map ``M`` of B's residual stream into A's through the shared vocabulary (``h_A = h_B M``).
 
-    It is the least-squares ``M`` with ``E_B M ≈ E_A``: every token's embedding in B is carried to its
-    embedding in A, and (linearly) everything written in B's stream with it.
+    - ``paper``: ``E_Bᵀ (E_Aᵀ)⁺``, the map of Dar et al.'s code (``model-stitching.ipynb``): B's state is read
+      into the vocabulary with B's embedding and read back with A's, the least-squares ``M`` with
+      ``M E_Aᵀ ≈ E_Bᵀ`` — every state keeps its vocabulary scores (h_B E_Bᵀ ≈ h_B M E_Aᵀ).
+    - ``pinv``: ``E_B⁺ E_A``, the least-squares ``M`` with ``E_B M ≈ E_A`` — every token's embedding in B is
+      carried to its embedding in A.
+
+    The two agree when the embeddings differ by an orthogonal change of basis (E_A = E_B Q); under a general
+    invertible G (E_A = E_B G), ``pinv`` gives G — what a stream built from written embeddings needs, as its
+    states change basis with them — and ``paper`` gives G⁻ᵀ, what keeps a read through E unchanged.
     """
-    return torch.linalg.pinv(embedding_b.double()) @ embedding_a.double()
+    e_a, e_b = embedding_a.double(), embedding_b.double()
+    if method == "paper":
+        return (torch.linalg.pinv(e_a) @ e_b).T  # = E_Bᵀ (E_Aᵀ)⁺, as (E_Aᵀ)⁺ = (E_A⁺)ᵀ
+    return torch.linalg.pinv(e_b) @ e_a

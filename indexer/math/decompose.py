@@ -2,16 +2,24 @@
 attention head, each FF layer and a correction. Pure functions: captured activations and weights in, terms out.
 
 Every normalisation is exactly linear *given its own scale*: LayerNorm(s) = g ⊙ (s − mean s) / σ(s) + β with
-σ(s) = sqrt(var(s) + eps) taken from the stream that actually reached it, and RMSNorm(s) = g ⊙ s / rms(s). So a
-stream that is a sum of terms Σ t_c comes out as Σ g ⊙ centre(t_c) / σ plus β: each term is carried through the
-norm's linear part and the norm's bias joins the correction. Pre-LN decoders pass only the final norm before
-the unembedding; post-LN encoders (BERT) pass every block's LayerNorms, applied in order to every term so far.
+σ(s) = sqrt(var(s) + eps) taken from the stream that actually reached it, and RMSNorm(s) = g ⊙ s / rms(s). As in
+the authors' code (bert-splat, ``linear_structure.py``), a stream that is a sum of terms Σ t_c comes out as
+Σ g ⊙ t_c / σ plus the correction β − g ⊙ mean(s) / σ: each term is carried through the norm's gain and scale
+(``indexer.math.carry`` with ``centre=False``), and what the norm subtracts and adds joins the correction.
+Pre-LN decoders pass only the final norm before the unembedding; post-LN encoders (BERT) pass every block's
+LayerNorms, applied in order to every term so far.
 
-Terms: ``embedding`` (token + position embeddings, as the model adds them), ``head`` (layer, head):
-z_h · W_O[h] (the value bias flows through the pattern and stays inside its head, whose rows sum to 1),
-``ff`` (layer): Σ_i a_i · v_i, and the correction: ``bias`` (layer: the attention and FF output biases) and
-``norm_bias`` (the β of each LayerNorm; layer NULL for the embedding and final norms). The GELU/SiLU
-nonlinearities sit inside the FF term (a_i is the measured activation), so there is no remainder.
+Terms, as the paper defines them:
+- ``embedding``: the input (token + position (+ token type) embeddings, as the model adds them);
+- ``head`` (layer, head): Σ_j a_ij · (x_j W_V^h) W_O^h, the head's output from the *unbiased* value projection;
+- ``ff`` (layer): Σ_i a_i · v_i without the output bias (the GELU/SiLU sits inside a_i, so there is no remainder);
+- the correction, kept per layer: ``bias`` (layer): the attention output bias b_O, each head's value bias as it
+  is written, b_V^h W_O^h (attention weights sum to one, so it is the same at every position), and the FF
+  output bias; ``norm`` (layer; NULL for the embedding and final norms): each LayerNorm's β − g ⊙ mean / σ.
+
+``Decomposition.carry`` is different on purpose: it carries a vector through each later norm's whole linear
+part (centring included, with the measured σ): what that vector changes in the final state, the same map the
+index bases use.
 """
 
 from dataclasses import dataclass, field
@@ -19,8 +27,10 @@ from typing import Literal
 
 import torch
 
+from indexer.math.carry import carry, norm_linear
+
 NormKind = Literal["layernorm", "rmsnorm"]
-TermKind = Literal["embedding", "head", "ff", "bias", "norm_bias"]
+TermKind = Literal["embedding", "head", "ff", "bias", "norm"]
 
 
 @dataclass(frozen=True)
@@ -33,11 +43,10 @@ class NormApplied:
     inv_scale: torch.Tensor  # [..., positions]
     eps: float = 1e-5
 
-    def linear(self, values: torch.Tensor) -> torch.Tensor:
-        """The norm's linear part applied to terms ``[..., positions, d]`` (no bias)."""
-        if self.kind == "layernorm":
-            values = values - values.mean(dim=-1, keepdim=True)
-        return values * self.inv_scale[..., None] * self.weight
+    def linear(self, values: torch.Tensor, centre: bool = True) -> torch.Tensor:
+        """The norm's linear part applied to terms ``[..., positions, d]`` (no bias; ``centre=False``: gain and
+        scale only, the paper's carry of a term)."""
+        return norm_linear(values, self.kind, self.weight, self.inv_scale, centre)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         out = self.linear(x)
@@ -65,15 +74,16 @@ class Term:
             return f"FF{self.layer}"
         if self.kind == "bias":
             return f"bias{self.layer}"
-        if self.kind == "norm_bias":
-            return "norm β" if self.layer is None else f"norm β{self.layer}"
+        if self.kind == "norm":
+            return "norm" if self.layer is None else f"norm{self.layer}"
         return "embedding"
 
 
 @dataclass
 class LayerCapture:
     """What one block computed, at every position: ``z`` is the input of the attention output projection
-    ``[P, n_heads·d_head]``, ``act`` the input of the FF output projection ``[P, d_ff]``; ``ff_norm`` /
+    ``[P, n_heads·d_head]``, ``act`` the input of the FF output projection ``[P, d_ff]``; ``value_bias`` per head
+    the value bias inside its z (``[d_head]``; None where there is none or the head was zeroed); ``ff_norm`` /
     ``out_norm`` the post-LN norms the stream passes (None in pre-LN models)."""
 
     z: torch.Tensor
@@ -82,6 +92,7 @@ class LayerCapture:
     values: torch.Tensor  # [d_ff, d]
     attn_bias: torch.Tensor | None = None
     ff_bias: torch.Tensor | None = None
+    value_bias: list[torch.Tensor | None] | None = None
     ff_norm: NormApplied | None = None
     out_norm: NormApplied | None = None
     attn_check: torch.Tensor | None = None  # input the post-attention norm saw, to check the running sum
@@ -103,9 +114,7 @@ class Decomposition:
     def carry(self, vectors: torch.Tensor, layer: int, stage: Literal["attn", "ff"]) -> torch.Tensor:
         """Vectors ``[..., P, d]`` written into the stream by block ``layer``'s ``stage``, as they appear in the
         final hidden state: passed through the linear part of every later norm."""
-        for norm in self.norms_after[2 * layer + (stage == "ff")]:
-            vectors = norm.linear(vectors)
-        return vectors
+        return carry(vectors, self.norms_after[2 * layer + (stage == "ff")])
 
 
 def decompose(embedding: torch.Tensor, layers: list[LayerCapture], final: NormApplied | None,
@@ -122,23 +131,33 @@ def decompose(embedding: torch.Tensor, layers: list[LayerCapture], final: NormAp
 
     def norm_all(norm: NormApplied, check: torch.Tensor | None, stage: int, layer: int | None) -> None:
         nonlocal rows, stream_error
+        stream = torch.stack(rows).sum(0)
         if check is not None:
-            stream_error = max(stream_error, float((torch.stack(rows).sum(0) - check).abs().max()))
-        rows = [norm.linear(r) for r in rows]
+            stream_error = max(stream_error, float((stream - check).abs().max()))
+        rows = [norm.linear(r, centre=False) for r in rows]
         stages.append((stage, norm))
+        correction = torch.zeros_like(rows[0])
+        if norm.kind == "layernorm":  # what the norm subtracts: g ⊙ mean(s) / σ, per position
+            correction -= (stream.mean(dim=-1) * norm.inv_scale)[..., None] * norm.weight
         if norm.bias is not None:
-            keys.append(Term("norm_bias", layer))
-            rows.append(norm.bias.expand_as(rows[0]).clone())
+            correction += norm.bias
+        if norm.kind == "layernorm" or norm.bias is not None:
+            keys.append(Term("norm", layer))
+            rows.append(correction)
 
     if embed_norm is not None:
         norm_all(embed_norm, embedding, -1, None)
     states.append(torch.stack(rows).sum(0))
     for i, cap in enumerate(layers):
         dh = cap.w_o[0].shape[0]
-        for h, w in enumerate(cap.w_o):
-            keys.append(Term("head", i, h))
-            rows.append(cap.z[:, h * dh:(h + 1) * dh] @ w)
         bias = _sum_bias(cap.attn_bias, None)
+        for h, w in enumerate(cap.w_o):
+            z = cap.z[:, h * dh:(h + 1) * dh]
+            b_v = cap.value_bias[h] if cap.value_bias is not None else None
+            keys.append(Term("head", i, h))
+            rows.append(z @ w if b_v is None else (z - b_v) @ w)
+            if b_v is not None:  # the value bias as the head writes it: the same at every position
+                bias = _sum_bias(bias, b_v @ w)
         if cap.ff_norm is not None:
             if bias is not None:
                 keys.append(Term("bias", i))

@@ -45,14 +45,15 @@ class Checkpoint:
     def shape(self, name: str) -> tuple[int, ...]:
         return self.shapes[name]
 
-    def tensor(self, name: str) -> torch.Tensor:
-        """One tensor as float32, checked to be finite."""
+    def tensor(self, name: str, index: int | None = None) -> torch.Tensor:
+        """One tensor as float32, checked to be finite; ``index``: only that slice of its first axis (one expert
+        of a fused ``[experts, …]`` tensor), read without the rest."""
         if name not in self._where:
             raise CheckpointError(f"{self.path}: tensor {name!r} is missing from the weights.")
         file = self._where[name]
         try:
             with safe_open(str(file), framework="pt") as f:
-                t = f.get_tensor(name)
+                t = f.get_tensor(name) if index is None else f.get_slice(name)[index]
         except Exception as err:  # safetensors raises its own untyped errors for corrupt files
             raise CheckpointError(f"{file}: cannot read tensor {name!r}: {err}") from None
         t = t.to(torch.float32)

@@ -12,6 +12,7 @@ Interventions act on the input of a block's output projection, at every position
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -60,6 +61,12 @@ def interventions(adapter: Adapter, zero: list[str], boost: list[str], zero_head
     return out
 
 
+Readout = Literal["lm_head", "mlm_head", "none"]
+"""How a trace reads a state out: a causal LM's head (final norm, W_U, bias), an encoder checkpoint's own masked-LM
+head (transform: dense, GELU, LayerNorm; then the decoder and its bias), or ``none``: an encoder checkpoint
+without an LM head, whose states are shown as h·Eᵀ and are no model's prediction."""
+
+
 @dataclass
 class Forward:
     """What one pass computed: logits ``[P, V]``, attention patterns ``[L, H, P, P]``, the decomposition, the
@@ -75,9 +82,15 @@ class Forward:
     unembedding: torch.Tensor
     lm_bias: torch.Tensor | None
     interventions: list[Intervention] = field(default_factory=list)
+    readout_kind: Readout = "lm_head"
+    mlm: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
 
     def readout(self, states: torch.Tensor) -> torch.Tensor:
-        """Logit lens: states ``[..., P, d]`` through the final norm (pre-LN; σ from each state) and W_U."""
+        """Logit lens: states ``[..., P, d]`` read out as the model reads its last state: through the final norm
+        (pre-LN; σ from each state) and W_U, or an encoder's own MLM head; without one, h·Eᵀ."""
+        if self.mlm is not None:
+            with torch.no_grad():
+                return self.mlm(states)
         if self.final is not None:
             f = self.final
             states = applied_norm(states, f.kind, f.weight, f.bias, f.eps)(states)
@@ -86,11 +99,14 @@ class Forward:
 
 
 def load_model(path: Path, adapter: Adapter) -> torch.nn.Module:
-    """The Hugging Face model of a checkpoint folder, fp32 on the CPU, eager attention (patterns visible)."""
-    from transformers import AutoModel, AutoModelForCausalLM
+    """The Hugging Face model of a checkpoint folder, fp32 on the CPU, eager attention (patterns visible):
+    causal LMs with their LM head, encoders with their masked-LM head where the checkpoint has one."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
     logging.getLogger("transformers").setLevel(logging.ERROR)
-    cls = AutoModel if adapter.encoder else AutoModelForCausalLM
+    cls: type[AutoModel | AutoModelForMaskedLM | AutoModelForCausalLM] = AutoModelForCausalLM
+    if adapter.encoder:
+        cls = AutoModelForMaskedLM if adapter.mlm_head() is not None else AutoModel
     try:
         model = cls.from_pretrained(str(path), local_files_only=True, attn_implementation="eager",
                                     dtype=torch.float32)
@@ -116,17 +132,50 @@ def _module(model: torch.nn.Module, adapter: Adapter, key: str, layer: int = 0) 
     raise CheckpointError(f"{adapter.family}: the loaded model has no module {path!r}.")
 
 
-def _norm_of(module: torch.nn.Module, x: torch.Tensor, kind: str) -> NormApplied:
+def _mlm(model: torch.nn.Module, adapter: Adapter) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The checkpoint's own masked-LM head as one function of hidden states, or None where it has none."""
+    paths = adapter.mlm_head()
+    if paths is None:
+        return None
+    try:
+        modules = [model.get_submodule(p) for p in paths]
+    except AttributeError:
+        raise CheckpointError(f"{adapter.family}: the loaded model has no masked-LM head at {paths}.") from None
+
+    def head(states: torch.Tensor) -> torch.Tensor:
+        for module in modules:
+            states = module(states)
+        return states
+
+    return head
+
+
+def _norm_of(module: torch.nn.Module, x: torch.Tensor, kind: str, offset: float = 0.0) -> NormApplied:
     eps = getattr(module, "eps", None) or getattr(module, "variance_epsilon", None) or 1e-5
-    weight = torch.as_tensor(module.weight).detach()
+    stored = getattr(module, "weight", None)  # OLMo's LayerNorm has no parameters: a gain of one
+    weight = torch.ones(x.shape[-1]) if stored is None else torch.as_tensor(stored).detach() + offset
     bias = getattr(module, "bias", None)
     return applied_norm(x, kind, weight, None if bias is None else bias.detach(), float(eps))  # type: ignore[arg-type]
+
+
+def _head_value_bias(adapter: Adapter, layer: int, changes: list[Intervention]) -> list[torch.Tensor | None] | None:
+    """Per query head, the value bias inside its z (its K/V head's slice; none for a zeroed head, whose z is 0)."""
+    bias = adapter.value_bias(layer)
+    if bias is None:
+        return None
+    dims = adapter.dims
+    dh, group = dims.head_size, dims.n_heads // dims.kv_heads
+    zeroed = {c.index for c in changes if c.target == "head" and c.layer == layer}
+    return [None if h in zeroed else bias[(h // group) * dh:(h // group + 1) * dh] for h in range(dims.n_heads)]
 
 
 def run_forward(model: torch.nn.Module, adapter: Adapter, input_ids: torch.Tensor,
                 changes: list[Intervention] | None = None, boost_value: float = 10.0) -> Forward:
     """Run ``input_ids`` ``[P]`` through the model with hooks; apply ``changes``; decompose every position."""
     changes = changes or []
+    problem = adapter.trace_problem()
+    if problem is not None:
+        raise LensdbError(f"cannot trace {adapter.ckpt.path}: {problem}.")
     dims = adapter.dims
     dh = dims.head_size
     kind = adapter.final_norm().kind if adapter.final_norm() is not None else "layernorm"  # type: ignore[union-attr]
@@ -193,31 +242,38 @@ def run_forward(model: torch.nn.Module, adapter: Adapter, input_ids: torch.Tenso
         ff_b = adapter.component("ff_out_bias", i)
         cap = LayerCapture(z=seen[f"z.{i}"], act=seen[f"act.{i}"], w_o=[c.vectors for c in heads], values=v.vectors,
                            attn_bias=attn_b[0].vectors[0] if attn_b else None,
-                           ff_bias=ff_b[0].vectors[0] if ff_b else None)
+                           ff_bias=ff_b[0].vectors[0] if ff_b else None,
+                           value_bias=_head_value_bias(adapter, i, changes))
         if post:
-            cap.ff_norm = _norm_of(mods[f"ff.{i}"], seen[f"ff.{i}"], kind)
+            cap.ff_norm = _norm_of(mods[f"ff.{i}"], seen[f"ff.{i}"], kind, adapter.norm_offset)
             cap.attn_check = seen[f"ff.{i}"]
-            cap.out_norm = _norm_of(mods[f"out.{i}"], seen[f"out.{i}"], kind)
+            cap.out_norm = _norm_of(mods[f"out.{i}"], seen[f"out.{i}"], kind, adapter.norm_offset)
             cap.out_check = seen[f"out.{i}"]
         layers.append(cap)
     if post:
         final_out = seen[f"out.{dims.n_layers - 1}.out"]
         dec = decompose(seen["embed"], layers, None, None, final_out,
-                        embed_norm=_norm_of(mods["embed"], seen["embed"], kind))
+                        embed_norm=_norm_of(mods["embed"], seen["embed"], kind, adapter.norm_offset))
         final = None
     else:
-        final = _norm_of(mods["final"], seen["final"], kind)
+        final = _norm_of(mods["final"], seen["final"], kind, adapter.norm_offset)
         final_out = seen["final.out"]
         dec = decompose(flat(out.hidden_states[0]), layers, final, seen["final"], final_out)
     w_u = adapter.unembedding()
     head_emb = model.get_output_embeddings() if not adapter.encoder else None  # type: ignore[operator]
     lm_bias = getattr(head_emb, "bias", None) if head_emb is not None else None
     lm_bias = lm_bias.detach() if lm_bias is not None else None
-    logits = final_out @ w_u.T + (lm_bias if lm_bias is not None else 0.0)
+    mlm = _mlm(model, adapter) if adapter.encoder else None
+    readout: Readout = "lm_head" if not adapter.encoder else "mlm_head" if mlm is not None else "none"
+    if mlm is not None:
+        with torch.no_grad():
+            logits = mlm(final_out)
+    else:
+        logits = final_out @ w_u.T + (lm_bias if lm_bias is not None else 0.0)
     z = torch.stack([c.z for c in layers])  # [L, P, H*dh]
     head_out = torch.stack([torch.stack([z[i][:, h * dh:(h + 1) * dh] @ w for h, w in enumerate(c.w_o)])
                             for i, c in enumerate(layers)])
     attentions = torch.stack([a[0].detach() for a in out.attentions])
     return Forward(logits=logits, attentions=attentions, decomposition=dec, head_out=head_out,
                    acts=torch.stack([c.act for c in layers]), values=values, final=final, unembedding=w_u,
-                   lm_bias=lm_bias, interventions=changes)
+                   lm_bias=lm_bias, interventions=changes, readout_kind=readout, mlm=mlm)

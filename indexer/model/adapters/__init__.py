@@ -7,17 +7,25 @@ from indexer.errors import UnsupportedArchitecture
 from indexer.model.adapters.base import Adapter, Component, ComponentSpec, Dims, Norm
 from indexer.model.adapters.bert import BertAdapter
 from indexer.model.adapters.distilbert import DistilBertAdapter
+from indexer.model.adapters.falcon import FalconAdapter
+from indexer.model.adapters.gemma import Gemma2Adapter, GemmaAdapter
 from indexer.model.adapters.gpt2 import GPT2Adapter
 from indexer.model.adapters.gpt_neo import GPTNeoAdapter
 from indexer.model.adapters.gptj import GPTJAdapter
 from indexer.model.adapters.llama import LlamaAdapter
+from indexer.model.adapters.mixtral import MixtralAdapter
 from indexer.model.adapters.neox import GPTNeoXAdapter
+from indexer.model.adapters.olmo import Olmo2Adapter, OlmoAdapter
 from indexer.model.adapters.opt import OPTAdapter
+from indexer.model.adapters.phi3 import Phi3Adapter
+from indexer.model.adapters.qwen_moe import OlmoeAdapter, QwenMoeAdapter
+from indexer.model.adapters.stablelm import StableLmAdapter
 from indexer.model.checkpoint import Checkpoint
 
 ADAPTERS: tuple[type[Adapter], ...] = (
-    GPT2Adapter, GPTNeoAdapter, GPTJAdapter, GPTNeoXAdapter, OPTAdapter, LlamaAdapter,
-    BertAdapter, DistilBertAdapter,
+    GPT2Adapter, GPTNeoAdapter, GPTJAdapter, GPTNeoXAdapter, OPTAdapter, LlamaAdapter, GemmaAdapter, Gemma2Adapter,
+    Phi3Adapter, OlmoAdapter, Olmo2Adapter, FalconAdapter, StableLmAdapter, MixtralAdapter, QwenMoeAdapter,
+    OlmoeAdapter, BertAdapter, DistilBertAdapter,
 )
 
 __all__ = ["ADAPTERS", "Adapter", "Component", "ComponentSpec", "Dims", "Norm", "adapter_for",

@@ -18,6 +18,14 @@ from indexer.errors import CheckpointError
 from indexer.model.checkpoint import Checkpoint
 
 Role = Literal["writes", "reads"]
+Stage = Literal["embed", "attn", "ff"]
+"""Where on the residual stream a component writes or reads: the embedding, a block's attention or its MLP."""
+
+
+def site(layer: int, stage: Stage) -> int:
+    """The stream's sites in the order a token passes them: the embedding is 0, block ``l``'s attention
+    ``1 + 2l`` and its MLP ``2 + 2l``. A norm on the stream at site ``s`` normalises what was written up to ``s``."""
+    return 0 if stage == "embed" else 1 + 2 * layer + (stage == "ff")
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,7 @@ class Component:
     role: Role
     vectors: torch.Tensor
     norm: Norm | None = None
+    expert: int | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,7 @@ class ComponentSpec:
     doc: str
     per_layer: bool = True
     default: bool = True
+    stage: Stage | None = None  # where it writes or reads; needed where norms sit on the stream (post-LN)
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,7 @@ class Dims:
     vocab_size: int
     n_kv_heads: int = 0
     d_head: int = 0
+    n_experts: int = 0
 
     @property
     def kv_heads(self) -> int:
@@ -82,6 +93,8 @@ class Adapter(ABC):
     family: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
     components: ClassVar[tuple[ComponentSpec, ...]]
+    notes: ClassVar[str] = ""
+    """One line for `lensdb architectures`: how the family stores what it stores, and what is refused."""
     encoder: ClassVar[bool] = False
     """True for masked-LM encoders (BERT): a trace reads their prediction through the tied embedding at the
     chosen position instead of a causal LM head."""
@@ -114,6 +127,10 @@ class Adapter(ABC):
     def component(self, name: str, layer: int) -> list[Component]:
         """Read one component of one layer (one entry per head for per-head components)."""
 
+    def basis_tensors(self) -> set[str]:
+        """Names of the tensors the projection bases are built from (embedding, unembedding, final norm)."""
+        return set()
+
     def classifier(self) -> torch.Tensor | None:
         """The sequence-classification head as ``[n_labels, d_model]`` rows, if the checkpoint has one."""
         return None
@@ -127,6 +144,62 @@ class Adapter(ABC):
         """Whether each block's LayerNorms sit on the stream itself (post-LN, BERT) rather than before the
         attention and MLP (pre-LN decoders). The forward-pass decomposition follows the stream accordingly."""
         return False
+
+    def branch_norms(self) -> bool:
+        """Whether blocks normalise their attention or MLP output before adding it to the stream (Gemma-2)."""
+        return False
+
+    @property
+    def norm_offset(self) -> float:
+        """Added to a stored norm gain to get the scale it applies (1 for Gemma's ``1 + w``; else 0)."""
+        return 0.0
+
+    def trace_problem(self) -> str | None:
+        """Why a forward-pass trace cannot decompose this model's stream, or None when it can."""
+        if self.branch_norms():
+            return (f"{self.family} blocks normalise their attention and MLP outputs before adding them to the "
+                    "stream, which the trace's decomposition into additive terms does not model yet")
+        return None
+
+    def stream_norms(self) -> list[tuple[int, Norm]]:
+        """The norms that sit on the residual stream itself before the final norm, in order, each with the
+        ``site`` after whose write it applies. Pre-LN models have none (their norms sit on the branches and
+        before the unembedding); post-LN encoders have the embedding LayerNorm and every block's two LayerNorms
+        but the last (the final norm)."""
+        return []
+
+    def path_norms(self, role: Role, layer: int, stage: Stage) -> list[Norm]:
+        """The stream norms on a vector's direct path, in the order it meets them: for a writer at (layer,
+        stage) every one after its write up to the final norm (folded into the write basis); for a reader,
+        every one between the embedding and the stream it reads (the stream entering its stage)."""
+        here = site(layer, stage)
+        norms = self.stream_norms()
+        if role == "writes":
+            return [n for s, n in norms if s >= here]
+        return [n for s, n in norms if s < here]
+
+    def component_path(self, name: str, layer: int) -> list[Norm]:
+        """``path_norms`` for one component of one layer (model-level components sit at the embedding)."""
+        spec = self.spec(name)
+        norms = self.stream_norms()
+        if not norms:
+            return []
+        stage = spec.stage if spec.per_layer else "embed"
+        if stage is None:
+            raise CheckpointError(f"{self.family}: component {name!r} declares no stage; a post-LN model needs "
+                                  "one to carry it through the norms on the stream.")
+        return self.path_norms(spec.role, layer, stage)
+
+    def value_bias(self, layer: int) -> torch.Tensor | None:
+        """The value projection's bias ``[n_kv_heads · d_head]`` (head-major), if the checkpoint has one: the
+        decomposition moves its part of each head's output into the correction term, as Mickus et al. do."""
+        return None
+
+    def mlm_head(self) -> tuple[str, ...] | None:
+        """For encoders: the modules, in order, that turn the last hidden state into the checkpoint's own
+        masked-LM logits (transform and decoder with its bias), or ``None`` where the checkpoint has no LM head
+        (a sentence-embedding model such as all-MiniLM-L6-v2)."""
+        return None
 
     def available(self) -> tuple[ComponentSpec, ...]:
         """The components this checkpoint has (a family's optional biases may be absent)."""

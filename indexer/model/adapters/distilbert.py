@@ -6,6 +6,7 @@ from indexer.model.adapters.standard import ALL_PLAIN, Layout, StandardAdapter
 
 class DistilBertAdapter(StandardAdapter):
     family = "distilbert"
+    notes = 'post-LN encoder, tied vocab_projector'
     model_types = ("distilbert",)
     components = ALL_PLAIN
     encoder = True
@@ -20,6 +21,8 @@ class DistilBertAdapter(StandardAdapter):
         ff_in="{p}transformer.layer.{i}.ffn.lin1", ff_out="{p}transformer.layer.{i}.ffn.lin2",
         attn_source=("{p}embeddings.LayerNorm", "{p}transformer.layer.{j}.output_layer_norm"),
         ff_source="{p}transformer.layer.{i}.sa_layer_norm",
+        mlm_head=(("vocab_transform.weight", ("vocab_transform", "activation", "vocab_layer_norm",
+                                              "vocab_projector")),),
     )
 
     def _dims(self) -> Dims:

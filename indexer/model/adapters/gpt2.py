@@ -9,6 +9,7 @@ from indexer.model.adapters.standard import ALL_PLAIN, Layout, StandardAdapter
 
 class GPT2Adapter(StandardAdapter):
     family = "gpt2"
+    notes = 'Conv1D [in, out], fused c_attn, tied'
     model_types = ("gpt2",)
     components = ALL_PLAIN
     prefixes = ("", "transformer.")
@@ -33,6 +34,6 @@ class GPT2Adapter(StandardAdapter):
         d = self.dims.d_model
         return {self._w("qkv", i): (d, 3 * d) for i in range(self.dims.n_layers)}
 
-    def qkv_rows(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        q, k, v = self.reading_rows("qkv", layer).chunk(3, dim=0)  # c_attn's outputs are [q | k | v]
+    def split_fused(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q, k, v = rows.chunk(3, dim=0)  # c_attn's outputs are [q | k | v]
         return q, k, v

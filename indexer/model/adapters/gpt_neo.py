@@ -6,6 +6,7 @@ from indexer.model.adapters.standard import ALL_PLAIN, Layout, StandardAdapter
 
 class GPTNeoAdapter(StandardAdapter):
     family = "gpt_neo"
+    notes = 'separate q/k/v without biases, local/global layers, tied'
     model_types = ("gpt_neo",)
     components = ALL_PLAIN
     prefixes = ("transformer.", "")

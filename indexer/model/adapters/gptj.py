@@ -7,6 +7,7 @@ from indexer.model.adapters.standard import ALL_PLAIN, Layout, StandardAdapter
 
 class GPTJAdapter(StandardAdapter):
     family = "gptj"
+    notes = 'parallel attention + MLP reading one ln_1, rotary, untied lm_head with a bias'
     model_types = ("gptj",)
     components = ALL_PLAIN
     prefixes = ("transformer.", "")

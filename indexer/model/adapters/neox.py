@@ -9,6 +9,7 @@ from indexer.model.adapters.standard import ALL_PLAIN, Layout, StandardAdapter
 
 class GPTNeoXAdapter(StandardAdapter):
     family = "gpt_neox"
+    notes = 'parallel, two pre-norms, fused query_key_value per head, untied embed_out'
     model_types = ("gpt_neox",)
     components = ALL_PLAIN
     prefixes = ("gpt_neox.", "")
@@ -34,8 +35,8 @@ class GPTNeoXAdapter(StandardAdapter):
         d = self.dims.d_model
         return {self._w("qkv", i): (3 * d, d) for i in range(self.dims.n_layers)}
 
-    def qkv_rows(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def split_fused(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n, dh = self.dims.n_heads, self.dims.head_size
-        fused = self.reading_rows("qkv", layer).view(n, 3, dh, -1)  # per head: q rows, k rows, v rows
+        fused = rows.reshape(n, 3, dh, -1)  # per head: q rows, k rows, v rows
         q, k, v = (fused[:, j].reshape(n * dh, -1).contiguous() for j in range(3))
         return q, k, v

@@ -11,6 +11,7 @@ from indexer.model.adapters.standard import ALL_PLAIN, Layout, StandardAdapter
 
 class OPTAdapter(StandardAdapter):
     family = "opt"
+    notes = 'pre-LN, tied; project_in/out and post-LN OPT (opt-350m) refused'
     model_types = ("opt",)
     components = ALL_PLAIN
     prefixes = ("model.decoder.", "decoder.", "")

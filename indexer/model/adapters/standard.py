@@ -14,21 +14,27 @@ from typing import ClassVar, Literal
 import torch
 
 from indexer.errors import CheckpointError
-from indexer.model.adapters.base import Adapter, Component, ComponentSpec, Norm, find_prefix, head_blocks
+from indexer.model.adapters.base import Adapter, Component, ComponentSpec, Norm, find_prefix, head_blocks, site
 from indexer.model.checkpoint import Checkpoint
 
-FF_KEY = ComponentSpec("ff_key", "reads", "row i of the MLP input projection: what neuron i reads")
-FF_GATE = ComponentSpec("ff_gate", "reads", "row i of the MLP gate projection: what gates neuron i")
-FF_VALUE = ComponentSpec("ff_value", "writes", "row i of the MLP output projection: what neuron i writes")
-FF_OUT_BIAS = ComponentSpec("ff_out_bias", "writes", "the MLP output bias, where present (1 per layer)")
-ATTN_Q = ComponentSpec("attn_q", "reads", "rows of W_Q for head h: what the head's queries read")
-ATTN_K = ComponentSpec("attn_k", "reads", "rows of W_K for head h; under GQA h is the key/value head")
-ATTN_V = ComponentSpec("attn_v", "reads", "rows of W_V for head h; under GQA h is the key/value head")
-ATTN_O = ComponentSpec("attn_o", "writes", "the d_head rows of W_O belonging to head h: what it writes")
-ATTN_OUT_BIAS = ComponentSpec("attn_out_bias", "writes", "the attention output bias, if any (1 per layer)")
+FF_KEY = ComponentSpec("ff_key", "reads", "row i of the MLP input projection: what neuron i reads", stage="ff")
+FF_GATE = ComponentSpec("ff_gate", "reads", "row i of the MLP gate projection: what gates neuron i", stage="ff")
+FF_VALUE = ComponentSpec("ff_value", "writes", "row i of the MLP output projection: what neuron i writes",
+                         stage="ff")
+FF_OUT_BIAS = ComponentSpec("ff_out_bias", "writes", "the MLP output bias, where present (1 per layer)", stage="ff")
+ATTN_Q = ComponentSpec("attn_q", "reads", "rows of W_Q for head h: what the head's queries read", stage="attn")
+ATTN_K = ComponentSpec("attn_k", "reads", "rows of W_K for head h; under GQA h is the key/value head",
+                       stage="attn")
+ATTN_V = ComponentSpec("attn_v", "reads", "rows of W_V for head h; under GQA h is the key/value head",
+                       stage="attn")
+ATTN_O = ComponentSpec("attn_o", "writes", "the d_head rows of W_O belonging to head h: what it writes",
+                       stage="attn")
+ATTN_OUT_BIAS = ComponentSpec("attn_out_bias", "writes", "the attention output bias, if any (1 per layer)",
+                              stage="attn")
 EMBEDDING = ComponentSpec(
     "embedding", "writes", "row t of the input embedding, read through the unembedding (model-level: "
-    "stored once as layer 0, idx = token id; only when asked for)", per_layer=False, default=False)
+    "stored once as layer 0, idx = token id; only when asked for)", per_layer=False, default=False,
+    stage="embed")
 
 BIASES = {FF_OUT_BIAS.name: "ff_out", ATTN_OUT_BIAS.name: "attn_out"}
 
@@ -42,6 +48,14 @@ class Layout:
     the block reads, for the tests. ``conv1d``: weights stored ``[in, out]`` (GPT-2) instead of ``[out, in]``.
     ``block``: the whole transformer block of layer ``{i}`` (stitching swaps the stream entering it).
     ``classifier``: where a sequence-classification head may sit (no prefix: heads sit beside the body).
+
+    Norms: ``norm_offset`` is added to every stored gain (Gemma's RMSNorm scales by ``1 + w``);
+    ``norm_weights=False`` marks norms without parameters (OLMo's LayerNorm), read as gains of one.
+    ``attn_out_norm`` / ``ff_out_norm`` name norms applied to a branch's *output* before it joins the stream
+    (Gemma-2/3, OLMo-2): their gain is folded into the branch's writing vectors, since what reaches the stream
+    is ``gain ⊙ (Σ a_i v_i) / rms``, a positive scalar per position times ``Σ a_i (gain ⊙ v_i)``.
+    ``mlm_head``: encoders' masked-LM heads, each as (a tensor that only that head has, the modules that turn
+    the last hidden state into logits, in order); the first whose tensor the checkpoint holds is its head.
     """
 
     embed: str
@@ -64,6 +78,11 @@ class Layout:
     extra: dict[str, str] = field(default_factory=dict)
     block: str | None = None
     classifier: tuple[str, ...] = ("score", "classifier", "classifier.out_proj")
+    norm_offset: float = 0.0
+    norm_weights: bool = True
+    attn_out_norm: str | None = None
+    ff_out_norm: str | None = None
+    mlm_head: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 class StandardAdapter(Adapter):
@@ -74,16 +93,18 @@ class StandardAdapter(Adapter):
 
     def __init__(self, ckpt: Checkpoint) -> None:
         self.p = find_prefix(ckpt, self.layout.embed.format(p="") + ".weight", self.prefixes)
+        self._stream_norms: list[tuple[int, Norm]] | None = None
         super().__init__(ckpt)
 
     # -- names -------------------------------------------------------------------------------------------
     def module_path(self, key: str, layer: int = 0) -> str | None:
         """The module path for ``key`` (a Layout field) in ``layer``, with the prefix filled in."""
         lay = self.layout
+        template: str | None
         if key == "attn_source" and lay.attn_source is not None:
             template = lay.attn_source[0] if layer == 0 else lay.attn_source[1]
         else:
-            template = getattr(lay, key)
+            template = getattr(lay, key, None)
         if template is None:
             return None
         if key == "final_norm":
@@ -91,7 +112,50 @@ class StandardAdapter(Adapter):
         return template.format(p=self.p, i=layer, j=layer - 1)
 
     def post_norm(self) -> bool:
-        return self.layout.attn_norm is None
+        """Post-LN encoders read the normalised stream (``attn_source``); a block with no input norm at all
+        (OLMo-2) reads the raw stream, which is not post-LN."""
+        return self.layout.attn_norm is None and self.layout.attn_source is not None
+
+    def branch_norms(self) -> bool:
+        return self.layout.attn_out_norm is not None or self.layout.ff_out_norm is not None
+
+    @property
+    def norm_offset(self) -> float:
+        return self.layout.norm_offset
+
+    def stream_norms(self) -> list[tuple[int, Norm]]:
+        """Post-LN: the embedding LayerNorm (site 0), then per block its attention LayerNorm (``ff_source``)
+        and its output LayerNorm (``attn_source`` of the next block); the last block's is the final norm."""
+        if not self.post_norm():
+            return []
+        if self._stream_norms is None:
+            kind = self.layout.norm_kind
+            found = [(0, Norm(kind, self.ckpt.tensor(self._w("attn_source", 0))))]
+            for i in range(self.dims.n_layers):
+                found.append((site(i, "attn"), Norm(kind, self.ckpt.tensor(self._w("ff_source", i)))))
+                if i < self.dims.n_layers - 1:
+                    found.append((site(i, "ff"), Norm(kind, self.ckpt.tensor(self._w("attn_source", i + 1)))))
+            self._stream_norms = found
+        return self._stream_norms
+
+    def split_fused(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Q, K and V rows of a fused q|k|v projection's ``[rows, n]`` outputs (weights, or a bias as one column);
+        families with a fused projection override it."""
+        raise CheckpointError(f"{self.family}: no layout for a fused q/k/v projection.")
+
+    def value_bias(self, layer: int) -> torch.Tensor | None:
+        key = "v" if self.layout.v is not None else "qkv"
+        name = self._bias(key, layer)
+        if name is None:
+            return None
+        bias = self.ckpt.tensor(name)
+        return bias if key == "v" else self.split_fused(bias[:, None])[2][:, 0].contiguous()
+
+    def mlm_head(self) -> tuple[str, ...] | None:
+        for probe, modules in self.layout.mlm_head:
+            if self.ckpt.has(probe):
+                return modules
+        return None
 
     def _w(self, key: str, layer: int = 0) -> str:
         path = self.module_path(key, layer)
@@ -110,12 +174,21 @@ class StandardAdapter(Adapter):
         return w.T.contiguous() if self.layout.conv1d else w
 
     def writing_rows(self, key: str, layer: int) -> torch.Tensor:
-        """``[in, out]`` rows of a projection that writes the stream: row i is what input unit i writes."""
+        """``[in, out]`` rows of a projection that writes the stream: row i is what input unit i writes, with the
+        gain of a norm on the branch's output folded in (``Layout.attn_out_norm`` / ``ff_out_norm``)."""
         w = self.ckpt.tensor(self._w(key, layer))
-        return w if self.layout.conv1d else w.T.contiguous()
+        return self.branch_gain(key, layer, w if self.layout.conv1d else w.T.contiguous())
+
+    def branch_gain(self, key: str, layer: int, rows: torch.Tensor) -> torch.Tensor:
+        """``rows`` times the gain of the norm on the output of the branch ``key`` belongs to, if any."""
+        norm = self._norm("attn_out_norm" if key == "attn_out" else "ff_out_norm", layer)
+        return rows if norm is None else rows * norm.weight
 
     def qkv_rows(self, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """W_Q ``[n_heads*d_head, d]``, W_K and W_V ``[n_kv_heads*d_head, d]``, head-major."""
+        """W_Q ``[n_heads*d_head, d]``, W_K and W_V ``[n_kv_heads*d_head, d]``, head-major; a fused projection is
+        split by the family's ``split_fused`` (the same split its bias gets)."""
+        if self.layout.qkv is not None:
+            return self.split_fused(self.reading_rows("qkv", layer))
         return self.reading_rows("q", layer), self.reading_rows("k", layer), self.reading_rows("v", layer)
 
     def qkv_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -139,17 +212,25 @@ class StandardAdapter(Adapter):
         shapes.update(self.qkv_shapes())
         for layer in range(self.dims.n_layers):
             shapes[self._w("attn_out", layer)] = lin(d, hd)
-            shapes[self._w("ff_in", layer)] = lin(f, d)
-            shapes[self._w("ff_out", layer)] = lin(d, f)
-            if self.layout.ff_gate:
-                shapes[self._w("ff_gate", layer)] = lin(f, d)
-            for norm in ("attn_norm", "ff_norm"):
-                if getattr(self.layout, norm):
+            if self.module_path("ff_out", layer) is not None:  # None: a sparse (mixture-of-experts) layer
+                shapes[self._w("ff_in", layer)] = lin(f, d)
+                shapes[self._w("ff_out", layer)] = lin(d, f)
+                if self.layout.ff_gate:
+                    shapes[self._w("ff_gate", layer)] = lin(f, d)
+            for norm in ("attn_norm", "ff_norm", "attn_out_norm", "ff_out_norm"):
+                if getattr(self.layout, norm) and self.layout.norm_weights:
                     shapes[self._w(norm, layer)] = (d,)
+        if not self.layout.norm_weights:
+            del shapes[self._w("final_norm")]
         return shapes
 
     def embedding(self) -> torch.Tensor:
         return self.ckpt.tensor(self._w("embed"))
+
+    def basis_tensors(self) -> set[str]:
+        names = {self._w("embed"), self._w("final_norm")}
+        names |= {t.format(p=self.p) + ".weight" for t in self.layout.unembed}
+        return {n for n in names if self.ckpt.has(n)}
 
     def unembedding(self) -> torch.Tensor:
         want = (self.dims.vocab_size, self.dims.d_model)
@@ -162,7 +243,10 @@ class StandardAdapter(Adapter):
     def _norm(self, key: str, layer: int) -> Norm | None:
         if self.module_path(key, layer) is None:
             return None
-        return Norm(self.layout.norm_kind, self.ckpt.tensor(self._w(key, layer)))
+        if not self.layout.norm_weights:
+            return Norm(self.layout.norm_kind, torch.ones(self.dims.d_model))
+        weight = self.ckpt.tensor(self._w(key, layer))
+        return Norm(self.layout.norm_kind, weight + self.layout.norm_offset if self.layout.norm_offset else weight)
 
     def final_norm(self) -> Norm | None:
         return self._norm("final_norm", 0)
@@ -194,7 +278,8 @@ class StandardAdapter(Adapter):
             bias = self._bias(BIASES[spec.name], layer)
             if bias is None:
                 return []
-            return [Component(name, layer, None, spec.role, self.ckpt.tensor(bias)[None, :])]
+            return [Component(name, layer, None, spec.role,
+                              self.branch_gain(BIASES[spec.name], layer, self.ckpt.tensor(bias)[None, :]))]
         if spec is ATTN_O:
             blocks = head_blocks(self.writing_rows("attn_out", layer), self.dims.n_heads)
             return [Component(name, layer, h, spec.role, b) for h, b in enumerate(blocks)]
