@@ -17,7 +17,7 @@ from queries import sql as q
 from queries.catalog import Catalog, catalog, load_words, loaded_words
 from queries.filters import HitFilter
 from queries.integrity import CheckReport, check_store
-from queries.readonly import Limits, open_hardened, run_readonly
+from queries.readonly import DEFAULT_MAX_BYTES, DEFAULT_RSS_BUDGET_MB, Limits, open_hardened, run_readonly
 from queries.rows import (
     Alignment,
     AlignmentInfo,
@@ -488,9 +488,12 @@ class Lens:
                  for r in self._rows(q.alignment_matches(alignment_id, layer_a, limit))] if matches else []
         return Alignment(info=info, similarity=sim, raw_similarity=raw, pairs=pairs, matches=units)
 
-    def sql(self, statement: str, max_rows: int = 1000, timeout_s: float = 10.0) -> SqlResult:
-        """Run one read-only SELECT over the tables and views (see README, "SQL")."""
-        return run_readonly(self.con, statement, max_rows=max_rows, timeout_s=timeout_s)
+    def sql(self, statement: str, max_rows: int = 1000, timeout_s: float = 10.0,
+            max_bytes: int = DEFAULT_MAX_BYTES, rss_budget_mb: int | None = DEFAULT_RSS_BUDGET_MB) -> SqlResult:
+        """Run one read-only SELECT over the tables and views (see README, "SQL"): allow-listed functions only,
+        at most ``max_rows`` rows and ``max_bytes`` bytes of JSON within ``timeout_s`` seconds."""
+        return run_readonly(self.con, statement, max_rows=max_rows, timeout_s=timeout_s, max_bytes=max_bytes,
+                            rss_budget_mb=rss_budget_mb)
 
     def check(self) -> CheckReport:
         """Verify the store (``lensdb check``, ``queries.integrity``): problems found, and notes on attempts that

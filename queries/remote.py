@@ -22,7 +22,7 @@ from pydantic import TypeAdapter
 from queries.filters import HitFilter
 from queries.integrity import CheckReport
 from queries.lens import Lens, hit_filter
-from queries.readonly import SqlRefused, SqlTimeout
+from queries.readonly import DEFAULT_MAX_BYTES, DEFAULT_RSS_BUDGET_MB, SqlRefused, SqlTimeout, SqlTooLarge
 from queries.rows import (
     Alignment,
     AlignmentInfo,
@@ -55,9 +55,11 @@ ERRORS: dict[str, type[LensdbError]] = {
     "not-found": NotFound,
     "sql-refused": SqlRefused,
     "sql-timeout": SqlTimeout,
+    "sql-too-large": SqlTooLarge,
     "store-unavailable": StoreError,
 }
 PAGE = 200  # rows asked for per request: the service's default page_limit
+MAX_MATCHES = 1_000_000  # GET /alignments/{id}: the most unit matches one answer holds
 
 
 class RemoteLens(Lens):
@@ -150,9 +152,9 @@ class RemoteLens(Lens):
         return self._hits(token, "bottom", hit_filter(filter, fields))
 
     def vector(self, model: str, component: str, layer: int, index: int, head: int | None = None,
-               checkpoint: str | None = None) -> VectorView:
+               checkpoint: str | None = None, expert: int | None = None) -> VectorView:
         return VectorView.model_validate(self._get(f"/vectors/{_seg(model)}/{_seg(component)}/{layer}/{index}",
-                                                   head=head, checkpoint=checkpoint))
+                                                   head=head, checkpoint=checkpoint, expert=expert))
 
     def head_map(self, token: str | int, kind: str = "ov", *, model: str | None = None,
                  checkpoint: str | None = None, limit: int = 20, per_head: int = 5) -> list[HeadRow]:
@@ -179,14 +181,16 @@ class RemoteLens(Lens):
         return _rows(list[StepInfo], self._get(f"/models/{_seg(model)}/steps"))
 
     def drift_vector(self, model: str, component: str, layer: int, index: int, head: int | None = None,
-                     k: int = 10) -> list[VectorStep]:
+                     k: int = 10, expert: int | None = None) -> list[VectorStep]:
         return _rows(list[VectorStep], self._get(f"/drift/{_seg(model)}/{_seg(component)}/{layer}/{index}",
-                                                 head=head, k=k))
+                                                 head=head, k=k, expert=expert))
 
     def token_rank_over_training(self, model: str, token: str | int, component: str, layer: int, index: int,
-                                 head: int | None = None, side: str = "top") -> list[TokenRankStep]:
+                                 head: int | None = None, side: str = "top", expert: int | None = None
+                                 ) -> list[TokenRankStep]:
         return _rows(list[TokenRankStep], self._get(
-            f"/drift/{_seg(model)}/{_seg(component)}/{layer}/{index}/rank", head=head, side=side, **_token(token)))
+            f"/drift/{_seg(model)}/{_seg(component)}/{layer}/{index}/rank", head=head, side=side, expert=expert,
+            **_token(token)))
 
     def changed_most(self, model: str, from_checkpoint: str | int, to_checkpoint: str | int,
                      component: str | None = None, limit: int = 20) -> list[ChangedVector]:
@@ -210,13 +214,16 @@ class RemoteLens(Lens):
 
     def alignment(self, alignment_id: int, matches: bool = True, layer_a: int | None = None,
                   limit: int | None = None) -> Alignment:
-        n = (2**31 - 1 if limit is None else limit) if matches else 0
+        # the service answers at most MAX_MATCHES unit matches per request (its parameter bound)
+        n = (MAX_MATCHES if limit is None else limit) if matches else 0
         return Alignment.model_validate(self._get(f"/alignments/{alignment_id}", layer_a=layer_a, limit=n))
 
-    def sql(self, statement: str, max_rows: int = 1000, timeout_s: float = 10.0) -> SqlResult:
-        """One read-only SELECT on the service; it caps ``max_rows`` and ``timeout_s`` at its own settings."""
-        return SqlResult.model_validate(self._request("POST", "/sql", body={"sql": statement, "max_rows": max_rows,
-                                                                             "timeout_s": timeout_s}))
+    def sql(self, statement: str, max_rows: int = 1000, timeout_s: float = 10.0,
+            max_bytes: int = DEFAULT_MAX_BYTES, rss_budget_mb: int | None = DEFAULT_RSS_BUDGET_MB) -> SqlResult:
+        """One read-only SELECT on the service; it caps ``max_rows``, ``timeout_s`` and ``max_bytes`` at its own
+        settings, and bounds memory growth by its own setting (``rss_budget_mb`` is the server's to choose)."""
+        return SqlResult.model_validate(self._request("POST", "/sql", body={
+            "sql": statement, "max_rows": max_rows, "timeout_s": timeout_s, "max_bytes": max_bytes}))
 
     def check(self) -> CheckReport:
         return CheckReport.model_validate(self._get("/check"))

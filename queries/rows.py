@@ -121,8 +121,9 @@ class WarmInfo(Row):
 
 class SqlResult(Row):
     columns: list[str]
-    rows: list[list]
+    rows: list[list] = Field(description="values as JSON carries them: dates as ISO text, blobs as \\x-prefixed hex")
     truncated: bool
+    truncated_by: Literal["rows", "bytes"] | None = Field(None, description="which cap cut the answer, if one did")
 
 
 class StepInfo(Row):

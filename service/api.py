@@ -5,7 +5,8 @@ from typing import Annotated, Generic, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from indexer.analyses.align import align_models
 from indexer.analyses.trace import TraceOptions, trace_input
@@ -39,8 +40,10 @@ from queries.integrity import CheckReport
 from queries.rows import RunInfo
 from schema.deletes import Forgotten, forget
 from schema.errors import LensdbError
+from service.allowed import permit
 from service.jobs import IndexRequest, Job
 from service.owner import StoreOwner
+from service.params import Whole, digits_only
 
 T = TypeVar("T")
 
@@ -70,6 +73,12 @@ class HitQuery(HitFilter):
     token: str | None = Field(None, description="a word (paris) or a raw token spelling (Ġparis)")
     token_id: int | None = Field(None, description="a token id instead of token")
 
+    @field_validator("layer", "head", "expert", "limit", "offset", "token_id", mode="before")
+    @classmethod
+    def _whole_numbers(cls, value: object) -> object:
+        """Integers in digits only (``7_0`` is not 70): query values arrive as text."""
+        return digits_only(value)
+
     def search(self) -> HitFilter:
         return HitFilter(**self.model_dump(exclude={"token", "token_id"}))
 
@@ -83,7 +92,7 @@ class AlignRequest(BaseModel):
     basis: BasisMode = Field("raw", description="raw (E as is, as Dar et al.) or folded")
     statistic: Statistic = Field("best", description="how two layers compare: best (mean best |correlation| of "
                                  "A's vectors) or paper (mean |correlation| over all pairs, as Dar et al.)")
-    limit: int = Field(1000, ge=0, description="unit matches returned (all are stored)")
+    limit: int = Field(1000, ge=0, le=1_000_000, description="unit matches returned (all are stored)")
 
 
 class Health(BaseModel):
@@ -98,9 +107,11 @@ class Health(BaseModel):
 
 class SqlRequest(BaseModel):
     sql: str = Field(description="one SELECT over the documented tables and views (README, 'SQL')")
-    max_rows: int | None = Field(None, ge=1, description="row cap; at most the server's sql_max_rows")
-    timeout_s: float | None = Field(None, gt=0, description="seconds before it is stopped; at most the server's "
-                                    "sql_timeout_s")
+    max_rows: int | None = Field(None, ge=1, le=1_000_000, description="row cap; at most the server's sql_max_rows")
+    timeout_s: float | None = Field(None, gt=0, le=3600, description="seconds before it is stopped; at most the "
+                                    "server's sql_timeout_s")
+    max_bytes: int | None = Field(None, ge=1, le=1 << 30, description="cap on the answer's JSON size in bytes; at "
+                                  "most the server's sql_max_bytes")
 
 
 class RegisterRequest(BaseModel):
@@ -127,8 +138,8 @@ def page(items: list, limit: int, offset: int, total: int) -> Page:
 def api_router(owner: StoreOwner) -> APIRouter:
     settings = owner.settings
     router = APIRouter()
-    Limit = Annotated[int, Query(ge=1, le=settings.page_limit, description="rows per page")]
-    Offset = Annotated[int, Query(ge=0, le=2**31 - 1, description="rows to skip")]
+    Limit = Annotated[Whole, Query(ge=1, le=settings.page_limit, description="rows per page")]
+    Offset = Annotated[Whole, Query(ge=0, le=2**31 - 1, description="rows to skip")]
     ReadLens = Annotated[Lens, Depends(owner.reader)]
 
     @router.get("/health", response_model=Health, tags=["service"])
@@ -147,7 +158,7 @@ def api_router(owner: StoreOwner) -> APIRouter:
         return lens.model(name)
 
     @router.get("/tokens", response_model=list[TokenMatch], tags=["search"])
-    def tokens(lens: ReadLens, token: str | None = None, token_id: int | None = None,
+    def tokens(lens: ReadLens, token: str | None = None, token_id: Whole | None = None,
                model: str | None = None) -> list[TokenMatch]:
         return lens.tokens(token_arg(token, token_id), model=model)
 
@@ -173,9 +184,9 @@ def api_router(owner: StoreOwner) -> APIRouter:
         router.get(f"/{side}", response_model=Hits, tags=["search"], name=side)(hits(side))  # type: ignore[arg-type]
 
     @router.get("/head-map", response_model=list[HeadRow], tags=["heads"])
-    def head_map(lens: ReadLens, token: str | None = None, token_id: int | None = None,
+    def head_map(lens: ReadLens, token: str | None = None, token_id: Whole | None = None,
                  kind: Literal["ov", "qk"] = "ov", model: str | None = None, checkpoint: str | None = None,
-                 limit: Limit = 20, per_head: Annotated[int, Query(ge=1, le=100)] = 5) -> list[HeadRow]:
+                 limit: Limit = 20, per_head: Annotated[Whole, Query(ge=1, le=100)] = 5) -> list[HeadRow]:
         """One row of every head's OV map (what it writes when attending to the token) or QK map (which keys a
         query at the token attends to), computed exactly; heads ranked by their strongest target's z-score.
         Needs checkpoints indexed with --head-maps."""
@@ -183,8 +194,8 @@ def api_router(owner: StoreOwner) -> APIRouter:
                              limit=limit, per_head=per_head)
 
     @router.get("/vectors/{model}/{component}/{layer}/{index}", response_model=VectorView, tags=["vectors"])
-    def vector(lens: ReadLens, model: str, component: str, layer: int, index: int, head: int | None = None,
-               checkpoint: str | None = None, expert: int | None = None) -> VectorView:
+    def vector(lens: ReadLens, model: str, component: str, layer: Whole, index: Whole, head: Whole | None = None,
+               checkpoint: str | None = None, expert: Whole | None = None) -> VectorView:
         """One vector with its top and bottom tokens and statistics (latest checkpoint unless named); ``expert``
         for a mixture-of-experts vector."""
         return lens.vector(model, component, layer, index, head=head, checkpoint=checkpoint, expert=expert)
@@ -196,9 +207,11 @@ def api_router(owner: StoreOwner) -> APIRouter:
         return page(items, limit, offset, total)
 
     @router.post("/index", response_model=Job, status_code=202, tags=["index"])
-    def submit(request: IndexRequest) -> Job:
-        """Queue an index job for a checkpoint folder on the server; follow it at GET /jobs/{id}."""
-        return owner.jobs.submit(request)
+    def submit(request: IndexRequest) -> Job:  # type: ignore[valid-type]
+        """Queue an index job for a checkpoint folder on the server, inside a folder the operator allowed
+        (--allow-dir, or a registered model's folder); follow it at GET /jobs/{id}. Device, precision and
+        executor are the server's settings."""
+        return owner.submit_index(request)
 
     @router.get("/jobs", response_model=Page[Job], tags=["index"])
     def list_jobs(limit: Limit = 50, offset: Offset = 0) -> Page[Job]:
@@ -207,7 +220,7 @@ def api_router(owner: StoreOwner) -> APIRouter:
         return page(every[offset:offset + limit], limit, offset, len(every))
 
     @router.get("/jobs/{job_id}", response_model=Job, tags=["index"])
-    def get_job(job_id: int) -> Job:
+    def get_job(job_id: Whole) -> Job:
         job = owner.jobs.get(job_id)
         if job is None:
             raise NotFound(f"no index job {job_id} in this service process; GET /jobs lists them.")
@@ -224,11 +237,21 @@ def api_router(owner: StoreOwner) -> APIRouter:
         return job
 
     @router.post("/sql", response_model=SqlResult, tags=["sql"])
-    def sql(lens: ReadLens, body: SqlRequest) -> SqlResult:
-        """One read-only SELECT, capped at sql_max_rows rows and sql_timeout_s seconds."""
+    async def sql(body: SqlRequest) -> Response:
+        """One read-only SELECT over the store's tables and views, calling allow-listed functions only; capped at
+        sql_max_rows rows and sql_max_bytes bytes, stopped after sql_timeout_s seconds. Runs on the SQL pool:
+        503 with Retry-After when it is full."""
         cap = min(body.max_rows or settings.sql_max_rows, settings.sql_max_rows)
         timeout = min(body.timeout_s or settings.sql_timeout_s, settings.sql_timeout_s)
-        return lens.sql(body.sql, max_rows=cap, timeout_s=timeout)
+        max_bytes = min(body.max_bytes or settings.sql_max_bytes, settings.sql_max_bytes)
+
+        def run() -> bytes:
+            with owner.lens() as lens:
+                result = lens.sql(body.sql, max_rows=cap, timeout_s=timeout, max_bytes=max_bytes,
+                                  rss_budget_mb=settings.sql_rss_budget_mb)
+            return result.model_dump_json().encode()
+
+        return Response(await owner.sql_pool.run(run), media_type="application/json")
 
     @router.get("/check", response_model=CheckReport, tags=["models"])
     def check(lens: ReadLens) -> CheckReport:
@@ -250,20 +273,21 @@ def api_router(owner: StoreOwner) -> APIRouter:
         return lens.steps(name)
 
     @router.get("/drift/{model}/{component}/{layer}/{index}", response_model=list[VectorStep], tags=["training"])
-    def drift(lens: ReadLens, model: str, component: str, layer: int, index: int, head: int | None = None,
-              k: Annotated[int, Query(ge=1, le=1000, description="top tokens per step")] = 10,
-              expert: int | None = None) -> list[VectorStep]:
+    def drift(lens: ReadLens, model: str, component: str, layer: Whole, index: Whole, head: Whole | None = None,
+              k: Annotated[Whole, Query(ge=1, le=1000, description="top tokens per step")] = 10,
+              expert: Whole | None = None) -> list[VectorStep]:
         """One vector at every step: top tokens and top-k overlap with the previous step."""
         return lens.drift_vector(model, component, layer, index, head=head, k=k, expert=expert)
 
     @router.get("/drift/{model}/{component}/{layer}/{index}/rank", response_model=list[TokenRankStep],
                 tags=["training"])
-    def rank(lens: ReadLens, model: str, component: str, layer: int, index: int, token: str | None = None,
-             token_id: int | None = None, head: int | None = None,
-             side: Annotated[str, Query(pattern="^(top|bottom)$")] = "top") -> list[TokenRankStep]:
+    def rank(lens: ReadLens, model: str, component: str, layer: Whole, index: Whole, token: str | None = None,
+             token_id: Whole | None = None, head: Whole | None = None,
+             side: Annotated[str, Query(pattern="^(top|bottom)$")] = "top",
+             expert: Whole | None = None) -> list[TokenRankStep]:
         """A token's rank among one vector's top (or bottom) tokens at every step; null where absent."""
         return lens.token_rank_over_training(model, token_arg(token, token_id), component, layer, index,
-                                             head=head, side=side)
+                                             head=head, side=side, expert=expert)
 
     @router.get("/changed/{model}", response_model=list[ChangedVector], tags=["training"])
     def changed(lens: ReadLens, model: str, from_checkpoint: Annotated[str, Query(alias="from")],
@@ -279,8 +303,10 @@ def api_router(owner: StoreOwner) -> APIRouter:
 
     @router.post("/sources", response_model=RegisterResult, tags=["training"])
     def register(body: RegisterRequest) -> RegisterResult:
-        """Register a folder on the server as a model to watch."""
-        return register_source(owner.store, body.name, body.path, kind=body.kind, top_k=body.top_k,
+        """Register a folder on the server, inside a folder the operator allowed (--allow-dir), as a model to
+        watch."""
+        folder = permit(body.path, owner.roots(), "path")
+        return register_source(owner.store, body.name, folder, kind=body.kind, top_k=body.top_k,
                                basis=body.basis)
 
     @router.get("/watch", response_model=list[WatchRunInfo], tags=["training"])
@@ -304,7 +330,7 @@ def api_router(owner: StoreOwner) -> APIRouter:
         return lens.traces(limit, offset)
 
     @router.get("/traces/{trace_id}", response_model=TraceView, tags=["traces"])
-    def get_trace(lens: ReadLens, trace_id: int, position: int | None = None) -> TraceView:
+    def get_trace(lens: ReadLens, trace_id: Whole, position: Whole | None = None) -> TraceView:
         """One trace at a position (default the traced one): logit lens, heads, neurons, decomposition."""
         return lens.trace(trace_id, position)
 
@@ -325,8 +351,9 @@ def api_router(owner: StoreOwner) -> APIRouter:
         return lens.alignments(limit, offset)
 
     @router.get("/alignments/{alignment_id}", response_model=Alignment, tags=["across models"])
-    def get_alignment(lens: ReadLens, alignment_id: int, layer_a: int | None = None,
-                      limit: Annotated[int, Query(ge=0, description="unit matches returned")] = 1000) -> Alignment:
+    def get_alignment(lens: ReadLens, alignment_id: Whole, layer_a: Whole | None = None,
+                      limit: Annotated[Whole, Query(ge=0, le=1_000_000, description="unit matches returned")] = 1000
+                      ) -> Alignment:
         """One run: layer-similarity matrix, raw baseline, matched layers and unit matches."""
         return lens.alignment(alignment_id, layer_a=layer_a, limit=limit)
 

@@ -8,7 +8,7 @@ from service import problems
 from service.api import api_router
 from service.guard import Guard
 from service.owner import StoreOwner
-from service.settings import Settings
+from service.settings import Settings, accepted_hosts
 from service.site import page_router
 
 
@@ -20,7 +20,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="lensdb", version="0.1.0", description=about)
     app.state.owner = owner
     app.router.on_shutdown.append(owner.close)
-    app.add_middleware(Guard, token=settings.token, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(Guard, token=settings.token, max_body_bytes=settings.max_body_bytes,
+                       hosts=accepted_hosts(settings))
     problems.install(app)
     app.include_router(api_router(owner))
     app.include_router(page_router(owner))

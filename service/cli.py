@@ -14,6 +14,7 @@ instead (``queries.remote``), with ``--token`` or ``LENSDB_TOKEN``. A note nothi
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -111,10 +112,19 @@ def index_via_server(server: str, checkpoint: str, opts: "IndexOptions", quiet: 
     import httpx
 
     from indexer import IndexResult
+    from service.jobs import SERVER_ONLY
 
     base = server.rstrip("/")
+    defaults = type(opts)()
+    chosen = [k for k in SERVER_ONLY if getattr(opts, k) != getattr(defaults, k)]
+    if chosen:
+        flags = ", ".join("--" + k.replace("_", "-") for k in chosen)
+        raise LensdbError(f"{flags}: the service decides where and how it computes (lensdb serve --index-device, "
+                          "--index-precision, --index-executor, --ray-address, --ray-workers); drop them with "
+                          "--server.")
     local = Path(checkpoint).exists()  # else a hub id, resolved in the server's own cache
-    body = {"checkpoint": str(Path(checkpoint).resolve()) if local else checkpoint, **opts.model_dump()}
+    body = {"checkpoint": str(Path(checkpoint).resolve()) if local else checkpoint,
+            **opts.model_dump(exclude=set(SERVER_ONLY))}
     token = token if token is not None else os.environ.get("LENSDB_TOKEN", "")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     job: dict | None = None
@@ -235,12 +245,14 @@ def cmd_tokens(args: argparse.Namespace) -> None:
 
 def cmd_sql(args: argparse.Namespace) -> None:
     with _connect(args) as db:
-        result = db.sql(args.query, max_rows=args.max_rows, timeout_s=args.timeout)
+        result = db.sql(args.query, max_rows=args.max_rows, timeout_s=args.timeout, max_bytes=args.max_bytes)
     if args.json:
         print(json.dumps([dict(zip(result.columns, r, strict=True)) for r in result.rows], indent=2, default=str))
     else:
         print(table(result.columns, result.rows))
-    if result.truncated:
+    if result.truncated_by == "bytes":
+        print(f"(truncated at {args.max_bytes} bytes; raise --max-bytes or select less)", file=sys.stderr)
+    elif result.truncated:
         print(f"(truncated at {args.max_rows} rows; raise --max-rows or add a LIMIT)", file=sys.stderr)
 
 
@@ -628,6 +640,45 @@ SOURCES = (
 
 # ---- arguments, declared per command ----------------------------------------------------------------------
 
+def whole(lo: int, hi: int) -> Callable[[str], int]:
+    """An argparse type: a whole number written in digits (no 1e20, no 7_0), from ``lo`` to ``hi``."""
+    def parse(text: str) -> int:
+        digits = text[1:] if text.startswith("-") else text
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > 30:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}")
+        value = int(text)
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use {lo} to {hi}")
+        return value
+    parse.__name__ = "whole number"
+    return parse
+
+
+def seconds(lo: float, hi: float, zero: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number of seconds above ``lo`` (or equal, with ``zero``) and at most ``hi``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+        if not (math.isfinite(value) and (lo <= value if zero else lo < value) and value <= hi):
+            raise argparse.ArgumentTypeError(f"{text} seconds is out of range: use a number above {lo:g} and at "
+                                             f"most {hi:g}")
+        return value
+    parse.__name__ = "seconds"
+    return parse
+
+
+def finite(text: str) -> float:
+    """An argparse type: a finite number (no inf, no nan)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not math.isfinite(value) or abs(value) > 1e30:
+        raise argparse.ArgumentTypeError(f"{text} is not a usable number")
+    return value
+
 def add_fields(sp: argparse.ArgumentParser, model: Any, env_prefix: str | None = None) -> None:
     """One ``--flag`` per field of a pydantic model, with the field's description as help: the model is the one
     declaration of these options (``HitFilter`` for searches, ``Settings`` for serve)."""
@@ -638,10 +689,14 @@ def add_fields(sp: argparse.ArgumentParser, model: Any, env_prefix: str | None =
         ann = field.annotation
         if isinstance(ann, types.UnionType) or typing.get_origin(ann) is typing.Union:
             ann = next(a for a in typing.get_args(ann) if a is not type(None))
+        many = typing.get_origin(ann) is list
         kind = {int: int, float: float}.get(ann, str)
-        notes = ([] if field.default is None else [f"default {field.default}"]) + (
+        shown = field.default if not many else None
+        notes = ([] if shown in (None, "") else [f"default {shown}"]) + (
             [f"env {env_prefix}{name.upper()}"] if env_prefix else [])
         sp.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
+                        action="append" if many else "store",
+                        choices=typing.get_args(ann) if typing.get_origin(ann) is typing.Literal else None,
                         help=field.description + (f" ({'; '.join(notes)})" if notes else ""))
 
 
@@ -656,7 +711,7 @@ def _index_args(sp: argparse.ArgumentParser) -> None:
                     help="with a LoRA adapter: index the merged weights W + s·B·A (default), or the adapter's "
                     "low-rank update s·B·A alone as vectors of their own (delta)")
     sp.add_argument("--name", help="model name (default: the folder name)")
-    sp.add_argument("--top-k", type=int, default=50, help="tokens kept per vector and side (default 50)")
+    sp.add_argument("--top-k", type=whole(1, 1000), default=50, help="tokens kept per vector and side (default 50)")
     sp.add_argument("--basis", choices=["folded", "raw"], default="folded",
                     help="folded: final-norm gain folded into W_U, centred (default); raw: W_U as is")
     sp.add_argument("--component", action="append", help="index only this component (repeatable); "
@@ -670,7 +725,7 @@ def _index_args(sp: argparse.ArgumentParser) -> None:
                     "and factors for `lensdb head-map` (GPT-2 small: ~46 TFLOP, minutes on a GPU)")
     sp.add_argument("--pair-vocab", default="all",
                     help="tokens head-map pairs may use: all, ascii, alnum, or a file of tokens (default all)")
-    sp.add_argument("--svd", type=int, default=4, help="singular directions kept per head map (default 4)")
+    sp.add_argument("--svd", type=whole(1, 64), default=4, help="singular directions kept per head map (default 4)")
     sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                     help="where to project: auto uses CUDA when torch sees it (default auto)")
     sp.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32",
@@ -679,7 +734,7 @@ def _index_args(sp: argparse.ArgumentParser) -> None:
                     help="project units here (default) or on a Ray cluster; rows are written here either way")
     sp.add_argument("--address", help="with --executor ray: auto, host:port or ray://host:10001 "
                     "(default: start a local Ray instance)")
-    sp.add_argument("--ray-workers", type=int, metavar="N",
+    sp.add_argument("--ray-workers", type=whole(1, 65536), metavar="N",
                     help="with --executor ray: actors to start (default: one per CPU of the cluster)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.add_argument("--server", metavar="URL",
@@ -715,12 +770,13 @@ def _hit_args(sp: argparse.ArgumentParser) -> None:
 def _vector_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("model")
     sp.add_argument("component", help="e.g. ff_value, ff_key")
-    sp.add_argument("layer", type=int)
-    sp.add_argument("index", type=int)
-    sp.add_argument("--head", type=int, help="attention head, for per-head components")
-    sp.add_argument("--expert", type=int, help="expert, for the expert components of mixture-of-experts models")
+    sp.add_argument("layer", type=whole(0, 2**63 - 1))
+    sp.add_argument("index", type=whole(0, 2**63 - 1))
+    sp.add_argument("--head", type=whole(0, 2**63 - 1), help="attention head, for per-head components")
+    sp.add_argument("--expert", type=whole(0, 2**63 - 1),
+                    help="expert, for the expert components of mixture-of-experts models")
     sp.add_argument("--checkpoint", help="checkpoint label (default: latest)")
-    sp.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
+    sp.add_argument("--limit", type=whole(1, 100_000), default=20, help="rows to show (default 20)")
 
 
 def _tokens_args(sp: argparse.ArgumentParser) -> None:
@@ -730,9 +786,14 @@ def _tokens_args(sp: argparse.ArgumentParser) -> None:
 
 
 def _sql_args(sp: argparse.ArgumentParser) -> None:
+    from queries.readonly import DEFAULT_MAX_BYTES, MAX_BYTES, MAX_ROWS, MAX_TIMEOUT_S
+
     sp.add_argument("query")
-    sp.add_argument("--max-rows", type=int, default=1000, help="row cap (default 1000)")
-    sp.add_argument("--timeout", type=float, default=10.0, help="seconds before the query is stopped (default 10)")
+    sp.add_argument("--max-rows", type=whole(1, MAX_ROWS), default=1000, help="row cap (default 1000)")
+    sp.add_argument("--timeout", type=seconds(0, MAX_TIMEOUT_S), default=10.0,
+                    help="seconds before the query is stopped (default 10)")
+    sp.add_argument("--max-bytes", type=whole(1, MAX_BYTES), default=DEFAULT_MAX_BYTES,
+                    help=f"most bytes of JSON the answer may take (default {DEFAULT_MAX_BYTES})")
 
 
 def _register_args(sp: argparse.ArgumentParser) -> None:
@@ -741,7 +802,7 @@ def _register_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("name", help="model name its checkpoints are indexed as")
     sp.add_argument("source", help="the folder to watch")
     sp.add_argument("--kind", choices=KINDS, help="what the folder is (default: detected)")
-    sp.add_argument("--top-k", type=int, default=50, help="tokens kept per vector and side (default 50)")
+    sp.add_argument("--top-k", type=whole(1, 1000), default=50, help="tokens kept per vector and side (default 50)")
     sp.add_argument("--basis", choices=["folded", "raw"], default="folded", help="projection basis (default folded)")
 
 
@@ -750,7 +811,7 @@ def _watch_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--once", action="store_true", help="run one cycle and exit")
     sp.add_argument("--settle", default="60s",
                     help="only index folders whose files are at least this old (default 60s)")
-    sp.add_argument("--look-gap", type=float, default=2.0,
+    sp.add_argument("--look-gap", type=seconds(0, 3600, zero=True), default=2.0,
                     help="seconds between the two looks that must agree before indexing (default 2)")
     sp.add_argument("--model", help="only this registered model")
 
@@ -758,11 +819,12 @@ def _watch_args(sp: argparse.ArgumentParser) -> None:
 def _drift_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("model")
     sp.add_argument("component", help="e.g. ff_value, ff_key")
-    sp.add_argument("layer", type=int)
-    sp.add_argument("index", type=int)
-    sp.add_argument("--head", type=int, help="attention head, for per-head components")
-    sp.add_argument("--expert", type=int, help="expert, for the expert components of mixture-of-experts models")
-    sp.add_argument("--k", type=int, default=10, help="top tokens shown per step (default 10)")
+    sp.add_argument("layer", type=whole(0, 2**63 - 1))
+    sp.add_argument("index", type=whole(0, 2**63 - 1))
+    sp.add_argument("--head", type=whole(0, 2**63 - 1), help="attention head, for per-head components")
+    sp.add_argument("--expert", type=whole(0, 2**63 - 1),
+                    help="expert, for the expert components of mixture-of-experts models")
+    sp.add_argument("--k", type=whole(1, 1000), default=10, help="top tokens shown per step (default 10)")
     sp.add_argument("--token", help="show this token's rank per step instead (a word, raw token, or id with --id)")
     sp.add_argument("--id", action="store_true", help="--token is a token id")
     sp.add_argument("--side", choices=["top", "bottom"], default="top", help="rank among top or bottom tokens")
@@ -773,7 +835,7 @@ def _changed_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("from_checkpoint", metavar="FROM", help="checkpoint label or step")
     sp.add_argument("to_checkpoint", metavar="TO", help="checkpoint label or step")
     sp.add_argument("--component", help="only this component, e.g. ff_value")
-    sp.add_argument("--limit", type=int, default=20, help="rows to show (default 20)")
+    sp.add_argument("--limit", type=whole(1, 100_000), default=20, help="rows to show (default 20)")
 
 
 def _head_map_args(sp: argparse.ArgumentParser) -> None:
@@ -782,8 +844,8 @@ def _head_map_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--id", action="store_true", help="TOKEN is a token id")
     sp.add_argument("--model", help="only this model")
     sp.add_argument("--checkpoint", help="checkpoint label, or 'all' (default: each model's latest)")
-    sp.add_argument("--limit", type=int, default=20, help="heads to show (default 20)")
-    sp.add_argument("--per-head", type=int, default=5, help="targets per head (default 5)")
+    sp.add_argument("--limit", type=whole(1, 100_000), default=20, help="heads to show (default 20)")
+    sp.add_argument("--per-head", type=whole(1, 100), default=5, help="targets per head (default 5)")
 
 
 def _export_args(sp: argparse.ArgumentParser) -> None:
@@ -795,12 +857,13 @@ def _trace_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("model", help="indexed model name")
     sp.add_argument("prompt", help="input text (encoders: put [MASK] where the prediction is read)")
     sp.add_argument("--checkpoint", help="checkpoint label (default: latest)")
-    sp.add_argument("--position", type=int, help="position to focus on (default: [MASK] if any, else the last)")
+    sp.add_argument("--position", type=whole(-(2**31), 2**31 - 1),
+                    help="position to focus on (default: [MASK] if any, else the last)")
     sp.add_argument("--zero", action="append", metavar="L.N", help="set FF neuron N of layer L to 0 (repeatable)")
     sp.add_argument("--boost", action="append", metavar="L.N",
                     help="set FF neuron N of layer L to --boost-value at every position (repeatable)")
     sp.add_argument("--zero-head", action="append", metavar="L.H", help="zero head H of layer L (repeatable)")
-    sp.add_argument("--boost-value", type=float, default=10.0, help="activation of boosted neurons (default 10)")
+    sp.add_argument("--boost-value", type=finite, default=10.0, help="activation of boosted neurons (default 10)")
     sp.add_argument("--html", metavar="FILE", help="also write the flow graph as one standalone HTML file")
 
 
@@ -816,12 +879,12 @@ def _align_args(sp: argparse.ArgumentParser) -> None:
                     help="how two layers compare: best, the mean over A's vectors of their best |correlation| "
                     "(default); paper, the mean |correlation| over all pairs, as Dar et al.")
     sp.add_argument("--png", metavar="FILE", help="also write the layer-similarity heat map as a PNG")
-    sp.add_argument("--limit", type=int, default=10, help="unit matches to print (default 10)")
+    sp.add_argument("--limit", type=whole(0, 100_000), default=10, help="unit matches to print (default 10)")
 
 
 def _alignments_args(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument("--id", type=int, help="show this alignment run")
-    sp.add_argument("--limit", type=int, default=10, help="unit matches to print with --id (default 10)")
+    sp.add_argument("--id", type=whole(1, 2**63 - 1), help="show this alignment run")
+    sp.add_argument("--limit", type=whole(0, 100_000), default=10, help="unit matches to print with --id (default 10)")
 
 
 def _stitch_args(sp: argparse.ArgumentParser) -> None:
@@ -838,8 +901,8 @@ def _finetune_diff_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("pretrained", help="checkpoint folder before fine-tuning")
     sp.add_argument("finetuned", help="checkpoint folder after fine-tuning (same architecture and vocabulary)")
     sp.add_argument("--component", default="ff_value", help="component whose changes are read (default ff_value)")
-    sp.add_argument("--top", type=int, default=20, help="changed vectors shown (default 20)")
-    sp.add_argument("--k", type=int, default=8, help="tokens per side (default 8)")
+    sp.add_argument("--top", type=whole(1, 100_000), default=20, help="changed vectors shown (default 20)")
+    sp.add_argument("--k", type=whole(1, 1000), default=8, help="tokens per side (default 8)")
     sp.add_argument("--basis", choices=["raw", "folded"], default="raw", help="projection basis (default raw)")
 
 
@@ -946,17 +1009,58 @@ def parser(only: str | None = EVERY) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
+    for n, arg in enumerate(given, 1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            print(f"lensdb: error: argument {n} is not valid UTF-8 text ({ascii(arg)[:80]}); lensdb takes UTF-8 "
+                  "arguments.", file=sys.stderr)
+            return 2
     command = given[0] if given and not given[0].startswith("-") else None
     args = parser(only=command).parse_args(given)
     try:
         args.func(args)
     except LensdbError as err:
-        print(f"lensdb: error: {err}", file=sys.stderr)
+        print(f"lensdb: error: {one_line(str(err))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("lensdb: interrupted; nothing was written.", file=sys.stderr)
         return 130
+    except Exception as err:  # every failure is one line; LENSDB_DEBUG=1 shows the traceback of the unexpected
+        import os
+
+        if os.environ.get("LENSDB_DEBUG"):
+            raise
+        print(f"lensdb: error: {failure_line(err)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def one_line(text: str, limit: int = 2000) -> str:
+    """``text`` on one line, at most ``limit`` characters."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def failure_line(err: Exception) -> str:
+    """One line for an error that is not a ``LensdbError``: bad values, a full disk, too deep, out of memory."""
+    if hasattr(err, "errors") and type(err).__name__ == "ValidationError":  # pydantic, without importing it
+        problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())) or 'value'}: {e.get('msg')}"
+                             for e in err.errors())  # type: ignore[attr-defined]
+        return one_line(f"invalid value ({problems}).")
+    if isinstance(err, OSError):
+        where = f" {err.filename}:" if err.filename else ""
+        return one_line(f"cannot read or write{where} {err.strerror or err} (errno {err.errno}).")
+    if isinstance(err, RecursionError):
+        return "the input is nested too deeply to process."
+    if isinstance(err, MemoryError):
+        return "out of memory; ask for less (filters, a LIMIT, a smaller chunk)."
+    if type(err).__module__.split(".")[0] in ("duckdb", "_duckdb"):
+        text = one_line(str(err), 500)
+        hint = " The disk may be full." if "space left" in text or "disk" in text.lower() else ""
+        return f"the database refused the operation: {text}{hint}"
+    return one_line(f"unexpected {type(err).__name__}: {err} (set LENSDB_DEBUG=1 for the traceback; please "
+                    "report it)", 500)
 
 
 def entry() -> None:

@@ -12,24 +12,29 @@ Index jobs are long, so they are queued here as jobs (``JobRunner``: one worker 
 """
 
 import itertools
+import logging
 import queue
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from indexer import IndexOptions, IndexResult, index_checkpoint
 from schema.errors import Cancelled, LensdbError
 from schema.writer import Store
 
 JobStatus = Literal["queued", "running", "done", "failed", "cancelled"]
+log = logging.getLogger("lensdb.jobs")
+
+# Index options that say where and how the server computes: its operator's settings, never a client's.
+SERVER_ONLY = {"device": "index_device", "precision": "index_precision", "executor": "index_executor",
+               "address": "ray_address", "ray_workers": "ray_workers", "chunk_mb": None}
 
 
 class WriteQueue:
@@ -68,10 +73,37 @@ class WriteQueue:
             return max(0, len(self._waiting) - 1)
 
 
-class IndexRequest(IndexOptions):
-    """Body of ``POST /index``: a checkpoint folder on the server's disk plus the indexing options."""
+class _RequestBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
-    checkpoint: str = Field(description="Hugging Face checkpoint folder, as a path on the server")
+    @model_validator(mode="before")
+    @classmethod
+    def _no_server_settings(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            named = [k for k in data if k in SERVER_ONLY]
+            if named:
+                settings = [f"--{flag.replace('_', '-')}" for k in named if (flag := SERVER_ONLY[k])]
+                raise ValueError(f"{', '.join(named)}: set by the server's operator, not by a request"
+                                 + (f" (lensdb serve {' '.join(settings)})" if settings else ""))
+        return data
+
+
+# Body of POST /index: the checkpoint folder (a path on the server, inside an allowed folder) and what to
+# index; declared from IndexOptions, less what only the operator sets.
+IndexRequest = create_model(  # type: ignore[call-overload]
+    "IndexRequest", __base__=_RequestBase, __doc__="Body of ``POST /index``: a checkpoint folder on the server "
+    "(inside a folder the operator allowed) and what to index; device, precision and executor are the server's.",
+    checkpoint=(str, Field(description="Hugging Face checkpoint folder, as an absolute path on the server")),
+    **{name: (f.annotation, f) for name, f in IndexOptions.model_fields.items() if name not in SERVER_ONLY})
+
+
+def public_error(err: BaseException, job_id: int) -> str:
+    """What a client is told about a failed job: a lensdb error's own message (one line, bounded), or for
+    anything else only its kind; the whole story goes to the server log."""
+    if isinstance(err, LensdbError):
+        text = " ".join(str(err).split())
+        return text if len(text) <= 1000 else text[:999] + "…"
+    return f"internal error ({type(err).__name__}) in index job {job_id}; the server log has the details."
 
 
 class Job(BaseModel):
@@ -103,10 +135,9 @@ class JobRunner:
         self._thread = threading.Thread(target=self._work, name="lensdb-index", daemon=True)
         self._thread.start()
 
-    def submit(self, request: IndexRequest) -> Job:
-        options = IndexOptions(**request.model_dump(exclude={"checkpoint"}))
+    def submit(self, checkpoint: str, options: IndexOptions) -> Job:
         with self._lock:
-            job = Job(id=next(self._ids), status="queued", checkpoint=request.checkpoint, options=options,
+            job = Job(id=next(self._ids), status="queued", checkpoint=checkpoint, options=options,
                       submitted_at=datetime.now())
             self._jobs[job.id] = job
             self._cancel[job.id] = threading.Event()
@@ -171,12 +202,10 @@ class JobRunner:
                 result = index_checkpoint(self.store, Path(job.checkpoint), job.options, cancel=self._cancel[job_id])
             except Cancelled as err:
                 self._update(job_id, status="cancelled", error=str(err), finished_at=datetime.now())
-            except LensdbError as err:
-                self._update(job_id, status="failed", error=str(err), finished_at=datetime.now())
-            except Exception as err:  # a bug, but the service must stay up and say so
-                traceback.print_exc()
-                self._update(job_id, status="failed", error=f"internal error: {err!r}",
-                             finished_at=datetime.now())
+            except Exception as err:  # LensdbError, or a bug: the service must stay up and say so
+                if not isinstance(err, LensdbError):
+                    log.error("index job %s (%s) failed", job_id, job.checkpoint, exc_info=err)
+                self._update(job_id, status="failed", error=public_error(err, job_id), finished_at=datetime.now())
             else:
                 self._update(job_id, status="done", result=result, finished_at=datetime.now())
                 if self.after is not None and result.status == "indexed":

@@ -22,12 +22,16 @@ from typing import Any
 import duckdb
 
 from indexer import IndexOptions, IndexResult
+from indexer.model.checkpoint import read_json
+from indexer.model.hub import looks_like_repo_id, resolve_cached
 from indexer.watch.cycle import WatchReport, parse_every, watch_cycle, watch_loop
 from queries import Lens
 from queries.readonly import Limits, harden
 from schema.errors import LensdbError, StoreError
 from schema.writer import Store, writer
-from service.jobs import IndexRequest, JobRunner, WriteQueue
+from service.allowed import permit
+from service.jobs import IndexRequest, Job, JobRunner, WriteQueue
+from service.pools import Pool
 from service.settings import Settings
 
 
@@ -81,6 +85,8 @@ class StoreOwner:
                 target=watch_loop, args=(self.watch_once, every, self.stop_watch), name="lensdb-watch", daemon=True,
                 kwargs={"on_error": lambda e: print(f"lensdb: watch cycle failed: {e}", file=sys.stderr)})
             self.watcher.start()
+        self.sql_pool = Pool("sql", settings.sql_workers)
+        self.page_pool = Pool("page", settings.page_workers)
         self.warmer: threading.Thread | None = None
         if settings.warm:
             self.warmer = threading.Thread(target=self.warm, name="lensdb-warm", daemon=True)
@@ -94,9 +100,51 @@ class StoreOwner:
         except (LensdbError, duckdb.Error) as err:
             print(f"lensdb: warming the store failed (lookups still work, read from disk): {err}", file=sys.stderr)
 
+    def roots(self, registered: bool = True) -> list[Path]:
+        """Folders a request may name: the ``allow_dir`` settings and, with ``registered``, the registered
+        models' folders (what the operator registered, or a request did inside an allowed folder)."""
+        roots = list(self.settings.allow_dir)
+        if registered:
+            with self.lens() as lens:
+                roots += [Path(s.path) for s in lens.registered()]
+        return roots
+
+    def submit_index(self, request: IndexRequest) -> Job:  # type: ignore[valid-type]
+        """``POST /index``: the checkpoint and any pair-vocabulary file must lie inside the allowed folders;
+        device, precision and executor come from the settings."""
+        fields = request.model_dump(exclude={"checkpoint"})  # type: ignore[attr-defined]
+        roots = self.roots()
+        checkpoint = self._allowed_source(request.checkpoint, fields["revision"], roots, "checkpoint")  # type: ignore[attr-defined]
+        if fields["base"] is not None:
+            fields["base"] = self._allowed_source(fields["base"], None, roots, "base")
+        elif Path(checkpoint).is_dir() and (Path(checkpoint) / "adapter_config.json").is_file():
+            named = read_json(Path(checkpoint) / "adapter_config.json")  # the base a LoRA adapter names
+            base = named.get("base_model_name_or_path") if isinstance(named, dict) else None
+            if isinstance(base, str) and base:
+                fields["base"] = self._allowed_source(base, None, roots, "the adapter's base model")
+        if fields["pair_vocab"] not in ("all", "ascii", "alnum"):
+            fields["pair_vocab"] = str(permit(fields["pair_vocab"], roots, "pair_vocab", folder=False))
+        return self.jobs.submit(checkpoint, IndexOptions(**fields, **self.compute_settings()))
+
+    @staticmethod
+    def _allowed_source(text: str, revision: str | None, roots: list[Path], what: str) -> str:
+        """A checkpoint a request names: an absolute path, or a hub id whose cached snapshot lies inside the
+        allowed folders (the cache itself, or the model's folder in it, allowed by the operator)."""
+        if not Path(text).is_absolute() and looks_like_repo_id(text):
+            permit(str(resolve_cached(text, revision).path), roots, what)
+            return text
+        return str(permit(text, roots, what))
+
+    def compute_settings(self) -> dict[str, object]:
+        """The index options only the operator sets: device, precision, executor and Ray."""
+        s = self.settings
+        return {"device": s.index_device, "precision": s.index_precision, "executor": s.index_executor,
+                "address": s.ray_address or None, "ray_workers": s.ray_workers}
+
     def index_via_jobs(self, path: Path, options: IndexOptions) -> IndexResult:
         """Index one checkpoint as a job on the runner (the one writer of checkpoints) and wait for it."""
-        job = self.jobs.wait(self.jobs.submit(IndexRequest(checkpoint=str(path), **options.model_dump())).id)
+        options = options.model_copy(update=self.compute_settings())
+        job = self.jobs.wait(self.jobs.submit(str(path), options).id)
         if job.status != "done" or job.result is None:
             raise LensdbError(job.error or "the index job failed")
         return job.result
@@ -125,6 +173,8 @@ class StoreOwner:
         if self.watcher is not None:
             self.watcher.join(60)
         self.jobs.stop()
+        self.sql_pool.close()
+        self.page_pool.close()
         if self.warmer is not None:
             self.warmer.join(60)
         self.con.close()

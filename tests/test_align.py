@@ -294,7 +294,7 @@ def test_service_alignment_api_and_page(planted_store, tmp_path: Path) -> None:
 
 
 async def _service_checks(app) -> None:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
         made = await client.post("/align", json={"model_a": "a", "model_b": "perm", "component": "ff_value"})
         assert made.status_code == 200, made.text
         run = made.json()

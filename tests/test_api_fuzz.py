@@ -23,7 +23,7 @@ def app(indexed_store: Path, tmp_path: Path):
     """A service on a copy of the store; one per test (schemathesis' client shuts the app down when done)."""
     db = tmp_path / "lens.duckdb"
     shutil.copy(indexed_store, db)
-    app = create_app(Settings(db=db, sql_timeout_s=1.0))
+    app = create_app(Settings(db=db, sql_timeout_s=1.0, allowed_host=["testserver"]))  # the ASGI client's name
     yield app
     app.state.owner.close()
 

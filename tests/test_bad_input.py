@@ -185,7 +185,7 @@ def test_unsupported_architecture_names_nearest(tiny_gpt2: TinyModel, tmp_path: 
     (["vector", "gpt2-tiny", "ff_value", "0", "0", "--checkpoint", "nope"], "no checkpoint 'nope'"),
     (["sql", "DELETE FROM models"], "only SELECT"),
     (["sql", "SELECT 1; DROP TABLE models"], "exactly one statement"),
-    (["sql", "SELECT * FROM read_csv('/etc/passwd')"], "disabled"),
+    (["sql", "SELECT * FROM read_csv('/etc/passwd')"], "not allowed in read-only SQL"),
     (["sql", "ATTACH '/tmp/other.duckdb' AS o"], "only SELECT"),
     (["sql", "SELECT * FROM nosuchtable"], "nosuchtable"),
 ])

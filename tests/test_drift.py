@@ -106,7 +106,7 @@ def test_cli_drift_and_changed(store: Path, capsys) -> None:
 
 def _call(app, method: str, url: str, **kw) -> httpx.Response:
     async def go() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as c:
             return await c.request(method, url, **kw)
 
     return asyncio.run(go())
@@ -143,7 +143,7 @@ def test_service_answers_drift_and_draws_the_rank(store: Path, tmp_path: Path) -
 def test_serve_with_watch_every_indexes_registered_models_through_jobs(tmp_path: Path) -> None:
     run = _run_folder(tmp_path)
     db = tmp_path / "lens.duckdb"
-    app = create_app(Settings(db=db, watch_every="1h", watch_settle_s=0))
+    app = create_app(Settings(db=db, watch_every="1h", watch_settle_s=0, allow_dir=[tmp_path]))
     try:
         deadline = time.time() + 10  # the first cycle runs at start-up, with nothing registered yet
         while not ((runs := _call(app, "GET", "/watch").json()) and runs[0]["status"] == "ok"):

@@ -127,7 +127,7 @@ def test_head_map_over_http(planted: tuple[TinyModel, Path], tmp_path: Path) -> 
     app = create_app(Settings(db=db))
 
     async def go() -> tuple[httpx.Response, httpx.Response]:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
             return (await client.get("/head-map", params={"token": "king", "limit": 2}),
                     await client.get("/head-map", params={"token": "king", "kind": "zz"}))
 

@@ -164,7 +164,7 @@ def test_the_service_upgrades_the_store_it_opens(v1_store: Path) -> None:
 
     app = create_app(Settings(db=v1_store, warm=False))
     try:
-        with TestClient(app) as client:
+        with TestClient(app, base_url="http://localhost") as client:  # a name the service answers to
             assert client.get("/promoters", params={"token": "paris", "limit": 1}).json()["items"]
     finally:
         app.state.owner.close()

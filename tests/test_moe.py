@@ -73,7 +73,7 @@ def test_the_expert_coordinate_on_the_command_line_and_over_http(planted: Path,
     assert "expert 2" in capsys.readouterr().out
     app = create_app(Settings(db=planted, warm=False))
     try:
-        with TestClient(app) as client:
+        with TestClient(app, base_url="http://localhost") as client:  # a name the service answers to
             hits = client.get("/promoters", params={"token": "paris", "component": "ff_value", "expert": 2,
                                                     "limit": 1}).json()["items"]
             assert hits[0]["expert"] == 2 and hits[0]["index"] == 5
@@ -139,7 +139,7 @@ def test_an_experts_vector_over_training(planted: Path, tmp_path: Path) -> None:
         assert lens.vector("qwen2_moe", "ff_value", 1, 5, expert=2).bottom[0].token_id == PARIS
     app = create_app(Settings(db=db, warm=False))
     try:
-        with TestClient(app) as client:
+        with TestClient(app, base_url="http://localhost") as client:  # a name the service answers to
             page = client.get("/vector/qwen2_moe/ff_value/1/5", params={"expert": 2}).text
             assert "/training?expert=2" in page
             training = client.get("/vector/qwen2_moe/ff_value/1/5/training", params={"expert": 2}).text

@@ -265,7 +265,8 @@ HOSTILE = [
     "SELECT count(*) FROM range(100000000000) a",  # stopped by the time limit
 ]
 REASON = re.compile(r"only SELECT queries are allowed|send exactly one statement|reading files or URLs is not "
-                    r"allowed|cannot parse the SQL|does not exist|ran longer than|Expected a single SELECT")
+                    r"allowed|cannot parse the SQL|does not exist|ran longer than|Expected a single SELECT|"
+                    r"not allowed in read-only SQL|not a table or view of this store")
 
 
 class Asgi:
@@ -276,7 +277,7 @@ class Asgi:
 
     def request(self, method: str, url: str, **kw) -> httpx.Response:
         async def go() -> httpx.Response:
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://t") as c:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://localhost") as c:
                 return await c.request(method, url, **kw)
 
         return asyncio.run(go())
@@ -467,7 +468,8 @@ def test_readers_never_see_a_half_indexed_checkpoint(tmp_path: Path) -> None:
     big = tiny_gpt2(tmp_path / "big", vocab_size=4000, n_embd=128, n_layer=4, seed=1)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--db", str(db), "--port", str(port)],
+    server = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--db", str(db), "--port", str(port),
+                               "--allow-dir", str(tmp_path)],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     stop = tmp_path / "stop"
     clients: list[subprocess.Popen] = []

@@ -30,7 +30,7 @@ class Client:
     def request(self, method: str, url: str, **kw) -> httpx.Response:
         async def go() -> httpx.Response:
             transport = httpx.ASGITransport(app=self.app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as c:
                 return await c.request(method, url, **kw)
 
         return asyncio.run(go())
@@ -46,7 +46,8 @@ class Client:
 def client(template: Path, tmp_path_factory: pytest.TempPathFactory):
     db = tmp_path_factory.mktemp("served") / "lens.duckdb"
     shutil.copy(template, db)
-    app = create_app(Settings(db=db, sql_timeout_s=0.5, sql_max_rows=5, page_limit=50))
+    app = create_app(Settings(db=db, sql_timeout_s=0.5, sql_max_rows=5, page_limit=50,
+                              allow_dir=[tmp_path_factory.getbasetemp()]))
     yield Client(app)
     app.state.owner.close()
 

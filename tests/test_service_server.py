@@ -29,7 +29,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     db = build_store(root)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--db", str(db), "--port", str(port)]
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--db", str(db), "--port", str(port), "--allow-dir", str(root)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
     while True:

@@ -214,7 +214,7 @@ def test_bad_trace_input_is_one_clear_error(planted: tuple[Path, Path], tmp_path
 
 def _call(app, method: str, url: str, **kw) -> httpx.Response:
     async def go() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as c:
             return await c.request(method, url, **kw)
     return asyncio.run(go())
 

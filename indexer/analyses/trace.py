@@ -33,7 +33,7 @@ STATE_TOKENS, UNIT_TOKENS, ATTENDED = 5, 3, 3
 
 class TraceOptions(BaseModel):
     model: str = Field(description="indexed model name")
-    prompt: str = Field(description="input text")
+    prompt: str = Field(max_length=100_000, description="input text (at most the model's positions in tokens)")
     checkpoint: str | None = Field(None, description="checkpoint label; default the model's latest")
     position: int | None = Field(None, description="focus position (negative counts from the end); default the "
                                  "[MASK] token where the input has one, else the last position")
@@ -41,7 +41,8 @@ class TraceOptions(BaseModel):
     boost: list[str] = Field(default_factory=list, description="FF neurons LAYER.INDEX whose activation is set to "
                              "boost_value")
     zero_heads: list[str] = Field(default_factory=list, description="heads LAYER.HEAD whose output is zeroed")
-    boost_value: float = Field(10.0, description="activation a boosted neuron is set to, at every position")
+    boost_value: float = Field(10.0, ge=-1e6, le=1e6, description="activation a boosted neuron is set to, at every "
+                               "position")
     neurons: int = Field(10, ge=1, le=100, description="FF neurons kept per position, layer and side")
 
 
@@ -194,7 +195,7 @@ def _trace(store: Store, options: TraceOptions) -> TraceResult:
         if (problem := adapter.trace_problem()) is not None:  # before loading the model
             raise LensdbError(f"cannot trace {options.model}: {problem}.")
         changes = interventions(adapter, options.zero, options.boost, options.zero_heads)
-        ids, position = _tokenize(ckpt_path, options.prompt, options.position)
+        ids, position = _tokenize(ckpt_path, options.prompt, options.position, _max_positions(adapter.ckpt.config))
         model = load_model(ckpt_path, adapter)
         blocks = {int(r[0]): (int(r[1]), int(r[2])) for r in w.execute(*q.ff_value_blocks(checkpoint_id)).fetchall()}
         runs = [[], changes] if changes else [[]]
@@ -221,14 +222,29 @@ def _trace(store: Store, options: TraceOptions) -> TraceResult:
                        message=f"traced {options.model}/{label} as trace {trace_id}{what}")
 
 
-def _tokenize(path: Path, prompt: str, position: int | None) -> tuple[torch.Tensor, int]:
+def _max_positions(config: dict) -> int | None:
+    """How many positions the model reads at most, from its config (None where it does not say)."""
+    for key in ("n_positions", "max_position_embeddings", "n_ctx"):
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _tokenize(path: Path, prompt: str, position: int | None, limit: int | None = None) -> tuple[torch.Tensor, int]:
     from transformers import AutoTokenizer
 
     if not prompt.strip():
         raise LensdbError("the prompt is empty.")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError:
+        raise LensdbError("the prompt is not valid Unicode text (it holds a lone surrogate).") from None
     tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     ids = torch.tensor(tok(prompt)["input_ids"], dtype=torch.long)
     n = int(ids.shape[0])
+    if limit is not None and n > limit:
+        raise LensdbError(f"the prompt is {n} tokens long; this model reads at most {limit} positions. Shorten it.")
     if position is None:
         mask = getattr(tok, "mask_token_id", None)
         hits = (ids == mask).nonzero().flatten().tolist() if mask is not None else []

@@ -48,13 +48,25 @@ def model_id(con: duckdb.DuckDBPyConnection, name: str, adapter: Adapter, vocab:
                       vocab_id=vocab, d_model=d.d_model, n_layers=d.n_layers, d_ff=d.d_ff, n_heads=d.n_heads)
 
 
-def find_checkpoint(con: duckdb.DuckDBPyConnection, content_hash: str) -> tuple | None:
-    """The indexed checkpoint with this content: (id, label, model, basis, top_k), or None."""
-    return con.execute(
-        "SELECT c.checkpoint_id, c.label, m.name, r.basis, r.top_k FROM checkpoints c "
-        "JOIN models m USING (model_id) JOIN index_runs r USING (checkpoint_id) WHERE c.content_hash = ?",
-        [content_hash],
-    ).fetchone()
+def find_checkpoint(con: duckdb.DuckDBPyConnection, content_hash: str, legacy_hash: str | None = None,
+                    vocab: Vocabulary | None = None) -> tuple | None:
+    """The indexed checkpoint with this content: (id, label, model, basis, top_k), or None.
+
+    ``legacy_hash`` (config and weights only, as lensdb hashed before the tokenizer files counted) with
+    ``vocab``: a checkpoint a store recorded under that hash is the same one if its model's token list is this
+    vocabulary; it is then given the new hash (here, in the caller's transaction) and found."""
+    query = ("SELECT c.checkpoint_id, c.label, m.name, r.basis, r.top_k FROM checkpoints c "
+             "JOIN models m USING (model_id) JOIN index_runs r USING (checkpoint_id) WHERE c.content_hash = ?")
+    found = con.execute(query, [content_hash]).fetchone()
+    if found or legacy_hash is None or vocab is None:
+        return found
+    old = con.execute(query + " AND m.vocab_id = (SELECT vocab_id FROM vocabularies WHERE content_hash = ?)",
+                      [legacy_hash, vocab.content_hash()]).fetchone()
+    if old:
+        con.execute("UPDATE checkpoints SET content_hash = ? WHERE checkpoint_id = ?", [content_hash, old[0]])
+        con.execute("UPDATE checkpoint_aliases SET content_hash = ? WHERE content_hash = ?",
+                    [content_hash, legacy_hash])
+    return old
 
 
 def unchanged(found: tuple, content_hash: str, started: float) -> IndexResult:
@@ -88,7 +100,9 @@ def record_failure(store: Store, attempt_id: int, err: BaseException) -> None:
     if store.creating:
         return
     status = "cancelled" if isinstance(err, Cancelled) else "failed" if isinstance(err, Exception) else "interrupted"
-    reason = str(err) if isinstance(err, LensdbError) else f"{type(err).__name__}: {err}"
+    # readable by every SQL client: a lensdb error's own message, else only the error's kind (an exception's
+    # text can quote what a file holds)
+    reason = str(err) if isinstance(err, LensdbError) else f"{type(err).__name__} (the indexing process reported it)"
     try:
         with store.transaction() as tx:
             tx.execute("UPDATE run_attempts SET status = ?, finished_at = ?, error = ? WHERE attempt_id = ?",

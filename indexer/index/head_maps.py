@@ -34,6 +34,7 @@ from indexer.math.basis import Basis, BasisMode, fold_reader, read_basis, write_
 from indexer.math.carry import path_map
 from indexer.math.token_maps import Pairs, svd_directions, top_pairs
 from indexer.model.adapters import Adapter
+from indexer.model.checkpoint import MAX_JSON, read_regular
 from indexer.model.vocab import Vocabulary
 from schema.errors import LensdbError
 from schema.writer import append_arrow
@@ -96,7 +97,12 @@ def allowed_tokens(vocab: Vocabulary, rule: str) -> torch.Tensor | None:
         path = Path(rule)
         if not path.is_file():
             raise LensdbError(f"--pair-vocab {rule!r}: use all, ascii, alnum, or a file with one token per line.")
-        wanted = {line.strip() for line in path.read_text().splitlines() if line.strip()}
+        try:  # a regular file only; its contents are never quoted back (they may be anything)
+            text = read_regular(path, MAX_JSON).decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise LensdbError(f"--pair-vocab {rule}: not UTF-8 text (at byte {err.start}); give one token per "
+                              "line.") from None
+        wanted = {line.strip() for line in text.splitlines() if line.strip()}
         keep = [i for i, (t, w) in enumerate(zip(vocab.tokens, vocab.words, strict=True)) if t in wanted or w in wanted]
     if not keep:
         raise LensdbError(f"--pair-vocab {rule!r} leaves no token of this vocabulary.")

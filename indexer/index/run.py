@@ -64,14 +64,14 @@ def index_checkpoint(
     name = opts.name or source.name
     if not name.strip():
         raise LensdbError("model name is empty; pass --name NAME.")
-    content_hash = ckpt.content_hash()
+    content_hash, legacy_hash = ckpt.content_hashes()
 
     def run(store: Store) -> IndexResult:
         # The attempt is logged in its own small transaction, so a run that fails or dies leaves a trace while
         # its rows (one transaction below) leave none.
         with store.transaction() as tx:
             cw.mark_interrupted(tx)
-            found = cw.find_checkpoint(tx, content_hash)
+            found = cw.find_checkpoint(tx, content_hash, legacy_hash, vocab)
             if found and not opts.replace:
                 return cw.unchanged(found, content_hash, started)
             attempt_id = cw.log_attempt(tx, content_hash, ckpt.path, name, started_at)

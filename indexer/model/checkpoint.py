@@ -3,12 +3,18 @@
 Tensors are read one at a time with ``safe_open``; nothing here instantiates a model or does math. Every
 problem is found before indexing starts where the headers allow it (missing files, truncated data, names
 the index promises but no shard holds) and reported with the file's name.
+
+Hostile folders too: only regular files are opened (a FIFO or a device in the folder is refused before
+anything reads it, so nothing can block on it), every JSON file and safetensors header has a size cap, and
+messages never quote what a file holds (a length field read from a symlinked secret is not echoed back).
 """
 
 import errno
 import hashlib
 import json
+import os
 import re
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +26,11 @@ from indexer.errors import CheckpointError
 
 SINGLE_FILE = "model.safetensors"
 SHARD_INDEX = "model.safetensors.index.json"
+# What determines the vocabulary, so part of a checkpoint's identity (content_hash) when present.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
+TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "merges.txt")
+MAX_HEADER = 100_000_000  # bytes of a safetensors header: the safetensors library's own limit
+MAX_JSON = 64 << 20  # config.json, shard index, tokenizer_config.json, trainer_state.json
 _STEP = re.compile(r"(?:checkpoint|step|global_step)[-_]?(\d+)$")
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
@@ -62,15 +73,94 @@ class Checkpoint:
         return t
 
     def content_hash(self) -> str:
-        """sha256 over config.json and every weight file: the checkpoint's identity."""
-        h = hashlib.sha256()
-        h.update((self.path / "config.json").read_bytes())
+        """sha256 over config.json, every weight file and the tokenizer files: the checkpoint's identity."""
+        return self.content_hashes()[0]
+
+    def content_hashes(self) -> tuple[str, str | None]:
+        """(identity, identity as lensdb computed it before the tokenizer files counted: config and weights
+        only), in one pass over the files. The second lets a store written then recognise the checkpoint; a
+        reader with an identity of its own (GGUF, LoRA: ``content_hash`` overridden) has none."""
+        if type(self).content_hash is not Checkpoint.content_hash:
+            return self.content_hash(), None
+        h = hashlib.sha256(read_regular(self.path / "config.json", MAX_JSON))
         for file in self.files:
             h.update(file.name.encode())
-            with file.open("rb") as fh:
+            with open_regular(file) as fh:
                 while chunk := fh.read(1 << 24):
                     h.update(chunk)
-        return h.hexdigest()
+        legacy = h.hexdigest()
+        for name in TOKENIZER_FILES + TOKENIZER_EXTRAS:
+            file = self.path / name
+            if file.is_file():
+                h.update(b"\x00tokenizer file\x00" + name.encode() + b"\x00")
+                with open_regular(file) as fh:
+                    while chunk := fh.read(1 << 24):
+                        h.update(chunk)
+        return h.hexdigest(), legacy
+
+
+def open_regular(path: Path):
+    """``path`` opened for reading if it is a regular file (after links); a FIFO, device or socket is refused
+    without blocking on it (the open itself does not wait for a writer)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read it ({err.strerror or err}).") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CheckpointError(f"{path}: not a regular file (a FIFO, device or socket); lensdb reads only "
+                                  "regular files.")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; a clear error otherwise."""
+    with open_regular(path) as fh:
+        size = os.fstat(fh.fileno()).st_size  # read what is there (a read(limit) would allocate the limit)
+        data = fh.read(min(size, limit) + 1)
+    if len(data) > limit:
+        raise CheckpointError(f"{path}: larger than the {limit >> 20} MiB lensdb reads for this file.")
+    return data
+
+
+def read_json(path: Path, limit: int = MAX_JSON) -> object:
+    """A regular JSON file of at most ``limit`` bytes, parsed; a clear error for anything else."""
+    raw = read_regular(path, limit)
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise CheckpointError(f"{path}: not valid JSON (nested too deeply).") from None
+    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
+        raise CheckpointError(f"{path}: not valid JSON ({_short(err)}).") from None
+
+
+def _short(err: Exception) -> str:
+    """An exception's message without the input it quotes (a UnicodeDecodeError's repr holds every byte)."""
+    if isinstance(err, UnicodeDecodeError):
+        return f"not UTF-8 text at byte {err.start}"
+    return str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+
+
+def check_regular_entries(folder: Path) -> None:
+    """Every non-folder entry of ``folder`` must be a regular file after links: readers (tokenizers,
+    transformers) open files there by name, and a FIFO or device would block or never end."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError as err:
+        raise CheckpointError(f"{folder}: cannot list it ({err.strerror or err}).") from None
+    for entry in entries:
+        try:
+            mode = entry.stat().st_mode
+        except OSError:
+            continue  # a dangling link is reported where it matters (_follow)
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise CheckpointError(f"{entry}: not a regular file (a FIFO, device or socket); remove it from the "
+                                  "checkpoint folder.")
 
 
 def _follow(path: Path) -> Path:
@@ -105,17 +195,19 @@ def _read_header(file: Path) -> dict[str, tuple[int, ...]]:
     """Parse a safetensors header and check the file really holds the bytes it announces."""
     _follow(file)
     try:
-        size = file.stat().st_size
-        with file.open("rb") as fh:
+        with open_regular(file) as fh:
+            size = os.fstat(fh.fileno()).st_size
             raw = fh.read(8)
             if len(raw) < 8:
                 raise ValueError("file is shorter than a safetensors header")
             (n,) = struct.unpack("<Q", raw)
+            if n > MAX_HEADER:  # the length field is not echoed: it is 8 bytes of whatever the file holds
+                raise ValueError(f"its header length field is beyond the {MAX_HEADER}-byte limit")
             if n > size - 8:
-                raise ValueError(f"header claims {n} bytes but the file has {size}")
+                raise ValueError("its header length field points past the end of the file")
             try:
                 header = json.loads(fh.read(n))
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise ValueError("its header is not JSON") from None
             if not isinstance(header, dict):
                 raise ValueError("its header is not a JSON object")
@@ -157,12 +249,8 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     cfg_file = _follow(p / "config.json")
     if not cfg_file.exists():
         raise CheckpointError(f"{p}: no config.json; this is not a Hugging Face checkpoint folder.")
-    try:
-        config = json.loads(cfg_file.read_text())
-    except OSError as err:
-        raise CheckpointError(f"{cfg_file}: cannot read it ({err.strerror or err}).") from None
-    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
-        raise CheckpointError(f"{cfg_file}: not valid JSON ({err}).") from None
+    check_regular_entries(p)
+    config = read_json(cfg_file)
     if not isinstance(config, dict):
         raise CheckpointError(f"{cfg_file}: expected a JSON object.")
 
@@ -170,14 +258,12 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     shapes: dict[str, tuple[int, ...]] = {}
     if (p / SHARD_INDEX).exists():
         try:
-            weight_map: dict[str, str] = json.loads(_follow(p / SHARD_INDEX).read_text())["weight_map"]
+            weight_map: dict[str, str] = read_json(_follow(p / SHARD_INDEX))["weight_map"]  # type: ignore[index]
             if not isinstance(weight_map, dict) or not all(
-                    isinstance(v, str) and v and "/" not in v for v in weight_map.values()):
+                    isinstance(v, str) and v and "/" not in v and v not in (".", "..") for v in weight_map.values()):
                 raise TypeError("weight_map must map tensor names to shard file names in the folder")
-        except OSError as err:
-            raise CheckpointError(f"{p / SHARD_INDEX}: cannot read it ({err.strerror or err}).") from None
-        except (ValueError, KeyError, TypeError) as err:
-            raise CheckpointError(f"{p / SHARD_INDEX}: not a valid shard index ({err}).") from None
+        except (KeyError, TypeError) as err:
+            raise CheckpointError(f"{p / SHARD_INDEX}: not a valid shard index ({_short(err)}).") from None
         files = sorted({_follow(p / f) for f in weight_map.values()})
         for file in files:
             if not file.exists():
@@ -213,8 +299,8 @@ def folder_step(folder: Path) -> int | None:
     state = folder / "trainer_state.json"
     if state.exists():
         try:
-            return int(json.loads(state.read_text())["global_step"])
-        except (ValueError, KeyError, TypeError):
+            return int(read_json(state)["global_step"])  # type: ignore[index]
+        except (CheckpointError, ValueError, KeyError, TypeError, OverflowError):
             return None
     return None
 

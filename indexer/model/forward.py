@@ -108,8 +108,9 @@ def load_model(path: Path, adapter: Adapter) -> torch.nn.Module:
     if adapter.encoder:
         cls = AutoModelForMaskedLM if adapter.mlm_head() is not None else AutoModel
     try:
+        # safetensors only: a stray pytorch_model.bin beside them is a pickle, never loaded here
         model = cls.from_pretrained(str(path), local_files_only=True, attn_implementation="eager",
-                                    dtype=torch.float32)
+                                    dtype=torch.float32, use_safetensors=True)
     except Exception as err:  # transformers raises many types for a folder it cannot load
         raise CheckpointError(f"{path}: cannot load the model for a forward pass: {err}") from None
     return model.eval()

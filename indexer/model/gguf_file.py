@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from indexer.errors import CheckpointError
-from indexer.model.checkpoint import Checkpoint
+from indexer.model.checkpoint import Checkpoint, open_regular
 from indexer.model.sources import Source
 from indexer.model.vocab import Vocabulary, vocabulary_from
 from schema.errors import LensdbError
@@ -92,6 +92,7 @@ def _field(reader: Any, key: str) -> Any:
 
 def open_gguf(path: Path) -> Source:
     gguf = import_gguf()
+    open_regular(path).close()  # a FIFO or device would block or never end the reader's open
     try:
         reader = gguf.GGUFReader(str(path), "r")
     except Exception as err:  # the reader raises ValueError, struct errors… for a file that is not GGUF

@@ -20,7 +20,6 @@ not a sum), LoRA on embeddings (``lora_embedding_A/B``) and bias training.
 """
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 from safetensors import safe_open
 
 from indexer.errors import CheckpointError
-from indexer.model.checkpoint import Checkpoint, _read_header, default_name
+from indexer.model.checkpoint import Checkpoint, _read_header, default_name, read_json
 from indexer.model.sources import Source, open_source
 from schema.errors import LensdbError
 
@@ -102,10 +101,7 @@ def _scale(cfg: dict, module: str) -> float:
 
 
 def open_peft(folder: Path, base: str | Path | None, mode: str) -> Source:
-    try:
-        cfg = json.loads((folder / CONFIG).read_text())
-    except (OSError, ValueError) as err:
-        raise LensdbError(f"{folder / CONFIG}: not readable JSON ({err}).") from None
+    cfg = read_json(folder / CONFIG)  # a regular file only, size-capped; errors name the file, never its bytes
     if not isinstance(cfg, dict):
         raise LensdbError(f"{folder / CONFIG}: expected a JSON object.")
     kind = cfg.get("peft_type")

@@ -4,17 +4,18 @@ Users type plain words; models spell them ``Ġparis`` (byte-level BPE), ``▁par
 ``##paris`` (WordPiece continuation). ``word`` strips those markers so one lookup finds every variant.
 """
 
+import contextlib
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from indexer.errors import CheckpointError
+from indexer.model.checkpoint import TOKENIZER_FILES, read_json
 
 _MARKERS = ("Ġ", "▁", "##")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
+MAX_TOKENIZER = 512 << 20  # bytes of tokenizer.json read at most
 
 
 @dataclass(frozen=True)
@@ -79,20 +80,39 @@ def read_tokenizer_json(path: Path, size: int) -> Tokens | None:
     file = path / "tokenizer.json"
     if not file.is_file():
         return None
+    if file.stat().st_size > MAX_TOKENIZER:
+        raise CheckpointError(f"{file}: larger than the {MAX_TOKENIZER >> 20} MiB lensdb reads for a tokenizer.")
     from tokenizers import Tokenizer
 
+    config_file = path / "tokenizer_config.json"
+    config = read_json(config_file) if config_file.is_file() else {}
     try:
         tok = Tokenizer.from_file(str(file))
-        config = json.loads((path / "tokenizer_config.json").read_text()) if (
-            path / "tokenizer_config.json").is_file() else {}
     except Exception:  # noqa: BLE001 — transformers then reads it, or says why it cannot
         return None
     added = config.get("added_tokens_decoder") or {} if isinstance(config, dict) else {}
     if not isinstance(added, dict) or any(
             not isinstance(v, dict) or tok.id_to_token(int(k)) != v.get("content") for k, v in added.items()):
         return None
+    check_unique_ids(file, tok.get_vocab(with_added_tokens=True))
     n = min(size, tok.get_vocab_size(with_added_tokens=True))
-    return type(tok.model).__name__, [str(tok.id_to_token(i)) for i in range(n)], tok.decoder
+    return type(tok.model).__name__, [_spelling(tok.id_to_token(i), i) for i in range(n)], tok.decoder
+
+
+def check_unique_ids(where: Path, vocab: dict[str, int]) -> None:
+    """One spelling per token id: a tokenizer that gives one id to two tokens would name vectors wrongly."""
+    seen: dict[int, str] = {}
+    for token, token_id in vocab.items():
+        if token_id in seen and seen[token_id] != token:
+            first, second = sorted((seen[token_id], token))
+            raise CheckpointError(f"{where}: token id {token_id} is given to both {first!r} and {second!r}; "
+                                  "each id must name one token. Fix the tokenizer's vocabulary.")
+        seen[token_id] = token
+
+
+def _spelling(token: str | None, token_id: int) -> str:
+    """A token's spelling; an id the tokenizer leaves unnamed gets the placeholder padded rows get."""
+    return f"<id:{token_id}>" if token is None else str(token)
 
 
 def read_with_transformers(path: Path, size: int) -> Tokens:
@@ -106,6 +126,9 @@ def read_with_transformers(path: Path, size: int) -> Tokens:
         raise CheckpointError(f"{path}: cannot load the tokenizer: {err}") from None
     backend = getattr(tok, "backend_tokenizer", None)
     kind = type(backend.model).__name__ if backend is not None else type(tok).__name__
+    # a tokenizer without a vocabulary map: its ids are its positions
+    with contextlib.suppress(NotImplementedError, AttributeError, TypeError):
+        check_unique_ids(path, dict(tok.get_vocab()))
     n = min(size, len(tok))
-    raw = [str(t) for t in tok.convert_ids_to_tokens(list(range(n)))]
+    raw = [_spelling(t, i) for i, t in enumerate(tok.convert_ids_to_tokens(list(range(n))))]
     return kind, raw, backend.decoder if backend is not None else None

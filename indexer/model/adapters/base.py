@@ -102,6 +102,7 @@ class Adapter(ABC):
     def __init__(self, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
         self.dims = self._dims()
+        check_dims(self.dims, ckpt)
         self.validate()
 
     @abstractmethod
@@ -230,6 +231,25 @@ class Adapter(ABC):
                     f"{self.ckpt.path}: tensor {name!r} has shape {list(got)} but config.json implies "
                     f"{list(want)}; the config does not match the weights."
                 )
+
+
+def check_dims(dims: Dims, ckpt: Checkpoint) -> None:
+    """Refuse config sizes the tensors present cannot have, before anything is built from them: a layer count
+    above the number of tensors, a width, FF size or vocabulary that no tensor has as a dimension, more heads
+    than coordinates. A config.json claiming 10⁹ layers fails here at once instead of growing memory."""
+    where = ckpt.path / "config.json"
+    sizes = {x for shape in ckpt.shapes.values() for x in shape}
+    if dims.n_layers > len(ckpt.shapes):
+        raise CheckpointError(f"{where}: says {dims.n_layers} layers but the weights hold only "
+                              f"{len(ckpt.shapes)} tensors; the config does not match the weights.")
+    for name in ("d_model", "d_ff", "vocab_size"):
+        value = getattr(dims, name)
+        if value not in sizes:
+            raise CheckpointError(f"{where}: {name} {value} is no dimension of any tensor in the weights; the "
+                                  "config does not match the weights.")
+    if dims.n_heads > dims.d_model or dims.kv_heads > dims.n_heads or dims.head_size > max(sizes):
+        raise CheckpointError(f"{where}: {dims.n_heads} heads ({dims.kv_heads} key/value heads, {dims.head_size} "
+                              f"wide) do not fit a {dims.d_model}-wide model.")
 
 
 def config_int(ckpt: Checkpoint, *keys: str, default: int | None = None) -> int:
