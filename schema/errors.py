@@ -21,6 +21,10 @@ class UnknownToken(LensdbError):
     """The word or id is in no indexed vocabulary (or not in the one asked for)."""
 
 
+class Cancelled(LensdbError):
+    """The run was stopped on request (``DELETE /jobs/{id}``, Ctrl-C); nothing of it was written."""
+
+
 class InvalidFilter(LensdbError):
     """A search names a component, layer, head, expert or role that the searched checkpoints do not have; the
     message lists what they have."""

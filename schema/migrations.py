@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import duckdb
 
 from schema.ddl import comment_ddl, table_ddl, view_column_comments, view_ddl
+from schema.ids import start_counters
 from schema.layout import SCHEMA_VERSION
 
 
@@ -30,7 +31,7 @@ def fill_token_forms(con: duckdb.DuckDBPyConnection, vocab_id: int | None = None
         "vocab_id NOT IN (SELECT vocab_id FROM token_forms)", [])
     forms = " UNION ".join(f"SELECT {col} AS form, vocab_id, token_id, token, display FROM tokens WHERE {where}"
                            for col in ("word", "token", "display"))
-    con.execute(f"INSERT INTO token_forms {forms} ORDER BY form, vocab_id, token_id", params * 3)
+    con.execute(f"INSERT INTO token_forms BY NAME {forms} ORDER BY form, vocab_id, token_id", params * 3)
 
 
 def fill_vector_lists(con: duckdb.DuckDBPyConnection, batch: int = 100_000) -> None:
@@ -41,11 +42,12 @@ def fill_vector_lists(con: duckdb.DuckDBPyConnection, batch: int = 100_000) -> N
     if lo is None:
         return
     for start in range(lo, hi + 1, batch):
-        con.execute("""INSERT INTO vector_lists
+        con.execute("""INSERT INTO vector_lists BY NAME
 SELECT vector_id,
-       list(token_id ORDER BY rank) FILTER (WHERE side = 'top'), list(score ORDER BY rank) FILTER (WHERE side = 'top'),
-       list(token_id ORDER BY rank) FILTER (WHERE side = 'bottom'),
-       list(score ORDER BY rank) FILTER (WHERE side = 'bottom')
+       list(token_id ORDER BY rank) FILTER (WHERE side = 'top') AS top_token_ids,
+       list(score ORDER BY rank) FILTER (WHERE side = 'top') AS top_scores,
+       list(token_id ORDER BY rank) FILTER (WHERE side = 'bottom') AS bottom_token_ids,
+       list(score ORDER BY rank) FILTER (WHERE side = 'bottom') AS bottom_scores
 FROM vector_tokens WHERE vector_id BETWEEN ? AND ?
 GROUP BY vector_id ORDER BY vector_id""", [start, start + batch - 1])
 
@@ -89,7 +91,7 @@ READING_COMPONENTS = ("ff_key", "ff_gate", "attn_q", "attn_k", "attn_v", "ff_rou
 PAIR_COMPONENTS = ("attn_ov_pair", "attn_qk_pair")
 
 
-def _to_v5(con: duckdb.DuckDBPyConnection) -> None:
+def _to_v6(con: duckdb.DuckDBPyConnection) -> None:
     """Unit blocks carry their component's role (writes, reads, pairs), so a search can default to the vectors
     that write into the stream; units indexed before get it from their component name."""
     con.execute("ALTER TABLE vector_units ADD COLUMN IF NOT EXISTS role VARCHAR")
@@ -110,7 +112,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "every table present; token forms, vector lists and unit blocks filled in", _to_v2),
     Migration(3, "vectors and vector_units: an expert column for mixture-of-experts models", _to_v3),
     Migration(4, "alignment runs record their layer statistic (old runs: best_signed)", _to_v4),
-    Migration(5, "vector_units: each unit's role (writes, reads or pairs), filled from the component name", _to_v5),
+    Migration(5, "ids from id_counters (never reused), started at the highest id each table holds; the "
+              "foreign_keys view", start_counters),
+    Migration(6, "vector_units: each unit's role (writes, reads or pairs), filled from the component name", _to_v6),
 )
 assert MIGRATIONS[-1].version == SCHEMA_VERSION, "a schema version without its migration"
 
@@ -120,7 +124,9 @@ def upgrade(con: duckdb.DuckDBPyConnection, found: int | None) -> None:
     the caller's transaction."""
     for stmt in table_ddl(comments=False):
         con.execute(stmt)
-    if found is not None:
+    if found is None:
+        start_counters(con)
+    else:
         for step in MIGRATIONS:
             if step.version > found:
                 step.apply(con)

@@ -200,3 +200,34 @@ def test_head_of_a_long_answer_ends_quietly(store: Path) -> None:
                           shell=True, capture_output=True, text=True, timeout=120)
     assert done.stdout.count("\n") == 2
     assert done.stderr == ""
+
+
+# ---- over HTTP -----------------------------------------------------------------------------------------------
+
+def test_the_api_names_missing_models_and_answers_typos_with_422(store: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from service.app import create_app
+    from service.settings import Settings
+    from tests.test_service import Client, problem
+
+    db = tmp_path / "lens.duckdb"
+    shutil.copy(store, db)
+    app = create_app(Settings(db=db, warm=False))
+    client = Client(app)
+    try:
+        body = client.get("/promoters", params={"token": "w12", "limit": 3}).json()
+        assert body["missing"] == ["cased", "gpt2"] and [m["model"] for m in body["matches"]] == ["bert"]
+        forms = {m["model"]: m["form"] for m in client.get("/promoters", params={"token": "Paris"}).json()["matches"]}
+        assert forms == {"bert": "any-case", "cased": "exact", "gpt2": "any-case"}
+        typo = problem(client.get("/promoters", params={"token": "paris", "component": "ff_values"}), 422,
+                       "invalid-filter")
+        assert "ff_value" in typo["detail"]
+        problem(client.get("/suppressors", params={"token": "paris", "layer": 9}), 422, "invalid-filter")
+        assert client.get("/promoters", params={"token": "paris", "role": "writers"}).status_code == 422
+        reads = client.get("/promoters", params={"token": "king", "role": "reads", "limit": 50}).json()["items"]
+        assert reads and {h["component"] for h in reads} <= READERS
+        page = client.get("/models/gpt2/vectors", params={"component": "ff_value", "order": "index", "limit": 3})
+        assert [v["index"] for v in page.json()["items"]] == [0, 1, 2] and page.json()["total"] == 2 * 128
+    finally:
+        app.state.owner.close()
