@@ -137,7 +137,7 @@ def test_promoters_and_suppressors(lens: queries.Lens) -> None:
     assert (hits[0].layer, hits[0].index) == (PLANTED_LAYER, PLANTED_INDEX)
     assert {h.checkpoint for h in hits} == {"checkpoint-100", "checkpoint-200"}
     assert lens.promoters("paris", queries.HitFilter(limit=3, offset=1)) == lens.promoters("paris", limit=4)[1:]
-    many = lens.promoters("paris", checkpoint="all", limit=450)  # more than one page of the service
+    many = lens.promoters("paris", checkpoint="all", role="all", limit=450)  # more than one page of the service
     assert len(many) == 450 and many == sorted(many, key=lambda h: -h.zscore)
     assert lens.suppressors(3, model="other")  # by token id
     pairs = lens.promoters("queen", component="attn_ov_pair")
