@@ -3,7 +3,8 @@ builds its SQL as values (``queries.sql``) and answers with pydantic rows (``que
 ``queries.connect("http://…")`` returns the same interface answered by a running service (``remote``).
 
 Owns: the Python API (``lens``), the same API over HTTP (``remote``, standard library only), SQL builders
-(``sql``), the in-memory catalog (``catalog``), search filters (``filters``), head-map rows at query time
+(``sql``), the in-memory catalog and its unit selection with the role filter (``catalog``), a word's tokens per
+vocabulary (``resolve``), results as data frames (``frames``), search filters (``filters``), head-map rows at query time
 (``head_rows``), read-only user SQL and the bounded, locked-down instance it runs in (``readonly``), store checks
 (``integrity``) and the Parquet export (``export``).
 
