@@ -50,9 +50,12 @@ def build(db: Path, rows: int) -> None:
             con.execute("INSERT INTO index_runs VALUES (?, ?, 'complete', now(), now(), 'folded', '{}', ?, "
                         "'[\"ff_value\"]', ?, ?, 0, 'bench')", [m, m, K, per_model, per_model * per_vector])
             first = (m - 1) * per_model
-            con.execute("""INSERT INTO vectors SELECT ? + i, ?, 'ff_value', i // ?, NULL, i % ?, 1.0, 0.0, 0.02
+            con.execute("""INSERT INTO vectors (vector_id, checkpoint_id, component, layer, head, idx, norm, logit_mean,
+                           logit_std) SELECT ? + i, ?, 'ff_value', i // ?, NULL, i % ?, 1.0, 0.0, 0.02
                            FROM range(?) r(i)""", [first, m, D_FF, D_FF, per_model])
-            con.execute("""INSERT INTO vector_units SELECT ?, 'ff_value', l, NULL, ? + l * ?, ? + (l + 1) * ? - 1, 0
+            con.execute("""INSERT INTO vector_units (checkpoint_id, component, layer, head, first_vector_id,
+                           last_vector_id, first_index, role)
+                           SELECT ?, 'ff_value', l, NULL, ? + l * ?, ? + (l + 1) * ? - 1, 0, 'writes'
                            FROM range(?) r(l)""", [m, first, D_FF, first, D_FF, LAYERS])
             con.execute("""INSERT INTO vector_tokens
                 SELECT ? + v, CASE WHEN j < ? THEN 'top' ELSE 'bottom' END, (j % ?) + 1,

@@ -3,7 +3,8 @@ builds its SQL as values (``queries.sql``) and answers with pydantic rows (``que
 ``queries.connect("http://…")`` returns the same interface answered by a running service (``remote``).
 
 Owns: the Python API (``lens``), the same API over HTTP (``remote``, standard library only), SQL builders
-(``sql``), the in-memory catalog (``catalog``), search filters (``filters``), head-map rows at query time
+(``sql``), the in-memory catalog and its unit selection with the role filter (``catalog``), a word's tokens per
+vocabulary (``resolve``), results as data frames (``frames``), search filters (``filters``), head-map rows at query time
 (``head_rows``), read-only user SQL and the bounded, locked-down instance it runs in (``readonly``), store checks
 (``integrity``) and the Parquet export (``export``).
 
@@ -13,8 +14,10 @@ DuckDB costs (tests/test_layout.py checks the module set).
 """
 
 from queries.filters import HitFilter
+from queries.frames import Rows, TokenHits
 from queries.lens import Lens, connect
 from queries.readonly import SqlRefused, SqlTimeout
+from queries.resolve import Resolution
 from queries.rows import (
     Alignment,
     AlignmentInfo,
@@ -32,13 +35,16 @@ from queries.rows import (
     TraceSummary,
     TraceView,
     UnitMatch,
+    VectorInfo,
+    VectorPage,
     VectorStep,
     VectorView,
     WatchRunInfo,
 )
-from schema.errors import NotFound, UnknownToken
+from schema.errors import InvalidFilter, NotFound, UnknownToken
 
-__all__ = ["Alignment", "AlignmentInfo", "ChangedVector", "HeadRow", "HitFilter", "Lens", "ModelDetail", "ModelInfo",
-           "NotFound", "SourceInfo", "SqlRefused", "SqlResult", "SqlTimeout", "StepInfo", "TokenHit", "TokenMatch",
-           "TokenRankStep", "TokenScore", "TraceSummary", "TraceView", "UnitMatch", "UnknownToken", "VectorStep",
+__all__ = ["Alignment", "AlignmentInfo", "ChangedVector", "HeadRow", "HitFilter", "InvalidFilter", "Lens",
+           "ModelDetail", "ModelInfo", "NotFound", "Resolution", "Rows", "SourceInfo", "SqlRefused", "SqlResult",
+           "SqlTimeout", "StepInfo", "TokenHit", "TokenHits", "TokenMatch", "TokenRankStep", "TokenScore",
+           "TraceSummary", "TraceView", "UnitMatch", "UnknownToken", "VectorInfo", "VectorPage", "VectorStep",
            "VectorView", "WatchRunInfo", "connect"]

@@ -20,6 +20,7 @@ import duckdb
 
 from queries import sql as q
 from queries.filters import chooses
+from schema.errors import InvalidFilter
 
 
 class CheckpointRef(NamedTuple):
@@ -42,6 +43,7 @@ class Unit(NamedTuple):
     last_id: int
     first_index: int
     expert: int | None = None
+    role: str = "writes"  # writes, reads or pairs (vector_units.role): what the search's role filter reads
 
 
 @dataclass
@@ -136,3 +138,65 @@ def load_words(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path) -> int:
         for vid, h in missing.items():
             _WORDS[(key, vid, h)] = Words({f: tuple(sorted(t)) for f, t in ids[vid].items()}, token[vid], display[vid])
     return len(missing)
+
+
+ROLES = ("writes", "reads", "all")
+"""What a search's ``role`` may be: vectors that write into the residual stream (the default: these are what
+can *promote* a token), vectors that read from it, or both. A head map's token pairs (role ``pairs``) come
+only when their component is named."""
+
+
+def select_units(units: list[Unit], checkpoint_ids: set[int], component: str | None = None, layer: int | None = None,
+                 head: int | None = None, expert: int | None = None, role: str | None = None) -> list[Unit]:
+    """The unit blocks of the chosen checkpoints a search looks at, or ``InvalidFilter`` naming what exists when a
+    filter names nothing there (a misspelt component, a layer or head out of range, a head on a component without
+    heads). ``role`` None: writers, unless ``component`` names one (an explicit component wins over the default);
+    pairs only by component."""
+    if role is not None and role not in ROLES:
+        raise InvalidFilter(f"role must be one of {', '.join(ROLES)}, not {role!r}.")
+    pool = [u for u in units if u.checkpoint_id in checkpoint_ids]
+    if not pool:
+        return []
+    if component is not None:
+        names = sorted({u.component for u in pool})
+        if component not in names:
+            raise InvalidFilter(f"no component {component!r} in the searched checkpoints; components: "
+                                f"{', '.join(names)}.")
+        pool = [u for u in pool if u.component == component]
+        if role not in (None, "all") and pool[0].role != role:
+            raise InvalidFilter(f"component {component!r} {pool[0].role if pool[0].role != 'pairs' else 'holds pairs'}"
+                                f"; role {role!r} leaves it out (drop --role, or use --role all).")
+    else:
+        wanted = ("writes", "reads") if role == "all" else (role or "writes",)
+        pool = [u for u in pool if u.role in wanted]
+        if not pool:
+            return []
+    for name, value in (("layer", layer), ("head", head), ("expert", expert)):
+        if value is None:
+            continue
+        have = sorted({getattr(u, name) for u in pool} - {None})
+        if not have:
+            without = component or "the searched components"
+            with_it = sorted({u.component for u in units if u.checkpoint_id in checkpoint_ids
+                              and getattr(u, name) is not None})
+            raise InvalidFilter(f"{without} has no {name}s; {name} applies to "
+                                f"{', '.join(with_it) or 'no indexed component'}.")
+        if value not in have:
+            raise InvalidFilter(f"{name} {value} is out of range: {name}s run {_spans(have)}"
+                                + (f" for {component}." if component else "."))
+        pool = [u for u in pool if getattr(u, name) == value]
+    return pool
+
+
+def _spans(values: list[int]) -> str:
+    """``0–3`` or ``0–3, 5`` for sorted integers."""
+    out: list[str] = []
+    start = prev = values[0]
+    for v in [*values[1:], None]:
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        out.append(str(start) if start == prev else f"{start}–{prev}")
+        if v is not None:
+            start = prev = v
+    return ", ".join(out)

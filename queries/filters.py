@@ -1,6 +1,8 @@
 """What a question is asked of: which checkpoints ("latest", "all" or a label) and which vectors, and the
 page of hits wanted. One definition, used alike by the Python API, the command line and HTTP."""
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 LATEST_HELP = "a checkpoint label, or 'all'; default: each model's latest"
@@ -26,5 +28,8 @@ class HitFilter(BaseModel):
     layer: int | None = Field(None, description="only this layer")
     head: int | None = Field(None, description="only this attention head")
     expert: int | None = Field(None, description="only this mixture-of-experts expert")
+    role: Literal["writes", "reads", "all"] | None = Field(
+        None, description="writes (default: vectors that write into the stream, the ones that can promote a token), "
+        "reads, or all; a named component wins over the default; head-map pairs only by component (attn_ov_pair)")
     limit: int = Field(20, ge=1, le=1_000_000, description="hits to return")
     offset: int = Field(0, ge=0, le=2**31 - 1, description="hits to skip, for paging")

@@ -14,10 +14,12 @@ from pydantic import ValidationError
 
 from queries import head_rows
 from queries import sql as q
-from queries.catalog import Catalog, catalog, load_words, loaded_words
+from queries.catalog import Catalog, catalog, load_words, loaded_words, select_units
 from queries.filters import HitFilter
+from queries.frames import TokenHits, with_frames
 from queries.integrity import CheckReport, check_store
 from queries.readonly import DEFAULT_MAX_BYTES, DEFAULT_RSS_BUDGET_MB, Limits, open_hardened, run_readonly
+from queries.resolve import Resolution, resolve
 from queries.rows import (
     Alignment,
     AlignmentInfo,
@@ -43,6 +45,8 @@ from queries.rows import (
     TraceToken,
     TraceView,
     UnitMatch,
+    VectorInfo,
+    VectorPage,
     VectorStep,
     VectorView,
     WarmInfo,
@@ -53,6 +57,7 @@ from queries.rows import LayerPair as LayerPairRow
 from schema.errors import LensdbError, NotFound, UnknownToken
 
 
+@with_frames
 class Lens:
     """A read-only view of one store. Create with ``queries.connect(path)``; ``queries.remote.RemoteLens`` asks
     the same questions of a running service (tests/test_lens_both.py runs one suite against both)."""
@@ -88,35 +93,26 @@ class Lens:
             raise NotFound(f"no model {model!r} in {self.path}; indexed models: {', '.join(names) or 'none yet'}.")
 
     def _resolve(self, token: str | int, model: str | None, cat: Catalog | None = None) -> list[TokenMatch]:
-        """Every (model, token id) that ``token`` names (see ``tokens``); a clear error if none."""
+        """Every (model, token id) that ``token`` names (see ``resolution``); a clear error if none."""
+        return self._resolution(token, model, cat).matches
+
+    def resolution(self, token: str | int, model: str | None = None) -> Resolution:
+        """How ``token`` resolves in each model's own vocabulary (``queries.resolve``): the matched tokens with
+        the form that matched, per model, and the models with no match; ``UnknownToken`` when no model has it."""
+        return self._resolution(token, model)
+
+    def _resolution(self, token: str | int, model: str | None = None, cat: Catalog | None = None) -> Resolution:
         cat = cat or self._catalog()
         self._check_model(model, cat)
-        if isinstance(token, int):
-            rows = self._rows(q.token_by_id(token))
-        else:
-            exact = self._exact_in_memory(token, cat)
-            if exact is None:
-                exact = self._rows(q.resolve_token(token, ignore_case=False))
-            rows = exact or self._rows(q.resolve_token(token, ignore_case=True))
-        matches = [TokenMatch.model_construct(model=r[0], vocab_id=r[1], token_id=r[2], token=r[3], display=r[4])
-                   for r in rows if model is None or r[0] == model]
-        if not matches:
+        found = resolve(self.con, cat, self.path, token, model)
+        if not found.matches:
             where = f"model {model!r}" if model else "any indexed vocabulary"
             hint = ""
             if isinstance(token, str):
                 near = [r[0] for r in self._rows(q.similar_words(token))]
                 hint = f" Similar tokens: {', '.join(near)}." if near else ""
             raise UnknownToken(f"token {token!r} is not in {where}.{hint}")
-        return matches
-
-    def _exact_in_memory(self, word: str, cat: Catalog) -> list[tuple] | None:
-        """What ``sql.resolve_token(word, ignore_case=False)`` returns, from the vocabularies ``warm`` loaded;
-        None while one of them is not loaded."""
-        words = loaded_words(cat, self.path)
-        if words is None:
-            return None
-        return [(name, vid, tid, words[vid].token[tid], words[vid].display[tid])
-                for name, vid in sorted(cat.models.items()) for tid in words[vid].ids.get(word, ())]
+        return found
 
     def warm(self) -> WarmInfo:
         """Bring what token lookups read into memory: every vocabulary's typed forms (exact lookups then resolve
@@ -130,26 +126,27 @@ class Lens:
         return WarmInfo(vocabularies=len(cat.vocab_hashes), loaded_vocabularies=loaded, rows=rows,
                         seconds=time.perf_counter() - started)
 
-    def tokens(self, token: str | int, model: str | None = None) -> list[TokenMatch]:
+    def tokens(self, token: str | int, model: str | None = None) -> TokenHits[TokenMatch]:
         """How ``token`` (a word, a raw token spelling, or an int id) resolves in each model's vocabulary.
 
-        A word matches its lookup form, raw spelling or display text case-sensitively where it can (``paris``
-        finds ``Ġparis``, ``paris`` and ``##paris``) and case-insensitively only when nothing matches exactly.
+        Per model, a word matches its lookup form, raw spelling or display text exactly where it can (``paris``
+        finds ``Ġparis``, ``paris`` and ``##paris``), else case-insensitively, else without its marker; each
+        match says which (``form``), and ``.missing`` names the models with no match (``queries.resolve``).
         """
-        return self._resolve(token, model)
+        found = self.resolution(token, model)
+        return TokenHits(found.matches, TokenMatch, matches=found.matches, missing=found.missing, token=token)
 
-    def _hits(self, token: str | int, side: str, f: HitFilter) -> list[TokenHit]:
+    def _hits(self, token: str | int, side: str, f: HitFilter) -> TokenHits[TokenHit]:
         cat = self._catalog()
-        matches = self._resolve(token, f.model, cat)
+        found = self._resolution(token, f.model, cat)
+        matches = found.matches
         refs = cat.chosen(f.model, f.checkpoint)
         if f.checkpoint not in (None, "all") and not refs:
             raise NotFound(f"no checkpoint {f.checkpoint!r}" + (f" in model {f.model!r}." if f.model
                                                                  else " in any model."))
-        wanted = {r.checkpoint_id for r in refs}
-        units = [u for u in cat.units if u.checkpoint_id in wanted
-                 and (f.component is None or u.component == f.component)
-                 and (f.layer is None or u.layer == f.layer) and (f.head is None or u.head == f.head)
-                 and (f.expert is None or u.expert == f.expert)]
+        units = select_units(cat.units, {r.checkpoint_id for r in refs}, f.component, f.layer, f.head, f.expert,
+                             f.role)
+        out: TokenHits[TokenHit] = TokenHits([], TokenHit, matches=matches, missing=found.missing, token=token)
         display = {(m.vocab_id, m.token_id): m.display for m in matches}
         groups = []
         for vid in sorted({m.vocab_id for m in matches}):
@@ -158,8 +155,8 @@ class Lens:
             if ranges:
                 groups.append((ranges, sorted({m.token_id for m in matches if m.vocab_id == vid})))
         if not groups:
-            return []
-        hits = []
+            return out
+        hits = out
         rows = self._rows(q.hits_in_ranges(groups, side, f.limit, f.offset))
         sources = self._source_names(cat, rows)
         for vector_id, sd, rank, token_id, score, z, src in rows:
@@ -182,16 +179,20 @@ class Lens:
         return {(vid, tid): shown for vid, ids in wanted.items()
                 for tid, shown in self._rows(q.token_displays(vid, sorted(ids)))}
 
-    def promoters(self, token: str | int, filter: HitFilter | None = None, **fields: Any) -> list[TokenHit]:
+    def promoters(self, token: str | int, filter: HitFilter | None = None, **fields: Any) -> TokenHits[TokenHit]:
         """Vectors that have ``token`` among their top tokens, highest z-score first, across models.
 
-        Narrow the search with a ``HitFilter`` or its fields as keywords (``model``, ``checkpoint``,
-        ``component``, ``layer``, ``head``, ``expert``, ``limit``, ``offset``); ``checkpoint=None`` searches each
-        model's latest checkpoint, ``"all"`` every checkpoint.
+        The token is resolved in each model's own vocabulary (``resolution``); the answer, a list with ``.df()``,
+        also says per model which form matched (``.matches``) and which models have no such token
+        (``.missing``). Narrow the search with a ``HitFilter`` or its fields as keywords (``model``,
+        ``checkpoint``, ``component``, ``layer``, ``head``, ``expert``, ``role``, ``limit``, ``offset``);
+        ``role`` defaults to the vectors that write into the stream (``"reads"``, ``"all"``; a named component
+        wins); ``checkpoint=None`` searches each model's latest checkpoint, ``"all"`` every checkpoint. A filter
+        that names nothing in the searched checkpoints is an ``InvalidFilter`` listing what exists.
         """
         return self._hits(token, "top", hit_filter(filter, fields))
 
-    def suppressors(self, token: str | int, filter: HitFilter | None = None, **fields: Any) -> list[TokenHit]:
+    def suppressors(self, token: str | int, filter: HitFilter | None = None, **fields: Any) -> TokenHits[TokenHit]:
         """Vectors that have ``token`` among their bottom tokens, lowest z-score first (filters as ``promoters``)."""
         return self._hits(token, "bottom", hit_filter(filter, fields))
 
@@ -290,6 +291,24 @@ class Lens:
         """Components of a model's latest checkpoint with how many layers, heads and vectors each has."""
         return [ComponentCount(component=r[0], layers=r[1], heads=r[2], vectors=r[3])
                 for r in self._rows(q.component_counts(model))]
+
+    def vectors(self, model: str, component: str | None = None, layer: int | None = None, head: int | None = None,
+                checkpoint: str | None = None, order: str = "norm", limit: int = 50, offset: int = 0) -> VectorPage:
+        """A page of a model's vectors (latest checkpoint unless named), largest norm first (``order="norm"``) or
+        by component, layer, head and index (``"index"``), each with its first top tokens; ``.total`` counts them
+        all. A component, layer or head the model does not have is an ``InvalidFilter`` naming what it has."""
+        cat = self._catalog()
+        self._check_model(model, cat)
+        refs = cat.chosen(model, checkpoint)
+        if not refs:
+            raise NotFound(f"model {model!r} has no checkpoint {checkpoint!r}.")
+        select_units(cat.units, {r.checkpoint_id for r in refs}, component, layer, head, role="all" if component
+                     is None else None)
+        rows = self._rows(q.list_vectors(model, component, layer, head, checkpoint, order, limit, offset))
+        tops = self._top_tokens(cat, cat.models[model], [r[7] for r in rows], 3) if rows else {}
+        items = [VectorInfo(checkpoint=r[0], component=r[1], layer=r[2], head=r[3], expert=r[4], index=r[5], norm=r[6],
+                            top=[t.token for t in tops.get(r[7], [])]) for r in rows]
+        return VectorPage(items=items, total=rows[0][8] if rows else 0)
 
     def models(self) -> list[ModelInfo]:
         """Every model with its checkpoints and how each was indexed."""

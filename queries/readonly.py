@@ -37,6 +37,7 @@ import duckdb
 
 from queries.allowlist import FUNCTIONS, TABLE_FUNCTIONS, VALUE_FUNCTIONS
 from queries.rows import SqlResult
+from queries.sql import inline
 from schema.connect import check_version, open_error, quote
 from schema.errors import LensdbError, StoreError
 
@@ -226,7 +227,8 @@ def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     if kind != duckdb.StatementType.SELECT:
         raise SqlRefused(f"only SELECT queries are allowed here, not {kind.name}. The store is read-only.")
     try:
-        row = con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
+        # inlined: a bound parameter makes DuckDB import pandas where it is installed (lensdb[frames])
+        row = con.execute(*inline(("SELECT json_serialize_sql(?)", [sql]))).fetchone()
         tree = json.loads(row[0]) if row else None
     except RecursionError:
         raise SqlRefused("the statement is nested too deeply to check; simplify it.") from None

@@ -20,9 +20,11 @@ from urllib.parse import quote, urlencode, urlsplit
 from pydantic import TypeAdapter
 
 from queries.filters import HitFilter
+from queries.frames import TokenHits, with_frames
 from queries.integrity import CheckReport
 from queries.lens import Lens, hit_filter
 from queries.readonly import DEFAULT_MAX_BYTES, DEFAULT_RSS_BUDGET_MB, SqlRefused, SqlTimeout, SqlTooLarge
+from queries.resolve import Resolution
 from queries.rows import (
     Alignment,
     AlignmentInfo,
@@ -40,18 +42,20 @@ from queries.rows import (
     TokenRankStep,
     TraceSummary,
     TraceView,
+    VectorPage,
     VectorStep,
     VectorView,
     WarmInfo,
     WatchRunInfo,
 )
 from schema.connect import noted_service, noted_url
-from schema.errors import LensdbError, NotFound, StoreError, UnknownToken
+from schema.errors import InvalidFilter, LensdbError, NotFound, StoreError, UnknownToken
 
 # Problem types the service answers with (service.problems.PROBLEMS) → the error a Lens on the file raises;
 # tests/test_lens_both.py checks the two tables agree. Anything else is a LensdbError with the service's detail.
 ERRORS: dict[str, type[LensdbError]] = {
     "unknown-token": UnknownToken,
+    "invalid-filter": InvalidFilter,
     "not-found": NotFound,
     "sql-refused": SqlRefused,
     "sql-timeout": SqlTimeout,
@@ -62,6 +66,7 @@ PAGE = 200  # rows asked for per request: the service's default page_limit
 MAX_MATCHES = 1_000_000  # GET /alignments/{id}: the most unit matches one answer holds
 
 
+@with_frames
 class RemoteLens(Lens):
     """A ``Lens`` whose answers come from a running ``lensdb serve`` (see the module docstring). Every public
     method of ``Lens`` is here with the same signature; none of the file's machinery is used."""
@@ -137,18 +142,36 @@ class RemoteLens(Lens):
         """Nothing to do here: the service warms itself (its ``warm`` setting, at start and after each index job)."""
         return WarmInfo(vocabularies=0, loaded_vocabularies=0, rows=0, seconds=0.0)
 
-    def tokens(self, token: str | int, model: str | None = None) -> list[TokenMatch]:
-        return _rows(list[TokenMatch], self._get("/tokens", model=model, **_token(token)))
+    def tokens(self, token: str | int, model: str | None = None) -> TokenHits[TokenMatch]:
+        found = self.resolution(token, model)
+        return TokenHits(found.matches, TokenMatch, matches=found.matches, missing=found.missing, token=token)
 
-    def _hits(self, token: str | int, side: str, f: HitFilter) -> list[TokenHit]:
+    def resolution(self, token: str | int, model: str | None = None) -> Resolution:
+        found = _rows(list[TokenMatch], self._get("/tokens", model=model, **_token(token)))
+        have = {m.model for m in found}
+        searched = [model] if model is not None else [m.name for m in self.models() if m.checkpoints]
+        return Resolution(token, found, sorted(name for name in searched if name not in have))
+
+    def _hits(self, token: str | int, side: str, f: HitFilter) -> TokenHits[TokenHit]:
         wanted = f.model_dump(exclude={"limit", "offset"})
         path = "/promoters" if side == "top" else "/suppressors"
-        return _rows(list[TokenHit], self._pages(path, f.limit, f.offset, **_token(token), **wanted))
+        items: list[Any] = []
+        first: dict[str, Any] | None = None
+        while len(items) < f.limit:  # _pages, keeping the first page's resolution
+            want = min(PAGE, f.limit - len(items))
+            got = self._get(path, limit=want, offset=f.offset + len(items), **_token(token), **wanted)
+            first = first or got
+            items += got["items"]
+            if len(got["items"]) < want or got.get("next_offset") is None:
+                break
+        assert first is not None
+        return TokenHits(_rows(list[TokenHit], items), TokenHit, matches=_rows(list[TokenMatch], first["matches"]),
+                         missing=list(first.get("missing", [])), token=token)
 
-    def promoters(self, token: str | int, filter: HitFilter | None = None, **fields: Any) -> list[TokenHit]:
+    def promoters(self, token: str | int, filter: HitFilter | None = None, **fields: Any) -> TokenHits[TokenHit]:
         return self._hits(token, "top", hit_filter(filter, fields))
 
-    def suppressors(self, token: str | int, filter: HitFilter | None = None, **fields: Any) -> list[TokenHit]:
+    def suppressors(self, token: str | int, filter: HitFilter | None = None, **fields: Any) -> TokenHits[TokenHit]:
         return self._hits(token, "bottom", hit_filter(filter, fields))
 
     def vector(self, model: str, component: str, layer: int, index: int, head: int | None = None,
@@ -170,6 +193,12 @@ class RemoteLens(Lens):
 
     def component_counts(self, model: str) -> list[ComponentCount]:
         return self.model(model).components
+
+    def vectors(self, model: str, component: str | None = None, layer: int | None = None, head: int | None = None,
+                checkpoint: str | None = None, order: str = "norm", limit: int = 50, offset: int = 0) -> VectorPage:
+        return VectorPage.model_validate(self._get(f"/models/{_seg(model)}/vectors", component=component, layer=layer,
+                                                   head=head, checkpoint=checkpoint, order=order, limit=limit,
+                                                   offset=offset))
 
     def models(self) -> list[ModelInfo]:
         return _rows(list[ModelInfo], self._pages("/models", 2**31 - 1, 0))

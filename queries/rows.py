@@ -1,9 +1,11 @@
 """Typed rows the query layer returns (and the CLI and service serialise)."""
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from queries.frames import Frames, table_arrow, table_html
 
 
 class Row(BaseModel):
@@ -77,6 +79,74 @@ class VectorView(Row):
     bottom: list[TokenScore]
     expert: int | None = None
 
+    def arrow(self) -> Any:
+        """Its top and bottom tokens as one pyarrow Table (a ``side`` column first); ``.df()``, ``.pl()`` alike."""
+        return table_arrow(*self._token_table())
+
+    def df(self) -> Any:
+        """Its top and bottom tokens as a pandas DataFrame."""
+        return Frames.df(self)  # type: ignore[arg-type]
+
+    def pl(self) -> Any:
+        """Its top and bottom tokens as a polars DataFrame."""
+        return Frames.pl(self)  # type: ignore[arg-type]
+
+    def _token_table(self) -> tuple[list[str], list[list]]:
+        cols = ["side", *TokenScore.model_fields]
+        return cols, [[side, *t.model_dump().values()] for side, ts in (("top", self.top), ("bottom", self.bottom))
+                      for t in ts]
+
+    def _repr_html_(self) -> str:
+        where = f" head {self.head}" if self.head is not None else ""
+        where += f" expert {self.expert}" if self.expert is not None else ""
+        title = (f"{self.model}/{self.checkpoint} {self.component} layer {self.layer}{where} #{self.index} — "
+                 f"norm {self.norm:.4g}, basis {self.basis}")
+        n = max(len(self.top), len(self.bottom))
+        rows = [[i + 1, *((t.token, t.zscore) if (t := _at(self.top, i)) else ("", None)),
+                 *((b.token, b.zscore) if (b := _at(self.bottom, i)) else ("", None))] for i in range(n)]
+        return table_html(["rank", "top", "z", "bottom", "z"], rows, caption=title)
+
+
+def _at(items: list, i: int) -> Any:
+    return items[i] if i < len(items) else None
+
+
+class VectorInfo(Row):
+    """One vector in a model's listing (``Lens.vectors``): where it sits, its norm and its first top tokens."""
+
+    checkpoint: str
+    component: str
+    layer: int
+    head: int | None
+    expert: int | None
+    index: int
+    norm: float
+    top: list[str] = Field(description="its first top tokens (none for a head map's pairs)")
+
+
+class VectorPage(Row):
+    """A page of ``Lens.vectors`` with the size of the whole listing."""
+
+    items: list[VectorInfo]
+    total: int
+
+    def arrow(self) -> Any:
+        """This page's vectors as a pyarrow Table (``.df()``: pandas, ``.pl()``: polars)."""
+        from queries.frames import Rows
+
+        return Rows(self.items, VectorInfo).arrow()
+
+    def df(self) -> Any:
+        return Frames.df(self)  # type: ignore[arg-type]
+
+    def pl(self) -> Any:
+        return Frames.pl(self)  # type: ignore[arg-type]
+
+    def _repr_html_(self) -> str:
+        from queries.frames import Rows
+
+        return Rows(self.items, VectorInfo)._repr_html_() + f"<p>{len(self.items)} of {self.total} vectors</p>"
+
 
 class CheckpointInfo(Row):
     label: str
@@ -108,6 +178,8 @@ class TokenMatch(Row):
     token_id: int
     token: str
     display: str
+    form: str = Field("exact", description="how the typed text matched in this model's vocabulary: exact, "
+                      "any-case, word (without space or a Ġ/▁/## marker, any case) or id")
 
 
 class WarmInfo(Row):
@@ -124,6 +196,28 @@ class SqlResult(Row):
     rows: list[list] = Field(description="values as JSON carries them: dates as ISO text, blobs as \\x-prefixed hex")
     truncated: bool
     truncated_by: Literal["rows", "bytes"] | None = Field(None, description="which cap cut the answer, if one did")
+
+    def _columns(self) -> list[str]:
+        return self.columns
+
+    def _records(self) -> list:
+        return self.rows
+
+    def arrow(self) -> Any:
+        """The rows as a pyarrow Table (``.df()``: pandas, ``.pl()``: polars), values as the JSON answer has them."""
+        return table_arrow(self.columns, self.rows)
+
+    def df(self) -> Any:
+        """A pandas DataFrame of the rows (pandas: the optional extra ``lensdb[frames]``)."""
+        return Frames.df(self)  # type: ignore[arg-type]
+
+    def pl(self) -> Any:
+        """A polars DataFrame of the rows."""
+        return Frames.pl(self)  # type: ignore[arg-type]
+
+    def _repr_html_(self) -> str:
+        note = f"<p>truncated by {self.truncated_by}</p>" if self.truncated else ""
+        return table_html(self.columns, self.rows) + note
 
 
 class StepInfo(Row):

@@ -78,8 +78,8 @@ def vocabulary(vocab_id: int) -> Sql:
 def vector_units() -> Sql:
     """Each run writes one contiguous block of vector ids per (checkpoint, component, layer, head): their
     bounds let token lookups filter and label hits without joining the vectors table."""
-    return ("SELECT checkpoint_id, component, layer, head, first_vector_id, last_vector_id, first_index, expert "
-            "FROM vector_units ORDER BY 5", [])
+    return ("SELECT checkpoint_id, component, layer, head, first_vector_id, last_vector_id, first_index, expert, "
+            "role FROM vector_units ORDER BY 5", [])
 
 
 def all_words(vocab_ids: list[int]) -> Sql:
@@ -133,14 +133,21 @@ def warm_scan(table: str) -> Sql:
             f"FROM {table}", [])
 
 
-def resolve_token(word: str, ignore_case: bool) -> Sql:
+def resolve_token(word: str, ignore_case: bool, vocab_ids: list[int] | None = None, word_only: bool = False) -> Sql:
     """Token ids whose lookup word, raw spelling or display text equals ``word``, per model: one sorted
-    equality on ``token_forms``, or a scan of ``tokens`` comparing lower-cased forms."""
+    equality on ``token_forms``, or a scan of ``tokens`` comparing lower-cased forms (of the ``vocab_ids``
+    given; ``word_only``: the lookup word alone)."""
     if ignore_case:
+        forms = "lower(t.word)" if word_only else "lower(t.word), lower(t.token), lower(t.display)"
+        params: list = [word]
+        within = ""
+        if vocab_ids is not None:
+            within = f" AND t.vocab_id IN ({', '.join('?' * len(vocab_ids))})"
+            params += list(vocab_ids)
         return (
             "SELECT m.name, m.vocab_id, t.token_id, t.token, t.display FROM tokens t JOIN models m USING (vocab_id) "
-            "WHERE lower(?) IN (lower(t.word), lower(t.token), lower(t.display)) ORDER BY m.name, t.token_id",
-            [word],
+            f"WHERE lower(?) IN ({forms}){within} ORDER BY m.name, t.token_id",
+            params,
         )
     return (
         "SELECT m.name, m.vocab_id, f.token_id, f.token, f.display FROM token_forms f JOIN models m USING (vocab_id) "
@@ -280,6 +287,33 @@ def model_components(model: str) -> Sql:
         "SELECT DISTINCT v.component FROM vectors v JOIN checkpoints c USING (checkpoint_id) "
         "JOIN models m USING (model_id) WHERE m.name = ? ORDER BY 1",
         [model],
+    )
+
+
+VECTOR_ORDERS = {"norm": "v.norm DESC, v.vector_id", "index": "v.component, v.layer, v.head NULLS FIRST, "
+                 "v.expert NULLS FIRST, v.idx"}
+
+
+def list_vectors(model: str, component: str | None, layer: int | None, head: int | None, checkpoint: str | None,
+                 order: str, limit: int, offset: int) -> Sql:
+    """One page of a model's vectors (latest checkpoint unless named), largest norm first or in index order,
+    and the size of the whole list."""
+    if order not in VECTOR_ORDERS:
+        raise LensdbError(f"order must be one of {', '.join(VECTOR_ORDERS)}, not {order!r}.")
+    params: list = [model]
+    conds = ["m.name = ?", checkpoint_filter(checkpoint, params)]
+    for col, value in (("v.component", component), ("v.layer", layer), ("v.head", head)):
+        if value is not None:
+            conds.append(f"{col} = ?")
+            params.append(value)
+    params += [limit, offset]
+    return (
+        f"""SELECT c.label, v.component, v.layer, v.head, v.expert, v.idx, v.norm, v.vector_id,
+       count(*) OVER () AS total
+FROM vectors v JOIN checkpoints c USING (checkpoint_id) JOIN models m USING (model_id)
+WHERE {' AND '.join(conds)}
+ORDER BY {VECTOR_ORDERS[order]} LIMIT ? OFFSET ?""",
+        params,
     )
 
 

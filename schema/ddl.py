@@ -1,5 +1,7 @@
 """The DDL of the declared schema, compiled from ``schema.tables`` and ``schema.views``: writers only."""
 
+from typing import Any
+
 from duckdb_engine import Dialect
 from sqlalchemy.schema import CreateIndex, CreateTable
 
@@ -42,6 +44,25 @@ def view_ddl() -> list[str]:
     for view in VIEWS:
         stmts.append(f"CREATE OR REPLACE VIEW {view.name} AS {view.sql.strip()}")
         stmts.append(f"COMMENT ON VIEW {view.name} IS {quote(view.doc)}")
+    return stmts
+
+
+def view_column_comments(con: Any) -> list[str]:
+    """``COMMENT ON COLUMN`` for every column of every view (``schema.views.VIEW_COLUMNS``, else the comment of the
+    same-named column of the view's first source table that has one), as the views stand on ``con``."""
+    from schema.views import VIEW_COLUMNS, VIEW_SOURCES
+
+    by_table = {t.name: {c.name: c.comment for c in t.columns if c.comment} for t in metadata.sorted_tables}
+    stmts: list[str] = []
+    for view in VIEWS:
+        cols = [r[0] for r in con.execute("SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND "
+                                          "database_name = current_database() ORDER BY column_index",
+                                          [view.name]).fetchall()]
+        for col in cols:
+            doc = VIEW_COLUMNS.get(f"{view.name}.{col}") or VIEW_COLUMNS.get(col) or next(
+                (by_table[t][col] for t in VIEW_SOURCES.get(view.name, ()) if col in by_table.get(t, {})), None)
+            if doc:
+                stmts.append(f'COMMENT ON COLUMN {view.name}."{col}" IS {quote(doc)}')
     return stmts
 
 

@@ -23,3 +23,8 @@ class UnknownToken(LensdbError):
 
 class Cancelled(LensdbError):
     """The run was stopped on request (``DELETE /jobs/{id}``, Ctrl-C); nothing of it was written."""
+
+
+class InvalidFilter(LensdbError):
+    """A search names a component, layer, head, expert or role that the searched checkpoints do not have; the
+    message lists what they have."""

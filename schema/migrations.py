@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import duckdb
 
-from schema.ddl import comment_ddl, table_ddl, view_ddl
+from schema.ddl import comment_ddl, table_ddl, view_column_comments, view_ddl
 from schema.ids import start_counters
 from schema.layout import SCHEMA_VERSION
 
@@ -84,6 +84,23 @@ def _to_v4(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE alignment_runs ALTER COLUMN statistic DROP DEFAULT")
 
 
+# Components as the adapters of version 6 declare them (tests/test_roles.py checks this against the adapters):
+# the reading ones, and the head maps whose rows are token pairs; every other component writes.
+READING_COMPONENTS = ("ff_key", "ff_gate", "attn_q", "attn_k", "attn_v", "ff_router", "ff_shared_key",
+                      "ff_shared_gate", "ff_shared_router", "attn_ov_svd_in", "attn_qk_svd_q", "attn_qk_svd_k")
+PAIR_COMPONENTS = ("attn_ov_pair", "attn_qk_pair")
+
+
+def _to_v6(con: duckdb.DuckDBPyConnection) -> None:
+    """Unit blocks carry their component's role (writes, reads, pairs), so a search can default to the vectors
+    that write into the stream; units indexed before get it from their component name."""
+    con.execute("ALTER TABLE vector_units ADD COLUMN IF NOT EXISTS role VARCHAR")
+    reads = ", ".join(f"'{c}'" for c in READING_COMPONENTS)
+    pairs = ", ".join(f"'{c}'" for c in PAIR_COMPONENTS)
+    con.execute(f"""UPDATE vector_units SET role = CASE WHEN component IN ({pairs}) THEN 'pairs'
+    WHEN component IN ({reads}) THEN 'reads' ELSE 'writes' END WHERE role IS NULL""")
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int  # the version a store has after this step
@@ -97,6 +114,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "alignment runs record their layer statistic (old runs: best_signed)", _to_v4),
     Migration(5, "ids from id_counters (never reused), started at the highest id each table holds; the "
               "foreign_keys view", start_counters),
+    Migration(6, "vector_units: each unit's role (writes, reads or pairs), filled from the component name", _to_v6),
 )
 assert MIGRATIONS[-1].version == SCHEMA_VERSION, "a schema version without its migration"
 
@@ -113,5 +131,7 @@ def upgrade(con: duckdb.DuckDBPyConnection, found: int | None) -> None:
             if step.version > found:
                 step.apply(con)
     for stmt in comment_ddl() + view_ddl():
+        con.execute(stmt)
+    for stmt in view_column_comments(con):
         con.execute(stmt)
     con.execute("INSERT OR REPLACE INTO lensdb_meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])

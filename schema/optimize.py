@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 
 from schema.connect import check_version, quote
-from schema.ddl import schema_ddl
+from schema.ddl import schema_ddl, view_column_comments
 from schema.errors import StoreError
 from schema.layout import SCHEMA_VERSION, SORTED_BY_TOKEN
 from schema.tables import metadata
@@ -51,6 +51,8 @@ def optimize(path: str | os.PathLike[str]) -> dict[str, int]:
         con.execute(f"ATTACH {quote(str(fresh))} AS fresh")
         con.execute("USE fresh")
         for stmt in schema_ddl():
+            con.execute(stmt)
+        for stmt in view_column_comments(con):
             con.execute(stmt)
         rows = {}
         for table in metadata.sorted_tables:

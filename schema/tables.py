@@ -169,6 +169,10 @@ vector_units = sa.Table(
     sa.Column("last_vector_id", sa.BigInteger, nullable=False, comment="last vector id (inclusive)"),
     sa.Column("first_index", sa.Integer, nullable=False, comment="idx of the first vector"),
     sa.Column("expert", sa.Integer, nullable=True, comment="mixture-of-experts expert, NULL outside experts"),
+    sa.Column("role", sa.String, nullable=True,
+              comment="writes (into the residual stream: read through the unembedding), reads (from it: read "
+              "through the reading basis) or pairs (a head map's token pairs); the component's role as its adapter "
+              "declares it (schema version 6; older units filled from the component name by the upgrade)"),
     comment="The contiguous block of vector ids each index run wrote per (checkpoint, component, layer, head): "
     "token lookups filter and label hits by these ranges instead of joining vectors. "
     "(checkpoint, component, layer, head, expert) for mixture-of-experts models.",

@@ -255,3 +255,55 @@ FOREIGN_KEYS = _foreign_keys()
 VIEWS: tuple[View, ...] = (LATEST_CHECKPOINTS, VECTOR_INFO, PROJECTIONS, MODEL_SUMMARY, CHECKPOINT_STEPS,
                            VECTOR_DRIFT, TRACE_LENS, TRACE_SHARES, TRACE_NEURON_INFO, HEAD_PAIR_PROJECTIONS,
                            ALIGNMENT_LAYERS, ALIGNMENT_MATCHES, FOREIGN_KEYS)
+
+# ---- column comments ----------------------------------------------------------------------------------------
+# Every view column gets a comment (``schema.ddl.view_column_comments``): its own line below where the view
+# computes or renames it (``view.column`` for one view's own), else the comment of the same-named column of the
+# first table the view reads it from.
+
+VIEW_SOURCES: dict[str, tuple[str, ...]] = {
+    "latest_checkpoints": ("checkpoints",),
+    "vector_info": ("vectors", "checkpoints", "models"),
+    "projections": ("vector_tokens", "vectors", "checkpoints", "models"),
+    "model_summary": ("models", "vocabularies"),
+    "checkpoint_steps": ("checkpoints", "checkpoint_aliases", "models"),
+    "vector_drift": ("vectors", "checkpoints", "models"),
+    "trace_lens": ("trace_states", "traces", "models"),
+    "trace_shares": ("trace_terms", "traces"),
+    "trace_neuron_info": ("trace_neurons", "traces", "models"),
+    "head_pair_projections": ("head_pairs", "vectors", "checkpoints", "models"),
+    "alignment_layers": ("layer_similarity", "alignment_runs"),
+    "alignment_matches": ("neuron_matches", "alignment_runs"),
+}
+
+VIEW_COLUMNS: dict[str, str] = {
+    "model": "model name (models.name)",
+    "checkpoint": "checkpoint label (checkpoints.label)",
+    "index": "index of the vector within its layer, e.g. the neuron number (vectors.idx)",
+    "token": "readable text of the token (tokens.display)",
+    "source_token": "readable text of the pair's source token: what the head attends to (OV) or the query (QK)",
+    "model_a": "name of model A, whose layers are the rows",
+    "model_b": "name of model B, whose layers are the columns",
+    "checkpoints": "checkpoints of the model indexed",
+    "vectors": "vectors indexed across its checkpoints",
+    "linked_to": "label of the identical indexed checkpoint this step is linked to, NULL if indexed itself",
+    "previous_checkpoint": "label of the previous step of the model, NULL at the first",
+    "previous_vector_id": "the same vector's id at the previous step, NULL at the first",
+    "norm_change": "norm minus the norm at the previous step",
+    "shared": "top tokens shared with the previous step's top-k",
+    "overlap": "shared / k",
+    "jaccard": "shared / size of the union of the two top-k sets",
+    "input_token": "the input token at this position",
+    "top_token": "the stream's top token through the logit lens",
+    "top_logit": "its logit",
+    "prediction": "the final prediction at this position",
+    "norm_share": "the term's norm as a fraction of the summed norms of all terms at its position",
+    "logit_share": "the term's effect on the predicted logit as a fraction of the summed absolute effects",
+    "model_summary.vocab_size": "tokens in the model's vocabulary (vocabularies.size)",
+    "table_name": "the table that holds the reference",
+    "column_name": "its column that names a row of references_table",
+    "references_table": "the table referred to",
+    "references_column": "the column of references_table the reference names",
+    "on_delete": "what deleting the referred row does: CASCADE (this row goes too) or SET NULL",
+    "promotes": "the token the neuron's ff_value most promotes in the index (rank 1), NULL if not indexed",
+}

@@ -32,6 +32,7 @@ from queries import (
     TokenRankStep,
     TraceSummary,
     TraceView,
+    VectorPage,
     VectorStep,
     VectorView,
     WatchRunInfo,
@@ -61,7 +62,8 @@ class Page(BaseModel, Generic[T]):
 class Hits(Page[TokenHit]):
     """Vectors that promote (or suppress) a token, with how the token resolved in each model."""
 
-    matches: list[TokenMatch]
+    matches: list[TokenMatch] = Field(description="per model, the tokens the typed word matched and how (form)")
+    missing: list[str] = Field([], description="models searched whose vocabulary has no such token")
 
 
 class HitQuery(HitFilter):
@@ -157,6 +159,15 @@ def api_router(owner: StoreOwner) -> APIRouter:
     def get_model(lens: ReadLens, name: str) -> ModelDetail:
         return lens.model(name)
 
+    @router.get("/models/{name}/vectors", response_model=VectorPage, tags=["models"])
+    def model_vectors(lens: ReadLens, name: str, component: str | None = None, layer: Whole | None = None,
+                      head: Whole | None = None, checkpoint: str | None = None,
+                      order: Literal["norm", "index"] = "norm", limit: Limit = 50, offset: Offset = 0) -> VectorPage:
+        """A page of a model's vectors (latest checkpoint unless named), largest norm first or in index order, each
+        with its first top tokens; ``total`` counts the whole listing."""
+        return lens.vectors(name, component=component, layer=layer, head=head, checkpoint=checkpoint, order=order,
+                            limit=limit, offset=offset)
+
     @router.get("/tokens", response_model=list[TokenMatch], tags=["search"])
     def tokens(lens: ReadLens, token: str | None = None, token_id: Whole | None = None,
                model: str | None = None) -> list[TokenMatch]:
@@ -171,10 +182,10 @@ def api_router(owner: StoreOwner) -> APIRouter:
             wanted = query.search()
             find = lens.promoters if side == "promoters" else lens.suppressors
             rows = find(tok, wanted.model_copy(update={"limit": wanted.limit + 1}))
-            matches = lens.tokens(tok, model=wanted.model)
             more = len(rows) > wanted.limit
-            return Hits(items=rows[:wanted.limit], limit=wanted.limit, offset=wanted.offset, matches=matches,
-                        total=None, next_offset=wanted.offset + wanted.limit if more else None)
+            return Hits(items=rows[:wanted.limit], limit=wanted.limit, offset=wanted.offset, matches=rows.matches,
+                        missing=rows.missing, total=None,
+                        next_offset=wanted.offset + wanted.limit if more else None)
 
         search.__doc__ = (f"Vectors that {side[:-3]}e a token (by word or id), strongest z-score first. "
                           "checkpoint: a label, 'all', or default each model's latest.")

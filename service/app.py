@@ -4,7 +4,7 @@ front of everything; ``service.problems`` answers every error."""
 
 from fastapi import FastAPI
 
-from service import problems
+from service import docs, problems
 from service.api import api_router
 from service.guard import Guard
 from service.owner import StoreOwner
@@ -17,7 +17,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     owner = StoreOwner(settings)
     about = "Transformer checkpoints in embedding space: what promotes or suppresses a token."
-    app = FastAPI(title="lensdb", version="0.1.0", description=about)
+    app = FastAPI(title="lensdb", version="0.1.0", description=about, docs_url=None, redoc_url=None)
     app.state.owner = owner
     app.router.on_shutdown.append(owner.close)
     app.add_middleware(Guard, token=settings.token, max_body_bytes=settings.max_body_bytes,
@@ -25,4 +25,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(api_router(owner))
     app.include_router(page_router(owner))
+    docs.install(app)  # Swagger UI and ReDoc from local files
     return app

@@ -213,8 +213,20 @@ def _hits(args: argparse.Namespace, side: str) -> None:
         find = db.promoters if side == "top" else db.suppressors
         hits = find(token, wanted)
     experts = ["expert"] if any(h.expert is not None for h in hits) else []  # only mixture-of-experts hits have one
-    _emit(args, hits, ["model", "checkpoint", "component", "layer", "head", *experts, "index", "rank", "token",
-                       "score", "zscore"])
+    sources = ["source_token"] if any(h.source_token is not None for h in hits) else []  # head-map pairs: src → token
+    _emit(args, hits, ["model", "checkpoint", "component", "layer", "head", *experts, "index", "rank", *sources,
+                       "token", "score", "zscore"])
+    _resolution_notes(hits)
+
+
+def _resolution_notes(hits: Any) -> None:
+    """On stderr: the models whose vocabulary has no such token, and models where the word matched only
+    case-insensitively or without its marker (the table itself stays clean for pipes)."""
+    loose = sorted({(m.model, m.form) for m in getattr(hits, "matches", []) if m.form not in ("exact", "id")})
+    if loose:
+        print("lensdb: matched " + "; ".join(f"{form} in {model}" for model, form in loose), file=sys.stderr)
+    if getattr(hits, "missing", None):
+        print(f"lensdb: {hits.note()}", file=sys.stderr)
 
 
 def cmd_vector(args: argparse.Namespace) -> None:
@@ -240,7 +252,10 @@ def cmd_vector(args: argparse.Namespace) -> None:
 def cmd_tokens(args: argparse.Namespace) -> None:
     token: str | int = int(args.token) if args.id else args.token
     with _connect(args) as db:
-        _emit(args, db.tokens(token, model=args.model))
+        found = db.tokens(token, model=args.model)
+    _emit(args, found)
+    if getattr(found, "missing", None):
+        print(f"lensdb: {found.note()}", file=sys.stderr)
 
 
 def cmd_sql(args: argparse.Namespace) -> None:
@@ -1026,6 +1041,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lensdb: interrupted; nothing was written.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `lensdb promoters paris | head`: the reader has what it wanted; stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit has nowhere to fail
+        return 141  # as a command killed by SIGPIPE
     except Exception as err:  # every failure is one line; LENSDB_DEBUG=1 shows the traceback of the unexpected
         import os
 

@@ -9,12 +9,15 @@ node for its details; clicking highlights its edges. No CDN, no build: one strin
 """
 
 from html import escape
+from urllib.parse import quote, urlencode
 
 from queries import TraceView
 from queries.rows import NO_LM_HEAD
 
 UNITS_PER_KIND = 3
-COL, TOP, ROW = 190, 70, 62
+TOP, ROW = 30, 52
+W_STATE, W_UNIT, GAP = 130, 124, 46
+COL = W_STATE + GAP + W_UNIT + GAP  # one block: its input state, then its units; edges only to the neighbours
 
 SCRIPT = """
 (function(){
@@ -37,6 +40,7 @@ STYLE = """
 #flow .node{cursor:pointer} #flow .node rect{stroke:#555;stroke-width:1}
 #flow .node.picked rect{stroke:#000;stroke-width:3} #flow .edge{fill:none;opacity:.55}
 #flow .edge.dim{opacity:.06} #flow text{font:11px ui-monospace,monospace;pointer-events:none}
+#flow a.go text{pointer-events:auto;fill:#1a4fb0;font-size:13px} #flow a.go:hover text{text-decoration:underline}
 #flow-info{font:13px ui-monospace,monospace;white-space:pre-wrap;min-height:2.6em;background:#f6f6f6;
 padding:.4em .6em;border:1px solid #ddd}
 """
@@ -57,11 +61,19 @@ def _short(text: str, n: int = 12) -> str:
     return shown if len(shown) <= n else shown[: n - 1] + "…"
 
 
-def _node(node_id: str, x: float, y: float, w: float, lines: list[str], rank: int, info: str) -> str:
+def _node(node_id: str, x: float, y: float, w: float, lines: list[str], rank: int, info: str,
+          href: str | None = None) -> str:
     texts = "".join(f"<text x='{x + 6:.0f}' y='{y + 15 + 14 * i:.0f}'>{escape(t)}</text>" for i, t in enumerate(lines))
+    link = (f"<a class='go' href='{escape(href, quote=True)}'><text x='{x + w - 16:.0f}' y='{y + 15:.0f}'>↗</text>"
+            "<title>open this vector</title></a>" if href else "")
     return (f"<g class='node' id='{node_id}' data-info='{escape(info, quote=True)}'>"
             f"<rect x='{x:.0f}' y='{y:.0f}' width='{w:.0f}' height='{14 * len(lines) + 8}' rx='5' "
-            f"fill='{_colour(rank)}'/>{texts}<title>{escape(info)}</title></g>")
+            f"fill='{_colour(rank)}'/>{texts}<title>{escape(info)}</title>{link}</g>")
+
+
+def _vector_href(t: TraceView, component: str, layer: int, index: int, head: int | None = None) -> str:
+    query = urlencode({k: v for k, v in (("head", head), ("checkpoint", t.checkpoint)) if v is not None})
+    return f"/vector/{quote(t.model, safe='')}/{component}/{layer}/{index}?{query}"
 
 
 def _edge(node_id: str, x1: float, y1: float, x2: float, y2: float, value: float, scale: float) -> str:
@@ -75,7 +87,7 @@ def _edge(node_id: str, x1: float, y1: float, x2: float, y2: float, value: float
 def flow_svg(t: TraceView) -> str:
     """The graph as one ``<div>`` (SVG, info panel, script)."""
     n_layers = len(t.states) - 1
-    units: dict[int, list[tuple[str, list[str], int, float, str]]] = {}
+    units: dict[int, list[tuple[str, list[str], int, float, str, str]]] = {}
     for layer in range(n_layers):
         heads = sorted((h for h in t.heads if h.layer == layer), key=lambda h: -abs(h.logit))[:UNITS_PER_KIND]
         neurons = sorted((n for n in t.neurons if n.layer == layer), key=lambda n: -abs(n.logit))
@@ -84,50 +96,55 @@ def flow_svg(t: TraceView) -> str:
             if n.index not in seen:
                 seen.add(n.index)
                 picked.append(n)
-        rows = []
+        rows: list[tuple[str, list[str], int, float, str, str]] = []
         for h in heads:
             tops = " ".join(repr(x.token) for x in h.top)
             att = ", ".join(f"{k}:{tok!r} {w:.2f}" for k, tok, w in h.attends)
             rows.append((f"h{layer}-{h.head}", [f"head {layer}.{h.head}", _short(h.top[0].token) if h.top else ""],
                          h.pred_rank, h.logit, f"head {layer}.{h.head}: logit effect {h.logit:+.3f}, norm "
-                         f"{h.norm:.3g}, prediction rank {h.pred_rank}\ntop: {tops}\nattends: {att}"))
+                         f"{h.norm:.3g}, prediction rank {h.pred_rank}\ntop: {tops}\nattends: {att}",
+                         _vector_href(t, "attn_o", layer, 0, h.head)))
         for n in picked[:UNITS_PER_KIND]:
             tops = " ".join(repr(x.token) for x in n.top)
             rows.append((f"n{layer}-{n.index}", [f"FF {layer}.{n.index}", _short(n.top[0].token) if n.top else ""],
                          n.pred_rank, n.logit, f"FF neuron {layer}.{n.index}: activation {n.activation:+.3f}, "
                          f"logit effect {n.logit:+.3f}, prediction rank {n.pred_rank}\nwrites: {tops}"
-                         + (f"\nvector_id {n.vector_id}" if n.vector_id is not None else "")))
+                         + (f"\nvector_id {n.vector_id}" if n.vector_id is not None else ""),
+                         _vector_href(t, "ff_value", layer, n.index)))
         units[layer] = rows
     scale = max((abs(u[3]) for rows in units.values() for u in rows), default=0.0)
-    height = TOP + ROW * (1 + 2 * UNITS_PER_KIND) + 20
-    width = COL * (n_layers + 1) + 40
+    n_rows = max((len(rows) for rows in units.values()), default=1)
+    height = TOP + ROW * max(n_rows, 1) + 20
+    mid = TOP + ROW * max(n_rows, 1) / 2 - 10  # states sit level with the middle of their units
+    width = 20 + COL * n_layers + W_STATE + 20  # sized to its content; the page scrolls it sideways
     parts = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' role='img' "
              f"aria-label='flow graph of trace {t.trace_id}'><rect width='100%' height='100%' fill='#fff'/>"]
     nodes = []
-    w_state, w_unit = 130, 120
     for s in t.states:
         x = 20 + COL * s.layer
         name = "embedding" if s.layer == 0 else f"after block {s.layer - 1}"
         tops = " ".join(repr(x.token) for x in s.top)
         info = (f"stream {name}: prediction {t.prediction!r} rank {s.pred_rank}, logit {s.pred_logit:.3f}, "
                 f"norm {s.norm:.3g}\ntop: {tops}")
-        nodes.append(_node(f"s{s.layer}", x, TOP - 40, w_state,
+        nodes.append(_node(f"s{s.layer}", x, mid - 25, W_STATE,
                            [name, _short(s.top[0].token) if s.top else "", f"rank {s.pred_rank}"], s.pred_rank, info))
     for layer, rows in units.items():
-        x0, x1 = 20 + COL * layer + w_state, 20 + COL * (layer + 1)
-        ux = (x0 + x1) / 2 - w_unit / 2 + 5
-        for i, (nid, lines, rank, logit, info) in enumerate(rows):
-            y = TOP + 20 + ROW * i
-            parts.append(_edge(nid, x0, TOP - 10, ux, y + 18, logit, scale))
-            parts.append(_edge(nid, ux + w_unit, y + 18, x1, TOP - 10, logit, scale))
-            nodes.append(_node(nid, ux, y, w_unit, lines, rank, info))
+        x0 = 20 + COL * layer + W_STATE  # right edge of the state before the block
+        ux = x0 + GAP
+        x1 = 20 + COL * (layer + 1)  # left edge of the state after it
+        for i, (nid, lines, rank, logit, info, href) in enumerate(rows):
+            y = TOP + ROW * i
+            parts.append(_edge(nid, x0, mid, ux, y + 18, logit, scale))
+            parts.append(_edge(nid, ux + W_UNIT, y + 18, x1, mid, logit, scale))
+            nodes.append(_node(nid, ux, y, W_UNIT, lines, rank, info, href))
     parts += nodes
     parts.append("</svg>")
     legend = ("<p class=muted>nodes coloured by the prediction's rank: <b style='background:#7fd17f'>1</b> "
               "<b style='background:#f2d466'>≤10</b> <b style='background:#f0b8a0'>≤100</b> "
               "<b style='background:#ddd'>&gt;100</b> · edges: |effect on the predicted logit|, "
               "<span style='color:#3b6fd1'>raises</span> / <span style='color:#d1503b'>lowers</span></p>")
-    return (f"<style>{STYLE}</style><div id='flow'>{legend}<div style='overflow-x:auto'>{''.join(parts)}</div>"
+    return (f"<style>{STYLE}</style><div id='flow'>{legend}"
+            f"<div style='overflow:auto;max-height:80vh'>{''.join(parts)}</div>"
             f"<div id='flow-info'>hover or click a node</div></div><script>{SCRIPT}</script>")
 
 

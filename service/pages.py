@@ -14,13 +14,14 @@ from queries import (
     TokenRankStep,
     TokenScore,
     TraceView,
+    VectorPage,
     VectorStep,
     VectorView,
 )
 from service import flow
 
 CSS = """
-body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1000px;padding:0 1em;color:#222}
+body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:0 1em;color:#222}
 header{display:flex;gap:1.2em;align-items:baseline;border-bottom:1px solid #ddd;margin-bottom:1em}
 header a{color:#333;text-decoration:none} h1{font-size:1.3em} h2{font-size:1.1em;margin-top:1.5em}
 table{border-collapse:collapse;width:100%} td,th{padding:2px 8px;text-align:left;border-bottom:1px solid #eee}
@@ -29,7 +30,8 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 .bar.neg{background:#d0644a} .tok{font-family:ui-monospace,monospace;white-space:pre}
 .err{background:#fee;border:1px solid #d99;padding:.5em}
 .cols{display:grid;grid-template-columns:1fr 1fr;gap:2em}
-input{font-size:1em;padding:3px} .muted{color:#777}
+input,select{font-size:1em;padding:3px} .muted{color:#777} form.filters label{color:#555;margin-left:.4em}
+.paging{margin:.6em 0} .scroll{overflow-x:auto}
 """
 
 
@@ -83,28 +85,86 @@ def home(models: list[ModelInfo], alignments: list[AlignmentInfo] | None = None)
                            f"<h2>Models</h2>{table}{aligned}")
 
 
+def _span_bar(value: float, lo: float, hi: float) -> str:
+    """A bar whose length shows where ``|value|`` sits in the shown range [lo, hi] (12–100 px), so close values
+    still differ visibly; a range of one value gets full bars."""
+    t = 1.0 if hi <= lo else (abs(value) - lo) / (hi - lo)
+    return f"<span class='bar{' neg' if value < 0 else ''}' style='width:{12 + 88 * t:.0f}px'></span>"
+
+
+def _score(value: float) -> str:
+    """A score readable at any magnitude (head-map pair scores are products of small numbers)."""
+    return f"{value:.3g}" if value != 0 and (abs(value) < 0.01 or abs(value) >= 1000) else f"{value:.3f}"
+
+
 def _hits_table(hits: list[TokenHit], title: str) -> str:
     if not hits:
         return f"<div><h2>{title}</h2><p class=muted>none</p></div>"
-    scale = max(abs(h.zscore) for h in hits)
+    zs = [abs(h.zscore) for h in hits]
+    lo, hi = min(zs), max(zs)
+    pairs = any(h.source_token is not None for h in hits)
     rows = "".join(
         f"<tr><td><a href='{vector_url(h.model, h.component, h.layer, h.index, h.head, h.checkpoint, h.expert)}'>"
         f"{escape(h.model)} {escape(h.component)} L{h.layer}{'' if h.head is None else f' H{h.head}'}"
         f"{'' if h.expert is None else f' E{h.expert}'} "
         f"#{h.index}</a>"
         f"<div class=muted>{escape(h.checkpoint)} · rank {h.rank}</div></td>"
-        f"<td class=n>{h.zscore:.2f}</td><td>{_bar(h.zscore, scale)}</td></tr>" for h in hits)
-    return f"<div><h2>{title}</h2><table><tr><th>vector</th><th>z</th><th></th></tr>{rows}</table></div>"
+        + (f"<td>{_tok(h.source_token or '')} → {_tok(h.token)}</td>" if pairs else "")
+        + f"<td class=n>{_score(h.score)}</td><td class=n>{h.zscore:.2f}</td><td>{_span_bar(h.zscore, lo, hi)}</td>"
+        "</tr>" for h in hits)
+    head = "<th>vector</th>" + ("<th>source → target</th>" if pairs else "") + "<th>score</th><th>z</th><th></th>"
+    return f"<div><h2>{title}</h2><table><tr>{head}</tr>{rows}</table></div>"
+
+
+ROLE_CHOICES = [("", "writers (default)"), ("reads", "readers"), ("all", "all")]
+
+
+def _filter_form(token: str, f: dict, models: list[str], components: list[str]) -> str:
+    """The search box with its filters: model, component, role, layer, checkpoint, rows per page."""
+    def select(name: str, options: list[tuple[str, str]]) -> str:
+        chosen = str(f.get(name) or "")
+        opts = "".join(f"<option value='{escape(v, quote=True)}'{' selected' if v == chosen else ''}>{escape(t)}"
+                       "</option>" for v, t in options)
+        return f"<label>{name} <select name={name}>{opts}</select></label>"
+
+    layer = "" if f.get("layer") is None else str(f["layer"])
+    return ("<form action='/search' method=get class=filters>"
+            f"<input name=token autofocus placeholder='a token, e.g. paris' value='{escape(token, quote=True)}'> "
+            + select("model", [("", "every model"), *((m, m) for m in models)]) + " "
+            + select("component", [("", "any component"), *((c, c) for c in components)]) + " "
+            + select("role", ROLE_CHOICES)
+            + f" <label>layer <input name=layer size=3 inputmode=numeric value='{escape(layer, quote=True)}'></label>"
+            + f" <label>rows <input name=limit size=3 inputmode=numeric value='{int(f.get('limit') or 20)}'></label>"
+            + (f"<input type=hidden name=checkpoint value='{escape(f['checkpoint'], quote=True)}'>"
+               if f.get("checkpoint") else "")
+            + " <button>search</button></form>")
+
+
+def _page_links(token: str, f: dict, offset: int, limit: int, more: bool) -> str:
+    def link(at: int, text: str) -> str:
+        query = {"token": token, **{k: v for k, v in f.items() if v not in (None, "")}, "offset": at, "limit": limit}
+        return f"<a href='/search?{escape(urlencode(query), quote=True)}'>{text}</a>"
+
+    prev = link(max(0, offset - limit), "← previous") if offset > 0 else "<span class=muted>← previous</span>"
+    nxt = link(offset + limit, "next →") if more else "<span class=muted>next →</span>"
+    return f"<p class=paging>{prev} · rows {offset + 1}–{offset + limit} · {nxt}</p>"
 
 
 def search(token: str, matches: list[TokenMatch], promoters: list[TokenHit], suppressors: list[TokenHit],
-           error: str | None) -> str:
-    body = _search_form(token)
+           error: str | None, filters: dict | None = None, models: list[str] | None = None,
+           components: list[str] | None = None, missing: list[str] | None = None, offset: int = 0,
+           more: bool = False) -> str:
+    f = filters or {}
+    body = _filter_form(token, f, models or [], components or [])
     if error:
         body += f"<p class=err>{escape(error)}</p>"
     elif token:
-        resolved = ", ".join(f"{escape(m.model)}: {_tok(m.token)} (id {m.token_id})" for m in matches)
-        body += (f"<p class=muted>{_tok(token)} is {resolved}</p><div class=cols>"
+        limit = int(f.get("limit") or 20)
+        resolved = ", ".join(f"{escape(m.model)}: {_tok(m.token)} (id {m.token_id}"
+                             + ("" if m.form in ("exact", "id") else f", {escape(m.form)}") + ")" for m in matches)
+        absent = (f"<p class=err>no token for {_tok(token)} in: {escape(', '.join(missing))}</p>" if missing else "")
+        body += (f"<p class=muted>{_tok(token)} is {resolved}</p>{absent}"
+                 f"{_page_links(token, f, offset, limit, more)}<div class=cols>"
                  f"{_hits_table(promoters, 'promoted by')}{_hits_table(suppressors, 'suppressed by')}</div>")
     return _layout(f"search {token}" if token else "search", body)
 
@@ -222,13 +282,61 @@ def training(model: str, component: str, layer: int, index: int, head: int | Non
     return _layout(title, f"<h1>{head_link} {escape(component)} layer {layer}{hd} #{index}</h1>{form}{plot}{table}")
 
 
-def model(m: ModelDetail) -> str:
+def _model_url(name: str, **query: object) -> str:
+    shown = {k: v for k, v in query.items() if v not in (None, "")}
+    return f"/model/{quote(name, safe='')}" + ("?" + urlencode(shown) if shown else "")
+
+
+def _vector_list(m: ModelDetail, listing: VectorPage | None, f: dict, offset: int, error: str | None) -> str:
+    """The model's vectors, sortable by norm or index, a page at a time, each linking to its page."""
+    base = {k: f.get(k) for k in ("component", "layer", "limit")}
+    limit = int(f.get("limit") or 50)
+    comps = "".join(f"<option value='{escape(c.component, quote=True)}'"
+                    f"{' selected' if c.component == f.get('component') else ''}>{escape(c.component)}</option>"
+                    for c in m.components)
+    form = (f"<form method=get action='{_model_url(m.name)}' class=filters><label>component <select name=component>"
+            f"<option value=''>every component</option>{comps}</select></label> <label>layer <input name=layer "
+            f"size=3 value='{escape(str(f.get('layer') or ''), quote=True)}'></label>"
+            f"<input type=hidden name=order value='{escape(str(f.get('order') or 'norm'), quote=True)}'>"
+            " <button>list</button></form>")
+    if error:
+        return form + f"<p class=err>{escape(error)}</p>"
+    if listing is None or not listing.items:
+        return form + "<p class=muted>no vectors</p>"
+
+    def sort(order: str, text: str) -> str:
+        if f.get("order", "norm") == order:
+            return f"{text} ▾"
+        return f"<a href='{escape(_model_url(m.name, **base, order=order), quote=True)}'>{text}</a>"
+
+    norms = [v.norm for v in listing.items]
+    lo, hi = min(norms), max(norms)
+    rows = "".join(
+        f"<tr><td><a href='{vector_url(m.name, v.component, v.layer, v.index, v.head, v.checkpoint, v.expert)}'>"
+        f"{escape(v.component)} L{v.layer}{'' if v.head is None else f' H{v.head}'}"
+        f"{'' if v.expert is None else f' E{v.expert}'} #{v.index}</a></td>"
+        f"<td class=n>{v.norm:.4g}</td><td>{_span_bar(v.norm, lo, hi)}</td>"
+        f"<td>{' '.join(_tok(t) for t in v.top)}</td></tr>" for v in listing.items)
+    here = {**base, "order": f.get("order", "norm")}
+    prev = (f"<a href='{escape(_model_url(m.name, **here, offset=max(0, offset - limit)), quote=True)}'>← previous</a>"
+            if offset > 0 else "<span class=muted>← previous</span>")
+    more = offset + limit < listing.total
+    nxt = (f"<a href='{escape(_model_url(m.name, **here, offset=offset + limit), quote=True)}'>next →</a>"
+           if more else "<span class=muted>next →</span>")
+    paging = (f"<p class=paging>{prev} · vectors {offset + 1}–{offset + len(listing.items)} of {listing.total} · "
+              f"{nxt}</p>")
+    return (f"{form}{paging}<table><tr><th>vector ({sort('index', 'by index')})</th><th>{sort('norm', 'norm')}</th>"
+            f"<th></th><th>top tokens</th></tr>{rows}</table>")
+
+
+def model(m: ModelDetail, listing: VectorPage | None = None, filters: dict | None = None, offset: int = 0,
+          error: str | None = None) -> str:
     info = (f"<p>{escape(m.family)} ({escape(m.model_type)}) · {m.n_layers} layers · d_model {m.d_model} · "
             f"d_ff {m.d_ff} · {m.n_heads} heads · vocabulary {m.vocab_size}</p>")
     ckpts = "".join(f"<tr><td>{escape(c.label)}</td><td class=n>{'' if c.step is None else c.step}</td>"
                     f"<td>{escape(c.basis)}</td><td class=n>{c.top_k}</td><td class=n>{c.n_vectors}</td>"
                     f"<td class=tok>{escape(c.content_hash[:12])}</td></tr>" for c in m.checkpoints)
-    comps = "".join(f"<tr><td><a href='{vector_url(m.name, c.component, 0, 0, 0 if c.heads else None)}'>"
+    comps = "".join(f"<tr><td><a href='{escape(_model_url(m.name, component=c.component), quote=True)}'>"
                     f"{escape(c.component)}</a></td><td class=n>{c.layers}</td>"
                     f"<td class=n>{c.heads or ''}</td>"
                     f"<td class=n>{c.vectors}</td></tr>" for c in m.components)
@@ -236,7 +344,8 @@ def model(m: ModelDetail) -> str:
                            "<th>step</th><th>basis</th><th>top-k</th><th>vectors</th><th>hash</th></tr>"
                            f"{ckpts}</table><h2>components (latest checkpoint)</h2>"
                            "<table><tr><th>component</th>"
-                           f"<th>layers</th><th>heads</th><th>vectors</th></tr>{comps}</table>")
+                           f"<th>layers</th><th>heads</th><th>vectors</th></tr>{comps}</table>"
+                           f"<h2>vectors</h2>{_vector_list(m, listing, filters or {}, offset, error)}")
 
 
 def alignment(run: Alignment) -> str:
@@ -250,9 +359,12 @@ def alignment(run: Alignment) -> str:
              f"{escape(i.checkpoint_b)} (columns) on <b>{escape(i.component)}</b>, per {escape(i.unit)}, basis "
              f"{escape(i.basis)}, over {i.vocab_size} tokens. Cells: mean best vocabulary correlation; white "
              "borders: the Hungarian layer matching.</p>")
-    maps = f"<div class=cols><div><h2>embedding space</h2>{heatmap_svg(run.similarity, marked, title=title)}</div>"
+    axes: dict = {"rows_label": f"{i.model_a} layer", "cols_label": f"{i.model_b} layer"}
+    maps = (f"<div class=cols><div class=scroll><h2>embedding space</h2>"
+            f"{heatmap_svg(run.similarity, marked, title=title, **axes)}</div>")
     if run.raw_similarity is not None:
-        maps += f"<div><h2>raw parameters (baseline)</h2>{heatmap_svg(run.raw_similarity, marked)}</div></div>"
+        maps += (f"<div class=scroll><h2>raw parameters (baseline)</h2>"
+                 f"{heatmap_svg(run.raw_similarity, marked, title=title + ' raw', **axes)}</div></div>")
     else:
         maps += "<div><h2>raw parameters</h2><p class=muted>no baseline: the models' widths differ</p></div></div>"
     pairs = "".join(f"<tr><td class=n>{p.layer_a}</td><td class=n>{p.layer_b}</td><td class=n>{p.score:.3f}</td>"

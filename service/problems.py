@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 
 from queries import SqlRefused, SqlTimeout
 from queries.readonly import SqlTooLarge
-from schema.errors import LensdbError, NotFound, StoreError, UnknownToken
+from schema.errors import InvalidFilter, LensdbError, NotFound, StoreError, UnknownToken
 from service.allowed import Forbidden
 from service.pools import Busy
 
@@ -24,6 +24,7 @@ log = logging.getLogger("lensdb.service")
 # A stable id per kind of error, a title, an HTTP status; the first class that matches wins.
 PROBLEMS: list[tuple[type[LensdbError], int, str, str]] = [
     (UnknownToken, 404, "unknown-token", "Token not found"),
+    (InvalidFilter, 422, "invalid-filter", "No such component, layer, head or expert"),
     (NotFound, 404, "not-found", "Not found"),
     (SqlRefused, 400, "sql-refused", "SQL refused"),
     (SqlTimeout, 408, "sql-timeout", "SQL query timed out"),

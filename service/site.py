@@ -10,13 +10,13 @@ hash), no frames around it.
 import base64
 import hashlib
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
 
-from queries import Lens, UnknownToken
-from schema.errors import LensdbError
+from queries import HitFilter, Lens, UnknownToken
+from schema.errors import InvalidFilter, LensdbError
 from service import pages
 from service.flow import SCRIPT
 from service.owner import StoreOwner
@@ -54,18 +54,28 @@ def page_router(owner: StoreOwner) -> APIRouter:
 
     @router.get("/search", response_class=HTMLResponse)
     async def search_page(token: str = "", model: str | None = None, component: str | None = None,
-                          checkpoint: str | None = None, limit: Limit = 20) -> HTMLResponse:
+                          role: Literal["writes", "reads", "all", ""] = "", layer: str = "",
+                          checkpoint: str | None = None, limit: Limit = 20,
+                          offset: Annotated[Whole, Query(ge=0, le=2**31 - 1)] = 0) -> HTMLResponse:
         def render(lens: Lens) -> str:
+            names = [m.name for m in lens.models()]
+            comps = sorted({c.component for name in ([model] if model in names else names)
+                            for c in lens.component_counts(name)})
+            filters = {"model": model or None, "component": component or None, "role": role or None,
+                       "layer": layer.strip() or None, "checkpoint": checkpoint or None, "limit": limit}
             if not token.strip():
-                return pages.search(token, [], [], [], None)
+                return pages.search(token, [], [], [], None, filters, names, comps)
             try:
-                found = lens.tokens(token, model=model or None)
-                hits = [find(token, model=model or None, component=component or None,
-                             checkpoint=checkpoint or None, limit=limit)
-                        for find in (lens.promoters, lens.suppressors)]
-                return pages.search(token, found, hits[0], hits[1], None)
-            except UnknownToken as err:
-                return pages.search(token, [], [], [], str(err))
+                if filters["layer"] is not None and not str(filters["layer"]).isdigit():
+                    raise InvalidFilter(f"layer must be a whole number, not {layer!r}.")
+                wanted = HitFilter(**{**{k: v for k, v in filters.items() if v is not None}, "offset": offset,
+                                      "layer": None if layer.strip() == "" else int(layer), "limit": limit + 1})
+                hits = [find(token, wanted) for find in (lens.promoters, lens.suppressors)]
+                more = any(len(h) > limit for h in hits)
+                return pages.search(token, hits[0].matches, hits[0][:limit], hits[1][:limit], None, filters, names,
+                                    comps, hits[0].missing, offset, more)
+            except (UnknownToken, InvalidFilter) as err:
+                return pages.search(token, [], [], [], str(err), filters, names, comps)
         return await page(render)
 
     @router.get("/vector/{model}/{component}/{layer}/{index}", response_class=HTMLResponse)
@@ -98,8 +108,22 @@ def page_router(owner: StoreOwner) -> APIRouter:
         return await page(lambda lens: pages.alignment(lens.alignment(alignment_id, limit=50)))
 
     @router.get("/model/{name}", response_class=HTMLResponse)
-    async def model_page(name: str) -> HTMLResponse:
-        return await page(lambda lens: pages.model(lens.model(name)))
+    async def model_page(name: str, component: str | None = None, layer: str = "",
+                         order: Literal["norm", "index"] = "norm", limit: Limit = 50,
+                         offset: Annotated[Whole, Query(ge=0, le=2**31 - 1)] = 0) -> HTMLResponse:
+        def render(lens: Lens) -> str:
+            detail = lens.model(name)
+            chosen = {"component": component or None, "layer": layer.strip() or None, "order": order, "limit": limit}
+            try:
+                if chosen["layer"] is not None and not str(chosen["layer"]).isdigit():
+                    raise InvalidFilter(f"layer must be a whole number, not {layer!r}.")
+                listing = lens.vectors(name, component=component or None,
+                                       layer=None if chosen["layer"] is None else int(layer), order=order,
+                                       limit=limit, offset=offset)
+                return pages.model(detail, listing, chosen, offset)
+            except InvalidFilter as err:
+                return pages.model(detail, None, chosen, offset, str(err))
+        return await page(render)
 
     @router.get("/trace/{trace_id}", response_class=HTMLResponse)
     async def trace_page(trace_id: Whole, position: Whole | None = None) -> HTMLResponse:

@@ -33,7 +33,7 @@ from indexer.analyses.trace import TraceOptions, trace_input
 from indexer.watch.cycle import register_source
 from queries.readonly import Limits
 from queries.remote import ERRORS, RemoteLens
-from schema.errors import LensdbError, NotFound, StoreError, UnknownToken
+from schema.errors import InvalidFilter, LensdbError, NotFound, StoreError, UnknownToken
 from schema.writer import writer
 from service.cli import main
 from service.problems import PROBLEMS
@@ -137,7 +137,7 @@ def test_promoters_and_suppressors(lens: queries.Lens) -> None:
     assert (hits[0].layer, hits[0].index) == (PLANTED_LAYER, PLANTED_INDEX)
     assert {h.checkpoint for h in hits} == {"checkpoint-100", "checkpoint-200"}
     assert lens.promoters("paris", queries.HitFilter(limit=3, offset=1)) == lens.promoters("paris", limit=4)[1:]
-    many = lens.promoters("paris", checkpoint="all", limit=450)  # more than one page of the service
+    many = lens.promoters("paris", checkpoint="all", role="all", limit=450)  # more than one page of the service
     assert len(many) == 450 and many == sorted(many, key=lambda h: -h.zscore)
     assert lens.suppressors(3, model="other")  # by token id
     pairs = lens.promoters("queen", component="attn_ov_pair")
@@ -486,3 +486,40 @@ def test_delete_cancels_a_running_index_job_and_ctrl_c_cancels_index_server(rich
         with httpx.Client(base_url=url) as c:
             assert c.get("/jobs").json()["items"][0]["status"] == "cancelled"
         assert _store_rows(url) == before
+
+
+# ---- issue 18: per-vocabulary tokens, roles, filters that say what exists, frames, vector listings ----------
+
+
+def test_tokens_resolve_per_vocabulary_and_name_the_models_without_them(lens: queries.Lens) -> None:
+    found = lens.tokens("w5")
+    assert {m.model for m in found} == {"tiny", "other"} and found.missing == ["heads"]
+    hits = lens.promoters("w5", limit=5)
+    assert hits.missing == ["heads"] and {m.model for m in hits.matches} == {"tiny", "other"}
+    loose = lens.resolution("PARIS")
+    assert {m.model for m in loose.matches} == {"heads", "other", "tiny"} and loose.missing == []
+    assert {m.form for m in loose.matches} == {"any-case"}
+
+
+def test_searches_default_to_writers_and_filters_list_what_exists(lens: queries.Lens) -> None:
+    readers = {"ff_key", "ff_gate", "attn_q", "attn_k", "attn_v", "attn_ov_svd_in", "attn_qk_svd_q", "attn_qk_svd_k"}
+    writers = lens.promoters("paris", limit=200)
+    assert writers and not {h.component for h in writers} & (readers | {"attn_ov_pair", "attn_qk_pair"})
+    reads = lens.promoters("paris", role="reads", limit=200)
+    assert reads and {h.component for h in reads} <= readers
+    with pytest.raises(InvalidFilter, match="no component 'ff_values'.*ff_value"):
+        lens.promoters("paris", component="ff_values")
+    with pytest.raises(InvalidFilter, match="layer 9 is out of range"):
+        lens.suppressors("paris", layer=9)
+
+
+def test_results_become_data_frames_and_vectors_list_by_norm(lens: queries.Lens) -> None:
+    hits = lens.promoters("paris", limit=7)
+    frame = hits.df()
+    assert len(frame) == 7 and frame["model"].tolist() == [h.model for h in hits]
+    assert lens.models().pl()["name"].to_list() == [m.name for m in lens.models()]
+    page = lens.vectors("tiny", component="ff_value", limit=5)
+    assert page.total > 5 and [v.norm for v in page.items] == sorted((v.norm for v in page.items), reverse=True)
+    assert len(page.df()) == 5
+    by_index = lens.vectors("tiny", component="ff_value", order="index", limit=3)
+    assert [(v.layer, v.index) for v in by_index.items] == [(0, 0), (0, 1), (0, 2)]

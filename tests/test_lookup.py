@@ -13,6 +13,7 @@ import queries
 from queries import sql as q
 from queries.catalog import loaded_words
 from queries.lens import rows_from_lists
+from queries.resolve import exact_in_memory
 from schema.errors import StoreError
 from schema.layout import SCHEMA_VERSION
 from schema.migrations import fill_vector_lists
@@ -36,7 +37,7 @@ def test_warm_resolution_equals_sql_for_every_form(indexed_store: Path) -> None:
         assert loaded_words(cat, lens.path) is not None
         for form in _forms(indexed_store):
             sql = lens._rows(q.resolve_token(form, ignore_case=False))
-            assert lens._exact_in_memory(form, cat) == sql, form
+            assert exact_in_memory(cat, lens.path, form) == sql, form
 
 
 def _older_store(store: Path, tmp_path: Path, change: str) -> Path:

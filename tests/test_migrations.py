@@ -34,6 +34,8 @@ ADDED = {
     "vectors": {"expert": None}, "vector_units": {"expert": None},  # version 3: no old vector is in an expert
     "alignment_runs": {"statistic": "best_signed"},  # version 4: the layer statistic of each alignment
 }
+# Columns later versions added whose values the upgrade derives from each row (checked by their own tests).
+DERIVED = {"vector_units": ["role"]}  # version 5: each unit's role, from its component
 
 
 def _columns(db: Path) -> dict[str, list[str]]:
@@ -91,7 +93,7 @@ def test_the_upgrade_keeps_every_row_and_answers_as_the_old_release_did(
     assert set(after) == set(before) | {"id_counters"}  # version 5: ids from counters, never reused
     new_columns = _columns(v1_store)
     for table, added in ADDED.items():
-        assert [c for c in new_columns[table] if c not in old_columns[table]] == list(added)
+        assert [c for c in new_columns[table] if c not in old_columns[table]] == [*added, *DERIVED.get(table, [])]
         with duckdb.connect(str(v1_store), read_only=True) as con:
             got = con.execute(f"SELECT DISTINCT {', '.join(added)} FROM {table}").fetchall()
         assert got == [tuple(added.values())], table
@@ -123,6 +125,13 @@ def test_the_upgrade_keeps_every_row_and_answers_as_the_old_release_did(
         }
         heads = [r.model_dump(mode="json") for r in lens.head_map("paris", kind="ov")]
     old["alignment_1"]["info"]["statistic"] = "best_signed"  # version 4 names the statistic of old runs
+    # version 5: searches default to the units that write into the stream; the old release listed every unit
+    roles = {c: r for c, r in duckdb.connect(str(v1_store), read_only=True).execute(
+        "SELECT DISTINCT component, role FROM vector_units").fetchall()}
+    for key in ("promoters_paris", "suppressors_paris"):
+        old[key] = [h for h in old[key] if roles[h["component"]] == "writes"]
+        new[key] = new[key][:len(old[key])]
+        assert old[key], key
     for key, answer in new.items():
         assert _before_v3(answer) == old[key], key
     # head-map rows are computed at query time (float32 products): the same heads and targets, scores to 1e-5
@@ -169,3 +178,28 @@ def test_the_service_upgrades_the_store_it_opens(v1_store: Path) -> None:
     finally:
         app.state.owner.close()
     assert _version(v1_store) == str(SCHEMA_VERSION)
+
+
+def test_the_upgrade_gives_every_old_unit_its_components_role(v1_store: Path) -> None:
+    """Units written before roles existed get the role their component's adapter declares: readers (ff_key,
+    attn_q, …) read, head-map pairs are pairs, everything else writes; so a default search finds writers."""
+    from indexer.index.head_maps import PAIRS, SVD_ROLES
+    from indexer.model.adapters import ADAPTERS
+
+    assert main(["upgrade", "--db", str(v1_store)]) == 0
+    declared = {s.name: s.role for adapter in ADAPTERS for s in adapter.components}
+    declared |= SVD_ROLES | {name: "pairs" for name in PAIRS.values()}
+    with duckdb.connect(str(v1_store), read_only=True) as con:
+        got = con.execute("SELECT DISTINCT component, role FROM vector_units ORDER BY 1").fetchall()
+    assert {"ff_key", "ff_value"} <= {c for c, _ in got}
+    assert got == [(c, declared[c]) for c, _ in got]
+
+
+def test_the_upgrades_list_of_reading_components_is_what_the_adapters_declare() -> None:
+    from indexer.index.head_maps import PAIRS, SVD_ROLES
+    from indexer.model.adapters import ADAPTERS
+    from schema.migrations import PAIR_COMPONENTS, READING_COMPONENTS
+
+    declared = {s.name: s.role for adapter in ADAPTERS for s in adapter.components} | SVD_ROLES
+    assert sorted(READING_COMPONENTS) == sorted(c for c, role in declared.items() if role == "reads")
+    assert sorted(PAIR_COMPONENTS) == sorted(PAIRS.values())

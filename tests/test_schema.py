@@ -29,3 +29,19 @@ def test_every_view_and_table_is_documented_in_the_readme() -> None:
     text = README.read_text()
     for name in [v.name for v in VIEWS] + [t.name for t in metadata.sorted_tables if t.name != "lensdb_meta"]:
         assert f"`{name}`" in text, f"README does not document {name}"
+
+
+def test_every_view_column_has_a_comment(store_copy: Path) -> None:
+    """The README says every column has a comment: views' columns too, in a store the writer made or upgraded
+    (upgrade_store rewrites comments and views) and in one `lensdb optimize` rewrote."""
+    from schema.optimize import optimize
+    from schema.writer import upgrade_store
+
+    upgrade_store(store_copy)
+    optimize(store_copy)
+    con = duckdb.connect(str(store_copy), read_only=True)
+    rows = con.execute("SELECT table_name, column_name, comment FROM duckdb_columns() "
+                       "WHERE table_name IN (SELECT view_name FROM duckdb_views() WHERE NOT internal)").fetchall()
+    con.close()
+    assert {r[0] for r in rows} == {v.name for v in VIEWS}
+    assert [f"{t}.{c}" for t, c, comment in rows if not comment] == []

@@ -12,14 +12,16 @@ WORDS = ["paris", "london", "berlin", "rome", "madrid", "king", "queen", "apple"
          "seven", "eight", "dog", "cat", "house", "music", "water", "fire", "stone"]
 
 
-def byte_bpe_tokenizer() -> PreTrainedTokenizerFast:
-    """A GPT-2 style byte-level BPE tokenizer trained on WORDS: ' paris' becomes the single token 'Ġparis'."""
+def byte_bpe_tokenizer(cased: bool = False) -> PreTrainedTokenizerFast:
+    """A GPT-2 style byte-level BPE tokenizer trained on WORDS: ' paris' becomes the single token 'Ġparis'
+    (``cased``: trained on the capitalised words, ' Paris' → 'ĠParis', and no lower-case 'Ġparis')."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=400, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   special_tokens=["<|endoftext|>"], show_progress=False)
-    tok.train_from_iterator([" " + " ".join(WORDS)] * 20, trainer)
+    words = [w.capitalize() for w in WORDS] if cased else WORDS
+    tok.train_from_iterator([" " + " ".join(words)] * 20, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
 
 
@@ -51,7 +53,7 @@ class TinyModel:
     state: dict[str, torch.Tensor]
 
     def token_id(self, word: str) -> int:
-        for candidate in ("Ġ" + word, word):
+        for candidate in ("Ġ" + word, word, "Ġ" + word.capitalize()):
             tid = self.tokenizer.convert_tokens_to_ids(candidate)
             if tid is not None and tid != self.tokenizer.unk_token_id:
                 return int(tid)
@@ -63,10 +65,12 @@ def _plant(unembed: torch.Tensor, tid: int) -> torch.Tensor:
     return unembed[tid] * 8.0
 
 
-def save_gpt2(path: Path, seed: int = 0, n_layer: int = 2, n_embd: int = 32, plant_heads: bool = False) -> TinyModel:
-    """A tiny GPT-2: FF value 1.7 promotes ' paris', 0.3 suppresses ' london', FF key 1.5 reads ' king'."""
+def save_gpt2(path: Path, seed: int = 0, n_layer: int = 2, n_embd: int = 32, plant_heads: bool = False,
+              cased: bool = False) -> TinyModel:
+    """A tiny GPT-2: FF value 1.7 promotes ' paris', 0.3 suppresses ' london', FF key 1.5 reads ' king'
+    (``cased``: its vocabulary has ' Paris', ' London', … and none of the lower-case words)."""
     torch.manual_seed(seed)
-    tokenizer = byte_bpe_tokenizer()
+    tokenizer = byte_bpe_tokenizer(cased)
     cfg = GPT2Config(vocab_size=len(tokenizer), n_positions=16, n_embd=n_embd, n_layer=n_layer, n_head=4,
                      bos_token_id=0, eos_token_id=0)
     model = GPT2LMHeadModel(cfg).eval()

@@ -43,6 +43,8 @@ NEEDS = ("attn_q", "attn_k", "attn_v", "attn_o")
 PAIRS = {"ov": "attn_ov_pair", "qk": "attn_qk_pair"}
 SVD = {"ov": ("attn_ov_svd_in", "attn_ov_svd"), "qk": ("attn_qk_svd_q", "attn_qk_svd_k")}
 COMPONENTS = (*PAIRS.values(), *SVD["ov"], *SVD["qk"])
+SVD_ROLES = {SVD["ov"][0]: "reads", SVD["ov"][1]: "writes", SVD["qk"][0]: "reads", SVD["qk"][1]: "reads"}
+"""The singular directions' roles: the OV map's output side writes into the stream, its input and QK's sides read."""
 
 
 @dataclass(frozen=True)
@@ -130,11 +132,11 @@ def head_pairs(factors: HeadFactors, write: Basis, read: Basis, k: int,
 def svd_vectors(factors: HeadFactors, n: int) -> Iterator[tuple[str, str, torch.Tensor]]:
     """(component, role, σ-scaled directions) for both maps of one head."""
     s, inp, out = svd_directions(factors.ov_left, factors.ov_right, n)
-    yield SVD["ov"][0], "reads", inp * s[:, None]
-    yield SVD["ov"][1], "writes", out * s[:, None]
+    yield SVD["ov"][0], SVD_ROLES[SVD["ov"][0]], inp * s[:, None]
+    yield SVD["ov"][1], SVD_ROLES[SVD["ov"][1]], out * s[:, None]
     s, q_side, k_side = svd_directions(factors.qk_left, factors.qk_right, n)
-    yield SVD["qk"][0], "reads", q_side * s[:, None]
-    yield SVD["qk"][1], "reads", k_side * s[:, None]
+    yield SVD["qk"][0], SVD_ROLES[SVD["qk"][0]], q_side * s[:, None]
+    yield SVD["qk"][1], SVD_ROLES[SVD["qk"][1]], k_side * s[:, None]
 
 
 def _blob(t: torch.Tensor) -> bytes:

@@ -107,7 +107,8 @@ def _index(store: Store, source: Source, adapter: Adapter, plan: list[Unit], voc
         chunk_mb = opts.chunk_mb or (1024 if compute.device.type == "cuda" else 64)
         projector = Projector(opts.top_k, chunk_mb << 20, compute)
         executor = executor_for(opts, ckpt.path, adapter, projector, compute)
-        out = UnitWriter(con, checkpoint_id, cancel)
+        out = UnitWriter(con, checkpoint_id, cancel,
+                         role_of=lambda comp: head_maps.SVD_ROLES.get(comp) or adapter.spec(comp).role)
         compute_flags = compute.flags()
         flags: dict[str, object] = {"version": BASIS_VERSION, "compute": compute_flags,
                                     **({"source": source.flags} if source.flags else {})}

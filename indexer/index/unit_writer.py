@@ -29,10 +29,12 @@ class UnitWriter:
     """
 
     def __init__(self, con: duckdb.DuckDBPyConnection, checkpoint_id: int,
-                 cancel: threading.Event | None = None) -> None:
+                 cancel: threading.Event | None = None, role_of: Callable[[str], str] = lambda name: "writes") -> None:
+        """``role_of``: a component's role as its adapter declares it (writes or reads), kept with each unit."""
         self.con = con
         self.checkpoint_id = checkpoint_id
         self.cancel = cancel
+        self.role_of = role_of
         self.next_vector = peek_id(con, "vectors")
         self.units: list[tuple] = []
         self.n_vectors = 0
@@ -51,7 +53,7 @@ class UnitWriter:
         self.stop_if_cancelled()
         if p.n:
             self.units.append((self.checkpoint_id, p.name, p.layer, p.head, self.next_vector,
-                               self.next_vector + p.n - 1, 0, p.expert))
+                               self.next_vector + p.n - 1, 0, p.expert, self.role_of(p.name)))
         self._write_chunks(p.name, p.layer, p.head, p.chunks, p.expert)
 
     def _write_chunks(self, name: str, layer: int, head: int | None, parts: Iterable[Chunk],
@@ -69,7 +71,7 @@ class UnitWriter:
         self.stop_if_cancelled()
         vid = self.next_vector
         self.next_vector += 1
-        self.units.append((self.checkpoint_id, name, layer, head, vid, vid, 0, None))
+        self.units.append((self.checkpoint_id, name, layer, head, vid, vid, 0, None, "pairs"))
         one = torch.ones(1, dtype=torch.float64)
         vecs = vector_batch(vid, self.checkpoint_id, name, layer, head, 0, one * p.norm, one * p.mean, one * p.std)
         self._submit(functools.partial(self._append, vecs, pair_batch(vid, p), "staged_pairs"))
@@ -112,9 +114,9 @@ class UnitWriter:
         taken_through(self.con, "vectors", self.next_vector - 1)
         if self.units:
             cols = ["checkpoint_id", "component", "layer", "head", "first_vector_id", "last_vector_id", "first_index",
-                    "expert"]
+                    "expert", "role"]
             append_arrow(self.con, "vector_units", pa.table(
-                {c: pa.array([u[i] for u in self.units], pa.string() if c == "component" else pa.int64())
+                {c: pa.array([u[i] for u in self.units], pa.string() if c in ("component", "role") else pa.int64())
                  for i, c in enumerate(cols)}))
         self.con.execute("DROP TABLE staged_tokens")
         self.con.execute("DROP TABLE staged_pairs")
