@@ -21,7 +21,7 @@ from indexer.index.faults import pause_point
 from indexer.index.options import VERSION, IndexOptions, IndexResult
 from indexer.index.plan import Unit, plan_units
 from indexer.index.projector import Projector
-from indexer.index.unit_writer import UnitWriter
+from indexer.index.unit_writer import UnitWriter, run_rows
 from indexer.math.basis import BASIS_VERSION
 from indexer.model.adapters import Adapter, adapter_for
 from indexer.model.checkpoint import Checkpoint
@@ -106,7 +106,7 @@ def _index(db_path: str | Path, con: duckdb.DuckDBPyConnection | None, source: S
         chunk_mb = opts.chunk_mb or (1024 if compute.device.type == "cuda" else 64)
         projector = Projector(opts.top_k, chunk_mb << 20, compute)
         executor = executor_for(opts, ckpt.path, adapter, projector, compute)
-        out = UnitWriter(con, checkpoint_id)
+        out = UnitWriter(con, checkpoint_id, run_rows(chunk_mb << 20))
         compute_flags = compute.flags()
         flags: dict[str, object] = {"version": BASIS_VERSION, "compute": compute_flags,
                                     **({"source": source.flags} if source.flags else {})}
