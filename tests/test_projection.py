@@ -12,7 +12,7 @@ from indexer.math.basis import (
     write_basis,
     write_basis_rows,
 )
-from indexer.math.projection import block_width, chunk_rows, chunks, select_topk_bottomk, topk_bottomk
+from indexer.math.projection import chunk_rows, chunks, topk_bottomk
 from indexer.model.adapters.base import Norm
 
 
@@ -101,33 +101,6 @@ def test_workspace_gives_the_same_answer_as_fresh_buffers() -> None:
         a = topk_bottomk(vectors, basis, 5, vocab_tile=tile)
         b = topk_bottomk(vectors, basis, 5, vocab_tile=tile, workspace=ws)
         assert torch.equal(a.top_ids, b.top_ids) and torch.equal(a.bottom_scores, b.bottom_scores)
-
-
-@pytest.mark.parametrize(("vocab", "k"), [(5000, 1), (5003, 7), (50257, 50), (30522, 20), (64, 5), (200, 50)])
-def test_block_selection_equals_topk(vocab: int, k: int) -> None:
-    """The blocked selection (block extremes, then candidates) returns exactly what two full top-k calls do."""
-    g = torch.Generator().manual_seed(vocab + k)
-    logits = torch.randn(37, vocab, generator=g)
-    logits[3] = 0.0  # a row of ties everywhere: still k scores of the right value
-    logits[4, : vocab // 2] = logits[4, vocab // 2 : 2 * (vocab // 2)]  # every value twice
-    top_s, top_i, bot_s, bot_i = select_topk_bottomk(logits, k)
-    ref_top, ref_bot = logits.topk(k, dim=1), logits.topk(k, dim=1, largest=False)
-    assert torch.equal(top_s, ref_top.values) and torch.equal(bot_s, ref_bot.values)
-    assert torch.equal(logits.gather(1, top_i), top_s) and torch.equal(logits.gather(1, bot_i), bot_s)
-    distinct = [r for r in range(37) if r not in (3, 4)]
-    assert torch.equal(top_i[distinct], ref_top.indices[distinct])
-    assert torch.equal(bot_i[distinct], ref_bot.indices[distinct])
-    assert all(len(set(row)) == k for row in top_i.tolist())  # no column twice, ties or not
-
-
-def test_block_selection_finds_a_planted_extreme_in_the_tail() -> None:
-    vocab, k = 10_007, 3  # 10_007 mod the block width leaves a tail of columns outside every block
-    logits = torch.randn(4, vocab, generator=torch.Generator().manual_seed(0))
-    width = block_width(vocab, k)
-    assert width and vocab % width
-    logits[1, -1], logits[2, -1] = 100.0, -100.0
-    top_s, top_i, bot_s, bot_i = select_topk_bottomk(logits, k)
-    assert top_i[1, 0] == vocab - 1 and bot_i[2, 0] == vocab - 1
 
 
 @pytest.mark.parametrize("mode", ["folded", "raw"])

@@ -55,49 +55,6 @@ def _rescore(vectors: torch.Tensor, basis: torch.Tensor, ids: torch.Tensor, k: i
     return _merge(scores, ids, k, largest)
 
 
-def block_width(vocab: int, k: int) -> int:
-    """Columns per block of ``select_topk_bottomk``: about √(V/k), which balances the two small top-k calls
-    (over V/B block extremes and over k·B candidates); 0 where blocks would not pay (small V or large k)."""
-    width = max(8, int(round((vocab / max(k, 1)) ** 0.5)))
-    return width if vocab >= 4 * k * width else 0
-
-
-def select_topk_bottomk(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact top-k (descending) and bottom-k (ascending) of each row of ``logits``, with their column indices.
-
-    Two ``topk`` calls over V columns each cost about as much as the GEMM at small d. Instead, the columns are cut
-    into blocks of B and one vectorised pass takes every block's max and min (``aminmax``). The k largest entries
-    of a row lie in the k blocks with the largest maxima: an entry x in any other block is exceeded or matched by
-    the maxima of k distinct blocks, so by k other entries, and is not among the k largest (ties aside, which
-    leave the scores unchanged). So top-k runs over those k·B candidates only, bottom-k likewise over the k blocks
-    with the smallest minima; the last V mod B columns are candidates of every row. Cost: one read of the logits
-    plus top-k over V/B and k·B values, against two top-k passes over V.
-    """
-    rows, vocab = logits.shape
-    width = block_width(vocab, k)
-    if width == 0 or logits.device.type != "cpu":  # the GPU's topk is already a fraction of its GEMM
-        top_s, top_i = logits.topk(k, dim=1, largest=True, sorted=True)
-        bot_s, bot_i = logits.topk(k, dim=1, largest=False, sorted=True)
-        return top_s, top_i, bot_s, bot_i
-    n_blocks = vocab // width
-    body = logits[:, : n_blocks * width].view(rows, n_blocks, width)
-    lo, hi = torch.aminmax(body, dim=2)
-    offsets = torch.arange(width, device=logits.device)
-    tail = torch.arange(n_blocks * width, vocab, device=logits.device).expand(rows, -1)
-
-    def side(extremes: torch.Tensor, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        blocks = extremes.topk(k, dim=1, largest=largest, sorted=False).indices
-        cols = (blocks.unsqueeze(2) * width + offsets).reshape(rows, k * width)
-        if tail.shape[1]:
-            cols = torch.cat([cols, tail], dim=1)
-        best, pos = logits.gather(1, cols).topk(k, dim=1, largest=largest, sorted=True)
-        return best, cols.gather(1, pos)
-
-    top_s, top_i = side(hi, True)
-    bot_s, bot_i = side(lo, False)
-    return top_s, top_i, bot_s, bot_i
-
-
 def _running_topk(vectors: torch.Tensor, basis: torch.Tensor, k: int, vocab_tile: int | None,
                   workspace: torch.Tensor | None = None) -> TopBottom:
     vocab = basis.shape[0]
@@ -111,7 +68,8 @@ def _running_topk(vectors: torch.Tensor, basis: torch.Tensor, k: int, vocab_tile
         else:
             logits = torch.mm(vectors, part.T, out=workspace[: vectors.shape[0] * part.shape[0]].view(
                 vectors.shape[0], part.shape[0]))
-        top_s, top_i, bot_s, bot_i = select_topk_bottomk(logits, min(k, logits.shape[1]))
+        top_s, top_i = logits.topk(min(k, logits.shape[1]), dim=1, largest=True, sorted=run is None)
+        bot_s, bot_i = logits.topk(min(k, logits.shape[1]), dim=1, largest=False, sorted=run is None)
         top_i, bot_i = top_i + start, bot_i + start
         if run is not None:
             top_s, top_i = _merge(torch.cat([run.top_scores, top_s], 1), torch.cat([run.top_ids, top_i], 1), k, True)
