@@ -18,6 +18,7 @@ from indexer.index import head_maps
 from indexer.index.compute import Compute, matmul_mode, resolve_compute
 from indexer.index.executors import check_executor, executor_for
 from indexer.index.faults import pause_point
+from indexer.index.memory import bound_heap_growth
 from indexer.index.options import VERSION, IndexOptions, IndexResult
 from indexer.index.plan import Unit, plan_units
 from indexer.index.projector import Projector
@@ -40,6 +41,7 @@ def index_checkpoint(
     ``con``: the process's own open connection to ``db_path`` (``lensdb serve``), written through a cursor.
     """
     opts = options or IndexOptions()
+    bound_heap_growth()  # resident memory = what the run holds (indexer.index.memory)
     started = time.perf_counter()
     started_at = datetime.now()
     compute = resolve_compute(opts.device, opts.precision)

@@ -71,7 +71,7 @@ class Basis:
         return self.matrix if self.carry is None else self.matrix @ self.carry.T
 
 
-def _basis(matrix: torch.Tensor, flags: dict[str, object], block: int = 4096) -> Basis:
+def _basis(matrix: torch.Tensor, flags: dict[str, object], block: int = 1024) -> Basis:
     """Column means (float64) and the covariance of the rows, over row blocks: never a float64 copy of the whole
     matrix (1 GB for a 32000 × 4096 vocabulary). The rows are centred before their products, so no large mean
     cancels later; each block's product runs in float32 (half the time of float64, 2·V·d² FLOPs in all) and the
@@ -94,8 +94,8 @@ def centre_rows(matrix: torch.Tensor) -> torch.Tensor:
     return matrix - matrix.mean(dim=1, keepdim=True)
 
 
-ROW_BLOCK = 4096
-"""Rows of W_U (or W_E) read, converted and folded at a time: 4096 × 4096 × 4 B = 64 MiB for a Llama-sized d."""
+ROW_BLOCK = 1024
+"""Rows of W_U (or W_E) read, converted and folded at a time: 1024 × 4096 × 4 B = 16 MiB for a Llama-sized d."""
 
 
 def row_blocks(matrix: torch.Tensor, rows: int = ROW_BLOCK) -> Iterator[torch.Tensor]:
