@@ -49,8 +49,9 @@ def synthetic_units(layers: int, d_ff: int, vocab: int, k: int, seed: int = 0) -
             bottom = -torch.rand(n, k, generator=g).sort(dim=1, descending=True).values - 1.0
             tb = TopBottom(top, torch.randint(0, vocab, (n, k), generator=g), bottom,
                            torch.randint(0, vocab, (n, k), generator=g))
-            chunks.append(Chunk(start, tb, torch.zeros(n, dtype=torch.float64), torch.full((n,), 0.5, dtype=torch.float64),
-                                torch.ones(n, dtype=torch.float64)))
+            f64 = torch.float64
+            chunks.append(Chunk(start, tb, torch.zeros(n, dtype=f64), torch.full((n,), 0.5, dtype=f64),
+                                torch.ones(n, dtype=f64)))
         out.append((layer, chunks))
     return out
 

@@ -118,7 +118,8 @@ def _assemble(blocks: Iterable[torch.Tensor], shape: tuple[int, int],
             rows = fold(rows)
         stop = start + rows.shape[0]
         if stop > shape[0] or rows.shape[1:] != shape[1:]:
-            raise ValueError(f"row blocks do not fit a {list(shape)} matrix (rows {start}:{stop} of {list(rows.shape)})")
+            raise ValueError(f"row blocks do not fit a {list(shape)} matrix (rows {start}:{stop}, a block of "
+                             f"{list(rows.shape)})")
         out[start:stop] = rows
         if centre_vocab:
             total += rows.sum(dim=0, dtype=torch.float64)
