@@ -10,6 +10,7 @@ each, plus its sort) whatever the size of the model.
 """
 
 import functools
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,7 +31,9 @@ from indexer.index.records import (
     vector_batch,
 )
 from indexer.math.token_maps import Pairs
-from schema.writer import append_arrow, next_id
+from schema.errors import Cancelled
+from schema.ids import peek_id, taken_through
+from schema.writer import append_arrow
 
 
 def run_rows(chunk_bytes: int) -> int:
@@ -59,18 +62,21 @@ class _Run:
 
 
 class UnitWriter:
-    """Writes projected units: assigns vector ids in the order it is given units, and appends their rows
-    from one background thread.
+    """Writes projected units: assigns vector ids in the order it is given units (from the store's counter,
+    recorded as taken in ``finish``), and appends their rows from one background thread.
 
     The DuckDB appends (and the sort and Arrow batches behind them) overlap with the next chunks' GEMM; one run
     is appended while the next is buffered, so memory stays at one chunk of logits plus two runs of token rows.
+    ``cancel``: when set, the next unit written raises ``Cancelled`` (the run's transaction then rolls back).
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, checkpoint_id: int, run_rows: int = RUN_ROWS) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, checkpoint_id: int,
+                 cancel: threading.Event | None = None, run_rows: int = RUN_ROWS) -> None:
         self.con = con
         self.checkpoint_id = checkpoint_id
+        self.cancel = cancel
         self.run_rows = max(1, run_rows)
-        self.next_vector = next_id(con, "vectors", "vector_id")
+        self.next_vector = peek_id(con, "vectors")
         self.units: list[tuple] = []
         self.n_vectors = 0
         self.n_projections = 0
@@ -80,8 +86,13 @@ class UnitWriter:
         self._run: _Run = _Run()
         con.execute("CREATE TEMP TABLE staged_pairs AS SELECT * FROM head_pairs LIMIT 0")
 
+    def stop_if_cancelled(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("the index run was cancelled; nothing of it was written.")
+
     def write(self, p: Projected) -> None:
         """Write one projected part; its vectors get one contiguous block of ids, recorded in ``vector_units``."""
+        self.stop_if_cancelled()
         if p.n:
             self.units.append((self.checkpoint_id, p.name, p.layer, p.head, self.next_vector,
                                self.next_vector + p.n - 1, 0, p.expert))
@@ -106,6 +117,7 @@ class UnitWriter:
 
     def pairs(self, name: str, layer: int, head: int, p: Pairs) -> None:
         """One head map: a vector row carrying the map's statistics, and its pairs staged for head_pairs."""
+        self.stop_if_cancelled()
         vid = self.next_vector
         self.next_vector += 1
         self.units.append((self.checkpoint_id, name, layer, head, vid, vid, 0, None))
@@ -157,7 +169,9 @@ class UnitWriter:
         """Append the last run, then the staged head-map pairs sorted by token_id (token lookups skip row groups)."""
         self.flush()
         self.drain()
-        self.con.execute("INSERT INTO head_pairs SELECT * FROM staged_pairs ORDER BY token_id, vector_id")
+        self.stop_if_cancelled()
+        self.con.execute("INSERT INTO head_pairs BY NAME SELECT * FROM staged_pairs ORDER BY token_id, vector_id")
+        taken_through(self.con, "vectors", self.next_vector - 1)
         if self.units:
             cols = ["checkpoint_id", "component", "layer", "head", "first_vector_id", "last_vector_id", "first_index",
                     "expert"]
