@@ -142,7 +142,7 @@ def main() -> None:
     chunk = 64 * MiB
     print(f"{args.shape}: components {', '.join(components)}; {args.layers} layers, d={args.d}, d_ff={args.d_ff}, "
           f"vocab={args.vocab}")
-    rows = [("model on disk (bf16)", model_bytes / MiB), ("basis fp32 [vocab, d]", basis / MiB),
+    rows = [("model on disk", model_bytes / MiB), ("basis fp32 [vocab, d]", basis / MiB),
             ("largest one-layer component fp32", layer / MiB), ("one chunk of logits", chunk / MiB),
             ("basis + layer + chunk", (basis + layer + chunk) / MiB),
             ("import floor (torch, transformers, duckdb)", floor),
