@@ -47,6 +47,9 @@ lint: install
 bench: install
 	$(PY) bench/cli_latency.py
 	$(PY) bench/index_throughput.py
+	$(PY) bench/writer_throughput.py --repeats 5
+	$(PY) bench/index_memory.py
+	$(PY) bench/index_memory.py --shape gpt2-medium
 	$(PY) bench/query_scale.py --cold 15 --queries 60 --keep
 	$(PY) bench/check_scale.py  # on the store query_scale built (and kept), then removes it
 	$(PY) bench/service_latency.py

@@ -3,7 +3,15 @@
 import pytest
 import torch
 
-from indexer.math.basis import fold_reader, logit_stats, read_basis, write_basis
+from indexer.math.basis import (
+    fold_reader,
+    logit_stats,
+    read_basis,
+    read_basis_rows,
+    row_blocks,
+    write_basis,
+    write_basis_rows,
+)
 from indexer.math.projection import chunk_rows, chunks, topk_bottomk
 from indexer.model.adapters.base import Norm
 
@@ -93,3 +101,32 @@ def test_workspace_gives_the_same_answer_as_fresh_buffers() -> None:
         a = topk_bottomk(vectors, basis, 5, vocab_tile=tile)
         b = topk_bottomk(vectors, basis, 5, vocab_tile=tile, workspace=ws)
         assert torch.equal(a.top_ids, b.top_ids) and torch.equal(a.bottom_scores, b.bottom_scores)
+
+
+@pytest.mark.parametrize("mode", ["folded", "raw"])
+@pytest.mark.parametrize("norm_kind", ["layernorm", "rmsnorm", None])
+@pytest.mark.parametrize("rows", [1, 7, 300, 1000])
+def test_basis_from_row_blocks_equals_basis_from_the_matrix(mode: str, norm_kind: str | None, rows: int) -> None:
+    """W_U read in row blocks (any block size, bf16 blocks included) gives the basis folded from the whole matrix."""
+    g = torch.Generator().manual_seed(rows)
+    unembed = (torch.randn(301, 12, generator=g) + 0.3).to(torch.bfloat16)
+    norm = None if norm_kind is None else Norm(norm_kind, torch.rand(12, generator=g) + 0.5)
+    whole = write_basis(unembed.float(), norm, mode)  # type: ignore[arg-type]
+    blocked = write_basis_rows(row_blocks(unembed, rows), (301, 12), norm, mode)  # type: ignore[arg-type]
+    assert blocked.flags == whole.flags
+    assert blocked.matrix.dtype == torch.float32
+    assert torch.allclose(blocked.matrix, whole.matrix, atol=1e-6)
+    assert torch.allclose(blocked.col_mean, whole.col_mean, atol=1e-7)
+    assert torch.allclose(blocked.cov, whole.cov, atol=1e-6)
+    for centre in (True, False):
+        a = read_basis(unembed.float(), "unembedding", mode, centre_vocab=centre)  # type: ignore[arg-type]
+        if centre:
+            b = read_basis_rows(row_blocks(unembed, rows), (301, 12), "unembedding", mode)  # type: ignore[arg-type]
+            assert a.flags == b.flags and torch.allclose(a.matrix, b.matrix, atol=1e-6)
+
+
+def test_row_blocks_that_do_not_fit_are_refused() -> None:
+    with pytest.raises(ValueError, match="hold 10 rows"):
+        write_basis_rows(row_blocks(torch.ones(10, 4), 3), (12, 4), None, "folded")
+    with pytest.raises(ValueError, match="do not fit"):
+        write_basis_rows(row_blocks(torch.ones(10, 5), 3), (10, 4), None, "folded")

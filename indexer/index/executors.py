@@ -39,6 +39,7 @@ class LocalExecutor:
                 parts = [p for p in parts if bool(p.vectors.any())]
             yield name, layer, basis.flags, (self.projector.stream(p.name, p.layer, p.head, unit_vectors(p, mode),
                                                                    basis, p.expert) for p in parts)
+            del parts  # before the next unit is read: one layer's vectors in memory, not two
 
 
 def check_executor(opts: IndexOptions) -> None:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import torch
 
 from indexer.index.compute import Compute
-from indexer.math.basis import Basis, BasisMode, fold_reader, read_basis, write_basis
+from indexer.math.basis import ROW_BLOCK, Basis, BasisMode, fold_reader, read_basis_rows, write_basis_rows
 from indexer.math.carry import path_map
 from indexer.model.adapters import Adapter
 from indexer.model.adapters.base import Component, Role, Stage
@@ -33,11 +33,13 @@ def plan_units(adapter: Adapter, components: list[str] | None) -> list[Unit]:
 def role_basis(adapter: Adapter, role: str, mode: BasisMode, compute: Compute,
                reader: str = "unembedding") -> Basis:
     """The basis a role's vectors are projected on, on the compute device."""
+    # W_U (W_E) is read, converted and folded ROW_BLOCK rows at a time: the basis and one block in memory
+    shape = (adapter.dims.vocab_size, adapter.dims.d_model)
     if role == "writes":
-        basis = write_basis(adapter.unembedding(), adapter.final_norm(), mode)
+        basis = write_basis_rows(adapter.unembedding_blocks(ROW_BLOCK), shape, adapter.final_norm(), mode)
     else:
-        matrix = adapter.embedding() if reader == "embedding" else adapter.unembedding()
-        basis = read_basis(matrix, reader, mode)
+        blocks = adapter.embedding_blocks(ROW_BLOCK) if reader == "embedding" else adapter.unembedding_blocks(ROW_BLOCK)
+        basis = read_basis_rows(blocks, shape, reader, mode)
     return basis.to(compute.device, torch.bfloat16 if compute.precision == "bf16" else None)
 
 

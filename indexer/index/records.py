@@ -29,27 +29,55 @@ def vector_batch(
 
 
 _SIDES = pa.array(["top", "bottom"], pa.string())
+TOKEN_ROW_BYTES = 23
+"""Bytes of one buffered token row: vector_id 8, side 1, rank 2, token_id 4, score 4, z-score 4."""
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's values as numpy without a copy. The writer's arithmetic runs in numpy: one thread, no
+    intra-op pool to contend with the GEMM for the same cores."""
+    return t.detach().numpy()
+
+
+def token_columns(first_id: int, tb: TopBottom, mean: torch.Tensor, std: torch.Tensor) -> dict[str, np.ndarray]:
+    """One chunk's token rows as numpy columns, in vector order: per vector its top k then its bottom k, rank 1 =
+    strongest. ``side`` is 0 (top) or 1 (bottom)."""
+    n, k = tb.top_scores.shape
+    scores = np.concatenate([_np(tb.top_scores), _np(tb.bottom_scores)], axis=1).astype(np.float32)
+    # from the statistics as the vectors table stores them (FLOAT): every stored z-score then equals
+    # (score - logit_mean) / logit_std recomputed from the stored columns (vector_lists relies on it)
+    m = _np(mean).astype(np.float32).astype(np.float64)
+    sd = _np(std).astype(np.float32).astype(np.float64)
+    sd = np.where(sd > 0, sd, 1.0)
+    z = (scores.astype(np.float64) - m[:, None]) / sd[:, None]
+    return {
+        "vector_id": np.repeat(np.arange(first_id, first_id + n, dtype=np.int64), 2 * k),
+        "side": np.tile(np.repeat(np.array([0, 1], dtype=np.int8), k), n),
+        "rank": np.tile(np.arange(1, k + 1, dtype=np.int16), 2 * n),
+        "token_id": np.concatenate([_np(tb.top_ids), _np(tb.bottom_ids)], axis=1).reshape(-1).astype(np.int32),
+        "score": scores.reshape(-1),
+        "zscore": z.reshape(-1).astype(np.float32),
+    }
+
+
+def token_table(columns: dict[str, np.ndarray]) -> pa.Table:
+    """Token rows as the Arrow table ``vector_tokens`` takes (``side`` dictionary-encoded: cheap to build)."""
+    return pa.table({name: pa.DictionaryArray.from_arrays(pa.array(values), _SIDES) if name == "side" else values
+                     for name, values in columns.items()})
+
+
+def sorted_token_run(parts: list[dict[str, np.ndarray]]) -> pa.Table:
+    """Chunks' token rows (given in ascending vector order) as one table sorted by (token_id, vector_id): a
+    stable sort by token id alone (torch's radix sort, linear in the rows) keeps each token's rows in vector order.
+    Appended as one run, every row group of it spans a narrow range of token ids, so lookups skip the rest."""
+    columns = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    order = torch.sort(torch.from_numpy(columns["token_id"]), stable=True).indices.numpy()
+    return token_table({name: values[order] for name, values in columns.items()})
 
 
 def projection_batch(first_id: int, tb: TopBottom, mean: torch.Tensor, std: torch.Tensor) -> pa.Table:
-    """One row per (vector, side, rank), rank 1 = strongest; ``side`` dictionary-encoded (cheap to build)."""
-    n, k = tb.top_scores.shape
-    scores = torch.cat([tb.top_scores, tb.bottom_scores], dim=1).to(torch.float64)
-    token_ids = torch.cat([tb.top_ids, tb.bottom_ids], dim=1)
-    # from the statistics as the vectors table stores them (FLOAT): every stored z-score then equals
-    # (score - logit_mean) / logit_std recomputed from the stored columns (vector_lists relies on it)
-    mean, std = mean.to(torch.float32).to(torch.float64), std.to(torch.float32).to(torch.float64)
-    sd = torch.where(std > 0, std, torch.ones_like(std))
-    z = (scores - mean[:, None]) / sd[:, None]
-    side = np.tile(np.repeat(np.array([0, 1], dtype=np.int8), k), n)
-    return pa.table({
-        "vector_id": np.repeat(np.arange(first_id, first_id + n, dtype=np.int64), 2 * k),
-        "side": pa.DictionaryArray.from_arrays(pa.array(side), _SIDES),
-        "rank": np.tile(np.arange(1, k + 1, dtype=np.int16), 2 * n),
-        "token_id": token_ids.reshape(-1).to(torch.int32).numpy(),
-        "score": scores.reshape(-1).to(torch.float32).numpy(),
-        "zscore": z.reshape(-1).to(torch.float32).numpy(),
-    })
+    """One chunk's token rows in vector order, one row per (vector, side, rank)."""
+    return token_table(token_columns(first_id, tb, mean, std))
 
 
 def list_batch(first_id: int, tb: TopBottom) -> pa.Table:

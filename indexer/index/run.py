@@ -19,10 +19,11 @@ from indexer.index import head_maps
 from indexer.index.compute import Compute, matmul_mode, resolve_compute
 from indexer.index.executors import check_executor, executor_for
 from indexer.index.faults import pause_point
+from indexer.index.memory import bound_heap_growth
 from indexer.index.options import VERSION, IndexOptions, IndexResult
 from indexer.index.plan import Unit, plan_units
 from indexer.index.projector import Projector
-from indexer.index.unit_writer import UnitWriter
+from indexer.index.unit_writer import UnitWriter, run_rows
 from indexer.math.basis import BASIS_VERSION
 from indexer.model.adapters import Adapter, adapter_for
 from indexer.model.checkpoint import Checkpoint
@@ -43,6 +44,7 @@ def index_checkpoint(
     ``cancel``: when set, the run stops at the next projected unit and nothing of it is written.
     """
     opts = options or IndexOptions()
+    bound_heap_growth()  # resident memory = what the run holds (indexer.index.memory)
     started = time.perf_counter()
     started_at = datetime.now()
     compute = resolve_compute(opts.device, opts.precision)
@@ -107,7 +109,7 @@ def _index(store: Store, source: Source, adapter: Adapter, plan: list[Unit], voc
         chunk_mb = opts.chunk_mb or (1024 if compute.device.type == "cuda" else 64)
         projector = Projector(opts.top_k, chunk_mb << 20, compute)
         executor = executor_for(opts, ckpt.path, adapter, projector, compute)
-        out = UnitWriter(con, checkpoint_id, cancel,
+        out = UnitWriter(con, checkpoint_id, cancel, run_rows(chunk_mb << 20),
                          role_of=lambda comp: head_maps.SVD_ROLES.get(comp) or adapter.spec(comp).role)
         compute_flags = compute.flags()
         flags: dict[str, object] = {"version": BASIS_VERSION, "compute": compute_flags,

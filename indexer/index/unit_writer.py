@@ -1,4 +1,13 @@
-"""The write step of a run: projected units in, rows appended to the store inside the run's transaction."""
+"""The write step of a run: projected units in, rows appended to the store inside the run's transaction.
+
+Token rows are not staged and sorted again at commit: the writer buffers them as numpy columns up to a run of
+``run_rows`` rows, sorts that run by token id (a stable radix sort, linear in its rows) and appends it to
+``vector_tokens`` with one Arrow insert, beside the run's ``vectors`` and ``vector_lists`` rows. A checkpoint
+that fits one run (every checkpoint up to ``run_rows`` token rows) is stored exactly as before, one run sorted
+by (token_id, vector_id); a larger one as several such runs, each of whose row groups spans a narrow range of
+token ids, so a lookup reads about one row group per run. Memory: one run of buffered rows (``TOKEN_ROW_BYTES``
+each, plus its sort) whatever the size of the model.
+"""
 
 import functools
 import threading
@@ -7,41 +16,78 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import torch
 
 from indexer.index.faults import pause_point
 from indexer.index.projector import Chunk, Projected
-from indexer.index.records import list_batch, pair_batch, projection_batch, vector_batch
+from indexer.index.records import (
+    TOKEN_ROW_BYTES,
+    list_batch,
+    pair_batch,
+    sorted_token_run,
+    token_columns,
+    vector_batch,
+)
 from indexer.math.token_maps import Pairs
 from schema.errors import Cancelled
 from schema.ids import peek_id, taken_through
 from schema.writer import append_arrow
 
 
+def run_rows(chunk_bytes: int) -> int:
+    """Token rows buffered per sorted run: four chunks' worth of bytes with the sort's gathered copy and its order
+    (64 MiB chunks on the CPU: ~5 M rows, MiniLM's whole index in one run; 1 GiB chunks on a GPU: ~80 M rows)."""
+    return max(1, 4 * chunk_bytes // (2 * TOKEN_ROW_BYTES + 8))
+
+
+RUN_ROWS = run_rows(64 << 20)
+
+
+class _Run:
+    """Rows of consecutive chunks waiting to be appended together: vector rows, token columns, vector lists."""
+
+    def __init__(self) -> None:
+        self.vectors: list[pa.Table] = []
+        self.tokens: list[dict[str, np.ndarray]] = []
+        self.lists: list[pa.Table] = []
+        self.rows = 0
+
+    def add(self, vectors: pa.Table, tokens: dict[str, np.ndarray], lists: pa.Table) -> None:
+        self.vectors.append(vectors)
+        self.tokens.append(tokens)
+        self.lists.append(lists)
+        self.rows += len(tokens["token_id"])
+
+
 class UnitWriter:
     """Writes projected units: assigns vector ids in the order it is given units (from the store's counter,
     recorded as taken in ``finish``), and appends their rows from one background thread.
 
-    The DuckDB appends (and the Arrow batches behind them) overlap with the next chunk's GEMM; at most two
-    chunks wait at a time, so memory stays at one chunk of logits plus two chunks of top-k rows.
+    The DuckDB appends (and the sort and Arrow batches behind them) overlap with the next chunks' GEMM; one run
+    is appended while the next is buffered, so memory stays at one chunk of logits plus two runs of token rows.
     ``cancel``: when set, the next unit written raises ``Cancelled`` (the run's transaction then rolls back).
     """
 
     def __init__(self, con: duckdb.DuckDBPyConnection, checkpoint_id: int,
-                 cancel: threading.Event | None = None, role_of: Callable[[str], str] = lambda name: "writes") -> None:
-        """``role_of``: a component's role as its adapter declares it (writes or reads), kept with each unit."""
+                 cancel: threading.Event | None = None, run_rows: int = RUN_ROWS,
+                 role_of: Callable[[str], str] = lambda name: "writes") -> None:
+        """``role_of``: a component's role as its adapter declares it (writes or reads), kept with each unit;
+        ``run_rows``: token rows buffered into one sorted run before it is appended."""
         self.con = con
         self.checkpoint_id = checkpoint_id
         self.cancel = cancel
+        self.run_rows = max(1, run_rows)
         self.role_of = role_of
         self.next_vector = peek_id(con, "vectors")
         self.units: list[tuple] = []
         self.n_vectors = 0
         self.n_projections = 0
+        self.n_runs = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lensdb-append")
         self._pending: deque[Future[None]] = deque()
-        con.execute("CREATE TEMP TABLE staged_tokens AS SELECT * FROM vector_tokens LIMIT 0")
+        self._run: _Run = _Run()
         con.execute("CREATE TEMP TABLE staged_pairs AS SELECT * FROM head_pairs LIMIT 0")
 
     def stop_if_cancelled(self) -> None:
@@ -61,10 +107,17 @@ class UnitWriter:
         for c in parts:
             first = self.next_vector
             self.next_vector += int(c.norm.shape[0])
-            vecs = vector_batch(first, self.checkpoint_id, name, layer, head, c.first_index, c.norm, c.mean, c.std,
-                                expert)
-            rows = projection_batch(first, c.tb, c.mean, c.std)
-            self._submit(functools.partial(self._append, vecs, rows, lists=list_batch(first, c.tb)))
+            self._run.add(vector_batch(first, self.checkpoint_id, name, layer, head, c.first_index, c.norm, c.mean,
+                                       c.std, expert),
+                          token_columns(first, c.tb, c.mean, c.std), list_batch(first, c.tb))
+            if self._run.rows >= self.run_rows:
+                self.flush()
+
+    def flush(self) -> None:
+        """Hand the buffered run to the append thread: sorted by token there, appended as one run."""
+        run, self._run = self._run, _Run()
+        if run.vectors:
+            self._submit(functools.partial(self._append_run, run))
 
     def pairs(self, name: str, layer: int, head: int, p: Pairs) -> None:
         """One head map: a vector row carrying the map's statistics, and its pairs staged for head_pairs."""
@@ -74,25 +127,36 @@ class UnitWriter:
         self.units.append((self.checkpoint_id, name, layer, head, vid, vid, 0, None, "pairs"))
         one = torch.ones(1, dtype=torch.float64)
         vecs = vector_batch(vid, self.checkpoint_id, name, layer, head, 0, one * p.norm, one * p.mean, one * p.std)
-        self._submit(functools.partial(self._append, vecs, pair_batch(vid, p), "staged_pairs"))
+        self.flush()  # the buffered vectors come first: vector rows stay in id order
+        self._submit(functools.partial(self._append_pairs, vecs, pair_batch(vid, p)))
 
-    def _append(self, vecs: pa.Table, rows: pa.Table, staged: str = "staged_tokens",
-                lists: pa.Table | None = None) -> None:
+    def _append_pairs(self, vecs: pa.Table, rows: pa.Table) -> None:
         append_arrow(self.con, "vectors", vecs)
-        append_arrow(self.con, staged, rows)
-        if lists is not None:  # ids ascend across appends, so vector_lists stays sorted by vector_id
-            append_arrow(self.con, "vector_lists", lists)
+        append_arrow(self.con, "staged_pairs", rows)
         self.n_vectors += vecs.num_rows
         self.n_projections += rows.num_rows
         pause_point("write")
 
+    def _append_run(self, run: "_Run") -> None:
+        tokens = sorted_token_run(run.tokens)
+        append_arrow(self.con, "vectors", pa.concat_tables(run.vectors))
+        append_arrow(self.con, "vector_tokens", tokens)
+        # ids ascend across runs, so vector_lists stays sorted by vector_id
+        append_arrow(self.con, "vector_lists", pa.concat_tables(run.lists))
+        self.n_vectors += sum(v.num_rows for v in run.vectors)
+        self.n_projections += tokens.num_rows
+        self.n_runs += 1
+        pause_point("write")
+
     def _submit(self, job: Callable[[], None]) -> None:
-        while len(self._pending) >= 2:
+        while self._pending:  # one append in flight: two runs in memory at most
             self._pending.popleft().result()
         self._pending.append(self._pool.submit(job))
 
     def drain_pending(self) -> None:
-        """Wait for the appends in flight (the connection is then free for this thread)."""
+        """Append what is buffered and wait for the appends in flight (the connection is then free for this
+        thread)."""
+        self.flush()
         while self._pending:
             self._pending.popleft().result()
 
@@ -106,10 +170,10 @@ class UnitWriter:
             self._pool.shutdown(wait=True)
 
     def finish(self) -> None:
-        """Move staged rows into vector_tokens sorted by token_id, so token lookups skip row groups."""
+        """Append the last run, then the staged head-map pairs sorted by token_id (token lookups skip row groups)."""
+        self.flush()
         self.drain()
         self.stop_if_cancelled()
-        self.con.execute("INSERT INTO vector_tokens BY NAME SELECT * FROM staged_tokens ORDER BY token_id, vector_id")
         self.con.execute("INSERT INTO head_pairs BY NAME SELECT * FROM staged_pairs ORDER BY token_id, vector_id")
         taken_through(self.con, "vectors", self.next_vector - 1)
         if self.units:
@@ -118,5 +182,4 @@ class UnitWriter:
             append_arrow(self.con, "vector_units", pa.table(
                 {c: pa.array([u[i] for u in self.units], pa.string() if c in ("component", "role") else pa.int64())
                  for i, c in enumerate(cols)}))
-        self.con.execute("DROP TABLE staged_tokens")
         self.con.execute("DROP TABLE staged_pairs")

@@ -11,6 +11,7 @@ readers through every norm between the embedding and their read. ``raw`` is the 
 use it.
 """
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -70,7 +71,7 @@ class Basis:
         return self.matrix if self.carry is None else self.matrix @ self.carry.T
 
 
-def _basis(matrix: torch.Tensor, flags: dict[str, object], block: int = 4096) -> Basis:
+def _basis(matrix: torch.Tensor, flags: dict[str, object], block: int = 1024) -> Basis:
     """Column means (float64) and the covariance of the rows, over row blocks: never a float64 copy of the whole
     matrix (1 GB for a 32000 × 4096 vocabulary). The rows are centred before their products, so no large mean
     cancels later; each block's product runs in float32 (half the time of float64, 2·V·d² FLOPs in all) and the
@@ -93,6 +94,45 @@ def centre_rows(matrix: torch.Tensor) -> torch.Tensor:
     return matrix - matrix.mean(dim=1, keepdim=True)
 
 
+ROW_BLOCK = 1024
+"""Rows of W_U (or W_E) read, converted and folded at a time: 1024 × 4096 × 4 B = 16 MiB for a Llama-sized d."""
+
+
+def row_blocks(matrix: torch.Tensor, rows: int = ROW_BLOCK) -> Iterator[torch.Tensor]:
+    """A matrix as consecutive row blocks (views, no copies): the form ``write_basis_rows`` takes."""
+    for start in range(0, matrix.shape[0], rows):
+        yield matrix[start : start + rows]
+
+
+def _assemble(blocks: Iterable[torch.Tensor], shape: tuple[int, int],
+              fold: Callable[[torch.Tensor], torch.Tensor] | None, centre_vocab: bool) -> torch.Tensor:
+    """The ``[V, d]`` float32 matrix from consecutive row blocks, each folded as it arrives, then centred over
+    the vocabulary in place (the column mean summed in float64). Holds the result and one block, never a second
+    vocabulary-sized matrix: a checkpoint's bf16 W_U is never converted or folded whole."""
+    out = torch.empty(shape, dtype=torch.float32)
+    total = torch.zeros(shape[1], dtype=torch.float64)
+    start = 0
+    for block in blocks:
+        rows = block.to(torch.float32)
+        if fold is not None:
+            rows = fold(rows)
+        stop = start + rows.shape[0]
+        if stop > shape[0] or rows.shape[1:] != shape[1:]:
+            raise ValueError(f"row blocks do not fit a {list(shape)} matrix (rows {start}:{stop}, a block of "
+                             f"{list(rows.shape)})")
+        out[start:stop] = rows
+        if centre_vocab:
+            total += rows.sum(dim=0, dtype=torch.float64)
+        start = stop
+    if start != shape[0]:
+        raise ValueError(f"row blocks hold {start} rows, not the {shape[0]} of the matrix")
+    if centre_vocab:
+        mean = (total / shape[0]).to(torch.float32)
+        for part in row_blocks(out):
+            part.sub_(mean)
+    return out
+
+
 def folded_unembedding(unembedding: torch.Tensor, final_norm: Norm | None) -> torch.Tensor:
     """W_U with the final norm's gain folded in, centred across d (LayerNorm) and across the vocabulary: the
     matrix of the folded write basis, without its statistics (traces read vectors through it)."""
@@ -104,15 +144,40 @@ def folded_unembedding(unembedding: torch.Tensor, final_norm: Norm | None) -> to
     return m
 
 
+def _final_fold(final_norm: Norm | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What the final norm does to each row of W_U: its gain, then (LayerNorm) the centring across d."""
+    if final_norm is None:
+        return None
+    gain, layernorm = final_norm.weight.to(torch.float32), final_norm.kind == "layernorm"
+
+    def fold(rows: torch.Tensor) -> torch.Tensor:
+        rows = rows * gain
+        return rows.sub_(rows.mean(dim=1, keepdim=True)) if layernorm else rows
+
+    return fold
+
+
 def write_basis(unembedding: torch.Tensor, final_norm: Norm | None, mode: BasisMode) -> Basis:
     """The basis that reads what a vector writes into the stream as output logits."""
     if mode == "raw":
-        return _basis(unembedding, {"matrix": "unembedding", "final_norm_gain": False, "centre_d": False,
-                                    "centre_vocab": False})
-    m = folded_unembedding(unembedding, final_norm)
+        return _basis(unembedding, _WRITE_RAW)
+    return write_basis_rows(row_blocks(unembedding), (unembedding.shape[0], unembedding.shape[1]), final_norm, mode)
+
+
+_WRITE_RAW: dict[str, object] = {"matrix": "unembedding", "final_norm_gain": False, "centre_d": False,
+                                 "centre_vocab": False}
+
+
+def write_basis_rows(blocks: Iterable[torch.Tensor], shape: tuple[int, int], final_norm: Norm | None,
+                     mode: BasisMode) -> Basis:
+    """``write_basis`` from W_U's rows block by block (``Adapter.unembedding_blocks``): peak memory is the basis
+    and one block, whatever the checkpoint's dtype."""
+    if mode == "raw":
+        return _basis(_assemble(blocks, shape, None, centre_vocab=False), _WRITE_RAW)
     layernorm = final_norm is not None and final_norm.kind == "layernorm"
-    return _basis(m, {"matrix": "unembedding", "final_norm_gain": final_norm is not None,
-                      "centre_d": layernorm, "centre_vocab": True, "carry": CARRY_RULE["writes"]})
+    return _basis(_assemble(blocks, shape, _final_fold(final_norm), centre_vocab=True),
+                  {"matrix": "unembedding", "final_norm_gain": final_norm is not None, "centre_d": layernorm,
+                   "centre_vocab": True, "carry": CARRY_RULE["writes"]})
 
 
 def read_basis(matrix: torch.Tensor, matrix_name: str, mode: BasisMode, centre_vocab: bool = True) -> Basis:
@@ -120,11 +185,23 @@ def read_basis(matrix: torch.Tensor, matrix_name: str, mode: BasisMode, centre_v
 
     ``centre_vocab=False`` for head maps: a bilinear map's reading side must not be centred over the vocabulary
     ((e_a − μ)·M·e_b shifts each target b by its own −μ·M·e_b), as TransformerLens leaves W_E uncentred there."""
+    if mode == "raw" or not centre_vocab:
+        return _basis(matrix, _read_flags(matrix_name, mode, centre_vocab))
+    return read_basis_rows(row_blocks(matrix), (matrix.shape[0], matrix.shape[1]), matrix_name, mode)
+
+
+def _read_flags(matrix_name: str, mode: BasisMode, centre_vocab: bool) -> dict[str, object]:
     if mode == "raw":
-        return _basis(matrix, {"matrix": matrix_name, "reader_norm_gain": False, "centre_vocab": False})
-    flags: dict[str, object] = {"matrix": matrix_name, "reader_norm_gain": True, "centre_vocab": centre_vocab,
-                                "carry": CARRY_RULE["reads"]}
-    return _basis(matrix - matrix.mean(dim=0, keepdim=True) if centre_vocab else matrix, flags)
+        return {"matrix": matrix_name, "reader_norm_gain": False, "centre_vocab": False}
+    return {"matrix": matrix_name, "reader_norm_gain": True, "centre_vocab": centre_vocab,
+            "carry": CARRY_RULE["reads"]}
+
+
+def read_basis_rows(blocks: Iterable[torch.Tensor], shape: tuple[int, int], matrix_name: str,
+                    mode: BasisMode) -> Basis:
+    """``read_basis`` (centred over the vocabulary in folded mode) from the matrix's rows block by block."""
+    centre = mode != "raw"
+    return _basis(_assemble(blocks, shape, None, centre_vocab=centre), _read_flags(matrix_name, mode, centre))
 
 
 def fold_reader(vectors: torch.Tensor, norm: Norm | None, mode: BasisMode) -> torch.Tensor:

@@ -16,6 +16,7 @@ import os
 import re
 import stat
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,29 @@ class Checkpoint:
         if not torch.isfinite(t).all():
             raise CheckpointError(f"{file}: tensor {name!r} holds NaN or Inf values; the checkpoint is corrupt.")
         return t
+
+    def row_blocks(self, name: str, rows: int) -> Iterator[torch.Tensor]:
+        """A 2-D tensor as consecutive float32 blocks of ``rows`` rows, each read from the file on its own (a
+        safetensors slice), so a bf16 W_U is never held whole or converted whole. Sources that decode whole
+        tensors (GGUF, LoRA, quantized: their own ``tensor``) read it once and hand out views of it."""
+        if type(self).tensor is not Checkpoint.tensor:
+            whole = self.tensor(name)
+            for start in range(0, whole.shape[0], rows):
+                yield whole[start : start + rows]
+            return
+        if name not in self._where:
+            raise CheckpointError(f"{self.path}: tensor {name!r} is missing from the weights.")
+        file, n = self._where[name], self.shapes[name][0]
+        for start in range(0, n, rows):
+            try:
+                with safe_open(str(file), framework="pt") as f:
+                    t = f.get_slice(name)[start : min(n, start + rows)]
+            except Exception as err:  # safetensors raises its own untyped errors for corrupt files
+                raise CheckpointError(f"{file}: cannot read tensor {name!r}: {err}") from None
+            t = t.to(torch.float32)
+            if not torch.isfinite(t).all():
+                raise CheckpointError(f"{file}: tensor {name!r} holds NaN or Inf values; the checkpoint is corrupt.")
+            yield t
 
     def content_hash(self) -> str:
         """sha256 over config.json, every weight file and the tokenizer files: the checkpoint's identity."""

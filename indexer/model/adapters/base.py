@@ -8,7 +8,7 @@ norm folded in) or *reads* from it (read through the reading basis, with its own
 """
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -119,6 +119,19 @@ class Adapter(ABC):
     @abstractmethod
     def embedding(self) -> torch.Tensor:
         """W_E as ``[vocab, d_model]`` rows."""
+
+    def unembedding_blocks(self, rows: int) -> Iterator[torch.Tensor]:
+        """W_U as consecutive float32 row blocks (``indexer.math.basis.write_basis_rows``); families that can
+        read a slice of the file override this so the whole matrix is never held in the checkpoint's dtype."""
+        u = self.unembedding()
+        for start in range(0, u.shape[0], rows):
+            yield u[start : start + rows]
+
+    def embedding_blocks(self, rows: int) -> Iterator[torch.Tensor]:
+        """W_E as consecutive float32 row blocks."""
+        e = self.embedding()
+        for start in range(0, e.shape[0], rows):
+            yield e[start : start + rows]
 
     @abstractmethod
     def final_norm(self) -> Norm | None:

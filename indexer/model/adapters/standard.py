@@ -8,6 +8,7 @@ The same paths name the modules of the loaded Hugging Face model, so the conform
 an adapter claims to read (``module_path``) without knowing any family's names themselves.
 """
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -233,12 +234,21 @@ class StandardAdapter(Adapter):
         return {n for n in names if self.ckpt.has(n)}
 
     def unembedding(self) -> torch.Tensor:
+        return self.ckpt.tensor(self._unembedding_name())
+
+    def _unembedding_name(self) -> str:
         want = (self.dims.vocab_size, self.dims.d_model)
         for template in self.layout.unembed:
             name = template.format(p=self.p) + ".weight"
             if self.ckpt.has(name) and self.ckpt.shape(name) == want:
-                return self.ckpt.tensor(name)
-        return self.embedding()  # tied: the checkpoint stores the matrix once
+                return name
+        return self._w("embed")  # tied: the checkpoint stores the matrix once
+
+    def unembedding_blocks(self, rows: int) -> Iterator[torch.Tensor]:
+        return self.ckpt.row_blocks(self._unembedding_name(), rows)
+
+    def embedding_blocks(self, rows: int) -> Iterator[torch.Tensor]:
+        return self.ckpt.row_blocks(self._w("embed"), rows)
 
     def _norm(self, key: str, layer: int) -> Norm | None:
         if self.module_path(key, layer) is None:
