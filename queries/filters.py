@@ -26,5 +26,7 @@ class HitFilter(BaseModel):
     layer: int | None = Field(None, description="only this layer")
     head: int | None = Field(None, description="only this attention head")
     expert: int | None = Field(None, description="only this mixture-of-experts expert")
+    dictionary: str | None = Field(None, description="only the latents of this dictionary (SAE, transcoder or "
+                                   "direction set)")
     limit: int = Field(20, ge=1, le=1_000_000, description="hits to return")
     offset: int = Field(0, ge=0, le=2**31 - 1, description="hits to skip, for paging")

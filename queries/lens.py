@@ -142,7 +142,8 @@ class Lens:
         units = [u for u in cat.units if u.checkpoint_id in wanted
                  and (f.component is None or u.component == f.component)
                  and (f.layer is None or u.layer == f.layer) and (f.head is None or u.head == f.head)
-                 and (f.expert is None or u.expert == f.expert)]
+                 and (f.expert is None or u.expert == f.expert)
+                 and (f.dictionary is None or cat.dictionaries.get(u.dictionary_id or -1) == f.dictionary)]
         display = {(m.vocab_id, m.token_id): m.display for m in matches}
         groups = []
         for vid in sorted({m.vocab_id for m in matches}):
@@ -162,7 +163,8 @@ class Lens:
                 model=ref.model, checkpoint=ref.label, component=u.component, layer=u.layer, head=u.head,
                 index=u.first_index + vector_id - u.first_id, side=sd, rank=rank, token_id=token_id,
                 token=display[(ref.vocab_id, token_id)], score=score, zscore=z, source_token_id=src,
-                source_token=sources.get((ref.vocab_id, src)), expert=u.expert))
+                source_token=sources.get((ref.vocab_id, src)), expert=u.expert,
+                dictionary=cat.dictionaries.get(u.dictionary_id) if u.dictionary_id is not None else None))
         return hits
 
     def _source_names(self, cat: Catalog, rows: list[tuple]) -> dict[tuple[int, int], str]:
@@ -189,18 +191,23 @@ class Lens:
         return self._hits(token, "bottom", hit_filter(filter, fields))
 
     def vector(self, model: str, component: str, layer: int, index: int, head: int | None = None,
-               checkpoint: str | None = None, expert: int | None = None) -> VectorView:
+               checkpoint: str | None = None, expert: int | None = None, dictionary: str | None = None) -> VectorView:
         """One vector's statistics with its top and bottom tokens (latest checkpoint unless named); ``expert``
-        names the expert of a mixture-of-experts vector."""
+        names the expert of a mixture-of-experts vector, ``dictionary`` the dictionary of a latent."""
         cat = self._catalog()
         self._check_model(model, cat)
         refs = cat.chosen(model, checkpoint)
-        vid = cat.vector_id(refs[0].checkpoint_id, component, layer, head, index, expert) if len(refs) == 1 else None
+        vid = cat.vector_id(refs[0].checkpoint_id, component, layer, head, index, expert, dictionary) \
+            if len(refs) == 1 else None
         found = self._rows(q.vector_by_id(vid) if vid is not None else
-                           q.find_vector(model, component, layer, index, head, checkpoint, expert))
+                           q.find_vector(model, component, layer, index, head, checkpoint, expert, dictionary))
         if not found:
             raise NotFound(self._missing_vector(model, component, layer, index, checkpoint, expert))
-        vid, name, label, comp, lay, hd, idx, norm, mean, std, basis, vocab_id, exp = found[0]
+        if dictionary is None and len({r[13] for r in found}) > 1:
+            names = ", ".join(sorted(str(r[13]) for r in found))
+            raise NotFound(f"{model} {component} {layer} {index}: latents of several dictionaries sit there ({names}); "
+                           "name one with dictionary (--dictionary).")
+        vid, name, label, comp, lay, hd, idx, norm, mean, std, basis, vocab_id, exp, dict_name, row_label = found[0]
         top: list[TokenScore] = []
         bottom: list[TokenScore] = []
         lists = [r[1:5] for r in self._rows(q.vector_lists([vid]))]
@@ -210,7 +217,8 @@ class Lens:
             (top if side == "top" else bottom).append(TokenScore(rank=rank, token_id=token_id, token=token, score=score,
                                                                  zscore=z, source_token_id=src, source_token=src_token))
         return VectorView(model=name, checkpoint=label, component=comp, layer=lay, head=hd, index=idx, norm=norm,
-                          logit_mean=mean, logit_std=std, basis=basis, top=top, bottom=bottom, expert=exp)
+                          logit_mean=mean, logit_std=std, basis=basis, top=top, bottom=bottom, expert=exp,
+                          dictionary=dict_name, label=row_label)
 
     def _displays(self, cat: Catalog, vocab_id: int, token_ids: list[int]) -> dict[int, str]:
         """Display text of tokens: from memory after ``warm``, else one lookup."""

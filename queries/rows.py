@@ -34,6 +34,7 @@ class TokenHit(Row):
     source_token_id: int | None = None
     source_token: str | None = None
     expert: int | None = None
+    dictionary: str | None = None  # the dictionary of a latent (sae_dec, sae_enc, dir_write, dir_read)
 
 
 class TokenScore(Row):
@@ -76,6 +77,8 @@ class VectorView(Row):
     top: list[TokenScore]
     bottom: list[TokenScore]
     expert: int | None = None
+    dictionary: str | None = None  # the dictionary of a latent
+    label: str | None = None  # a direction-set row's label, where the set gives one
 
 
 class CheckpointInfo(Row):

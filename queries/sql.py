@@ -48,12 +48,18 @@ def checkpoint_filter(checkpoint: str | None, params: list) -> str:
 
 
 def store_generation() -> Sql:
-    """A cheap fingerprint that changes whenever a checkpoint is added, replaced or removed.
+    """A cheap fingerprint that changes whenever a checkpoint or a dictionary is added, replaced or removed.
 
-    Models and vocabularies are only ever created together with a checkpoint, and a replaced checkpoint gets a
-    new id, so the checkpoints table alone tells.
+    Models and vocabularies are only ever created together with a checkpoint, and a replaced checkpoint (or
+    dictionary) gets a new id, so the two tables alone tell.
     """
-    return "SELECT count(*), max(checkpoint_id), sum(checkpoint_id) FROM checkpoints", []
+    return ("SELECT count(*), max(checkpoint_id), sum(checkpoint_id), (SELECT count(*) FROM dictionaries), "
+            "(SELECT coalesce(sum(dictionary_id), 0) FROM dictionaries) FROM checkpoints", [])
+
+
+def dictionary_names() -> Sql:
+    """Every dictionary's id and name (the catalog labels latents with them)."""
+    return "SELECT dictionary_id, name FROM dictionaries ORDER BY dictionary_id", []
 
 
 def checkpoint_catalog() -> Sql:
@@ -78,8 +84,8 @@ def vocabulary(vocab_id: int) -> Sql:
 def vector_units() -> Sql:
     """Each run writes one contiguous block of vector ids per (checkpoint, component, layer, head): their
     bounds let token lookups filter and label hits without joining the vectors table."""
-    return ("SELECT checkpoint_id, component, layer, head, first_vector_id, last_vector_id, first_index, expert "
-            "FROM vector_units ORDER BY 5", [])
+    return ("SELECT checkpoint_id, component, layer, head, first_vector_id, last_vector_id, first_index, expert, "
+            "dictionary_id FROM vector_units ORDER BY 5", [])
 
 
 def all_words(vocab_ids: list[int]) -> Sql:
@@ -165,17 +171,23 @@ def similar_words(word: str, limit: int = 5) -> Sql:
 
 
 def find_vector(model: str, component: str, layer: int, index: int, head: int | None, checkpoint: str | None,
-                expert: int | None = None) -> Sql:
+                expert: int | None = None, dictionary: str | None = None) -> Sql:
     params: list = [model, component, layer, index]
     head_cond = _head(head, params, "v.head")
     expert_cond = _head(expert, params, "v.expert")
     ckpt = checkpoint_filter(checkpoint, params)
+    dict_cond = "TRUE"
+    if dictionary is not None:
+        dict_cond = "d.name = ?"
+        params.append(dictionary)
     return (
         f"""SELECT v.vector_id, m.name, c.label, v.component, v.layer, v.head, v.idx, v.norm, v.logit_mean,
-       v.logit_std, r.basis, m.vocab_id, v.expert
+       v.logit_std, r.basis, m.vocab_id, v.expert, d.name, l.label
 FROM vectors v JOIN checkpoints c USING (checkpoint_id) JOIN models m USING (model_id)
-JOIN index_runs r USING (checkpoint_id)
-WHERE m.name = ? AND v.component = ? AND v.layer = ? AND v.idx = ? AND {head_cond} AND {expert_cond} AND {ckpt}""",
+JOIN index_runs r USING (checkpoint_id) LEFT JOIN dictionaries d ON d.dictionary_id = v.dictionary_id
+LEFT JOIN dictionary_labels l ON l.dictionary_id = v.dictionary_id AND l.idx = v.idx
+WHERE m.name = ? AND v.component = ? AND v.layer = ? AND v.idx = ? AND {head_cond} AND {expert_cond} AND {ckpt}
+  AND {dict_cond} ORDER BY v.vector_id DESC""",
         params,
     )
 
@@ -184,9 +196,10 @@ def vector_by_id(vector_id: int) -> Sql:
     """What ``find_vector`` returns, for a vector whose id is known: a point lookup on vectors (sorted by id)."""
     return (
         """SELECT v.vector_id, m.name, c.label, v.component, v.layer, v.head, v.idx, v.norm, v.logit_mean,
-       v.logit_std, r.basis, m.vocab_id, v.expert
+       v.logit_std, r.basis, m.vocab_id, v.expert, d.name, l.label
 FROM vectors v JOIN checkpoints c USING (checkpoint_id) JOIN models m USING (model_id)
-JOIN index_runs r USING (checkpoint_id)
+JOIN index_runs r USING (checkpoint_id) LEFT JOIN dictionaries d ON d.dictionary_id = v.dictionary_id
+LEFT JOIN dictionary_labels l ON l.dictionary_id = v.dictionary_id AND l.idx = v.idx
 WHERE v.vector_id = ?""",
         [vector_id],
     )

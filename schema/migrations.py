@@ -82,6 +82,13 @@ def _to_v4(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE alignment_runs ALTER COLUMN statistic DROP DEFAULT")
 
 
+def _to_v6(con: duckdb.DuckDBPyConnection) -> None:
+    """Dictionaries (SAEs, transcoders, direction sets): vectors and their unit blocks name the dictionary they
+    belong to (NULL for every vector indexed before: a model's own); the dictionary tables are created empty."""
+    for table in ("vectors", "vector_units"):
+        con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS dictionary_id INTEGER")
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int  # the version a store has after this step
@@ -93,6 +100,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "every table present; token forms, vector lists and unit blocks filled in", _to_v2),
     Migration(3, "vectors and vector_units: an expert column for mixture-of-experts models", _to_v3),
     Migration(4, "alignment runs record their layer statistic (old runs: best_signed)", _to_v4),
+    Migration(6, "dictionaries: SAE latents, transcoders and direction sets; vectors and vector_units name their "
+              "dictionary", _to_v6),
 )
 assert MIGRATIONS[-1].version == SCHEMA_VERSION, "a schema version without its migration"
 

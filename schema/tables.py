@@ -126,6 +126,9 @@ vectors = sa.Table(
     sa.Column("logit_std", sa.Float, nullable=False, comment="std of its projection over the vocabulary"),
     sa.Column("expert", sa.Integer, nullable=True,
               comment="mixture-of-experts expert the vector belongs to, NULL outside experts (schema version 3)"),
+    sa.Column("dictionary_id", sa.Integer, sa.ForeignKey("dictionaries.dictionary_id", ondelete="CASCADE"),
+              nullable=True, comment="the dictionary a latent or direction belongs to (sae_dec, sae_enc, dir_write, "
+              "dir_read); NULL for a model's own vectors (schema version 6)"),
     comment="Every indexed parameter vector with exact statistics of its full vocabulary projection.",
 )
 
@@ -140,6 +143,8 @@ vector_units = sa.Table(
     sa.Column("last_vector_id", sa.BigInteger, nullable=False, comment="last vector id (inclusive)"),
     sa.Column("first_index", sa.Integer, nullable=False, comment="idx of the first vector"),
     sa.Column("expert", sa.Integer, nullable=True, comment="mixture-of-experts expert, NULL outside experts"),
+    sa.Column("dictionary_id", sa.Integer, sa.ForeignKey("dictionaries.dictionary_id", ondelete="CASCADE"),
+              nullable=True, comment="the dictionary of a block of latents; NULL for a model's own vectors"),
     comment="The contiguous block of vector ids each index run wrote per (checkpoint, component, layer, head): "
     "token lookups filter and label hits by these ranges instead of joining vectors. "
     "(checkpoint, component, layer, head, expert) for mixture-of-experts models.",
@@ -471,4 +476,49 @@ neuron_matches = sa.Table(
     sa.Column("raw_score", sa.Float, nullable=True, comment="that raw correlation"),
     sa.PrimaryKeyConstraint("alignment_id", "layer_a", "index_a"),
     comment="Each neuron (or head) of A with its best match in the matched layer of B, by vocabulary correlation.",
+)
+
+# ---- dictionaries: SAE latents, transcoders, direction sets (issue 20) -----------------------------------------
+
+dictionaries = sa.Table(
+    "dictionaries",
+    metadata,
+    sa.Column("dictionary_id", sa.Integer, primary_key=True, autoincrement=False, comment="dictionary id",
+              info={"counter": True}),
+    sa.Column("checkpoint_id", sa.Integer, sa.ForeignKey("checkpoints.checkpoint_id", ondelete="CASCADE"),
+              nullable=False, comment="the checkpoint whose bases its rows were read with"),
+    sa.Column("name", sa.String, nullable=False, comment="its name (--name; default: from its folder)"),
+    sa.Column("format", sa.String, nullable=False, comment="saelens, sparsify, gemmascope or directions"),
+    sa.Column("architecture", sa.String, nullable=False,
+              comment="standard, gated, jumprelu, topk, transcoder… (directions for a direction set)"),
+    sa.Column("kind", sa.String, nullable=False, comment="sae, transcoder or directions"),
+    sa.Column("hook_in", sa.String, nullable=True, comment="hook point its encoder rows read (NULL: none)"),
+    sa.Column("hook_out", sa.String, nullable=True, comment="hook point its decoder rows write (NULL: none)"),
+    sa.Column("layer", sa.Integer, nullable=False, comment="the block of its first hook (its vectors' layer)"),
+    sa.Column("n_latents", sa.Integer, nullable=False, comment="latents (rows) in the dictionary"),
+    sa.Column("d_in", sa.Integer, nullable=False, comment="width of the encoder rows"),
+    sa.Column("d_out", sa.Integer, nullable=False, comment="width of the decoder rows"),
+    sa.Column("content_hash", sa.String, nullable=False, comment="sha256 of its files: its identity"),
+    sa.Column("path", sa.String, nullable=False, comment="where it was read from"),
+    sa.Column("source_model", sa.String, nullable=True, comment="the model name its files record, if any"),
+    sa.Column("basis", sa.String, nullable=False, comment="folded or raw: the checkpoint's own basis mode"),
+    sa.Column("top_k", sa.Integer, nullable=False, comment="tokens kept per vector and side"),
+    sa.Column("flags", sa.String, nullable=False,
+              comment="JSON: each side's hook site (layer, stage, normalized, space), bases, compute, format fields"),
+    sa.Column("indexed_at", sa.DateTime, nullable=False, comment="when it was committed"),
+    sa.Column("seconds", sa.Float, nullable=False, comment="wall time of the run"),
+    sa.UniqueConstraint("checkpoint_id", "name"),
+    comment="Dictionaries of directions read through a checkpoint's bases at their hook points: SAEs, "
+    "transcoders and direction sets. Their rows are vectors (dictionary_id) like any other.",
+)
+
+dictionary_labels = sa.Table(
+    "dictionary_labels",
+    metadata,
+    sa.Column("dictionary_id", sa.Integer, sa.ForeignKey("dictionaries.dictionary_id", ondelete="CASCADE"),
+              nullable=False, comment="dictionary"),
+    sa.Column("idx", sa.Integer, nullable=False, comment="row (latent id)"),
+    sa.Column("label", sa.String, nullable=False, comment="the label its file gives the row"),
+    sa.PrimaryKeyConstraint("dictionary_id", "idx"),
+    comment="Labels of direction-set rows, where the set's JSON gives them.",
 )

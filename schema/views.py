@@ -225,6 +225,24 @@ ALIGNMENT_MATCHES = View(
     """,
 )
 
+DICTIONARY_LATENTS = View(
+    "dictionary_latents",
+    "Every vector of every dictionary (SAE latents, transcoder latents, direction-set rows) with its model, "
+    "checkpoint, dictionary, kind, the hook its side sits at, its label where the set gives one, and its "
+    "statistics; join projections on vector_id for its tokens.",
+    """
+    SELECT m.name AS model, c.label AS checkpoint, d.name AS dictionary, d.kind, d.format,
+           CASE WHEN v.component IN ('sae_enc', 'dir_read') THEN d.hook_in ELSE d.hook_out END AS hook,
+           v.component, v.layer, v.idx, l.label, v.norm, v.logit_mean, v.logit_std, v.vector_id,
+           d.dictionary_id, c.checkpoint_id
+    FROM vectors v
+    JOIN dictionaries d USING (dictionary_id)
+    JOIN checkpoints c ON c.checkpoint_id = d.checkpoint_id
+    JOIN models m USING (model_id)
+    LEFT JOIN dictionary_labels l ON l.dictionary_id = d.dictionary_id AND l.idx = v.idx
+    """,
+)
+
 VIEWS: tuple[View, ...] = (LATEST_CHECKPOINTS, VECTOR_INFO, PROJECTIONS, MODEL_SUMMARY, CHECKPOINT_STEPS,
                            VECTOR_DRIFT, TRACE_LENS, TRACE_SHARES, TRACE_NEURON_INFO, HEAD_PAIR_PROJECTIONS,
-                           ALIGNMENT_LAYERS, ALIGNMENT_MATCHES)
+                           ALIGNMENT_LAYERS, ALIGNMENT_MATCHES, DICTIONARY_LATENTS)

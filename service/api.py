@@ -185,10 +185,12 @@ def api_router(owner: StoreOwner) -> APIRouter:
 
     @router.get("/vectors/{model}/{component}/{layer}/{index}", response_model=VectorView, tags=["vectors"])
     def vector(lens: ReadLens, model: str, component: str, layer: Whole, index: Whole, head: Whole | None = None,
-               checkpoint: str | None = None, expert: Whole | None = None) -> VectorView:
+               checkpoint: str | None = None, expert: Whole | None = None,
+               dictionary: str | None = None) -> VectorView:
         """One vector with its top and bottom tokens and statistics (latest checkpoint unless named); ``expert``
-        for a mixture-of-experts vector."""
-        return lens.vector(model, component, layer, index, head=head, checkpoint=checkpoint, expert=expert)
+        for a mixture-of-experts vector, ``dictionary`` for a latent of a dictionary."""
+        return lens.vector(model, component, layer, index, head=head, checkpoint=checkpoint, expert=expert,
+                           dictionary=dictionary)
 
     @router.get("/runs", response_model=Page[RunInfo], tags=["index"])
     def runs(lens: ReadLens, limit: Limit = 50, offset: Offset = 0) -> Page[RunInfo]:

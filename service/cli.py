@@ -80,6 +80,19 @@ def cmd_index(args: argparse.Namespace) -> None:
         print(result.message)
 
 
+def cmd_index_dictionary(args: argparse.Namespace) -> None:
+    from indexer.index.dictionary_run import index_dictionary
+    from indexer.index.options import DictionaryOptions
+
+    opts = DictionaryOptions(model=args.model, name=args.name, hook=args.hook, checkpoint=args.checkpoint,
+                             replace=args.replace, device=args.device, precision=args.precision)
+    result = index_dictionary(args.db, args.path, opts, progress=not args.quiet)
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        print(result.message)
+
+
 def index_via_server(server: str, checkpoint: str, opts: "IndexOptions", quiet: bool = False,
                      poll_s: float = 0.25) -> "IndexResult":
     """Submit an index job to a running service (POST /index) and follow GET /jobs/{id} until it ends."""
@@ -178,18 +191,21 @@ def _hits(args: argparse.Namespace, side: str) -> None:
         find = db.promoters if side == "top" else db.suppressors
         hits = find(token, wanted)
     experts = ["expert"] if any(h.expert is not None for h in hits) else []  # only mixture-of-experts hits have one
-    _emit(args, hits, ["model", "checkpoint", "component", "layer", "head", *experts, "index", "rank", "token",
-                       "score", "zscore"])
+    dicts = ["dictionary"] if any(h.dictionary is not None for h in hits) else []  # only latents have one
+    _emit(args, hits, ["model", "checkpoint", *dicts, "component", "layer", "head", *experts, "index", "rank",
+                       "token", "score", "zscore"])
 
 
 def cmd_vector(args: argparse.Namespace) -> None:
     with _connect(args.db) as db:
         v = db.vector(args.model, args.component, args.layer, args.index, head=args.head, checkpoint=args.checkpoint,
-                      expert=args.expert)
+                      expert=args.expert, dictionary=args.dictionary)
     if args.json:
         print(v.model_dump_json(indent=2))
         return
     head = (f" head {v.head}" if v.head is not None else "") + (f" expert {v.expert}" if v.expert is not None else "")
+    if v.dictionary is not None:
+        head += f" dictionary {v.dictionary}" + (f" ({v.label!r})" if v.label is not None else "")
     print(f"{v.model}/{v.checkpoint} {v.component} layer {v.layer}{head} index {v.index}  "
           f"norm {v.norm:.4g}  logits mean {v.logit_mean:.4g} std {v.logit_std:.4g}  basis {v.basis}")
     n = max(len(v.top), len(v.bottom))
@@ -663,6 +679,24 @@ def _index_args(sp: argparse.ArgumentParser) -> None:
                     "sends LENSDB_TOKEN as its bearer token when set")
 
 
+def _index_dictionary_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("path", help="a dictionary: an SAELens folder (cfg.json + sae_weights.safetensors), a sparsify "
+                    "hookpoint folder (cfg.json + sae.safetensors), a Gemma Scope params.npz, or a direction set "
+                    "(directions.json + directions.safetensors)")
+    sp.add_argument("--model", required=True, help="the indexed model it belongs to")
+    sp.add_argument("--name", help="dictionary name (default: from its folder)")
+    sp.add_argument("--hook", help="hook point where the files name none (Gemma Scope outside its release layout) "
+                    "or to override it: blocks.L.hook_resid_post, blocks.L.hook_mlp_out, …")
+    sp.add_argument("--checkpoint", help="checkpoint label of the model (default: its latest)")
+    sp.add_argument("--replace", action="store_true", help="re-index a dictionary already in the store (same "
+                    "content, or the same name with other content)")
+    sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="where to project: auto uses CUDA when torch sees it (default auto)")
+    sp.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32",
+                    help="fp32 is exact (default); tf32/bf16 (CUDA) pick candidates fast and rescore them in fp32")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def _serve_args(sp: argparse.ArgumentParser) -> None:
     from service.settings import Settings
 
@@ -685,6 +719,8 @@ def _vector_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--head", type=whole(0, 2**63 - 1), help="attention head, for per-head components")
     sp.add_argument("--expert", type=whole(0, 2**63 - 1),
                     help="expert, for the expert components of mixture-of-experts models")
+    sp.add_argument("--dictionary", help="the dictionary of a latent (sae_dec, sae_enc, dir_write, dir_read), where "
+                    "several sit at one layer")
     sp.add_argument("--checkpoint", help="checkpoint label (default: latest)")
     sp.add_argument("--limit", type=whole(1, 100_000), default=20, help="rows to show (default 20)")
 
@@ -828,6 +864,8 @@ class Command:
 
 COMMANDS: tuple[Command, ...] = (
     Command("index", "index a checkpoint folder into the store", cmd_index, _index_args),
+    Command("index-dictionary", "index a dictionary (SAE, transcoder, direction set) against an indexed model: its "
+            "latents become vectors searchable by token", cmd_index_dictionary, _index_dictionary_args),
     Command("serve", "serve the store over HTTP: API, pages and index jobs", cmd_serve, _serve_args, db=False,
             json_out=False),
     Command("models", "list indexed models and checkpoints", cmd_models),

@@ -24,9 +24,10 @@ class UnitWriter:
     chunks wait at a time, so memory stays at one chunk of logits plus two chunks of top-k rows.
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, checkpoint_id: int) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, checkpoint_id: int, *, dictionary_id: int | None = None) -> None:
         self.con = con
         self.checkpoint_id = checkpoint_id
+        self.dictionary_id = dictionary_id  # a dictionary's run: every vector and unit names it
         self.next_vector = next_id(con, "vectors", "vector_id")
         self.units: list[tuple] = []
         self.n_vectors = 0
@@ -40,7 +41,7 @@ class UnitWriter:
         """Write one projected part; its vectors get one contiguous block of ids, recorded in ``vector_units``."""
         if p.n:
             self.units.append((self.checkpoint_id, p.name, p.layer, p.head, self.next_vector,
-                               self.next_vector + p.n - 1, 0, p.expert))
+                               self.next_vector + p.n - 1, 0, p.expert, self.dictionary_id))
         self._write_chunks(p.name, p.layer, p.head, p.chunks, p.expert)
 
     def _write_chunks(self, name: str, layer: int, head: int | None, parts: Iterable[Chunk],
@@ -49,7 +50,7 @@ class UnitWriter:
             first = self.next_vector
             self.next_vector += int(c.norm.shape[0])
             vecs = vector_batch(first, self.checkpoint_id, name, layer, head, c.first_index, c.norm, c.mean, c.std,
-                                expert)
+                                expert, self.dictionary_id)
             rows = projection_batch(first, c.tb, c.mean, c.std)
             self._submit(functools.partial(self._append, vecs, rows, lists=list_batch(first, c.tb)))
 
@@ -57,7 +58,7 @@ class UnitWriter:
         """One head map: a vector row carrying the map's statistics, and its pairs staged for head_pairs."""
         vid = self.next_vector
         self.next_vector += 1
-        self.units.append((self.checkpoint_id, name, layer, head, vid, vid, 0, None))
+        self.units.append((self.checkpoint_id, name, layer, head, vid, vid, 0, None, None))
         one = torch.ones(1, dtype=torch.float64)
         vecs = vector_batch(vid, self.checkpoint_id, name, layer, head, 0, one * p.norm, one * p.mean, one * p.std)
         self._submit(functools.partial(self._append, vecs, pair_batch(vid, p), "staged_pairs"))
@@ -98,7 +99,7 @@ class UnitWriter:
         self.con.execute("INSERT INTO head_pairs SELECT * FROM staged_pairs ORDER BY token_id, vector_id")
         if self.units:
             cols = ["checkpoint_id", "component", "layer", "head", "first_vector_id", "last_vector_id", "first_index",
-                    "expert"]
+                    "expert", "dictionary_id"]
             append_arrow(self.con, "vector_units", pa.table(
                 {c: pa.array([u[i] for u in self.units], pa.string() if c == "component" else pa.int64())
                  for i, c in enumerate(cols)}))

@@ -254,8 +254,9 @@ def _npz_shapes(file: Path) -> dict[str, tuple[int, ...]]:
                 if not info.filename.endswith(".npy"):
                     continue
                 with z.open(info) as member:
-                    version = np.lib.format.read_magic(member)
-                    shape, _, _ = np.lib.format._read_array_header(member, version)  # type: ignore[attr-defined]
+                    major, _ = np.lib.format.read_magic(member)
+                    read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                    shape, _, _ = read(member)
                 shapes[info.filename[:-4]] = tuple(int(x) for x in shape)
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
         raise DictionaryError(f"{file}: not a readable .npz file ({str(err)[:200]}); re-download it.") from None
