@@ -37,8 +37,9 @@ def saelens(folder: Path, w_enc: torch.Tensor, w_dec: torch.Tensor, hook: str, *
     }
     if architecture in ("topk", "batchtopk"):
         cfg["k"] = k
-    if "transcoder" in architecture:
-        cfg.update(d_out=d_out, hook_name_out=hook_out, hook_layer_out=0, hook_head_index_out=None)
+    if "transcoder" in architecture:  # SAELens 6 keeps the output hook in the metadata
+        cfg["d_out"] = d_out
+        cfg["metadata"].update(hook_name_out=hook_out, hook_head_index_out=None)  # type: ignore[attr-defined]
     (folder / "cfg.json").write_text(json.dumps(cfg))
     return folder
 

@@ -88,6 +88,35 @@ def test_saelens_latents_are_found_by_the_token_they_promote_and_read(db: Path, 
         assert {("ff_value", 7), ("sae_dec", PLANT_DEC)} <= found
 
 
+def test_folders_written_by_saelens_itself_are_read(db: Path, gpt2: TinyModel, tmp_path: Path) -> None:
+    """The real ``SAE.save_model`` of each architecture and of a transcoder (the sae-lens package)."""
+    sae_lens = pytest.importorskip("sae_lens")
+    from sae_lens.saes.sae import SAEMetadata
+    from sae_lens.saes.transcoder import Transcoder, TranscoderConfig
+
+    enc, dec = planted(gpt2)
+    kinds = [(sae_lens.StandardSAE, sae_lens.StandardSAEConfig), (sae_lens.GatedSAE, sae_lens.GatedSAEConfig),
+             (sae_lens.JumpReLUSAE, sae_lens.JumpReLUSAEConfig), (sae_lens.TopKSAE, sae_lens.TopKSAEConfig)]
+    for cls, config in kinds:
+        sae = cls(config(d_in=D, d_sae=N, metadata=SAEMetadata(model_name="gpt2", hook_name="blocks.1.hook_resid_post")))
+        with torch.no_grad():
+            sae.W_enc.copy_(enc.T)
+            sae.W_dec.copy_(dec)
+        sae.save_model(tmp_path / cls.__name__)
+        result = run(db, tmp_path / cls.__name__, name=cls.__name__)
+        assert result.status == "indexed"
+        assert first(db, "paris", "sae_dec", dictionary=cls.__name__).index == PLANT_DEC
+        assert first(db, "king", "sae_enc", dictionary=cls.__name__).index == PLANT_ENC
+    tc = Transcoder(TranscoderConfig(d_in=D, d_sae=N, d_out=D, metadata=SAEMetadata(
+        model_name="gpt2", hook_name="blocks.0.ln2.hook_normalized", hook_name_out="blocks.0.hook_mlp_out")))
+    with torch.no_grad():
+        tc.W_enc.copy_(enc.T)
+        tc.W_dec.copy_(dec)
+    tc.save_model(tmp_path / "transcoder")
+    run(db, tmp_path / "transcoder", name="tc")
+    assert first(db, "paris", "sae_dec", dictionary="tc").index == PLANT_DEC
+
+
 def test_a_transcoder_reads_at_its_input_hook_and_writes_at_its_output_hook(db: Path, gpt2: TinyModel,
                                                                             tmp_path: Path) -> None:
     enc, dec = planted(gpt2)
