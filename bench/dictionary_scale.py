@@ -47,8 +47,9 @@ print(json.dumps({{"seconds": time.perf_counter() - t, "rows": r.n_projections, 
 
 
 def throughput(latents: int, work: Path) -> dict:
-    from indexer import IndexOptions, index_checkpoint
     from safetensors.torch import save_file
+
+    from indexer import IndexOptions, index_checkpoint
 
     ckpt = save_gpt2_shaped(work / "gpt2-shaped", n_layer=2, d=D, d_ff=4 * D, vocab=VOCAB)
     db = work / "lens.duckdb"
@@ -97,15 +98,17 @@ def build_lookup_store(db: Path, rows: int, per_dict: int) -> int:
         for n, start in enumerate(range(0, latents, per_dict)):
             count = min(per_dict, latents - start)
             did = insert_new(con, "dictionaries", checkpoint_id=ckpt, name=f"sae-{n}", format="saelens",
-                             architecture="standard", kind="sae", hook_in=None, hook_out=f"blocks.{n % 12}.hook_resid_post",
+                             architecture="standard", kind="sae", hook_in=None,
+                             hook_out=f"blocks.{n % 12}.hook_resid_post",
                              layer=n % 12, n_latents=count, d_in=D, d_out=D, content_hash=f"d{n}", path="/synthetic",
                              basis="folded", top_k=K, flags="{}", indexed_at=time.strftime("%Y-%m-%d"), seconds=0.0)
             con.execute("""INSERT INTO vectors BY NAME SELECT ? + i AS vector_id, ? AS checkpoint_id,
                                'sae_dec' AS component, ? AS layer, NULL AS head, i AS idx, 1.0 AS norm,
                                0.0 AS logit_mean, 0.02 AS logit_std, ? AS dictionary_id FROM range(?) r(i)""",
                         [first, ckpt, n % 12, did, count])
-            con.execute("INSERT INTO vector_units BY NAME SELECT ? AS checkpoint_id, 'sae_dec' AS component, ? AS layer, "
-                        "NULL AS head, ? AS first_vector_id, ? AS last_vector_id, 0 AS first_index, ? AS dictionary_id",
+            con.execute("INSERT INTO vector_units BY NAME SELECT ? AS checkpoint_id, 'sae_dec' AS component, "
+                        "? AS layer, NULL AS head, ? AS first_vector_id, ? AS last_vector_id, 0 AS first_index, "
+                        "? AS dictionary_id",
                         [ckpt, n % 12, first, first + count - 1, did])
             con.execute("""INSERT INTO vector_tokens BY NAME
                 SELECT ? + v AS vector_id, CASE WHEN j < ? THEN 'top' ELSE 'bottom' END AS side, (j % ?) + 1 AS rank,

@@ -98,7 +98,8 @@ def test_folders_written_by_saelens_itself_are_read(db: Path, gpt2: TinyModel, t
     kinds = [(sae_lens.StandardSAE, sae_lens.StandardSAEConfig), (sae_lens.GatedSAE, sae_lens.GatedSAEConfig),
              (sae_lens.JumpReLUSAE, sae_lens.JumpReLUSAEConfig), (sae_lens.TopKSAE, sae_lens.TopKSAEConfig)]
     for cls, config in kinds:
-        sae = cls(config(d_in=D, d_sae=N, metadata=SAEMetadata(model_name="gpt2", hook_name="blocks.1.hook_resid_post")))
+        meta = SAEMetadata(model_name="gpt2", hook_name="blocks.1.hook_resid_post")
+        sae = cls(config(d_in=D, d_sae=N, metadata=meta))
         with torch.no_grad():
             sae.W_enc.copy_(enc.T)
             sae.W_dec.copy_(dec)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import torch
+from schema.deletes import delete_rows
 from tqdm import tqdm
 
 from indexer.index import catalog_writes as cw
@@ -38,7 +39,6 @@ from indexer.model.dictionary import Dictionary, DictionaryError, read_dictionar
 from indexer.model.hooks import HookSite, resolve_hook
 from indexer.model.sources import open_source
 from queries import sql as q
-from schema.deletes import delete_rows
 from schema.errors import NotFound, StoreError
 from schema.writer import Store, append_arrow, insert_new, with_store
 
