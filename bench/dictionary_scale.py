@@ -101,7 +101,8 @@ def build_lookup_store(db: Path, rows: int, per_dict: int) -> int:
                              architecture="standard", kind="sae", hook_in=None,
                              hook_out=f"blocks.{n % 12}.hook_resid_post",
                              layer=n % 12, n_latents=count, d_in=D, d_out=D, content_hash=f"d{n}", path="/synthetic",
-                             basis="folded", top_k=K, flags="{}", indexed_at=time.strftime("%Y-%m-%d"), seconds=0.0)
+                             basis="folded", top_k=K, n_vectors=count, n_projections=count * 2 * K, flags="{}",
+                             indexed_at=time.strftime("%Y-%m-%d"), seconds=0.0)
             con.execute("""INSERT INTO vectors BY NAME SELECT ? + i AS vector_id, ? AS checkpoint_id,
                                'sae_dec' AS component, ? AS layer, NULL AS head, i AS idx, 1.0 AS norm,
                                0.0 AS logit_mean, 0.02 AS logit_std, ? AS dictionary_id FROM range(?) r(i)""",

@@ -503,6 +503,8 @@ dictionaries = sa.Table(
     sa.Column("source_model", sa.String, nullable=True, comment="the model name its files record, if any"),
     sa.Column("basis", sa.String, nullable=False, comment="folded or raw: the checkpoint's own basis mode"),
     sa.Column("top_k", sa.Integer, nullable=False, comment="tokens kept per vector and side"),
+    sa.Column("n_vectors", sa.BigInteger, nullable=False, comment="vectors written (latents × sides read)"),
+    sa.Column("n_projections", sa.BigInteger, nullable=False, comment="token rows written"),
     sa.Column("flags", sa.String, nullable=False,
               comment="JSON: each side's hook site (layer, stage, normalized, space), bases, compute, format fields"),
     sa.Column("indexed_at", sa.DateTime, nullable=False, comment="when it was committed"),

@@ -40,7 +40,8 @@ from indexer.model.hooks import HookSite, resolve_hook
 from indexer.model.sources import open_source
 from queries import sql as q
 from schema.errors import NotFound, StoreError
-from schema.writer import Store, append_arrow, insert_new, with_store
+from schema.ids import next_id
+from schema.writer import Store, append_arrow, insert, with_store
 
 COMPONENTS: tuple[ComponentSpec, ...] = (
     ComponentSpec("sae_dec", "writes", "decoder row i of an SAE or transcoder: what latent i writes at its output "
@@ -220,20 +221,13 @@ def _write(store: Store, d: Dictionary, parts: list[Part], adapter: Adapter, tar
                           "stage": p.site.stage, "normalized": p.site.normalized, "space": p.site.space}
                  for p in parts}
         flags = {"version": BASIS_VERSION, "compute": compute.flags(), "sites": sites, "format": d.config}
-        dictionary_id = insert_new(
-            con, "dictionaries", checkpoint_id=target.checkpoint_id, name=name, format=d.format,
-            architecture=d.architecture, kind=d.kind, hook_in=d.hook_in, hook_out=d.hook_out,
-            layer=parts[0].site.layer, n_latents=d.n, d_in=d.d_in, d_out=d.d_out, content_hash=content_hash,
-            path=str(d.path), source_model=d.model_name, basis=target.basis, top_k=target.top_k,
-            flags=json.dumps(flags), indexed_at=datetime.now(), seconds=0.0)
+        dictionary_id = next_id(con, "dictionaries")  # its row goes in last, with the counts
         out = UnitWriter(con, target.checkpoint_id, cancel, dictionary_id=dictionary_id)
         bar = tqdm(total=len(parts), disable=not progress, unit="side", desc=name, leave=False)
         roles: dict[str, object] = {}
         try:
             with matmul_mode(compute):
-                basis = None
-                for part in parts:
-                    basis = None  # one [V, d] basis at a time
+                for part in parts:  # one [V, d] basis at a time: each side's role
                     basis = role_basis(adapter, part.role, target.basis, compute, target.reader)
                     roles[part.role] = basis.flags
                     at = site_basis(adapter, basis, part.role, part.site.site_layer, part.site.stage, target.basis)
@@ -249,8 +243,12 @@ def _write(store: Store, d: Dictionary, parts: list[Part], adapter: Adapter, tar
                 "dictionary_id": pa.array([dictionary_id] * len(d.labels), pa.int32()),
                 "idx": pa.array(range(len(d.labels)), pa.int32()), "label": pa.array(d.labels, pa.string())}))
         seconds = time.perf_counter() - started
-        con.execute("UPDATE dictionaries SET seconds = ?, flags = ? WHERE dictionary_id = ?",
-                    [seconds, json.dumps({**flags, "bases": roles}), dictionary_id])
+        insert(con, "dictionaries", dictionary_id=dictionary_id, checkpoint_id=target.checkpoint_id, name=name,
+               format=d.format, architecture=d.architecture, kind=d.kind, hook_in=d.hook_in, hook_out=d.hook_out,
+               layer=parts[0].site.layer, n_latents=d.n, d_in=d.d_in, d_out=d.d_out, content_hash=content_hash,
+               path=str(d.path), source_model=d.model_name, basis=target.basis, top_k=target.top_k,
+               n_vectors=out.n_vectors, n_projections=out.n_projections,
+               flags=json.dumps({**flags, "bases": roles}), indexed_at=datetime.now(), seconds=seconds)
         con.execute("UPDATE run_attempts SET status = 'complete', finished_at = ?, checkpoint_id = ? "
                     "WHERE attempt_id = ?", [datetime.now(), target.checkpoint_id, attempt_id])
         pause_point("commit")
