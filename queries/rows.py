@@ -326,6 +326,8 @@ class AlignmentInfo(Row):
     mean_matched: float
     seconds: float
     created_at: datetime
+    dictionary_a: str | None = None  # unit latent: the two dictionaries compared (schema version 6)
+    dictionary_b: str | None = None
 
 
 class LayerPair(Row):

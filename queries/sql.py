@@ -507,10 +507,12 @@ WHERE a.token IS DISTINCT FROM b.token""",
 
 
 _ALIGNMENT_COLUMNS = """r.alignment_id, ma.name, ca.label, mb.name, cb.label, r.component, r.unit, r.basis,
-       r.statistic, r.vocab_size, r.raw_comparable, r.mean_matched, r.seconds, r.created_at
+       r.statistic, r.vocab_size, r.raw_comparable, r.mean_matched, r.seconds, r.created_at, da.name, db.name
 FROM alignment_runs r
 JOIN checkpoints ca ON ca.checkpoint_id = r.checkpoint_a JOIN models ma ON ma.model_id = ca.model_id
-JOIN checkpoints cb ON cb.checkpoint_id = r.checkpoint_b JOIN models mb ON mb.model_id = cb.model_id"""
+JOIN checkpoints cb ON cb.checkpoint_id = r.checkpoint_b JOIN models mb ON mb.model_id = cb.model_id
+LEFT JOIN dictionaries da ON da.dictionary_id = r.dictionary_a
+LEFT JOIN dictionaries db ON db.dictionary_id = r.dictionary_b"""
 
 
 def list_alignments(limit: int = 50, offset: int = 0) -> Sql:

@@ -87,6 +87,8 @@ def _to_v6(con: duckdb.DuckDBPyConnection) -> None:
     belong to (NULL for every vector indexed before: a model's own); the dictionary tables are created empty."""
     for table in ("vectors", "vector_units"):
         con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS dictionary_id INTEGER")
+    for column in ("dictionary_a", "dictionary_b"):  # alignments of two dictionaries' latents
+        con.execute(f"ALTER TABLE alignment_runs ADD COLUMN IF NOT EXISTS {column} INTEGER")
 
 
 @dataclass(frozen=True)

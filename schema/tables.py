@@ -445,6 +445,10 @@ alignment_runs = sa.Table(
     sa.Column("mean_matched", sa.Float, nullable=False, comment="mean layer similarity over the matched layer pairs"),
     sa.Column("seconds", sa.Float, nullable=False, comment="wall time of the run"),
     sa.Column("created_at", sa.DateTime, nullable=False, comment="when it was committed"),
+    sa.Column("dictionary_a", sa.Integer, sa.ForeignKey("dictionaries.dictionary_id", ondelete="CASCADE"),
+              nullable=True, comment="with unit latent: the dictionary of A whose latents were compared (schema 6)"),
+    sa.Column("dictionary_b", sa.Integer, sa.ForeignKey("dictionaries.dictionary_id", ondelete="CASCADE"),
+              nullable=True, comment="with unit latent: the dictionary of B"),
     comment="One row per `lensdb align`: two checkpoints with the same vocabulary compared in embedding space.",
 )
 

@@ -93,6 +93,14 @@ def cmd_index_dictionary(args: argparse.Namespace) -> None:
         print(result.message)
 
 
+def cmd_align_dictionaries(args: argparse.Namespace) -> None:
+    from indexer.analyses.align_dictionaries import align_dictionaries
+
+    out = align_dictionaries(args.db, args.model, args.dictionary_a, args.dictionary_b, component=args.component,
+                             basis=args.basis)
+    print(out.model_dump_json(indent=2) if args.json else out.message)
+
+
 def index_via_server(server: str, checkpoint: str, opts: "IndexOptions", quiet: bool = False,
                      poll_s: float = 0.25) -> "IndexResult":
     """Submit an index job to a running service (POST /index) and follow GET /jobs/{id} until it ends."""
@@ -697,6 +705,15 @@ def _index_dictionary_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _align_dictionaries_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("model", help="the model both dictionaries belong to")
+    sp.add_argument("dictionary_a", metavar="A")
+    sp.add_argument("dictionary_b", metavar="B")
+    sp.add_argument("--component", choices=["sae_dec", "sae_enc", "dir_write", "dir_read"], default="sae_dec",
+                    help="which rows to compare: decoder (default) or encoder rows, or a direction set's")
+    sp.add_argument("--basis", choices=["folded", "raw"], help="default: the basis they were indexed with")
+
+
 def _serve_args(sp: argparse.ArgumentParser) -> None:
     from service.settings import Settings
 
@@ -898,6 +915,9 @@ COMMANDS: tuple[Command, ...] = (
             "decomposition; with --zero/--boost, before and after", cmd_trace, _trace_args),
     Command("align", "align two models that share a vocabulary: layer similarity in embedding space, Hungarian "
             "layer matching, best match per neuron (or head), raw-parameter baseline", cmd_align, _align_args),
+    Command("align-dictionaries", "align two dictionaries of one model (two SAEs): every latent of A with its best "
+            "match in B by vocabulary correlation, stored as an alignment run", cmd_align_dictionaries,
+            _align_dictionaries_args),
     Command("alignments", "list stored alignment runs, or show one with --id", cmd_alignments, _alignments_args),
     Command("stitch", "classify with B's first k blocks mapped into fine-tuned A's space through the shared "
             "vocabulary (--map pinv: E_B⁺ E_A, or paper: E_Bᵀ (E_Aᵀ)⁺), then A's remaining blocks and head; "

@@ -23,6 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import torch
 from schema.deletes import delete_rows
+from schema.ids import next_id
 from tqdm import tqdm
 
 from indexer.index import catalog_writes as cw
@@ -40,7 +41,6 @@ from indexer.model.hooks import HookSite, resolve_hook
 from indexer.model.sources import open_source
 from queries import sql as q
 from schema.errors import NotFound, StoreError
-from schema.ids import next_id
 from schema.writer import Store, append_arrow, insert, with_store
 
 COMPONENTS: tuple[ComponentSpec, ...] = (
