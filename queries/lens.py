@@ -337,11 +337,11 @@ class Lens:
         raise NotFound(f"model {model!r} has no checkpoint or step {which!r}; it has: {labels}.")
 
     def drift_vector(self, model: str, component: str, layer: int, index: int, head: int | None = None,
-                     k: int = 10, expert: int | None = None) -> list[VectorStep]:
+                     k: int = 10, expert: int | None = None, dictionary: str | None = None) -> list[VectorStep]:
         """One vector across training: its top ``k`` tokens at every step, and how much of its top-k set it
         shares with the previous step (``shared``, ``overlap`` = shared / k, ``jaccard``)."""
         self._steps(model)
-        rows = self._rows(q.vector_drift(model, component, layer, index, head, expert))
+        rows = self._rows(q.vector_drift(model, component, layer, index, head, expert, dictionary))
         if not rows:
             raise NotFound(self._missing_vector(model, component, layer, index, "all"))
         cat = self._catalog()

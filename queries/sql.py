@@ -301,7 +301,7 @@ def model_components(model: str) -> Sql:
 _STEP_ORDER = "step NULLS LAST, checkpoint"
 
 
-def _head(head: int | None, params: list, column: str = "head") -> str:
+def _head(head: int | str | None, params: list, column: str = "head") -> str:
     if head is None:
         return f"{column} IS NULL"
     params.append(head)
@@ -322,11 +322,12 @@ WHERE cs.model = ? ORDER BY cs.step NULLS LAST, cs.checkpoint""",
 
 
 def vector_drift(model: str, component: str, layer: int, index: int, head: int | None,
-                 expert: int | None = None) -> Sql:
-    """One vector at every step of its model, compared with the previous step (view ``vector_drift``)."""
+                 expert: int | None = None, dictionary: str | None = None) -> Sql:
+    """One vector at every step of its model, compared with the previous step (view ``vector_drift``); a latent
+    by its dictionary's name (the same dictionary indexed against each checkpoint)."""
     params: list = [model, component, layer, index]
     head_cond = _head(head, params)
-    expert_cond = _head(expert, params, "expert")
+    expert_cond = _head(expert, params, "expert") + " AND " + _head(dictionary, params, "dictionary")
     return (
         f"""SELECT checkpoint, step, linked_to, previous_checkpoint, norm, norm_change, shared, overlap, jaccard,
        vector_id

@@ -91,21 +91,23 @@ CHECKPOINT_STEPS = View(
 VECTOR_DRIFT = View(
     "vector_drift",
     "Every vector at every step of its model (ordered by step, then label) compared with the same vector "
-    "(component, layer, head, expert, index) at the previous step: shared = how many top-k tokens both steps have, "
+    "(component, layer, head, expert, index, and dictionary for latents) at the previous step: shared = how many top-k tokens both steps have, "
     "overlap = shared / k, jaccard = shared / |union|, norm_change = norm - previous norm. The first step "
     "has NULLs. Filter on model, component, layer and index.",
     """
     WITH s AS (
         SELECT cs.model, cs.checkpoint, cs.step, cs.linked_to, v.component, v.layer, v.head, v.idx, v.norm,
-               v.vector_id, r.top_k, v.expert
+               v.vector_id, r.top_k, v.expert, d.name AS dictionary
         FROM checkpoint_steps cs
         JOIN vectors v ON v.checkpoint_id = cs.checkpoint_id
         JOIN index_runs r ON r.checkpoint_id = cs.checkpoint_id
+        LEFT JOIN dictionaries d ON d.dictionary_id = v.dictionary_id
     ), w AS (
         SELECT *, lag(checkpoint) OVER win AS previous_checkpoint, lag(vector_id) OVER win AS previous_vector_id,
                lag(norm) OVER win AS previous_norm, lag(top_k) OVER win AS previous_top_k
         FROM s
-        WINDOW win AS (PARTITION BY model, component, layer, head, expert, idx ORDER BY step NULLS LAST, checkpoint)
+        WINDOW win AS (PARTITION BY model, component, layer, head, expert, dictionary, idx
+                       ORDER BY step NULLS LAST, checkpoint)
     ), x AS (
         SELECT w.*, CASE WHEN previous_vector_id IS NULL THEN NULL ELSE coalesce((
             SELECT len(list_intersect(a.top_token_ids, b.top_token_ids)) FROM vector_lists a, vector_lists b
@@ -116,7 +118,7 @@ VECTOR_DRIFT = View(
            norm, norm - previous_norm AS norm_change, shared,
            shared / least(top_k, previous_top_k) AS overlap,
            shared / (top_k + previous_top_k - shared) AS jaccard,
-           vector_id, previous_vector_id, expert
+           vector_id, previous_vector_id, expert, dictionary
     FROM x
     """,
 )

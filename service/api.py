@@ -243,9 +243,11 @@ def api_router(owner: StoreOwner) -> APIRouter:
     @router.get("/drift/{model}/{component}/{layer}/{index}", response_model=list[VectorStep], tags=["training"])
     def drift(lens: ReadLens, model: str, component: str, layer: Whole, index: Whole, head: Whole | None = None,
               k: Annotated[Whole, Query(ge=1, le=1000, description="top tokens per step")] = 10,
-              expert: Whole | None = None) -> list[VectorStep]:
-        """One vector at every step: top tokens and top-k overlap with the previous step."""
-        return lens.drift_vector(model, component, layer, index, head=head, k=k, expert=expert)
+              expert: Whole | None = None, dictionary: str | None = None) -> list[VectorStep]:
+        """One vector at every step: top tokens and top-k overlap with the previous step (``dictionary``: a
+        latent's, indexed against each checkpoint)."""
+        return lens.drift_vector(model, component, layer, index, head=head, k=k, expert=expert,
+                                 dictionary=dictionary)
 
     @router.get("/drift/{model}/{component}/{layer}/{index}/rank", response_model=list[TokenRankStep],
                 tags=["training"])

@@ -324,7 +324,7 @@ def cmd_drift(args: argparse.Namespace) -> None:
             print(table(["checkpoint", "step", "linked_to", "rank", "score", "zscore"], rows))
             return
         steps = db.drift_vector(args.model, args.component, args.layer, args.index, head=args.head, k=args.k,
-                                expert=args.expert)
+                                expert=args.expert, dictionary=args.dictionary)
     if args.json:
         _emit(args, steps)
         return
@@ -787,6 +787,7 @@ def _drift_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--head", type=whole(0, 2**63 - 1), help="attention head, for per-head components")
     sp.add_argument("--expert", type=whole(0, 2**63 - 1),
                     help="expert, for the expert components of mixture-of-experts models")
+    sp.add_argument("--dictionary", help="the dictionary of a latent (indexed against each checkpoint)")
     sp.add_argument("--k", type=whole(1, 1000), default=10, help="top tokens shown per step (default 10)")
     sp.add_argument("--token", help="show this token's rank per step instead (a word, raw token, or id with --id)")
     sp.add_argument("--id", action="store_true", help="--token is a token id")

@@ -303,3 +303,29 @@ def test_the_cli_indexes_and_pages_a_latent(db: Path, gpt2: TinyModel, tmp_path:
     assert (hits[0]["index"], hits[0]["dictionary"]) == (PLANT_DEC, "sae")
     assert main(["vector", "gpt2-tiny", "sae_dec", "1", str(PLANT_DEC), "--dictionary", "sae", "--db", str(db)]) == 0
     assert "paris" in capsys.readouterr().out
+
+
+def test_two_saes_of_one_model_align_latent_by_latent(db: Path, gpt2: TinyModel, tmp_path: Path) -> None:
+    """B holds A's decoder rows permuted, a few negated, with 1 % noise: every latent of A finds its copy; a
+    random dictionary does not."""
+    from indexer.analyses.align_dictionaries import align_dictionaries
+
+    enc, dec = planted(gpt2)
+    g = torch.Generator().manual_seed(7)
+    perm = torch.randperm(N, generator=g)
+    sign = torch.ones(N)
+    sign[::5] = -1
+    dec_b = dec[perm] * sign[:, None] + 0.01 * torch.randn(N, D, generator=g) * dec.norm(dim=1).mean()
+    run(db, files.saelens(tmp_path / "a", enc.T, dec, "blocks.1.hook_resid_post"), name="a")
+    run(db, files.saelens(tmp_path / "b", enc.T, dec_b, "blocks.1.hook_resid_post"), name="b")
+    run(db, files.saelens(tmp_path / "r", enc.T, torch.randn(N, D, generator=g), "blocks.1.hook_resid_post"), name="r")
+    same = align_dictionaries(db, "gpt2-tiny", "a", "b")
+    other = align_dictionaries(db, "gpt2-tiny", "a", "r")
+    with queries.connect(db) as lens:
+        run_ab = lens.alignment(same.alignment_id)
+        assert (run_ab.info.dictionary_a, run_ab.info.dictionary_b, run_ab.info.unit) == ("a", "b", "latent")
+        found = {m.index_a: (m.index_b, m.score) for m in run_ab.matches}
+        inverse = {int(perm[j]): j for j in range(N)}
+        assert all(found[i][0] == inverse[i] for i in range(N))
+        assert all((found[i][1] < 0) == (sign[inverse[i]] < 0) for i in range(N))
+        assert run_ab.info.mean_matched > 0.99 > lens.alignment(other.alignment_id).info.mean_matched + 0.2
