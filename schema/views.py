@@ -91,7 +91,8 @@ CHECKPOINT_STEPS = View(
 VECTOR_DRIFT = View(
     "vector_drift",
     "Every vector at every step of its model (ordered by step, then label) compared with the same vector "
-    "(component, layer, head, expert, index, and dictionary for latents) at the previous step: shared = how many top-k tokens both steps have, "
+    "(component, layer, head, expert, index, and dictionary for latents) at the previous step: shared = how many "
+    "top-k tokens both steps have, "
     "overlap = shared / k, jaccard = shared / |union|, norm_change = norm - previous norm. The first step "
     "has NULLs. Filter on model, component, layer and index.",
     """
