@@ -16,7 +16,6 @@ from indexer.index.dictionary_run import index_dictionary
 from indexer.index.options import DictionaryOptions
 from indexer.model.adapters import adapter_for
 from indexer.model.checkpoint import open_checkpoint
-from queries.integrity import check_store
 from service.cli import main
 from tests import dictionary_files as files
 from tests.test_bad_input import snapshot
@@ -217,7 +216,8 @@ def test_same_content_is_a_no_op_replace_re_indexes_and_forget_takes_the_latents
                          "NULL)").fetchone()
     con.close()
     assert counts == (1, 2 * N, 2)
-    assert not [p for p in check_store(db).problems]
+    with queries.connect(db) as lens:
+        assert lens.check().problems == []
     code = main(["forget", "gpt2-tiny", "--db", str(db)])
     assert code == 0
     con = duckdb.connect(str(db), read_only=True)
@@ -233,7 +233,8 @@ def test_check_finds_latents_whose_dictionary_is_gone(db: Path, gpt2: TinyModel,
     con = duckdb.connect(str(db))
     con.execute("DELETE FROM dictionaries")
     con.close()
-    problems = " ".join(check_store(db).problems)
+    with queries.connect(db) as lens:
+        problems = " ".join(lens.check().problems)
     assert "dictionar" in problems
 
 
