@@ -28,7 +28,8 @@ def saelens(folder: Path, w_enc: torch.Tensor, w_dec: torch.Tensor, hook: str, *
         state["threshold"] = torch.full((d_sae,), 0.01)
     save_file(state, folder / "sae_weights.safetensors")
     cfg: dict[str, object] = {
-        "d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
+        "d_in": d_in, "d_sae": d_sae, "dtype": "float32", "device": "cpu",
+        "apply_b_dec_to_input": "transcoder" not in architecture,  # transcoders refuse it
         "normalize_activations": "none", "reshape_activations": "none",
         "metadata": {"sae_lens_version": "6.5.1", "sae_lens_training_version": "6.5.1", "model_name": model,
                      "hook_name": hook, "hook_head_index": None, "context_size": 128, "prepend_bos": True,

@@ -107,7 +107,7 @@ def test_folders_written_by_saelens_itself_are_read(db: Path, gpt2: TinyModel, t
         assert result.status == "indexed"
         assert first(db, "paris", "sae_dec", dictionary=cls.__name__).index == PLANT_DEC
         assert first(db, "king", "sae_enc", dictionary=cls.__name__).index == PLANT_ENC
-    tc = Transcoder(TranscoderConfig(d_in=D, d_sae=N, d_out=D, metadata=SAEMetadata(
+    tc = Transcoder(TranscoderConfig(d_in=D, d_sae=N, d_out=D, apply_b_dec_to_input=False, metadata=SAEMetadata(
         model_name="gpt2", hook_name="blocks.0.ln2.hook_normalized", hook_name_out="blocks.0.hook_mlp_out")))
     with torch.no_grad():
         tc.W_enc.copy_(enc.T)
