@@ -33,7 +33,8 @@ def v1_store(tmp_path: Path) -> Path:
 ADDED = {
     # version 3: no old vector is in an expert; version 6: none belongs to a dictionary
     "vectors": {"expert": None, "dictionary_id": None}, "vector_units": {"expert": None, "dictionary_id": None},
-    "alignment_runs": {"statistic": "best_signed"},  # version 4: the layer statistic of each alignment
+    # version 4: the layer statistic of each alignment; version 6: no old alignment compares dictionaries
+    "alignment_runs": {"statistic": "best_signed", "dictionary_a": None, "dictionary_b": None},
 }
 
 
