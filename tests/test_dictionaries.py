@@ -218,6 +218,15 @@ def test_same_content_is_a_no_op_replace_re_indexes_and_forget_takes_the_latents
     assert counts == (1, 2 * N, 2)
     with queries.connect(db) as lens:
         assert lens.check().problems == []
+    run(db, files.saelens(tmp_path / "other", enc.T, dec, "blocks.0.hook_resid_pre"), name="other")
+    assert main(["forget", "gpt2-tiny", "--dictionary", "res1", "--db", str(db)]) == 0
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT name FROM dictionaries").fetchall() == [("other",)]
+    assert con.execute("SELECT count(*) FROM vectors WHERE dictionary_id IS NOT NULL").fetchone() == (2 * N,)
+    con.close()
+    with queries.connect(db) as lens:
+        assert lens.check().problems == []
+        assert lens.vector("gpt2-tiny", "ff_value", 1, 7).top[0].token == " paris"  # the model's own rows stay
     code = main(["forget", "gpt2-tiny", "--db", str(db)])
     assert code == 0
     con = duckdb.connect(str(db), read_only=True)
