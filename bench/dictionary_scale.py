@@ -164,11 +164,13 @@ def lookups(db: Path, queries_n: int, cold_n: int, per_dict: int) -> dict:
         warmed = lens.warm()
         warm = run(lens, [f"t{(i * 7919 + 4001) % VOCAB}" for i in range(queries_n)])
         pages = []
+        full = max(1, n // (2 * K) // per_dict)  # dictionaries holding per_dict latents (the last may hold fewer)
         for i in range(queries_n):
+            j = i % full
             t = time.perf_counter()
-            lens.vector("bench", "sae_dec", i % 12 if i % 12 < dicts else 0, (i * 331) % per_dict,
-                        dictionary=f"sae-{i % 12 if i % 12 < dicts else 0}")
+            page = lens.vector("bench", "sae_dec", j % 12, (i * 331) % per_dict, dictionary=f"sae-{j}")
             pages.append(time.perf_counter() - t)
+            assert page.dictionary == f"sae-{j}" and page.top
     cold = []
     for i in range(cold_n):
         drop_os_cache()
@@ -194,6 +196,7 @@ def main() -> None:
     ap.add_argument("--cold", type=int, default=10)
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-lookups", action="store_true")
+    ap.add_argument("--db", help="lookup store to build (or reuse, when it exists); default: a temporary file")
     args = ap.parse_args()
     out: dict = {}
     with tempfile.TemporaryDirectory(prefix="lensdb-dict-") as tmp:
@@ -202,10 +205,11 @@ def main() -> None:
             out["throughput"] = throughput(args.latents, work)
             print(json.dumps(out["throughput"]), flush=True)
         if not args.skip_lookups:
-            db = work / "lookups.duckdb"
-            t = time.perf_counter()
-            build_lookup_store(db, args.rows, args.dict_latents)
-            print(f"built {args.rows / 1e6:.0f} M latent rows in {time.perf_counter() - t:.0f}s", flush=True)
+            db = Path(args.db) if args.db else work / "lookups.duckdb"
+            if not db.exists():
+                t = time.perf_counter()
+                build_lookup_store(db, args.rows, args.dict_latents)
+                print(f"built {args.rows / 1e6:.0f} M latent rows in {time.perf_counter() - t:.0f}s", flush=True)
             out["lookups"] = lookups(db, args.queries, args.cold, args.dict_latents)
             print(json.dumps(out["lookups"]), flush=True)
     print(json.dumps(out, indent=2))
