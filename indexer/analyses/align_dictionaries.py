@@ -26,6 +26,7 @@ from indexer.index.plan import role_basis, site_basis
 from indexer.math import correlation as al
 from indexer.math.basis import BasisMode
 from indexer.model.adapters import adapter_for
+from indexer.model.adapters.base import Role
 from indexer.model.dictionary import read_dictionary
 from indexer.model.sources import open_source
 from schema.errors import LensdbError, NotFound
@@ -65,10 +66,9 @@ def align_dictionaries(db: str | Path | Store, model: str, dictionary_a: str, di
                        component: str = "sae_dec", basis: BasisMode | None = None) -> AlignOutcome:
     """Compare two dictionaries of ``model`` on one side (``sae_dec`` or ``sae_enc``; ``dir_write``/``dir_read``
     for direction sets) and store the run. ``basis``: default, the one the dictionaries were indexed with."""
-    role = "writes" if component in ("sae_dec", "dir_write") else "reads" if component in ("sae_enc", "dir_read") \
-        else None
-    if role is None:
+    if component not in ("sae_dec", "dir_write", "sae_enc", "dir_read"):
         raise LensdbError(f"dictionaries align on sae_dec, sae_enc, dir_write or dir_read, not {component!r}.")
+    role: Role = "writes" if component in ("sae_dec", "dir_write") else "reads"
 
     def body(store: Store) -> AlignOutcome:
         started = time.perf_counter()

@@ -98,8 +98,8 @@ def _target(con, model: str, checkpoint: str | None) -> Target:  # type: ignore[
     run = con.execute("SELECT basis, basis_flags, top_k FROM index_runs WHERE checkpoint_id = ? "
                       "ORDER BY run_id DESC LIMIT 1", [checkpoint_id]).fetchone()
     flags = json.loads(run[1]) if run and run[1] else {}
-    reads = flags.get("reads") if isinstance(flags.get("reads"), dict) else {}
-    source = flags.get("source") if isinstance(flags.get("source"), dict) else {}
+    reads: dict = flags["reads"] if isinstance(flags.get("reads"), dict) else {}
+    source: dict = flags["source"] if isinstance(flags.get("source"), dict) else {}
     return Target(int(checkpoint_id), str(label), str(path), int(size), run[0] if run else "folded",
                   str(reads.get("matrix", "unembedding")), int(run[2]) if run else 50, source.get("lora") == "delta")
 

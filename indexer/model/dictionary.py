@@ -183,7 +183,8 @@ def _loader(file: Path, name: str, transpose: bool = False) -> Callable[[], torc
 def _saelens(p: Path) -> Dictionary:
     cfg = _config(p / SAELENS_CFG)
     weights = p / SAELENS_WEIGHTS
-    meta = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    found = cfg.get("metadata")
+    meta: dict = found if isinstance(found, dict) else {}
     arch = str(cfg.get("architecture") or ("topk" if cfg.get("activation_fn_str") == "topk" else "standard"))
     if arch not in SAELENS_ARCHITECTURES:
         raise DictionaryError(f"{p / SAELENS_CFG}: architecture {arch!r} is not one lensdb reads; known: "
