@@ -8,7 +8,8 @@
 - **lookups**: a synthetic store built with the real schema and load order: one model and dictionaries of
   ``--dict-latents`` latents each until ``--rows`` token rows of latents (2k rows per latent), then "who promotes
   X" across everything (20 hits, a new token per query) at first touch, warm (after ``Lens.warm``) and cold (a
-  fresh process per query), and a latent's page.
+  fresh process per query), and a latent's page; the same measured in the same run on a store of the same rows as
+  one model's own FF values (the reference), and the ratios.
 
     .venv/bin/python bench/dictionary_scale.py [--latents 16384] [--rows 10_000_000] [--skip-lookups]
 """
@@ -77,8 +78,10 @@ def throughput(latents: int, work: Path) -> dict:
             "store_MiB_per_million_latents": round(grown / 2**20 / latents * 1e6)}
 
 
-def build_lookup_store(db: Path, rows: int, per_dict: int) -> int:
-    """One model; dictionaries of ``per_dict`` latents (decoder side) until ``rows`` token rows; returns latents."""
+def build_lookup_store(db: Path, rows: int, per_dict: int, neurons: bool = False) -> int:
+    """One model; dictionaries of ``per_dict`` latents (decoder side) until ``rows`` token rows; returns latents.
+    ``neurons``: the same rows as the model's own FF values instead (one layer per block of ``per_dict``): the
+    reference the latents' lookups are measured against."""
     from schema.migrations import fill_token_forms
     from schema.writer import insert_new, writer
 
@@ -97,20 +100,21 @@ def build_lookup_store(db: Path, rows: int, per_dict: int) -> int:
         first = 1
         for n, start in enumerate(range(0, latents, per_dict)):
             count = min(per_dict, latents - start)
-            did = insert_new(con, "dictionaries", checkpoint_id=ckpt, name=f"sae-{n}", format="saelens",
+            component, layer = ("ff_value", n) if neurons else ("sae_dec", n % 12)
+            did = None if neurons else insert_new(con, "dictionaries", checkpoint_id=ckpt, name=f"sae-{n}", format="saelens",
                              architecture="standard", kind="sae", hook_in=None,
                              hook_out=f"blocks.{n % 12}.hook_resid_post",
                              layer=n % 12, n_latents=count, d_in=D, d_out=D, content_hash=f"d{n}", path="/synthetic",
                              basis="folded", top_k=K, n_vectors=count, n_projections=count * 2 * K, flags="{}",
                              indexed_at=time.strftime("%Y-%m-%d"), seconds=0.0)
             con.execute("""INSERT INTO vectors BY NAME SELECT ? + i AS vector_id, ? AS checkpoint_id,
-                               'sae_dec' AS component, ? AS layer, NULL AS head, i AS idx, 1.0 AS norm,
-                               0.0 AS logit_mean, 0.02 AS logit_std, ? AS dictionary_id FROM range(?) r(i)""",
-                        [first, ckpt, n % 12, did, count])
-            con.execute("INSERT INTO vector_units BY NAME SELECT ? AS checkpoint_id, 'sae_dec' AS component, "
+                               ? AS component, ? AS layer, NULL AS head, i AS idx, 1.0 AS norm,
+                               0.0 AS logit_mean, 0.02 AS logit_std, ?::INTEGER AS dictionary_id FROM range(?) r(i)""",
+                        [first, ckpt, component, layer, did, count])
+            con.execute("INSERT INTO vector_units BY NAME SELECT ? AS checkpoint_id, ? AS component, "
                         "? AS layer, NULL AS head, ? AS first_vector_id, ? AS last_vector_id, 0 AS first_index, "
-                        "? AS dictionary_id",
-                        [ckpt, n % 12, first, first + count - 1, did])
+                        "?::INTEGER AS dictionary_id",
+                        [ckpt, component, layer, first, first + count - 1, did])
             con.execute("""INSERT INTO vector_tokens BY NAME
                 SELECT ? + v AS vector_id, CASE WHEN j < ? THEN 'top' ELSE 'bottom' END AS side, (j % ?) + 1 AS rank,
                        (hash(v * 131 + j + ? * 7919) % ?)::INTEGER AS token_id,
@@ -144,7 +148,7 @@ print(answered)
 """
 
 
-def lookups(db: Path, queries_n: int, cold_n: int, per_dict: int) -> dict:
+def lookups(db: Path, queries_n: int, cold_n: int, per_dict: int, neurons: bool = False) -> dict:
     import queries
 
     def run(lens: queries.Lens, tokens: list[str]) -> list[float]:
@@ -153,7 +157,7 @@ def lookups(db: Path, queries_n: int, cold_n: int, per_dict: int) -> dict:
             t = time.perf_counter()
             hits = lens.promoters(tok, limit=20)
             out.append(time.perf_counter() - t)
-            assert hits and hits[0].dictionary, "no latent hits: the synthetic store is broken"
+            assert hits and (neurons or hits[0].dictionary), "no hits: the synthetic store is broken"
         return out
 
     with queries.connect(db) as lens:
@@ -168,16 +172,20 @@ def lookups(db: Path, queries_n: int, cold_n: int, per_dict: int) -> dict:
         for i in range(queries_n):
             j = i % full
             t = time.perf_counter()
-            page = lens.vector("bench", "sae_dec", j % 12, (i * 331) % per_dict, dictionary=f"sae-{j}")
+            if neurons:
+                page = lens.vector("bench", "ff_value", j, (i * 331) % per_dict)
+            else:
+                page = lens.vector("bench", "sae_dec", j % 12, (i * 331) % per_dict, dictionary=f"sae-{j}")
             pages.append(time.perf_counter() - t)
-            assert page.dictionary == f"sae-{j}" and page.top
+            assert page.top
     cold = []
     for i in range(cold_n):
         drop_os_cache()
         code = _COLD.format(root=str(ROOT), db=str(db), token=f"t{(i * 104729 + 13) % VOCAB}")
         out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
         cold.append(float(out.strip().splitlines()[-1]))
-    return {"token_rows": n, "latents": n // (2 * K), "dictionaries": dicts,
+    return {"rows_are": "FF values (reference)" if neurons else "SAE latents", "token_rows": n,
+            "vectors": n // (2 * K), "dictionaries": dicts,
             "store_MiB": round(db.stat().st_size / 2**20), "warm_s": round(warmed.seconds, 2),
             "first_touch_p50_ms": round(statistics.median(first) * 1000, 1),
             "first_touch_p99_ms": round(pct(first, 0.99), 1),
@@ -212,6 +220,14 @@ def main() -> None:
                 print(f"built {args.rows / 1e6:.0f} M latent rows in {time.perf_counter() - t:.0f}s", flush=True)
             out["lookups"] = lookups(db, args.queries, args.cold, args.dict_latents)
             print(json.dumps(out["lookups"]), flush=True)
+            ref = db.with_name(db.stem + "-neurons.duckdb")
+            if not ref.exists():
+                build_lookup_store(ref, args.rows, args.dict_latents, neurons=True)
+            out["reference"] = lookups(ref, args.queries, args.cold, args.dict_latents, neurons=True)
+            print(json.dumps(out["reference"]), flush=True)
+            out["ratios"] = {k: round(out["lookups"][k] / out["reference"][k], 2) for k in out["lookups"]
+                             if k.endswith("_ms") and out["lookups"][k] and out["reference"][k]}
+            print(json.dumps(out["ratios"]), flush=True)
     print(json.dumps(out, indent=2))
 
 
