@@ -101,7 +101,8 @@ def build_lookup_store(db: Path, rows: int, per_dict: int, neurons: bool = False
         for n, start in enumerate(range(0, latents, per_dict)):
             count = min(per_dict, latents - start)
             component, layer = ("ff_value", n) if neurons else ("sae_dec", n % 12)
-            did = None if neurons else insert_new(con, "dictionaries", checkpoint_id=ckpt, name=f"sae-{n}", format="saelens",
+            did = None if neurons else insert_new(
+                con, "dictionaries", checkpoint_id=ckpt, name=f"sae-{n}", format="saelens",
                              architecture="standard", kind="sae", hook_in=None,
                              hook_out=f"blocks.{n % 12}.hook_resid_post",
                              layer=n % 12, n_latents=count, d_in=D, d_out=D, content_hash=f"d{n}", path="/synthetic",
