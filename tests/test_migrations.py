@@ -102,13 +102,17 @@ def test_the_upgrade_keeps_every_row_and_answers_as_the_old_release_did(
     assert main(["upgrade", "--db", str(v1_store)]) == 0
     assert f"from schema version 1 to {SCHEMA_VERSION}" in capsys.readouterr().out
     after = _tables(v1_store, old_columns)  # every row as it was, in the columns it had
-    assert set(after) == set(before)
+    assert set(after) == set(before) | {"id_counters"}  # version 5: ids from counters, never reused
     new_columns = _columns(v1_store)
     for table, added in ADDED.items():
         assert [c for c in new_columns[table] if c not in old_columns[table]] == list(added)
         with duckdb.connect(str(v1_store), read_only=True) as con:
             got = con.execute(f"SELECT DISTINCT {', '.join(added)} FROM {table}").fetchall()
         assert got == [tuple(added.values())], table
+    with duckdb.connect(str(v1_store), read_only=True) as con:  # each counter starts at the highest id held
+        for table, column, last in after["id_counters"]:
+            assert last == con.execute(f"SELECT coalesce(max({column}), 0) FROM {table}").fetchone()[0], table
+    assert {t for t, _, _ in after["id_counters"]} >= {"checkpoints", "vectors", "traces", "alignment_runs"}
     for table, rows in before.items():
         if table == "lensdb_meta":  # the version changes; version 1's list of tables is gone
             assert dict(after[table]) == {"schema_version": str(SCHEMA_VERSION)}
