@@ -153,8 +153,8 @@ def test_a_plain_direction_set_with_labels(db: Path, gpt2: TinyModel, tmp_path: 
     enc, dec = planted(gpt2)
     labels = [f"direction {i}" for i in range(N)]
     run(db, files.directions(tmp_path / "steer", dec, "blocks.0.hook_resid_pre", "writes", labels))
-    run(db, files.directions(tmp_path / "probes", enc, "blocks.1.hook_resid_mid", "reads"))
-    hit = first(db, "paris", "dir_write")
+    hit = first(db, "paris", "dir_write")  # the catalog of this store is now cached in this process
+    run(db, files.directions(tmp_path / "probes", enc, "blocks.1.hook_resid_mid", "reads"))  # it must see this one
     assert (hit.layer, hit.index, hit.dictionary) == (0, PLANT_DEC, "steer")
     assert first(db, "king", "dir_read").index == PLANT_ENC
     with queries.connect(db) as lens:
