@@ -2,7 +2,10 @@
 of its architecture to ``sae_weights.safetensors``, ``cfg.to_dict()`` to ``cfg.json``), EleutherAI sparsify
 (``SparseCoder.save_to_disk``: ``sae.safetensors`` and ``cfg.json`` with ``d_in``, one folder per hookpoint),
 Gemma Scope (``params.npz``) and lensdb's plain direction sets. The files are written by hand, field for field as
-those writers produce them (the ``sae-lens`` package itself pulls in TransformerLens, datasets and wandb)."""
+those writers produce them (checked against sae-lens 6.54's own ``save_model`` output); where the ``sae-lens`` package
+is installed, tests/test_dictionaries.py also reads folders its own writer saved. It is not in the test extra: it
+pulls ~50 packages (TransformerLens, datasets, wandb, pandas), and with pandas installed `lensdb sql` loads pandas,
+numpy and pyarrow, which tests/test_layout.py refuses on the read path."""
 
 import json
 from pathlib import Path
