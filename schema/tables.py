@@ -155,7 +155,7 @@ vectors = sa.Table(
     sa.Column("logit_std", sa.Float, nullable=False, comment="std of its projection over the vocabulary"),
     sa.Column("expert", sa.Integer, nullable=True,
               comment="mixture-of-experts expert the vector belongs to, NULL outside experts (schema version 3)"),
-    sa.Column("dictionary_id", sa.Integer, sa.ForeignKey("dictionaries.dictionary_id", ondelete="CASCADE"),
+    sa.Column("dictionary_id", sa.Integer, _ref("dictionaries.dictionary_id"),
               nullable=True, comment="the dictionary a latent or direction belongs to (sae_dec, sae_enc, dir_write, "
               "dir_read); NULL for a model's own vectors (schema version 6)"),
     comment="Every indexed parameter vector with exact statistics of its full vocabulary projection.",
@@ -172,7 +172,7 @@ vector_units = sa.Table(
     sa.Column("last_vector_id", sa.BigInteger, nullable=False, comment="last vector id (inclusive)"),
     sa.Column("first_index", sa.Integer, nullable=False, comment="idx of the first vector"),
     sa.Column("expert", sa.Integer, nullable=True, comment="mixture-of-experts expert, NULL outside experts"),
-    sa.Column("dictionary_id", sa.Integer, sa.ForeignKey("dictionaries.dictionary_id", ondelete="CASCADE"),
+    sa.Column("dictionary_id", sa.Integer, _ref("dictionaries.dictionary_id"),
               nullable=True, comment="the dictionary of a block of latents; NULL for a model's own vectors"),
     comment="The contiguous block of vector ids each index run wrote per (checkpoint, component, layer, head): "
     "token lookups filter and label hits by these ranges instead of joining vectors. "
@@ -483,9 +483,9 @@ alignment_runs = sa.Table(
     sa.Column("mean_matched", sa.Float, nullable=False, comment="mean layer similarity over the matched layer pairs"),
     sa.Column("seconds", sa.Float, nullable=False, comment="wall time of the run"),
     sa.Column("created_at", sa.DateTime, nullable=False, comment="when it was committed"),
-    sa.Column("dictionary_a", sa.Integer, sa.ForeignKey("dictionaries.dictionary_id", ondelete="CASCADE"),
+    sa.Column("dictionary_a", sa.Integer, _ref("dictionaries.dictionary_id"),
               nullable=True, comment="with unit latent: the dictionary of A whose latents were compared (schema 6)"),
-    sa.Column("dictionary_b", sa.Integer, sa.ForeignKey("dictionaries.dictionary_id", ondelete="CASCADE"),
+    sa.Column("dictionary_b", sa.Integer, _ref("dictionaries.dictionary_id"),
               nullable=True, comment="with unit latent: the dictionary of B"),
     comment="One row per `lensdb align`: two checkpoints with the same vocabulary compared in embedding space.",
 )
@@ -525,9 +525,8 @@ neuron_matches = sa.Table(
 dictionaries = sa.Table(
     "dictionaries",
     metadata,
-    sa.Column("dictionary_id", sa.Integer, primary_key=True, autoincrement=False, comment="dictionary id",
-              info={"counter": True}),
-    sa.Column("checkpoint_id", sa.Integer, sa.ForeignKey("checkpoints.checkpoint_id", ondelete="CASCADE"),
+    _id("dictionary_id", "dictionary id"),
+    sa.Column("checkpoint_id", sa.Integer, _ref("checkpoints.checkpoint_id"),
               nullable=False, comment="the checkpoint whose bases its rows were read with"),
     sa.Column("name", sa.String, nullable=False, comment="its name (--name; default: from its folder)"),
     sa.Column("format", sa.String, nullable=False, comment="saelens, sparsify, gemmascope or directions"),
@@ -559,7 +558,7 @@ dictionaries = sa.Table(
 dictionary_labels = sa.Table(
     "dictionary_labels",
     metadata,
-    sa.Column("dictionary_id", sa.Integer, sa.ForeignKey("dictionaries.dictionary_id", ondelete="CASCADE"),
+    sa.Column("dictionary_id", sa.Integer, _ref("dictionaries.dictionary_id"),
               nullable=False, comment="dictionary"),
     sa.Column("idx", sa.Integer, nullable=False, comment="row (latent id)"),
     sa.Column("label", sa.String, nullable=False, comment="the label its file gives the row"),

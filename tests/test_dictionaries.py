@@ -302,6 +302,17 @@ def test_bad_dictionaries_are_one_clear_line_and_leave_the_store_unchanged(
     assert snapshot(db) == before
 
 
+def test_lensdb_index_pointed_at_a_dictionary_names_index_dictionary(
+        db: Path, gpt2: TinyModel, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    enc, dec = planted(gpt2)
+    folder = files.saelens(tmp_path / "sae", enc.T, dec, "blocks.1.hook_resid_post")
+    before = snapshot(db)
+    assert main(["index", str(folder), "--db", str(db), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds a saelens dictionary" in err and "lensdb index-dictionary" in err, err
+    assert snapshot(db) == before
+
+
 def test_the_cli_indexes_and_pages_a_latent(db: Path, gpt2: TinyModel, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     enc, dec = planted(gpt2)

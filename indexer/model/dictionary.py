@@ -117,6 +117,16 @@ def detect(path: Path) -> str:
         f"{DIRECTIONS_WEIGHTS} (a direction set).")
 
 
+def looks_like_dictionary(path: Path) -> str | None:
+    """The dictionary format at ``path`` when it holds one and no checkpoint (``lensdb index`` points there)."""
+    if path.is_dir() and (path / "config.json").exists():
+        return None
+    try:
+        return detect(path)
+    except (DictionaryError, OSError):
+        return None
+
+
 def read_dictionary(path: str | Path, hook: str | None = None) -> Dictionary:
     """The dictionary at ``path`` (format detected), its headers checked; ``hook`` overrides the stored hook."""
     if "\x00" in str(path):
