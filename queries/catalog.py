@@ -44,6 +44,7 @@ class Unit(NamedTuple):
     first_index: int
     expert: int | None = None
     role: str = "writes"  # writes, reads or pairs (vector_units.role): what the search's role filter reads
+    dictionary_id: int | None = None  # a dictionary's latents (``dictionaries``); None for a model's own vectors
 
 
 @dataclass
@@ -53,6 +54,7 @@ class Catalog:
     models: dict[str, int]
     units: list[Unit]
     vocab_hashes: dict[int, str] = field(default_factory=dict)
+    dictionaries: dict[int, str] = field(default_factory=dict)  # dictionary id → name
     _starts: list[int] = field(default_factory=list)
 
     def chosen(self, model: str | None, checkpoint: str | None) -> list[CheckpointRef]:
@@ -61,14 +63,19 @@ class Catalog:
                 if (model is None or r.model == model) and chooses(checkpoint, r.label, r.latest)]
 
     def vector_id(self, checkpoint_id: int, component: str, layer: int, head: int | None, index: int,
-                  expert: int | None = None) -> int | None:
-        """The id of one vector from the unit blocks (no statement), or None where no unit holds it."""
+                  expert: int | None = None, dictionary: str | None = None) -> int | None:
+        """The id of one vector from the unit blocks (no statement), or None where no unit holds it (or, without
+        ``dictionary``, where several dictionaries' units could)."""
+        found = None
         for u in self.units:
             if (u.checkpoint_id, u.component, u.layer, u.head, u.expert) == (
                     checkpoint_id, component, layer, head, expert) and \
+                    (dictionary is None or self.dictionaries.get(u.dictionary_id or -1) == dictionary) and \
                     u.first_index <= index <= u.first_index + u.last_id - u.first_id:
-                return u.first_id + index - u.first_index
-        return None
+                if found is not None:
+                    return None  # latents of two dictionaries at one place: the caller names the dictionary
+                found = u.first_id + index - u.first_index
+        return found
 
     def unit_of(self, vector_id: int) -> Unit:
         """The unit a vector id belongs to (units are sorted by first id and do not overlap)."""
@@ -91,10 +98,13 @@ def catalog(con: duckdb.DuckDBPyConnection, path: Path) -> Catalog:
     rows = con.execute(q.checkpoint_catalog()[0]).fetchall()
     ids = [r[0] for r in rows]
     # the generation of the snapshot just read, as store_generation() computes it (one statement less)
-    generation: tuple = (len(ids), max(ids), sum(ids)) if ids else (0, None, None)
+    dictionaries = dict(con.execute(q.dictionary_names()[0]).fetchall())
+    generation: tuple = ((len(ids), max(ids), sum(ids)) if ids else (0, None, None)) + (
+        len(dictionaries), sum(dictionaries))
     checkpoints = {r[0]: CheckpointRef(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows}
     units = [Unit(*r) for r in con.execute(q.vector_units()[0]).fetchall()]
-    built = Catalog(generation, checkpoints, {r[1]: r[2] for r in rows}, units, vocab_hashes={r[2]: r[6] for r in rows})
+    built = Catalog(generation, checkpoints, {r[1]: r[2] for r in rows}, units, vocab_hashes={r[2]: r[6] for r in rows},
+                    dictionaries=dictionaries)
     with _GLOBAL:
         _CATALOGS[key] = built
     return built

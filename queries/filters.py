@@ -31,5 +31,7 @@ class HitFilter(BaseModel):
     role: Literal["writes", "reads", "all"] | None = Field(
         None, description="writes (default: vectors that write into the stream, the ones that can promote a token), "
         "reads, or all; a named component wins over the default; head-map pairs only by component (attn_ov_pair)")
+    dictionary: str | None = Field(None, description="only the latents of this dictionary (SAE, transcoder or "
+                                   "direction set)")
     limit: int = Field(20, ge=1, le=1_000_000, description="hits to return")
     offset: int = Field(0, ge=0, le=2**31 - 1, description="hits to skip, for paging")

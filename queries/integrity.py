@@ -89,7 +89,8 @@ FROM index_runs r JOIN checkpoints c USING (checkpoint_id) LEFT JOIN models m US
 GROUP BY c.checkpoint_id, m.name, c.label HAVING count(*) > 1"""),
     ("row counts", f"""
 WITH per AS (SELECT v.checkpoint_id, count(*) AS n, sum(coalesce(p.n_top + p.n_bottom + p.n_other, 0)) AS rows
-             FROM vectors v LEFT JOIN check_per_vector p USING (vector_id) GROUP BY v.checkpoint_id)
+             FROM vectors v LEFT JOIN check_per_vector p USING (vector_id) WHERE v.dictionary_id IS NULL
+             GROUP BY v.checkpoint_id)
 SELECT {_CKPT} || ': its run records ' || r.n_vectors || ' vectors but the store holds ' || coalesce(per.n, 0)
 FROM index_runs r JOIN checkpoints c USING (checkpoint_id) LEFT JOIN models m USING (model_id)
 LEFT JOIN per USING (checkpoint_id) WHERE r.n_vectors <> coalesce(per.n, 0)
@@ -98,6 +99,15 @@ SELECT {_CKPT} || ': its run records ' || r.n_projections || ' token rows but th
        || coalesce(per.rows, 0)
 FROM index_runs r JOIN checkpoints c USING (checkpoint_id) LEFT JOIN models m USING (model_id)
 LEFT JOIN per USING (checkpoint_id) WHERE r.n_projections <> coalesce(per.rows, 0)"""),
+    ("dictionary row counts", """
+WITH per AS (SELECT v.dictionary_id, count(*) AS n, sum(coalesce(p.n_top + p.n_bottom + p.n_other, 0)) AS rows
+             FROM vectors v LEFT JOIN check_per_vector p USING (vector_id) WHERE v.dictionary_id IS NOT NULL
+             GROUP BY v.dictionary_id)
+SELECT 'dictionary ' || d.dictionary_id || ' (' || d.name || '): it records ' || d.n_vectors || ' vectors and '
+       || d.n_projections || ' token rows but the store holds ' || coalesce(per.n, 0) || ' and '
+       || coalesce(per.rows, 0)
+FROM dictionaries d LEFT JOIN per USING (dictionary_id)
+WHERE d.n_vectors <> coalesce(per.n, 0) OR d.n_projections <> coalesce(per.rows, 0)"""),
     ("2k token rows per vector", f"""
 SELECT {_VEC.replace("m.name", "name").replace("c.label", "label")} || ' has ' || coalesce(n_top, 0) || ' top and '
        || coalesce(n_bottom, 0) || ' bottom token rows'
@@ -125,20 +135,20 @@ WHERE (coalesce(n_rows, 0) > 0 OR coalesce(n_listed, 0) > 0)
 SELECT 'vector id ' || vector_id || ' is used by ' || count(*) || ' vectors' FROM vectors
 GROUP BY vector_id HAVING count(*) > 1"""),
     ("unit blocks cover the vectors", """
-WITH got AS (SELECT checkpoint_id, component, layer, coalesce(head, -1) AS h, min(vector_id) AS lo,
-                    max(vector_id) AS hi, count(*) AS n, min(idx) AS first_index
+WITH got AS (SELECT checkpoint_id, component, layer, coalesce(head, -1) AS h, coalesce(dictionary_id, -1) AS dict,
+                    min(vector_id) AS lo, max(vector_id) AS hi, count(*) AS n, min(idx) AS first_index
              FROM vectors GROUP BY ALL),
-     want AS (SELECT checkpoint_id, component, layer, coalesce(head, -1) AS h, min(first_vector_id) AS lo,
-                     max(last_vector_id) AS hi, sum(last_vector_id - first_vector_id + 1) AS n,
-                     min(first_index) AS first_index
+     want AS (SELECT checkpoint_id, component, layer, coalesce(head, -1) AS h, coalesce(dictionary_id, -1) AS dict,
+                     min(first_vector_id) AS lo, max(last_vector_id) AS hi,
+                     sum(last_vector_id - first_vector_id + 1) AS n, min(first_index) AS first_index
               FROM vector_units GROUP BY ALL)
 SELECT 'checkpoint ' || checkpoint_id || ' ' || component || ' layer ' || layer
-       || CASE WHEN h >= 0 THEN ' head ' || h ELSE '' END
+       || CASE WHEN h >= 0 THEN ' head ' || h ELSE '' END || CASE WHEN dict >= 0 THEN ' dictionary ' || dict ELSE '' END
        || CASE WHEN want.n IS NULL THEN ': its vectors are in no vector_units block'
                WHEN got.n IS NULL THEN ': its vector_units block names no vectors'
                ELSE ': its vector_units blocks (ids ' || want.lo || '–' || want.hi || ') do not match its vectors (ids '
                     || got.lo || '–' || got.hi || ')' END
-FROM got FULL JOIN want USING (checkpoint_id, component, layer, h)
+FROM got FULL JOIN want USING (checkpoint_id, component, layer, h, dict)
 WHERE got.n IS DISTINCT FROM want.n OR got.lo IS DISTINCT FROM want.lo OR got.hi IS DISTINCT FROM want.hi
    OR got.n <> got.hi - got.lo + 1 OR got.first_index IS DISTINCT FROM want.first_index"""),
     ("vocabulary sizes", """

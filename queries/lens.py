@@ -54,7 +54,7 @@ from queries.rows import (
     WatchRunInfo,
 )
 from queries.rows import LayerPair as LayerPairRow
-from schema.errors import LensdbError, NotFound, UnknownToken
+from schema.errors import InvalidFilter, LensdbError, NotFound, UnknownToken
 
 
 @with_frames
@@ -146,6 +146,11 @@ class Lens:
                                                                  else " in any model."))
         units = select_units(cat.units, {r.checkpoint_id for r in refs}, f.component, f.layer, f.head, f.expert,
                              f.role)
+        if f.dictionary is not None:
+            if f.dictionary not in cat.dictionaries.values():
+                raise InvalidFilter(f"no dictionary {f.dictionary!r} in the store; dictionaries: "
+                                    f"{', '.join(sorted(set(cat.dictionaries.values()))) or 'none indexed'}.")
+            units = [u for u in units if cat.dictionaries.get(u.dictionary_id or -1) == f.dictionary]
         out: TokenHits[TokenHit] = TokenHits([], TokenHit, matches=matches, missing=found.missing, token=token)
         display = {(m.vocab_id, m.token_id): m.display for m in matches}
         groups = []
@@ -166,7 +171,8 @@ class Lens:
                 model=ref.model, checkpoint=ref.label, component=u.component, layer=u.layer, head=u.head,
                 index=u.first_index + vector_id - u.first_id, side=sd, rank=rank, token_id=token_id,
                 token=display[(ref.vocab_id, token_id)], score=score, zscore=z, source_token_id=src,
-                source_token=sources.get((ref.vocab_id, src)), expert=u.expert))
+                source_token=sources.get((ref.vocab_id, src)), expert=u.expert,
+                dictionary=cat.dictionaries.get(u.dictionary_id) if u.dictionary_id is not None else None))
         return hits
 
     def _source_names(self, cat: Catalog, rows: list[tuple]) -> dict[tuple[int, int], str]:
@@ -197,18 +203,23 @@ class Lens:
         return self._hits(token, "bottom", hit_filter(filter, fields))
 
     def vector(self, model: str, component: str, layer: int, index: int, head: int | None = None,
-               checkpoint: str | None = None, expert: int | None = None) -> VectorView:
+               checkpoint: str | None = None, expert: int | None = None, dictionary: str | None = None) -> VectorView:
         """One vector's statistics with its top and bottom tokens (latest checkpoint unless named); ``expert``
-        names the expert of a mixture-of-experts vector."""
+        names the expert of a mixture-of-experts vector, ``dictionary`` the dictionary of a latent."""
         cat = self._catalog()
         self._check_model(model, cat)
         refs = cat.chosen(model, checkpoint)
-        vid = cat.vector_id(refs[0].checkpoint_id, component, layer, head, index, expert) if len(refs) == 1 else None
+        vid = cat.vector_id(refs[0].checkpoint_id, component, layer, head, index, expert, dictionary) \
+            if len(refs) == 1 else None
         found = self._rows(q.vector_by_id(vid) if vid is not None else
-                           q.find_vector(model, component, layer, index, head, checkpoint, expert))
+                           q.find_vector(model, component, layer, index, head, checkpoint, expert, dictionary))
         if not found:
             raise NotFound(self._missing_vector(model, component, layer, index, checkpoint, expert))
-        vid, name, label, comp, lay, hd, idx, norm, mean, std, basis, vocab_id, exp = found[0]
+        if dictionary is None and len({r[13] for r in found}) > 1:
+            names = ", ".join(sorted(str(r[13]) for r in found))
+            raise NotFound(f"{model} {component} {layer} {index}: latents of several dictionaries sit there ({names}); "
+                           "name one with dictionary (--dictionary).")
+        vid, name, label, comp, lay, hd, idx, norm, mean, std, basis, vocab_id, exp, dict_name, row_label = found[0]
         top: list[TokenScore] = []
         bottom: list[TokenScore] = []
         lists = [r[1:5] for r in self._rows(q.vector_lists([vid]))]
@@ -218,7 +229,8 @@ class Lens:
             (top if side == "top" else bottom).append(TokenScore(rank=rank, token_id=token_id, token=token, score=score,
                                                                  zscore=z, source_token_id=src, source_token=src_token))
         return VectorView(model=name, checkpoint=label, component=comp, layer=lay, head=hd, index=idx, norm=norm,
-                          logit_mean=mean, logit_std=std, basis=basis, top=top, bottom=bottom, expert=exp)
+                          logit_mean=mean, logit_std=std, basis=basis, top=top, bottom=bottom, expert=exp,
+                          dictionary=dict_name, label=row_label)
 
     def _displays(self, cat: Catalog, vocab_id: int, token_ids: list[int]) -> dict[int, str]:
         """Display text of tokens: from memory after ``warm``, else one lookup."""
@@ -355,11 +367,11 @@ class Lens:
         raise NotFound(f"model {model!r} has no checkpoint or step {which!r}; it has: {labels}.")
 
     def drift_vector(self, model: str, component: str, layer: int, index: int, head: int | None = None,
-                     k: int = 10, expert: int | None = None) -> list[VectorStep]:
+                     k: int = 10, expert: int | None = None, dictionary: str | None = None) -> list[VectorStep]:
         """One vector across training: its top ``k`` tokens at every step, and how much of its top-k set it
         shares with the previous step (``shared``, ``overlap`` = shared / k, ``jaccard``)."""
         self._steps(model)
-        rows = self._rows(q.vector_drift(model, component, layer, index, head, expert))
+        rows = self._rows(q.vector_drift(model, component, layer, index, head, expert, dictionary))
         if not rows:
             raise NotFound(self._missing_vector(model, component, layer, index, "all"))
         cat = self._catalog()

@@ -175,9 +175,10 @@ class RemoteLens(Lens):
         return self._hits(token, "bottom", hit_filter(filter, fields))
 
     def vector(self, model: str, component: str, layer: int, index: int, head: int | None = None,
-               checkpoint: str | None = None, expert: int | None = None) -> VectorView:
+               checkpoint: str | None = None, expert: int | None = None, dictionary: str | None = None) -> VectorView:
         return VectorView.model_validate(self._get(f"/vectors/{_seg(model)}/{_seg(component)}/{layer}/{index}",
-                                                   head=head, checkpoint=checkpoint, expert=expert))
+                                                   head=head, checkpoint=checkpoint, expert=expert,
+                                                   dictionary=dictionary))
 
     def head_map(self, token: str | int, kind: str = "ov", *, model: str | None = None,
                  checkpoint: str | None = None, limit: int = 20, per_head: int = 5) -> list[HeadRow]:
@@ -210,9 +211,9 @@ class RemoteLens(Lens):
         return _rows(list[StepInfo], self._get(f"/models/{_seg(model)}/steps"))
 
     def drift_vector(self, model: str, component: str, layer: int, index: int, head: int | None = None,
-                     k: int = 10, expert: int | None = None) -> list[VectorStep]:
+                     k: int = 10, expert: int | None = None, dictionary: str | None = None) -> list[VectorStep]:
         return _rows(list[VectorStep], self._get(f"/drift/{_seg(model)}/{_seg(component)}/{layer}/{index}",
-                                                 head=head, k=k, expert=expert))
+                                                 head=head, k=k, expert=expert, dictionary=dictionary))
 
     def token_rank_over_training(self, model: str, token: str | int, component: str, layer: int, index: int,
                                  head: int | None = None, side: str = "top", expert: int | None = None

@@ -36,6 +36,7 @@ class TokenHit(Row):
     source_token_id: int | None = None
     source_token: str | None = None
     expert: int | None = None
+    dictionary: str | None = None  # the dictionary of a latent (sae_dec, sae_enc, dir_write, dir_read)
 
 
 class TokenScore(Row):
@@ -78,6 +79,8 @@ class VectorView(Row):
     top: list[TokenScore]
     bottom: list[TokenScore]
     expert: int | None = None
+    dictionary: str | None = None  # the dictionary of a latent
+    label: str | None = None  # a direction-set row's label, where the set gives one
 
     def arrow(self) -> Any:
         """Its top and bottom tokens as one pyarrow Table (a ``side`` column first); ``.df()``, ``.pl()`` alike."""
@@ -417,6 +420,8 @@ class AlignmentInfo(Row):
     mean_matched: float
     seconds: float
     created_at: datetime
+    dictionary_a: str | None = None  # unit latent: the two dictionaries compared (schema version 6)
+    dictionary_b: str | None = None
 
 
 class LayerPair(Row):

@@ -48,12 +48,18 @@ def checkpoint_filter(checkpoint: str | None, params: list) -> str:
 
 
 def store_generation() -> Sql:
-    """A cheap fingerprint that changes whenever a checkpoint is added, replaced or removed.
+    """A cheap fingerprint that changes whenever a checkpoint or a dictionary is added, replaced or removed.
 
-    Models and vocabularies are only ever created together with a checkpoint, and a replaced checkpoint gets a
-    new id, so the checkpoints table alone tells.
+    Models and vocabularies are only ever created together with a checkpoint, and a replaced checkpoint (or
+    dictionary) gets a new id, so the two tables alone tell.
     """
-    return "SELECT count(*), max(checkpoint_id), sum(checkpoint_id) FROM checkpoints", []
+    return ("SELECT count(*), max(checkpoint_id), sum(checkpoint_id), (SELECT count(*) FROM dictionaries), "
+            "(SELECT coalesce(sum(dictionary_id), 0) FROM dictionaries) FROM checkpoints", [])
+
+
+def dictionary_names() -> Sql:
+    """Every dictionary's id and name (the catalog labels latents with them)."""
+    return "SELECT dictionary_id, name FROM dictionaries ORDER BY dictionary_id", []
 
 
 def checkpoint_catalog() -> Sql:
@@ -79,7 +85,7 @@ def vector_units() -> Sql:
     """Each run writes one contiguous block of vector ids per (checkpoint, component, layer, head): their
     bounds let token lookups filter and label hits without joining the vectors table."""
     return ("SELECT checkpoint_id, component, layer, head, first_vector_id, last_vector_id, first_index, expert, "
-            "role FROM vector_units ORDER BY 5", [])
+            "role, dictionary_id FROM vector_units ORDER BY 5", [])
 
 
 def all_words(vocab_ids: list[int]) -> Sql:
@@ -172,17 +178,23 @@ def similar_words(word: str, limit: int = 5) -> Sql:
 
 
 def find_vector(model: str, component: str, layer: int, index: int, head: int | None, checkpoint: str | None,
-                expert: int | None = None) -> Sql:
+                expert: int | None = None, dictionary: str | None = None) -> Sql:
     params: list = [model, component, layer, index]
     head_cond = _head(head, params, "v.head")
     expert_cond = _head(expert, params, "v.expert")
     ckpt = checkpoint_filter(checkpoint, params)
+    dict_cond = "TRUE"
+    if dictionary is not None:
+        dict_cond = "d.name = ?"
+        params.append(dictionary)
     return (
         f"""SELECT v.vector_id, m.name, c.label, v.component, v.layer, v.head, v.idx, v.norm, v.logit_mean,
-       v.logit_std, r.basis, m.vocab_id, v.expert
+       v.logit_std, r.basis, m.vocab_id, v.expert, d.name, l.label
 FROM vectors v JOIN checkpoints c USING (checkpoint_id) JOIN models m USING (model_id)
-JOIN index_runs r USING (checkpoint_id)
-WHERE m.name = ? AND v.component = ? AND v.layer = ? AND v.idx = ? AND {head_cond} AND {expert_cond} AND {ckpt}""",
+JOIN index_runs r USING (checkpoint_id) LEFT JOIN dictionaries d ON d.dictionary_id = v.dictionary_id
+LEFT JOIN dictionary_labels l ON l.dictionary_id = v.dictionary_id AND l.idx = v.idx
+WHERE m.name = ? AND v.component = ? AND v.layer = ? AND v.idx = ? AND {head_cond} AND {expert_cond} AND {ckpt}
+  AND {dict_cond} ORDER BY v.vector_id DESC""",
         params,
     )
 
@@ -191,9 +203,10 @@ def vector_by_id(vector_id: int) -> Sql:
     """What ``find_vector`` returns, for a vector whose id is known: a point lookup on vectors (sorted by id)."""
     return (
         """SELECT v.vector_id, m.name, c.label, v.component, v.layer, v.head, v.idx, v.norm, v.logit_mean,
-       v.logit_std, r.basis, m.vocab_id, v.expert
+       v.logit_std, r.basis, m.vocab_id, v.expert, d.name, l.label
 FROM vectors v JOIN checkpoints c USING (checkpoint_id) JOIN models m USING (model_id)
-JOIN index_runs r USING (checkpoint_id)
+JOIN index_runs r USING (checkpoint_id) LEFT JOIN dictionaries d ON d.dictionary_id = v.dictionary_id
+LEFT JOIN dictionary_labels l ON l.dictionary_id = v.dictionary_id AND l.idx = v.idx
 WHERE v.vector_id = ?""",
         [vector_id],
     )
@@ -322,7 +335,7 @@ ORDER BY {VECTOR_ORDERS[order]} LIMIT ? OFFSET ?""",
 _STEP_ORDER = "step NULLS LAST, checkpoint"
 
 
-def _head(head: int | None, params: list, column: str = "head") -> str:
+def _head(head: int | str | None, params: list, column: str = "head") -> str:
     if head is None:
         return f"{column} IS NULL"
     params.append(head)
@@ -343,11 +356,12 @@ WHERE cs.model = ? ORDER BY cs.step NULLS LAST, cs.checkpoint""",
 
 
 def vector_drift(model: str, component: str, layer: int, index: int, head: int | None,
-                 expert: int | None = None) -> Sql:
-    """One vector at every step of its model, compared with the previous step (view ``vector_drift``)."""
+                 expert: int | None = None, dictionary: str | None = None) -> Sql:
+    """One vector at every step of its model, compared with the previous step (view ``vector_drift``); a latent
+    by its dictionary's name (the same dictionary indexed against each checkpoint)."""
     params: list = [model, component, layer, index]
     head_cond = _head(head, params)
-    expert_cond = _head(expert, params, "expert")
+    expert_cond = _head(expert, params, "expert") + " AND " + _head(dictionary, params, "dictionary")
     return (
         f"""SELECT checkpoint, step, linked_to, previous_checkpoint, norm, norm_change, shared, overlap, jaccard,
        vector_id
@@ -528,10 +542,12 @@ WHERE a.token IS DISTINCT FROM b.token""",
 
 
 _ALIGNMENT_COLUMNS = """r.alignment_id, ma.name, ca.label, mb.name, cb.label, r.component, r.unit, r.basis,
-       r.statistic, r.vocab_size, r.raw_comparable, r.mean_matched, r.seconds, r.created_at
+       r.statistic, r.vocab_size, r.raw_comparable, r.mean_matched, r.seconds, r.created_at, da.name, db.name
 FROM alignment_runs r
 JOIN checkpoints ca ON ca.checkpoint_id = r.checkpoint_a JOIN models ma ON ma.model_id = ca.model_id
-JOIN checkpoints cb ON cb.checkpoint_id = r.checkpoint_b JOIN models mb ON mb.model_id = cb.model_id"""
+JOIN checkpoints cb ON cb.checkpoint_id = r.checkpoint_b JOIN models mb ON mb.model_id = cb.model_id
+LEFT JOIN dictionaries da ON da.dictionary_id = r.dictionary_a
+LEFT JOIN dictionaries db ON db.dictionary_id = r.dictionary_b"""
 
 
 def list_alignments(limit: int = 50, offset: int = 0) -> Sql:

@@ -73,6 +73,20 @@ def delete_rows(con: duckdb.DuckDBPyConnection, table: str, where: str, params: 
     return counts
 
 
+def _forget_dictionary(tx: duckdb.DuckDBPyConnection, model_id: int, model: str, checkpoint: str | None,
+                       name: str) -> dict[str, int]:
+    """Delete the dictionary ``name`` of a model (of each of its checkpoints, or of the one labelled)."""
+    where = "d.name = ? AND c.model_id = ?" + (" AND c.label = ?" if checkpoint is not None else "")
+    params: list = [name, model_id] + ([checkpoint] if checkpoint is not None else [])
+    ids = [r[0] for r in tx.execute(f"SELECT d.dictionary_id FROM dictionaries d JOIN checkpoints c USING "
+                                    f"(checkpoint_id) WHERE {where}", params).fetchall()]
+    if not ids:
+        names = [r[0] for r in tx.execute("SELECT DISTINCT d.name FROM dictionaries d JOIN checkpoints c USING "
+                                          "(checkpoint_id) WHERE c.model_id = ? ORDER BY 1", [model_id]).fetchall()]
+        raise NotFound(f"model {model!r} has no dictionary {name!r}; it has: {', '.join(names) or 'none'}.")
+    return delete_rows(tx, "dictionaries", f"dictionary_id IN ({', '.join('?' * len(ids))})", ids)
+
+
 @dataclass
 class Forgotten:
     """What ``forget`` removed: rows deleted per table."""
@@ -81,11 +95,14 @@ class Forgotten:
     checkpoint: str | None
     rows: dict[str, int]
     message: str
+    dictionary: str | None = None
 
 
-def forget(db: "str | os.PathLike[str] | Store", model: str, checkpoint: str | None = None) -> Forgotten:
-    """Remove a model (or one checkpoint of it) and everything made from it, along the declared references, in
-    one transaction; vocabularies no model uses any more go too. ``db``: a store file or the service's Store."""
+def forget(db: "str | os.PathLike[str] | Store", model: str, checkpoint: str | None = None,
+           dictionary: str | None = None) -> Forgotten:
+    """Remove a model (or one checkpoint of it, or one dictionary of it: its latents) and everything made from it,
+    along the declared references, in one transaction; vocabularies no model uses any more go too. ``db``: a store
+    file or the service's Store."""
     if not isinstance(db, Store) and not Path(db).exists():
         raise StoreError(f"no lensdb store at {db}.")
 
@@ -95,7 +112,9 @@ def forget(db: "str | os.PathLike[str] | Store", model: str, checkpoint: str | N
             if found is None:
                 names = [r[0] for r in tx.execute("SELECT name FROM models ORDER BY name").fetchall()]
                 raise NotFound(f"no model {model!r} in {store.path}; models: {', '.join(names) or 'none yet'}.")
-            if checkpoint is None:
+            if dictionary is not None:
+                counts = _forget_dictionary(tx, int(found[0]), model, checkpoint, dictionary)
+            elif checkpoint is None:
                 counts = delete_rows(tx, "models", "model_id = ?", [found[0]])
             else:
                 ckpt = tx.execute("SELECT checkpoint_id FROM checkpoints WHERE model_id = ? AND label = ?",
@@ -110,9 +129,11 @@ def forget(db: "str | os.PathLike[str] | Store", model: str, checkpoint: str | N
             watched = tx.execute("SELECT 1 FROM sources WHERE name = ?", [model]).fetchone() is not None
         rows = {t: n for t, n in {**counts, **{t: counts.get(t, 0) + n for t, n in unused.items()}}.items() if n}
         what = f"model {model}" if checkpoint is None else f"checkpoint {model}/{checkpoint}"
+        if dictionary is not None:
+            what = f"dictionary {dictionary} of {model}" + (f"/{checkpoint}" if checkpoint else "")
         shown = ", ".join(f"{n} {t}" for t, n in rows.items())
         note = (f"; {model} is still registered, so `lensdb watch` would index its checkpoints again "
-                "(the sources table)") if watched and checkpoint is None else ""
-        return Forgotten(model, checkpoint, rows, f"forgot {what}: {shown or 'nothing else'}{note}")
+                "(the sources table)") if watched and checkpoint is None and dictionary is None else ""
+        return Forgotten(model, checkpoint, rows, f"forgot {what}: {shown or 'nothing else'}{note}", dictionary)
 
     return with_store(db, body)

@@ -101,6 +101,15 @@ def _to_v6(con: duckdb.DuckDBPyConnection) -> None:
     WHEN component IN ({reads}) THEN 'reads' ELSE 'writes' END WHERE role IS NULL""")
 
 
+def _to_v7(con: duckdb.DuckDBPyConnection) -> None:
+    """Dictionaries (SAEs, transcoders, direction sets): vectors and their unit blocks name the dictionary they
+    belong to (NULL for every vector indexed before: a model's own); the dictionary tables are created empty."""
+    for table in ("vectors", "vector_units"):
+        con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS dictionary_id INTEGER")
+    for column in ("dictionary_a", "dictionary_b"):  # alignments of two dictionaries' latents
+        con.execute(f"ALTER TABLE alignment_runs ADD COLUMN IF NOT EXISTS {column} INTEGER")
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int  # the version a store has after this step
@@ -115,6 +124,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "ids from id_counters (never reused), started at the highest id each table holds; the "
               "foreign_keys view", start_counters),
     Migration(6, "vector_units: each unit's role (writes, reads or pairs), filled from the component name", _to_v6),
+    Migration(7, "dictionaries: SAE latents, transcoders and direction sets; vectors and vector_units name their "
+              "dictionary", _to_v7),
 )
 assert MIGRATIONS[-1].version == SCHEMA_VERSION, "a schema version without its migration"
 

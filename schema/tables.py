@@ -155,6 +155,9 @@ vectors = sa.Table(
     sa.Column("logit_std", sa.Float, nullable=False, comment="std of its projection over the vocabulary"),
     sa.Column("expert", sa.Integer, nullable=True,
               comment="mixture-of-experts expert the vector belongs to, NULL outside experts (schema version 3)"),
+    sa.Column("dictionary_id", sa.Integer, _ref("dictionaries.dictionary_id"),
+              nullable=True, comment="the dictionary a latent or direction belongs to (sae_dec, sae_enc, dir_write, "
+              "dir_read); NULL for a model's own vectors (schema version 6)"),
     comment="Every indexed parameter vector with exact statistics of its full vocabulary projection.",
 )
 
@@ -173,6 +176,8 @@ vector_units = sa.Table(
               comment="writes (into the residual stream: read through the unembedding), reads (from it: read "
               "through the reading basis) or pairs (a head map's token pairs); the component's role as its adapter "
               "declares it (schema version 6; older units filled from the component name by the upgrade)"),
+    sa.Column("dictionary_id", sa.Integer, _ref("dictionaries.dictionary_id"),
+              nullable=True, comment="the dictionary of a block of latents; NULL for a model's own vectors"),
     comment="The contiguous block of vector ids each index run wrote per (checkpoint, component, layer, head): "
     "token lookups filter and label hits by these ranges instead of joining vectors. "
     "(checkpoint, component, layer, head, expert) for mixture-of-experts models.",
@@ -482,6 +487,10 @@ alignment_runs = sa.Table(
     sa.Column("mean_matched", sa.Float, nullable=False, comment="mean layer similarity over the matched layer pairs"),
     sa.Column("seconds", sa.Float, nullable=False, comment="wall time of the run"),
     sa.Column("created_at", sa.DateTime, nullable=False, comment="when it was committed"),
+    sa.Column("dictionary_a", sa.Integer, _ref("dictionaries.dictionary_id"),
+              nullable=True, comment="with unit latent: the dictionary of A whose latents were compared (schema 6)"),
+    sa.Column("dictionary_b", sa.Integer, _ref("dictionaries.dictionary_id"),
+              nullable=True, comment="with unit latent: the dictionary of B"),
     comment="One row per `lensdb align`: two checkpoints with the same vocabulary compared in embedding space.",
 )
 
@@ -513,4 +522,50 @@ neuron_matches = sa.Table(
     sa.Column("raw_score", sa.Float, nullable=True, comment="that raw correlation"),
     sa.PrimaryKeyConstraint("alignment_id", "layer_a", "index_a"),
     comment="Each neuron (or head) of A with its best match in the matched layer of B, by vocabulary correlation.",
+)
+
+# ---- dictionaries: SAE latents, transcoders, direction sets (issue 20) -----------------------------------------
+
+dictionaries = sa.Table(
+    "dictionaries",
+    metadata,
+    _id("dictionary_id", "dictionary id"),
+    sa.Column("checkpoint_id", sa.Integer, _ref("checkpoints.checkpoint_id"),
+              nullable=False, comment="the checkpoint whose bases its rows were read with"),
+    sa.Column("name", sa.String, nullable=False, comment="its name (--name; default: from its folder)"),
+    sa.Column("format", sa.String, nullable=False, comment="saelens, sparsify, gemmascope or directions"),
+    sa.Column("architecture", sa.String, nullable=False,
+              comment="standard, gated, jumprelu, topk, transcoder… (directions for a direction set)"),
+    sa.Column("kind", sa.String, nullable=False, comment="sae, transcoder or directions"),
+    sa.Column("hook_in", sa.String, nullable=True, comment="hook point its encoder rows read (NULL: none)"),
+    sa.Column("hook_out", sa.String, nullable=True, comment="hook point its decoder rows write (NULL: none)"),
+    sa.Column("layer", sa.Integer, nullable=False, comment="the block of its first hook (its vectors' layer)"),
+    sa.Column("n_latents", sa.Integer, nullable=False, comment="latents (rows) in the dictionary"),
+    sa.Column("d_in", sa.Integer, nullable=False, comment="width of the encoder rows"),
+    sa.Column("d_out", sa.Integer, nullable=False, comment="width of the decoder rows"),
+    sa.Column("content_hash", sa.String, nullable=False, comment="sha256 of its files: its identity"),
+    sa.Column("path", sa.String, nullable=False, comment="where it was read from"),
+    sa.Column("source_model", sa.String, nullable=True, comment="the model name its files record, if any"),
+    sa.Column("basis", sa.String, nullable=False, comment="folded or raw: the checkpoint's own basis mode"),
+    sa.Column("top_k", sa.Integer, nullable=False, comment="tokens kept per vector and side"),
+    sa.Column("n_vectors", sa.BigInteger, nullable=False, comment="vectors written (latents × sides read)"),
+    sa.Column("n_projections", sa.BigInteger, nullable=False, comment="token rows written"),
+    sa.Column("flags", sa.String, nullable=False,
+              comment="JSON: each side's hook site (layer, stage, normalized, space), bases, compute, format fields"),
+    sa.Column("indexed_at", sa.DateTime, nullable=False, comment="when it was committed"),
+    sa.Column("seconds", sa.Float, nullable=False, comment="wall time of the run"),
+    sa.UniqueConstraint("checkpoint_id", "name"),
+    comment="Dictionaries of directions read through a checkpoint's bases at their hook points: SAEs, "
+    "transcoders and direction sets. Their rows are vectors (dictionary_id) like any other.",
+)
+
+dictionary_labels = sa.Table(
+    "dictionary_labels",
+    metadata,
+    sa.Column("dictionary_id", sa.Integer, _ref("dictionaries.dictionary_id"),
+              nullable=False, comment="dictionary"),
+    sa.Column("idx", sa.Integer, nullable=False, comment="row (latent id)"),
+    sa.Column("label", sa.String, nullable=False, comment="the label its file gives the row"),
+    sa.PrimaryKeyConstraint("dictionary_id", "idx"),
+    comment="Labels of direction-set rows, where the set's JSON gives them.",
 )

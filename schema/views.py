@@ -94,21 +94,24 @@ CHECKPOINT_STEPS = View(
 VECTOR_DRIFT = View(
     "vector_drift",
     "Every vector at every step of its model (ordered by step, then label) compared with the same vector "
-    "(component, layer, head, expert, index) at the previous step: shared = how many top-k tokens both steps have, "
+    "(component, layer, head, expert, index, and dictionary for latents) at the previous step: shared = how many "
+    "top-k tokens both steps have, "
     "overlap = shared / k, jaccard = shared / |union|, norm_change = norm - previous norm. The first step "
     "has NULLs. Filter on model, component, layer and index.",
     """
     WITH s AS (
         SELECT cs.model, cs.checkpoint, cs.step, cs.linked_to, v.component, v.layer, v.head, v.idx, v.norm,
-               v.vector_id, r.top_k, v.expert
+               v.vector_id, r.top_k, v.expert, d.name AS dictionary
         FROM checkpoint_steps cs
         JOIN vectors v ON v.checkpoint_id = cs.checkpoint_id
         JOIN index_runs r ON r.checkpoint_id = cs.checkpoint_id
+        LEFT JOIN dictionaries d ON d.dictionary_id = v.dictionary_id
     ), w AS (
         SELECT *, lag(checkpoint) OVER win AS previous_checkpoint, lag(vector_id) OVER win AS previous_vector_id,
                lag(norm) OVER win AS previous_norm, lag(top_k) OVER win AS previous_top_k
         FROM s
-        WINDOW win AS (PARTITION BY model, component, layer, head, expert, idx ORDER BY step NULLS LAST, checkpoint)
+        WINDOW win AS (PARTITION BY model, component, layer, head, expert, dictionary, idx
+                       ORDER BY step NULLS LAST, checkpoint)
     ), x AS (
         SELECT w.*, CASE WHEN previous_vector_id IS NULL THEN NULL ELSE coalesce((
             SELECT len(list_intersect(a.top_token_ids, b.top_token_ids)) FROM vector_lists a, vector_lists b
@@ -119,7 +122,7 @@ VECTOR_DRIFT = View(
            norm, norm - previous_norm AS norm_change, shared,
            shared / least(top_k, previous_top_k) AS overlap,
            shared / (top_k + previous_top_k - shared) AS jaccard,
-           vector_id, previous_vector_id, expert
+           vector_id, previous_vector_id, expert, dictionary
     FROM x
     """,
 )
@@ -228,6 +231,24 @@ ALIGNMENT_MATCHES = View(
     """,
 )
 
+DICTIONARY_LATENTS = View(
+    "dictionary_latents",
+    "Every vector of every dictionary (SAE latents, transcoder latents, direction-set rows) with its model, "
+    "checkpoint, dictionary, kind, the hook its side sits at, its label where the set gives one, and its "
+    "statistics; join projections on vector_id for its tokens.",
+    """
+    SELECT m.name AS model, c.label AS checkpoint, d.name AS dictionary, d.kind, d.format,
+           CASE WHEN v.component IN ('sae_enc', 'dir_read') THEN d.hook_in ELSE d.hook_out END AS hook,
+           v.component, v.layer, v.idx, l.label, v.norm, v.logit_mean, v.logit_std, v.vector_id,
+           d.dictionary_id, c.checkpoint_id
+    FROM vectors v
+    JOIN dictionaries d USING (dictionary_id)
+    JOIN checkpoints c ON c.checkpoint_id = d.checkpoint_id
+    JOIN models m USING (model_id)
+    LEFT JOIN dictionary_labels l ON l.dictionary_id = d.dictionary_id AND l.idx = v.idx
+    """,
+)
+
 
 
 def _foreign_keys() -> View:
@@ -254,7 +275,8 @@ FOREIGN_KEYS = _foreign_keys()
 
 VIEWS: tuple[View, ...] = (LATEST_CHECKPOINTS, VECTOR_INFO, PROJECTIONS, MODEL_SUMMARY, CHECKPOINT_STEPS,
                            VECTOR_DRIFT, TRACE_LENS, TRACE_SHARES, TRACE_NEURON_INFO, HEAD_PAIR_PROJECTIONS,
-                           ALIGNMENT_LAYERS, ALIGNMENT_MATCHES, FOREIGN_KEYS)
+                           ALIGNMENT_LAYERS, ALIGNMENT_MATCHES, FOREIGN_KEYS,
+                           DICTIONARY_LATENTS)
 
 # ---- column comments ----------------------------------------------------------------------------------------
 # Every view column gets a comment (``schema.ddl.view_column_comments``): its own line below where the view
@@ -274,6 +296,7 @@ VIEW_SOURCES: dict[str, tuple[str, ...]] = {
     "head_pair_projections": ("head_pairs", "vectors", "checkpoints", "models"),
     "alignment_layers": ("layer_similarity", "alignment_runs"),
     "alignment_matches": ("neuron_matches", "alignment_runs"),
+    "dictionary_latents": ("vectors", "dictionaries", "dictionary_labels", "checkpoints", "models"),
 }
 
 VIEW_COLUMNS: dict[str, str] = {

@@ -206,10 +206,12 @@ def api_router(owner: StoreOwner) -> APIRouter:
 
     @router.get("/vectors/{model}/{component}/{layer}/{index}", response_model=VectorView, tags=["vectors"])
     def vector(lens: ReadLens, model: str, component: str, layer: Whole, index: Whole, head: Whole | None = None,
-               checkpoint: str | None = None, expert: Whole | None = None) -> VectorView:
+               checkpoint: str | None = None, expert: Whole | None = None,
+               dictionary: str | None = None) -> VectorView:
         """One vector with its top and bottom tokens and statistics (latest checkpoint unless named); ``expert``
-        for a mixture-of-experts vector."""
-        return lens.vector(model, component, layer, index, head=head, checkpoint=checkpoint, expert=expert)
+        for a mixture-of-experts vector, ``dictionary`` for a latent of a dictionary."""
+        return lens.vector(model, component, layer, index, head=head, checkpoint=checkpoint, expert=expert,
+                           dictionary=dictionary)
 
     @router.get("/runs", response_model=Page[RunInfo], tags=["index"])
     def runs(lens: ReadLens, limit: Limit = 50, offset: Offset = 0) -> Page[RunInfo]:
@@ -271,10 +273,11 @@ def api_router(owner: StoreOwner) -> APIRouter:
         return lens.check()
 
     @router.delete("/models/{name}", response_model=Forgotten, tags=["models"])
-    def forget_model(name: str, checkpoint: str | None = None) -> Forgotten:
-        """Forget a model (or one checkpoint of it) and everything made from it: vectors, token rows, runs,
-        traces, alignments, linked steps (what the store's declared references lead to), in one transaction."""
-        return forget(owner.store, name, checkpoint)
+    def forget_model(name: str, checkpoint: str | None = None, dictionary: str | None = None) -> Forgotten:
+        """Forget a model (or one checkpoint of it, or one dictionary of it) and everything made from it: vectors,
+        token rows, runs, traces, alignments, linked steps (what the store's declared references lead to), in one
+        transaction."""
+        return forget(owner.store, name, checkpoint, dictionary)
 
     # ---- training runs -----------------------------------------------------------------------------------
 
@@ -286,9 +289,11 @@ def api_router(owner: StoreOwner) -> APIRouter:
     @router.get("/drift/{model}/{component}/{layer}/{index}", response_model=list[VectorStep], tags=["training"])
     def drift(lens: ReadLens, model: str, component: str, layer: Whole, index: Whole, head: Whole | None = None,
               k: Annotated[Whole, Query(ge=1, le=1000, description="top tokens per step")] = 10,
-              expert: Whole | None = None) -> list[VectorStep]:
-        """One vector at every step: top tokens and top-k overlap with the previous step."""
-        return lens.drift_vector(model, component, layer, index, head=head, k=k, expert=expert)
+              expert: Whole | None = None, dictionary: str | None = None) -> list[VectorStep]:
+        """One vector at every step: top tokens and top-k overlap with the previous step (``dictionary``: a
+        latent's, indexed against each checkpoint)."""
+        return lens.drift_vector(model, component, layer, index, head=head, k=k, expert=expert,
+                                 dictionary=dictionary)
 
     @router.get("/drift/{model}/{component}/{layer}/{index}/rank", response_model=list[TokenRankStep],
                 tags=["training"])

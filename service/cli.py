@@ -103,6 +103,27 @@ def cmd_index(args: argparse.Namespace) -> None:
         print(result.message)
 
 
+def cmd_index_dictionary(args: argparse.Namespace) -> None:
+    from indexer.index.dictionary_run import index_dictionary
+    from indexer.index.options import DictionaryOptions
+
+    opts = DictionaryOptions(model=args.model, name=args.name, hook=args.hook, checkpoint=args.checkpoint,
+                             replace=args.replace, device=args.device, precision=args.precision)
+    result = index_dictionary(args.db, args.path, opts, progress=not args.quiet)
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        print(result.message)
+
+
+def cmd_align_dictionaries(args: argparse.Namespace) -> None:
+    from indexer.analyses.align_dictionaries import align_dictionaries
+
+    out = align_dictionaries(args.db, args.model, args.dictionary_a, args.dictionary_b, component=args.component,
+                             basis=args.basis)
+    print(out.model_dump_json(indent=2) if args.json else out.message)
+
+
 def index_via_server(server: str, checkpoint: str, opts: "IndexOptions", quiet: bool = False,
                      poll_s: float = 0.25, token: str | None = None) -> "IndexResult":
     """Submit an index job to a running service (POST /index) and follow GET /jobs/{id} until it ends. Ctrl-C
@@ -214,8 +235,9 @@ def _hits(args: argparse.Namespace, side: str) -> None:
         hits = find(token, wanted)
     experts = ["expert"] if any(h.expert is not None for h in hits) else []  # only mixture-of-experts hits have one
     sources = ["source_token"] if any(h.source_token is not None for h in hits) else []  # head-map pairs: src → token
-    _emit(args, hits, ["model", "checkpoint", "component", "layer", "head", *experts, "index", "rank", *sources,
-                       "token", "score", "zscore"])
+    dicts = ["dictionary"] if any(h.dictionary is not None for h in hits) else []  # only latents have one
+    _emit(args, hits, ["model", "checkpoint", *dicts, "component", "layer", "head", *experts, "index", "rank",
+                       *sources, "token", "score", "zscore"])
     _resolution_notes(hits)
 
 
@@ -232,11 +254,13 @@ def _resolution_notes(hits: Any) -> None:
 def cmd_vector(args: argparse.Namespace) -> None:
     with _connect(args) as db:
         v = db.vector(args.model, args.component, args.layer, args.index, head=args.head, checkpoint=args.checkpoint,
-                      expert=args.expert)
+                      expert=args.expert, dictionary=args.dictionary)
     if args.json:
         print(v.model_dump_json(indent=2))
         return
     head = (f" head {v.head}" if v.head is not None else "") + (f" expert {v.expert}" if v.expert is not None else "")
+    if v.dictionary is not None:
+        head += f" dictionary {v.dictionary}" + (f" ({v.label!r})" if v.label is not None else "")
     print(f"{v.model}/{v.checkpoint} {v.component} layer {v.layer}{head} index {v.index}  "
           f"norm {v.norm:.4g}  logits mean {v.logit_mean:.4g} std {v.logit_std:.4g}  basis {v.basis}")
     n = max(len(v.top), len(v.bottom))
@@ -313,13 +337,13 @@ def cmd_forget(args: argparse.Namespace) -> None:
 
         with remote:
             answer = remote.call("DELETE", f"/models/{quote(args.model, safe='')}",
-                                 params={"checkpoint": args.checkpoint})
+                                 params={"checkpoint": args.checkpoint, "dictionary": args.dictionary})
     else:
         from dataclasses import asdict
 
         from schema.deletes import forget
 
-        answer = asdict(forget(args.db, args.model, args.checkpoint))
+        answer = asdict(forget(args.db, args.model, args.checkpoint, args.dictionary))
     print(json.dumps(answer, indent=2) if args.json else answer["message"])
 
 
@@ -372,7 +396,7 @@ def cmd_drift(args: argparse.Namespace) -> None:
             print(table(["checkpoint", "step", "linked_to", "rank", "score", "zscore"], rows))
             return
         steps = db.drift_vector(args.model, args.component, args.layer, args.index, head=args.head, k=args.k,
-                                expert=args.expert)
+                                expert=args.expert, dictionary=args.dictionary)
     if args.json:
         _emit(args, steps)
         return
@@ -766,6 +790,35 @@ def _check_args(sp: argparse.ArgumentParser) -> None:
 def _forget_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("model", help="the model to forget")
     sp.add_argument("--checkpoint", help="forget only this checkpoint (its label) of the model")
+    sp.add_argument("--dictionary", help="forget only this dictionary (SAE, transcoder, direction set) of the model: "
+                    "its latents and what was made from them")
+
+
+def _index_dictionary_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("path", help="a dictionary: an SAELens folder (cfg.json + sae_weights.safetensors), a sparsify "
+                    "hookpoint folder (cfg.json + sae.safetensors), a Gemma Scope params.npz, or a direction set "
+                    "(directions.json + directions.safetensors)")
+    sp.add_argument("--model", required=True, help="the indexed model it belongs to")
+    sp.add_argument("--name", help="dictionary name (default: from its folder)")
+    sp.add_argument("--hook", help="hook point where the files name none (Gemma Scope outside its release layout) "
+                    "or to override it: blocks.L.hook_resid_post, blocks.L.hook_mlp_out, …")
+    sp.add_argument("--checkpoint", help="checkpoint label of the model (default: its latest)")
+    sp.add_argument("--replace", action="store_true", help="re-index a dictionary already in the store (same "
+                    "content, or the same name with other content)")
+    sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="where to project: auto uses CUDA when torch sees it (default auto)")
+    sp.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32",
+                    help="fp32 is exact (default); tf32/bf16 (CUDA) pick candidates fast and rescore them in fp32")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _align_dictionaries_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("model", help="the model both dictionaries belong to")
+    sp.add_argument("dictionary_a", metavar="A")
+    sp.add_argument("dictionary_b", metavar="B")
+    sp.add_argument("--component", choices=["sae_dec", "sae_enc", "dir_write", "dir_read"], default="sae_dec",
+                    help="which rows to compare: decoder (default) or encoder rows, or a direction set's")
+    sp.add_argument("--basis", choices=["folded", "raw"], help="default: the basis they were indexed with")
 
 
 def _serve_args(sp: argparse.ArgumentParser) -> None:
@@ -790,6 +843,8 @@ def _vector_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--head", type=whole(0, 2**63 - 1), help="attention head, for per-head components")
     sp.add_argument("--expert", type=whole(0, 2**63 - 1),
                     help="expert, for the expert components of mixture-of-experts models")
+    sp.add_argument("--dictionary", help="the dictionary of a latent (sae_dec, sae_enc, dir_write, dir_read), where "
+                    "several sit at one layer")
     sp.add_argument("--checkpoint", help="checkpoint label (default: latest)")
     sp.add_argument("--limit", type=whole(1, 100_000), default=20, help="rows to show (default 20)")
 
@@ -839,6 +894,7 @@ def _drift_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--head", type=whole(0, 2**63 - 1), help="attention head, for per-head components")
     sp.add_argument("--expert", type=whole(0, 2**63 - 1),
                     help="expert, for the expert components of mixture-of-experts models")
+    sp.add_argument("--dictionary", help="the dictionary of a latent (indexed against each checkpoint)")
     sp.add_argument("--k", type=whole(1, 1000), default=10, help="top tokens shown per step (default 10)")
     sp.add_argument("--token", help="show this token's rank per step instead (a word, raw token, or id with --id)")
     sp.add_argument("--id", action="store_true", help="--token is a token id")
@@ -934,6 +990,8 @@ class Command:
 
 COMMANDS: tuple[Command, ...] = (
     Command("index", "index a checkpoint folder into the store", cmd_index, _index_args),
+    Command("index-dictionary", "index a dictionary (SAE, transcoder, direction set) against an indexed model: its "
+            "latents become vectors searchable by token", cmd_index_dictionary, _index_dictionary_args),
     Command("serve", "serve the store over HTTP: API, pages and index jobs", cmd_serve, _serve_args, db=False,
             json_out=False),
     Command("models", "list indexed models and checkpoints", cmd_models, served=True),
@@ -973,6 +1031,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("align", "align two models that share a vocabulary: layer similarity in embedding space, Hungarian "
             "layer matching, best match per neuron (or head), raw-parameter baseline", cmd_align, _align_args,
             served=True),
+    Command("align-dictionaries", "align two dictionaries of one model (two SAEs): every latent of A with its best "
+            "match in B by vocabulary correlation, stored as an alignment run", cmd_align_dictionaries,
+            _align_dictionaries_args),
     Command("alignments", "list stored alignment runs, or show one with --id", cmd_alignments, _alignments_args,
             served=True),
     Command("stitch", "classify with B's first k blocks mapped into fine-tuned A's space through the shared "

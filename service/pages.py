@@ -53,8 +53,9 @@ def _bar(value: float, scale: float) -> str:
 
 
 def vector_url(model: str, component: str, layer: int, index: int, head: int | None = None,
-               checkpoint: str | None = None, expert: int | None = None) -> str:
-    query = {k: v for k, v in (("head", head), ("checkpoint", checkpoint), ("expert", expert)) if v is not None}
+               checkpoint: str | None = None, expert: int | None = None, dictionary: str | None = None) -> str:
+    query = {k: v for k, v in (("head", head), ("checkpoint", checkpoint), ("expert", expert),
+                               ("dictionary", dictionary)) if v is not None}
     path = f"/vector/{quote(model, safe='')}/{quote(component, safe='')}/{layer}/{index}"
     return path + ("?" + urlencode(query) if query else "")
 
@@ -97,6 +98,10 @@ def _score(value: float) -> str:
     return f"{value:.3g}" if value != 0 and (abs(value) < 0.01 or abs(value) >= 1000) else f"{value:.3f}"
 
 
+def _hit_url(h: TokenHit) -> str:
+    return vector_url(h.model, h.component, h.layer, h.index, h.head, h.checkpoint, h.expert, h.dictionary)
+
+
 def _hits_table(hits: list[TokenHit], title: str) -> str:
     if not hits:
         return f"<div><h2>{title}</h2><p class=muted>none</p></div>"
@@ -104,8 +109,9 @@ def _hits_table(hits: list[TokenHit], title: str) -> str:
     lo, hi = min(zs), max(zs)
     pairs = any(h.source_token is not None for h in hits)
     rows = "".join(
-        f"<tr><td><a href='{vector_url(h.model, h.component, h.layer, h.index, h.head, h.checkpoint, h.expert)}'>"
-        f"{escape(h.model)} {escape(h.component)} L{h.layer}{'' if h.head is None else f' H{h.head}'}"
+        f"<tr><td><a href='{_hit_url(h)}'>"
+        f"{escape(h.model)}{'' if h.dictionary is None else ' ' + escape(h.dictionary)} {escape(h.component)} "
+        f"L{h.layer}{'' if h.head is None else f' H{h.head}'}"
         f"{'' if h.expert is None else f' E{h.expert}'} "
         f"#{h.index}</a>"
         f"<div class=muted>{escape(h.checkpoint)} · rank {h.rank}</div></td>"
@@ -187,17 +193,20 @@ def _training_url(v: VectorView) -> str:
 
 def vector(v: VectorView, checkpoints: list[str]) -> str:
     head = ("" if v.head is None else f" head {v.head}") + ("" if v.expert is None else f" expert {v.expert}")
+    if v.dictionary is not None:  # a latent: its dictionary, and a direction's label
+        head += f" · {v.dictionary}" + ("" if v.label is None else f" ({v.label})")
     title = f"{v.model} {v.component} layer {v.layer}{head} #{v.index}"
     others = " · ".join(
         f"<b>{escape(c)}</b>" if c == v.checkpoint else
-        f"<a href='{vector_url(v.model, v.component, v.layer, v.index, v.head, c, v.expert)}'>{escape(c)}</a>"
+        f"<a href='{vector_url(v.model, v.component, v.layer, v.index, v.head, c, v.expert, v.dictionary)}'>"
+        f"{escape(c)}</a>"
         for c in checkpoints)
     stats = (f"<p>checkpoint <b>{escape(v.checkpoint)}</b> · norm {v.norm:.4g} · "
              f"logits mean {v.logit_mean:.4g} "
              f"std {v.logit_std:.4g} · basis {escape(v.basis)}</p><p>checkpoints: {others}"
              f"{' · <a href=' + repr(_training_url(v)) + '>over training</a>' if len(checkpoints) > 1 else ''}</p>")
     return _layout(title, f"<h1><a href='/model/{quote(v.model, safe='')}'>{escape(v.model)}</a> "
-                          f"{escape(v.component)} layer {v.layer}{head} #{v.index}</h1>{stats}"
+                          f"{escape(v.component)} layer {v.layer}{escape(head)} #{v.index}</h1>{stats}"
                           "<div class=cols>"
                           f"<div><h2>promotes</h2>{_token_bars(v.top)}</div>"
                           f"<div><h2>suppresses</h2>{_token_bars(v.bottom)}</div></div>")

@@ -80,9 +80,11 @@ def page_router(owner: StoreOwner) -> APIRouter:
 
     @router.get("/vector/{model}/{component}/{layer}/{index}", response_class=HTMLResponse)
     async def vector_page(model: str, component: str, layer: Whole, index: Whole, head: Whole | None = None,
-                          checkpoint: str | None = None, expert: Whole | None = None) -> HTMLResponse:
+                          checkpoint: str | None = None, expert: Whole | None = None,
+                          dictionary: str | None = None) -> HTMLResponse:
         def render(lens: Lens) -> str:
-            v = lens.vector(model, component, layer, index, head=head, checkpoint=checkpoint, expert=expert)
+            v = lens.vector(model, component, layer, index, head=head, checkpoint=checkpoint, expert=expert,
+                            dictionary=dictionary)
             labels = [c.label for m in lens.models() if m.name == model for c in m.checkpoints]
             return pages.vector(v, labels)
         return await page(render)

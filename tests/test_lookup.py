@@ -123,7 +123,8 @@ def test_vector_lists_give_exactly_the_token_rows(indexed_store: Path) -> None:
             if not rows:  # a head map's vector: its entries are pairs, in head_pairs
                 assert not lists
                 continue
-            (_, *_, mean, std, _, _, _), = lens._rows(q.vector_by_id(vid))
+            (row,) = lens._rows(q.vector_by_id(vid))
+            mean, std = row[8], row[9]  # logit_mean, logit_std
             assert lists[0][5:] == (mean, std)
             display = {r[2]: r[3] for r in rows}
             assert rows_from_lists(lists[0][1:5], mean, std, display) == rows, vid

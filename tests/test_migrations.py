@@ -31,8 +31,10 @@ def v1_store(tmp_path: Path) -> Path:
 
 # Columns later versions added to tables the previous release had, with the value its rows get.
 ADDED = {
-    "vectors": {"expert": None}, "vector_units": {"expert": None},  # version 3: no old vector is in an expert
-    "alignment_runs": {"statistic": "best_signed"},  # version 4: the layer statistic of each alignment
+    # version 3: no old vector is in an expert; version 6: none belongs to a dictionary
+    "vectors": {"expert": None, "dictionary_id": None}, "vector_units": {"expert": None, "dictionary_id": None},
+    # version 4: the layer statistic of each alignment; version 6: no old alignment compares dictionaries
+    "alignment_runs": {"statistic": "best_signed", "dictionary_a": None, "dictionary_b": None},
 }
 # Columns later versions added whose values the upgrade derives from each row (checked by their own tests).
 DERIVED = {"vector_units": ["role"]}  # version 5: each unit's role, from its component
@@ -66,6 +68,18 @@ def _before_v3(answer: object) -> object:
     return answer
 
 
+def _without_new_fields(answer: object, old: object) -> object:
+    """An answer without the fields later versions added (``dictionary``, ``label`` of version 6), each of which
+    must be None for everything the old release stored."""
+    if isinstance(answer, list) and isinstance(old, list):
+        return [_without_new_fields(a, o) for a, o in zip(answer, old, strict=False)] + answer[len(old):]
+    if isinstance(answer, dict) and isinstance(old, dict):
+        for key in set(answer) - set(old) - {"expert"}:
+            assert answer[key] is None, key
+        return {k: _without_new_fields(v, old.get(k)) for k, v in answer.items() if k in old or k == "expert"}
+    return answer
+
+
 def _version(db: Path) -> str:
     with duckdb.connect(str(db), read_only=True) as con:
         return con.execute("SELECT value FROM lensdb_meta WHERE key = 'schema_version'").fetchone()[0]  # type: ignore[index]
@@ -90,7 +104,8 @@ def test_the_upgrade_keeps_every_row_and_answers_as_the_old_release_did(
     assert main(["upgrade", "--db", str(v1_store)]) == 0
     assert f"from schema version 1 to {SCHEMA_VERSION}" in capsys.readouterr().out
     after = _tables(v1_store, old_columns)  # every row as it was, in the columns it had
-    assert set(after) == set(before) | {"id_counters"}  # version 5: ids from counters, never reused
+    # version 5: ids from counters, never reused; version 6: dictionaries (empty)
+    assert set(after) == set(before) | {"id_counters", "dictionaries", "dictionary_labels"}
     new_columns = _columns(v1_store)
     for table, added in ADDED.items():
         assert [c for c in new_columns[table] if c not in old_columns[table]] == [*added, *DERIVED.get(table, [])]
@@ -133,7 +148,7 @@ def test_the_upgrade_keeps_every_row_and_answers_as_the_old_release_did(
         new[key] = new[key][:len(old[key])]
         assert old[key], key
     for key, answer in new.items():
-        assert _before_v3(answer) == old[key], key
+        assert _before_v3(_without_new_fields(answer, old[key])) == old[key], key
     # head-map rows are computed at query time (float32 products): the same heads and targets, scores to 1e-5
     assert [(r["layer"], r["head"], [t["token_id"] for t in r["targets"]]) for r in heads] == \
         [(r["layer"], r["head"], [t["token_id"] for t in r["targets"]]) for r in old["head_map_paris_ov"]]

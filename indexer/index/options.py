@@ -54,3 +54,30 @@ class IndexResult(BaseModel):
     n_projections: int
     seconds: float
     message: str
+
+
+class DictionaryOptions(BaseModel):
+    """What ``lensdb index-dictionary`` is asked to do."""
+
+    model: str = Field(..., description="the indexed model the dictionary belongs to")
+    name: str | None = Field(None, description="dictionary name; default: from its folder")
+    hook: str | None = Field(None, description="hook point, where the files name none (Gemma Scope) or to "
+                             "override it, e.g. blocks.6.hook_resid_post")
+    checkpoint: str | None = Field(None, description="checkpoint label of the model; default: its latest")
+    replace: bool = Field(False, description="re-index a dictionary already in the store (same content or name)")
+    chunk_mb: int | None = Field(None, ge=1, description="memory for one chunk of logits, in MiB")
+    device: DeviceChoice = Field("auto", description="cpu, cuda, or auto (CUDA when present)")
+    precision: Precision = Field("fp32", description="fp32 (exact), or tf32/bf16 candidates rescored in fp32")
+
+
+class DictionaryResult(BaseModel):
+    status: Literal["indexed", "unchanged"]
+    model: str
+    checkpoint: str
+    dictionary: str
+    content_hash: str
+    n_latents: int
+    n_vectors: int
+    n_projections: int
+    seconds: float
+    message: str

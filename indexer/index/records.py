@@ -12,6 +12,7 @@ from indexer.model.vocab import Vocabulary
 def vector_batch(
     first_id: int, checkpoint_id: int, component: str, layer: int, head: int | None,
     first_index: int, norm: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, expert: int | None = None,
+    dictionary_id: int | None = None,
 ) -> pa.Table:
     n = int(norm.shape[0])
     return pa.table({
@@ -25,6 +26,7 @@ def vector_batch(
         "logit_mean": pa.array(mean.to(torch.float64).numpy()),
         "logit_std": pa.array(std.to(torch.float64).numpy()),
         "expert": pa.array([expert] * n, pa.int32()),
+        "dictionary_id": pa.array([dictionary_id] * n, pa.int32()),
     })
 
 

@@ -72,14 +72,16 @@ class UnitWriter:
 
     def __init__(self, con: duckdb.DuckDBPyConnection, checkpoint_id: int,
                  cancel: threading.Event | None = None, run_rows: int = RUN_ROWS,
-                 role_of: Callable[[str], str] = lambda name: "writes") -> None:
+                 role_of: Callable[[str], str] = lambda name: "writes", *, dictionary_id: int | None = None) -> None:
         """``role_of``: a component's role as its adapter declares it (writes or reads), kept with each unit;
-        ``run_rows``: token rows buffered into one sorted run before it is appended."""
+        ``run_rows``: token rows buffered into one sorted run before it is appended; ``dictionary_id``: a
+        dictionary's run, whose every vector and unit names it."""
         self.con = con
         self.checkpoint_id = checkpoint_id
         self.cancel = cancel
         self.run_rows = max(1, run_rows)
         self.role_of = role_of
+        self.dictionary_id = dictionary_id
         self.next_vector = peek_id(con, "vectors")
         self.units: list[tuple] = []
         self.n_vectors = 0
@@ -99,7 +101,7 @@ class UnitWriter:
         self.stop_if_cancelled()
         if p.n:
             self.units.append((self.checkpoint_id, p.name, p.layer, p.head, self.next_vector,
-                               self.next_vector + p.n - 1, 0, p.expert, self.role_of(p.name)))
+                               self.next_vector + p.n - 1, 0, p.expert, self.role_of(p.name), self.dictionary_id))
         self._write_chunks(p.name, p.layer, p.head, p.chunks, p.expert)
 
     def _write_chunks(self, name: str, layer: int, head: int | None, parts: Iterable[Chunk],
@@ -108,7 +110,7 @@ class UnitWriter:
             first = self.next_vector
             self.next_vector += int(c.norm.shape[0])
             self._run.add(vector_batch(first, self.checkpoint_id, name, layer, head, c.first_index, c.norm, c.mean,
-                                       c.std, expert),
+                                       c.std, expert, self.dictionary_id),
                           token_columns(first, c.tb, c.mean, c.std), list_batch(first, c.tb))
             if self._run.rows >= self.run_rows:
                 self.flush()
@@ -124,7 +126,7 @@ class UnitWriter:
         self.stop_if_cancelled()
         vid = self.next_vector
         self.next_vector += 1
-        self.units.append((self.checkpoint_id, name, layer, head, vid, vid, 0, None, "pairs"))
+        self.units.append((self.checkpoint_id, name, layer, head, vid, vid, 0, None, "pairs", None))
         one = torch.ones(1, dtype=torch.float64)
         vecs = vector_batch(vid, self.checkpoint_id, name, layer, head, 0, one * p.norm, one * p.mean, one * p.std)
         self.flush()  # the buffered vectors come first: vector rows stay in id order
@@ -178,7 +180,7 @@ class UnitWriter:
         taken_through(self.con, "vectors", self.next_vector - 1)
         if self.units:
             cols = ["checkpoint_id", "component", "layer", "head", "first_vector_id", "last_vector_id", "first_index",
-                    "expert", "role"]
+                    "expert", "role", "dictionary_id"]
             append_arrow(self.con, "vector_units", pa.table(
                 {c: pa.array([u[i] for u in self.units], pa.string() if c in ("component", "role") else pa.int64())
                  for i, c in enumerate(cols)}))

@@ -261,6 +261,11 @@ def _read_header(file: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def tensor_shapes(file: Path) -> dict[str, tuple[int, ...]]:
+    """The shapes of a safetensors file's tensors from its header (capped, checked against the data)."""
+    return _read_header(file)
+
+
 def open_checkpoint(path: str | Path) -> Checkpoint:
     """Validate a checkpoint folder and index its tensors by name, without reading any weights."""
     if "\x00" in str(path):

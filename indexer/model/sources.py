@@ -68,6 +68,11 @@ def open_source(location: str | Path, revision: str | None = None, base: str | P
     if base is not None or lora != "merged":
         flag = "--base" if base is not None else "--lora delta"
         raise LensdbError(f"{flag} goes with a PEFT adapter folder (one with adapter_config.json); {text} is not one.")
+    from indexer.model.dictionary import looks_like_dictionary
+
+    if (fmt := looks_like_dictionary(path)) is not None:
+        raise CheckpointError(f"{path} holds a {fmt} dictionary, not a checkpoint; index it against its model with "
+                              f"`lensdb index-dictionary {path} --model NAME`.")
     ckpt = dequantized(open_checkpoint(path))
     quant = {"quantization": ckpt.config["quantization_config"]} if "quantization_config" in ckpt.config else {}
     if hub is None:
