@@ -82,6 +82,22 @@ def _to_v4(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE alignment_runs ALTER COLUMN statistic DROP DEFAULT")
 
 
+def _to_v5(con: duckdb.DuckDBPyConnection) -> None:
+    """Exact search: every vector gains the z-score of its k-th stored token per side, filled in from the stored
+    lists (rows written before stay exact for every answer these bounds certify); vector_values, basis_rows and
+    value_blocks are created empty (the runs before stored no vectors)."""
+    for col in ("top_zk", "bottom_zk"):
+        con.execute(f"ALTER TABLE vectors ADD COLUMN IF NOT EXISTS {col} REAL")
+    # the k-th z-score as stored in vector_tokens: the same float32 z the run wrote for that row
+    con.execute("""UPDATE vectors SET top_zk = b.top_zk, bottom_zk = b.bottom_zk FROM (
+    SELECT vector_id, max(zscore) FILTER (WHERE side = 'top' AND rank = k) AS top_zk,
+           max(zscore) FILTER (WHERE side = 'bottom' AND rank = k) AS bottom_zk
+    FROM (SELECT vector_id, side, rank, zscore, max(rank) OVER (PARTITION BY vector_id, side) AS k
+          FROM (SELECT vector_id, side, rank, zscore FROM vector_tokens
+                UNION ALL SELECT vector_id, side, rank, zscore FROM head_pairs))
+    GROUP BY vector_id) b WHERE vectors.vector_id = b.vector_id""")
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int  # the version a store has after this step
@@ -93,6 +109,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "every table present; token forms, vector lists and unit blocks filled in", _to_v2),
     Migration(3, "vectors and vector_units: an expert column for mixture-of-experts models", _to_v3),
     Migration(4, "alignment runs record their layer statistic (old runs: best_signed)", _to_v4),
+    Migration(5, "exact search: vectors.top_zk/bottom_zk from the stored lists; vector_values, basis_rows, "
+              "value_blocks", _to_v5),
 )
 assert MIGRATIONS[-1].version == SCHEMA_VERSION, "a schema version without its migration"
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import torch
 
 from indexer.index.compute import Compute
-from indexer.math.basis import Basis, BasisMode, fold_reader, read_basis, write_basis
+from indexer.math.basis import Basis, BasisMode, fold_reader, read_basis, read_matrix, write_basis, write_matrix
 from indexer.math.carry import path_map
 from indexer.model.adapters import Adapter
 from indexer.model.adapters.base import Component, Role, Stage
@@ -39,6 +39,14 @@ def role_basis(adapter: Adapter, role: str, mode: BasisMode, compute: Compute,
         matrix = adapter.embedding() if reader == "embedding" else adapter.unembedding()
         basis = read_basis(matrix, reader, mode)
     return basis.to(compute.device, torch.bfloat16 if compute.precision == "bf16" else None)
+
+
+def role_matrix(adapter: Adapter, role: str, mode: BasisMode, reader: str = "unembedding") -> torch.Tensor:
+    """The ``[V, d]`` matrix of ``role_basis`` (on the CPU, without its statistics): the rows stored with a run's
+    vectors (``basis_rows``), so that a stored vector · a stored row is the score the run computed."""
+    if role == "writes":
+        return write_matrix(adapter.unembedding(), adapter.final_norm(), mode)
+    return read_matrix(adapter.embedding() if reader == "embedding" else adapter.unembedding(), mode)
 
 
 def site_basis(adapter: Adapter, role_basis: Basis, role: Role, layer: int, stage: Stage,

@@ -19,7 +19,7 @@ from indexer.index.compute import Compute, matmul_mode, resolve_compute
 from indexer.index.executors import check_executor, executor_for
 from indexer.index.faults import pause_point
 from indexer.index.options import VERSION, IndexOptions, IndexResult
-from indexer.index.plan import Unit, plan_units
+from indexer.index.plan import Unit, plan_units, role_matrix
 from indexer.index.projector import Projector
 from indexer.index.unit_writer import UnitWriter
 from indexer.math.basis import BASIS_VERSION
@@ -120,6 +120,8 @@ def _index(db_path: str | Path, con: duckdb.DuckDBPyConnection | None, source: S
                         out.write(part)
                     bar.update(1)
                 compute_flags.update(executor.flags)
+                for role in sorted({b[2] for b in out.value_blocks}):  # the rows that read the stored vectors
+                    out.basis_rows(role, role_matrix(adapter, role, opts.basis, opts.read_basis))
                 if opts.head_maps:
                     flags["head_maps"] = head_maps.index_heads(
                         out, projector, adapter, vocab, opts.basis, opts.read_basis, opts.top_k, opts.pair_vocab,

@@ -11,7 +11,15 @@ import torch
 
 from indexer.index.faults import pause_point
 from indexer.index.projector import Chunk, Projected
-from indexer.index.records import list_batch, pair_batch, projection_batch, vector_batch
+from indexer.index.records import (
+    basis_batch,
+    kth_zscores,
+    list_batch,
+    pair_batch,
+    projection_batch,
+    values_batch,
+    vector_batch,
+)
 from indexer.math.token_maps import Pairs
 from schema.writer import append_arrow, next_id
 
@@ -29,6 +37,7 @@ class UnitWriter:
         self.checkpoint_id = checkpoint_id
         self.next_vector = next_id(con, "vectors", "vector_id")
         self.units: list[tuple] = []
+        self.value_blocks: list[tuple] = []  # (first id, last id, role) of parts whose vectors are stored
         self.n_vectors = 0
         self.n_projections = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lensdb-append")
@@ -41,17 +50,26 @@ class UnitWriter:
         if p.n:
             self.units.append((self.checkpoint_id, p.name, p.layer, p.head, self.next_vector,
                                self.next_vector + p.n - 1, 0, p.expert))
-        self._write_chunks(p.name, p.layer, p.head, p.chunks, p.expert)
+        if p.n and p.role is not None:
+            self.value_blocks.append((self.next_vector, self.next_vector + p.n - 1, p.role))
+        self._write_chunks(p.name, p.layer, p.head, p.chunks, p.expert, p.role is not None)
 
     def _write_chunks(self, name: str, layer: int, head: int | None, parts: Iterable[Chunk],
-                      expert: int | None = None) -> None:
+                      expert: int | None = None, keep: bool = False) -> None:
         for c in parts:
             first = self.next_vector
             self.next_vector += int(c.norm.shape[0])
-            vecs = vector_batch(first, self.checkpoint_id, name, layer, head, c.first_index, c.norm, c.mean, c.std,
-                                expert)
             rows = projection_batch(first, c.tb, c.mean, c.std)
-            self._submit(functools.partial(self._append, vecs, rows, lists=list_batch(first, c.tb)))
+            vecs = vector_batch(first, self.checkpoint_id, name, layer, head, c.first_index, c.norm, c.mean, c.std,
+                                expert, kth_zscores(rows, int(c.tb.top_scores.shape[1])))
+            values = values_batch(first, c.values) if keep and c.values is not None else None
+            self._submit(functools.partial(self._append, vecs, rows, lists=list_batch(first, c.tb), values=values))
+
+    def basis_rows(self, role: str, matrix: torch.Tensor, block: int = 8192) -> None:
+        """The rows of a role's basis matrix that read this run's stored vectors, in token order."""
+        for start in range(0, int(matrix.shape[0]), block):
+            self._submit(functools.partial(append_arrow, self.con, "basis_rows",
+                                           basis_batch(self.checkpoint_id, role, matrix[start:start + block], start)))
 
     def pairs(self, name: str, layer: int, head: int, p: Pairs) -> None:
         """One head map: a vector row carrying the map's statistics, and its pairs staged for head_pairs."""
@@ -59,15 +77,19 @@ class UnitWriter:
         self.next_vector += 1
         self.units.append((self.checkpoint_id, name, layer, head, vid, vid, 0, None))
         one = torch.ones(1, dtype=torch.float64)
-        vecs = vector_batch(vid, self.checkpoint_id, name, layer, head, 0, one * p.norm, one * p.mean, one * p.std)
-        self._submit(functools.partial(self._append, vecs, pair_batch(vid, p), "staged_pairs"))
+        rows = pair_batch(vid, p)
+        vecs = vector_batch(vid, self.checkpoint_id, name, layer, head, 0, one * p.norm, one * p.mean, one * p.std,
+                            zk=kth_zscores(rows, int(p.top_scores.shape[0])))
+        self._submit(functools.partial(self._append, vecs, rows, "staged_pairs"))
 
     def _append(self, vecs: pa.Table, rows: pa.Table, staged: str = "staged_tokens",
-                lists: pa.Table | None = None) -> None:
+                lists: pa.Table | None = None, values: pa.Table | None = None) -> None:
         append_arrow(self.con, "vectors", vecs)
         append_arrow(self.con, staged, rows)
         if lists is not None:  # ids ascend across appends, so vector_lists stays sorted by vector_id
             append_arrow(self.con, "vector_lists", lists)
+        if values is not None:  # likewise vector_values
+            append_arrow(self.con, "vector_values", values)
         self.n_vectors += vecs.num_rows
         self.n_projections += rows.num_rows
         pause_point("write")
@@ -102,5 +124,11 @@ class UnitWriter:
             append_arrow(self.con, "vector_units", pa.table(
                 {c: pa.array([u[i] for u in self.units], pa.string() if c == "component" else pa.int64())
                  for i, c in enumerate(cols)}))
+        if self.value_blocks:
+            append_arrow(self.con, "value_blocks", pa.table({
+                "checkpoint_id": pa.array([self.checkpoint_id] * len(self.value_blocks), pa.int32()),
+                "first_vector_id": pa.array([b[0] for b in self.value_blocks], pa.int64()),
+                "last_vector_id": pa.array([b[1] for b in self.value_blocks], pa.int64()),
+                "role": pa.array([b[2] for b in self.value_blocks], pa.string())}))
         self.con.execute("DROP TABLE staged_tokens")
         self.con.execute("DROP TABLE staged_pairs")

@@ -104,12 +104,22 @@ def folded_unembedding(unembedding: torch.Tensor, final_norm: Norm | None) -> to
     return m
 
 
+def write_matrix(unembedding: torch.Tensor, final_norm: Norm | None, mode: BasisMode) -> torch.Tensor:
+    """The ``[V, d]`` matrix of the write basis (``write_basis`` without its statistics)."""
+    return unembedding if mode == "raw" else folded_unembedding(unembedding, final_norm)
+
+
+def read_matrix(matrix: torch.Tensor, mode: BasisMode, centre_vocab: bool = True) -> torch.Tensor:
+    """The ``[V, d]`` matrix of the read basis (``read_basis`` without its statistics)."""
+    return matrix - matrix.mean(dim=0, keepdim=True) if mode != "raw" and centre_vocab else matrix
+
+
 def write_basis(unembedding: torch.Tensor, final_norm: Norm | None, mode: BasisMode) -> Basis:
     """The basis that reads what a vector writes into the stream as output logits."""
     if mode == "raw":
         return _basis(unembedding, {"matrix": "unembedding", "final_norm_gain": False, "centre_d": False,
                                     "centre_vocab": False})
-    m = folded_unembedding(unembedding, final_norm)
+    m = write_matrix(unembedding, final_norm, mode)
     layernorm = final_norm is not None and final_norm.kind == "layernorm"
     return _basis(m, {"matrix": "unembedding", "final_norm_gain": final_norm is not None,
                       "centre_d": layernorm, "centre_vocab": True, "carry": CARRY_RULE["writes"]})
@@ -124,7 +134,7 @@ def read_basis(matrix: torch.Tensor, matrix_name: str, mode: BasisMode, centre_v
         return _basis(matrix, {"matrix": matrix_name, "reader_norm_gain": False, "centre_vocab": False})
     flags: dict[str, object] = {"matrix": matrix_name, "reader_norm_gain": True, "centre_vocab": centre_vocab,
                                 "carry": CARRY_RULE["reads"]}
-    return _basis(matrix - matrix.mean(dim=0, keepdim=True) if centre_vocab else matrix, flags)
+    return _basis(read_matrix(matrix, mode, centre_vocab), flags)
 
 
 def fold_reader(vectors: torch.Tensor, norm: Norm | None, mode: BasisMode) -> torch.Tensor:
