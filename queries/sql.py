@@ -570,3 +570,63 @@ WHERE model = ? AND checkpoint_id IN (SELECT checkpoint_id FROM latest_checkpoin
 GROUP BY component ORDER BY component""",
         [model],
     )
+
+
+# ---- exact search (queries.exact) ----------------------------------------------------------------------
+
+
+def value_blocks() -> Sql:
+    """Every block of vectors whose values are stored, with the basis role that reads them."""
+    return ("SELECT checkpoint_id, first_vector_id, last_vector_id, role FROM value_blocks ORDER BY first_vector_id",
+            [])
+
+
+def basis_rows_of(checkpoint_id: int, role: str, token_ids: list[int]) -> Sql:
+    """The basis rows of ``token_ids`` (each by equality, so the sorted table is read at one place per token)."""
+    if not token_ids:
+        raise LensdbError("no tokens to look up.")
+    one = 'SELECT token_id, "values" FROM basis_rows WHERE checkpoint_id = ? AND role = ? AND token_id = ?'
+    return " UNION ALL ".join(one for _ in token_ids), [x for t in token_ids for x in (checkpoint_id, role, t)]
+
+
+def certificate_candidates(ranges: list[tuple[int, int]], token_ids: list[int], side: str, bound: float | None,
+                           limit: int, offset: int = 0) -> Sql:
+    """Vectors in ``ranges`` whose k-th z-score on ``side`` beats ``bound`` (NULL bounds first: unknown) and whose
+    list on that side lacks one of ``token_ids``, strongest bound first: the only vectors that can enter a token's
+    top n beyond its stored hits (``queries.exact.certify``). Rows: vector id, bound, logit_mean, logit_std."""
+    if side not in ("top", "bottom") or not ranges or not token_ids:
+        raise LensdbError("a certificate needs a side, vector ranges and token ids.")
+    col, beats, order = ("top_zk", ">", "DESC") if side == "top" else ("bottom_zk", "<", "ASC")
+    params: list = [x for r in ranges for x in r]
+    spans = " OR ".join("vector_id BETWEEN ? AND ?" for _ in ranges)
+    where = f"({spans})"
+    if bound is not None:
+        where += f" AND ({col} IS NULL OR {col} {beats} ?)"
+        params.append(bound)
+    one = "SELECT vector_id FROM vector_tokens WHERE token_id = ? AND side = ?"
+    having = " UNION ALL ".join(one for _ in token_ids)
+    params += [x for t in token_ids for x in (t, side)] + [len(token_ids), limit, offset]
+    return (f"""SELECT vector_id, {col}, logit_mean, logit_std FROM vectors WHERE {where}
+AND vector_id NOT IN (SELECT vector_id FROM ({having}) GROUP BY vector_id HAVING count(*) = ?)
+ORDER BY {col} {order} NULLS FIRST, vector_id LIMIT ? OFFSET ?""", params)
+
+
+def values_of(vector_ids: list[int]) -> Sql:
+    """Stored values of the given vector ids (sorted), read within their id span."""
+    if not vector_ids:
+        raise LensdbError("no vectors to read.")
+    marks = ", ".join("?" * len(vector_ids))
+    return (f'SELECT vector_id, "values" FROM vector_values WHERE vector_id BETWEEN ? AND ? AND vector_id IN ({marks})',
+            [min(vector_ids), max(vector_ids), *vector_ids])
+
+
+def values_in_range(first: int, last: int) -> Sql:
+    """Stored values of vector ids ``first…last``, in id order (one block of a direction scan)."""
+    return ('SELECT vector_id, "values" FROM vector_values WHERE vector_id BETWEEN ? AND ? ORDER BY vector_id',
+            [first, last])
+
+
+def vector_stats_in_range(first: int, last: int) -> Sql:
+    """logit_mean and logit_std of vector ids ``first…last``, in id order."""
+    return ("SELECT logit_mean, logit_std FROM vectors WHERE vector_id BETWEEN ? AND ? ORDER BY vector_id",
+            [first, last])
