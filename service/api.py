@@ -70,6 +70,9 @@ class HitQuery(HitFilter):
 
     token: str | None = Field(None, description="a word (paris) or a raw token spelling (Ġparis)")
     token_id: int | None = Field(None, description="a token id instead of token")
+    tokens: list[str] | None = Field(None, description="several words: their mean direction (instead of token)")
+    minus: list[str] | None = Field(None, description="words whose mean direction is subtracted (a contrast)")
+    text: str | None = Field(None, max_length=2000, description="a text: the mean direction of its words")
 
     @field_validator("layer", "head", "expert", "limit", "offset", "token_id", mode="before")
     @classmethod
@@ -78,7 +81,11 @@ class HitQuery(HitFilter):
         return digits_only(value)
 
     def search(self) -> HitFilter:
-        return HitFilter(**self.model_dump(exclude={"token", "token_id"}))
+        return HitFilter(**self.model_dump(exclude={"token", "token_id", "tokens", "minus", "text"}))
+
+    def direction(self) -> bool:
+        """Whether the query asks for a direction (several tokens, a contrast, a text) rather than one token."""
+        return bool(self.tokens or self.minus or self.text)
 
 
 class AlignRequest(BaseModel):
@@ -157,11 +164,19 @@ def api_router(owner: StoreOwner) -> APIRouter:
             if query.limit > settings.page_limit:
                 raise RequestValidationError([{"loc": ("query", "limit"), "type": "less_than_equal",
                                                "msg": f"Input should be less than or equal to {settings.page_limit}"}])
-            tok = token_arg(query.token, query.token_id)
             wanted = query.search()
             find = lens.promoters if side == "promoters" else lens.suppressors
-            rows = find(tok, wanted.model_copy(update={"limit": wanted.limit + 1}))
-            matches = lens.tokens(tok, model=wanted.model)
+            more_one = wanted.model_copy(update={"limit": wanted.limit + 1})
+            if query.direction():
+                if query.token_id is not None or (query.token and query.tokens):
+                    raise LensdbError("give token or tokens (with minus or text), not token_id, for a direction.")
+                plus: list[str | int] = [*([query.token] if query.token else []), *(query.tokens or [])]
+                rows = find(plus or None, more_one, minus=query.minus or None, text=query.text)
+                matches = [m for w in [*plus, *(query.minus or [])] for m in lens.tokens(w, model=wanted.model)]
+            else:
+                tok = token_arg(query.token, query.token_id)
+                rows = find(tok, more_one)
+                matches = lens.tokens(tok, model=wanted.model)
             more = len(rows) > wanted.limit
             return Hits(items=rows[:wanted.limit], limit=wanted.limit, offset=wanted.offset, matches=matches,
                         total=None, next_offset=wanted.offset + wanted.limit if more else None)
