@@ -114,7 +114,6 @@ def certify(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path,
 
     ``stored``: the best ``n`` stored hits, strongest first; ``groups``: per vocabulary, the vector-id ranges
     searched and the token ids asked for."""
-    import numpy as np
 
     sign = 1.0 if side == "top" else -1.0
     out = Outcome()
@@ -134,7 +133,7 @@ def certify(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path,
                 break
             offset += len(cands)
             have: dict[tuple[int, str], list[tuple]] = {}
-            for vid, zk, mean, std in cands:
+            for vid, _zk, mean, std in cands:
                 blk = next((b for b in blocks if b.first <= vid <= b.last), None)
                 if blk is None:
                     out.inexact("vectors that could rank here have no stored values (indexed with --no-vectors, "
@@ -143,13 +142,9 @@ def certify(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path,
                 have.setdefault((blk.checkpoint_id, blk.role), []).append((vid, mean, std))
             seen = {(r[0], r[3]) for r in best}
             for (ckpt, role), members in have.items():
-                rows = _basis_rows(con, ckpt, role, token_ids)
                 ids = [m[0] for m in members]
-                vals = _values(con, ids)
-                scores = vals @ rows.T  # [vectors, tokens]
+                scores, z = _score(con, ckpt, role, token_ids, members)
                 out.scored += len(ids)
-                z = _z(scores, np.array([m[1] for m in members])[:, None], np.array([m[2] for m in members])[:, None],
-                       1.0, 1.0)
                 for i, vid in enumerate(ids):
                     for j, tid in enumerate(token_ids):
                         if (vid, tid) not in seen:
@@ -160,6 +155,17 @@ def certify(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path,
             if len(cands) < BATCH or (last_bound is not None and sign * last_bound <= threshold()):
                 break
     return best, out
+
+
+def _score(con: duckdb.DuckDBPyConnection, checkpoint_id: int, role: str, token_ids: list[int],
+           members: list[tuple]) -> tuple[Any, Any]:
+    """Exact scores and z-scores ``[vectors, tokens]`` of stored vectors (id, mean, std) for ``token_ids``."""
+    import numpy as np
+
+    rows = _basis_rows(con, checkpoint_id, role, token_ids)
+    scores = _values(con, [m[0] for m in members]) @ rows.T
+    stats = np.array([m[1:] for m in members], dtype=np.float64)
+    return scores, _z(scores, stats[:, :1], stats[:, 1:], 1.0, 1.0)
 
 
 def _values(con: duckdb.DuckDBPyConnection, vector_ids: Sequence[int]) -> Any:
@@ -201,7 +207,7 @@ class Term:
 def direction_terms(plus: Sequence[str | int], minus: Sequence[str | int], text: str | None) -> list[Term]:
     """The weighted terms of a direction: the mean of ``plus`` (or of the words of ``text``) minus the mean of
     ``minus``."""
-    words: list[str | int] = list(plus) + (split_text(text) if text else [])
+    words: list[str | int] = [*plus, *(split_text(text) if text else [])]
     terms = [Term(w, 1.0 / len(words)) for w in words]
     return terms + [Term(w, -1.0 / len(minus)) for w in minus]
 

@@ -219,13 +219,15 @@ class Lens:
             ref = cat.checkpoints[u.checkpoint_id]
             hits.append(TokenHit.model_construct(
                 model=ref.model, checkpoint=ref.label, component=u.component, layer=u.layer, head=u.head,
-                index=u.first_index + vector_id - u.first_id, side=side, rank=None, token_id=None, token=shown,
+                index=u.first_index + vector_id - u.first_id, side=side, rank=None, token_id=None,  # type: ignore[arg-type]
+                token=shown,
                 score=score, zscore=z, source_token_id=None, source_token=None, expert=u.expert,
                 exact=outcome.exact, exact_note=outcome.why))
         return hits
 
     def _search(self, token: "str | int | list[str | int] | None", side: str, filter: HitFilter | None,
-                minus: "str | int | list[str | int] | None", text: str | None, fields: dict[str, Any]) -> list[TokenHit]:
+                minus: "str | int | list[str | int] | None", text: str | None,
+                fields: dict[str, Any]) -> list[TokenHit]:
         f = hit_filter(filter, fields)
         plus = [] if token is None else list(token) if isinstance(token, list | tuple) else [token]
         less = [] if minus is None else list(minus) if isinstance(minus, list | tuple) else [minus]

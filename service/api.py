@@ -171,7 +171,8 @@ def api_router(owner: StoreOwner) -> APIRouter:
                 if query.token_id is not None or (query.token and query.tokens):
                     raise LensdbError("give token or tokens (with minus or text), not token_id, for a direction.")
                 plus: list[str | int] = [*([query.token] if query.token else []), *(query.tokens or [])]
-                rows = find(plus or None, more_one, minus=query.minus or None, text=query.text)
+                minus: list[str | int] = list(query.minus or [])
+                rows = find(plus or None, more_one, minus=minus or None, text=query.text)
                 matches = [m for w in [*plus, *(query.minus or [])] for m in lens.tokens(w, model=wanted.model)]
             else:
                 tok = token_arg(query.token, query.token_id)
