@@ -34,6 +34,9 @@ ADDED = {
     "vectors": {"expert": None}, "vector_units": {"expert": None},  # version 3: no old vector is in an expert
     "alignment_runs": {"statistic": "best_signed"},  # version 4: the layer statistic of each alignment
 }
+# Version 5 (exact search): tables created empty, and each vector's k-th z-score per side filled in from its lists.
+NEW_TABLES = {"vector_values", "basis_rows", "value_blocks"}
+BACKFILLED = {"vectors": ["top_zk", "bottom_zk"]}
 
 
 def _columns(db: Path) -> dict[str, list[str]]:
@@ -55,12 +58,14 @@ def _tables(db: Path, columns: dict[str, list[str]] | None = None) -> dict[str, 
 
 
 def _before_v3(answer: object) -> object:
-    """An answer without the ``expert`` field version 3 added to hits and vectors (None for every old vector)."""
+    """An answer without the ``expert`` field version 3 added to hits and vectors (None for every old vector), nor
+    the ``exact``/``exact_note`` fields version 5 added to hits (an old store has no stored vectors to score, so
+    its hits are the stored ones, each saying whether the lists alone decide the answer)."""
     if isinstance(answer, list):
         return [_before_v3(a) for a in answer]
     if isinstance(answer, dict):
         assert answer.get("expert") is None
-        return {k: _before_v3(v) for k, v in answer.items() if k != "expert"}
+        return {k: _before_v3(v) for k, v in answer.items() if k not in ("expert", "exact", "exact_note")}
     return answer
 
 
@@ -88,13 +93,19 @@ def test_the_upgrade_keeps_every_row_and_answers_as_the_old_release_did(
     assert main(["upgrade", "--db", str(v1_store)]) == 0
     assert f"from schema version 1 to {SCHEMA_VERSION}" in capsys.readouterr().out
     after = _tables(v1_store, old_columns)  # every row as it was, in the columns it had
-    assert set(after) == set(before)
+    assert set(after) == set(before) | NEW_TABLES and not any(after[t] for t in NEW_TABLES)
     new_columns = _columns(v1_store)
     for table, added in ADDED.items():
-        assert [c for c in new_columns[table] if c not in old_columns[table]] == list(added)
+        assert [c for c in new_columns[table] if c not in old_columns[table]] == list(added) + BACKFILLED.get(table, [])
         with duckdb.connect(str(v1_store), read_only=True) as con:
             got = con.execute(f"SELECT DISTINCT {', '.join(added)} FROM {table}").fetchall()
         assert got == [tuple(added.values())], table
+    with duckdb.connect(str(v1_store), read_only=True) as con:  # z_k: the stored z of each list's last token
+        wrong = con.execute("""SELECT count(*) FROM vectors v JOIN (SELECT vector_id, side, arg_max(zscore, rank) z
+            FROM vector_tokens GROUP BY ALL) t USING (vector_id)
+            WHERE (t.side = 'top' AND t.z IS DISTINCT FROM v.top_zk) OR (t.side = 'bottom' AND t.z IS DISTINCT FROM
+            v.bottom_zk)""").fetchone()[0]  # type: ignore[index]
+        assert wrong == 0 and con.execute("SELECT count(top_zk) FROM vectors").fetchone()[0] > 0  # type: ignore[index]
     for table, rows in before.items():
         if table == "lensdb_meta":  # the version changes; version 1's list of tables is gone
             assert dict(after[table]) == {"schema_version": str(SCHEMA_VERSION)}
