@@ -47,7 +47,8 @@ lint: install
 bench: install
 	$(PY) bench/cli_latency.py
 	$(PY) bench/index_throughput.py
-	$(PY) bench/query_scale.py --cold 15 --queries 60
+	$(PY) bench/query_scale.py --cold 15 --queries 60 --keep
+	$(PY) bench/check_scale.py  # on the store query_scale built (and kept), then removes it
 	$(PY) bench/service_latency.py
 
 serve: install

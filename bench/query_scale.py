@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import queries  # noqa: E402
+from schema.ids import start_counters  # noqa: E402
 from schema.migrations import fill_token_forms  # noqa: E402
 from schema.optimize import optimize  # noqa: E402
 from schema.writer import writer  # noqa: E402
@@ -70,6 +71,8 @@ def build(db: Path, rows: int) -> None:
                 GROUP BY v ORDER BY v""", [first, K, K, K, K, m, VOCAB, K, K, per_model, per_vector])
             print(f"  model {m}/{n_models}: {(m * per_model * per_vector) / 1e6:.0f} M rows, "
                   f"{time.perf_counter() - t:.0f}s", flush=True)
+        con.execute("DELETE FROM id_counters")  # the ids above were given here, not by the writer's counters
+        start_counters(con)
 
 
 _COLD = """

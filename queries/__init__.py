@@ -1,8 +1,10 @@
 """The read side: ``queries.connect(path)`` returns a read-only ``Lens``; every question is a method that
 builds its SQL as values (``queries.sql``) and answers with pydantic rows (``queries.rows``).
+``queries.connect("http://…")`` returns the same interface answered by a running service (``remote``).
 
-Owns: the Python API (``lens``), SQL builders (``sql``), the in-memory catalog (``catalog``), search filters
-(``filters``), head-map rows at query time (``head_rows``), read-only user SQL (``readonly``), store checks
+Owns: the Python API (``lens``), the same API over HTTP (``remote``, standard library only), SQL builders
+(``sql``), the in-memory catalog (``catalog``), search filters (``filters``), head-map rows at query time
+(``head_rows``), read-only user SQL and the bounded, locked-down instance it runs in (``readonly``), store checks
 (``integrity``) and the Parquet export (``export``).
 
 May import: duckdb, pydantic, ``schema.errors``, ``schema.connect`` and ``schema.layout``; numpy only inside

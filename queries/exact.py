@@ -137,7 +137,7 @@ def certify(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path,
                 blk = next((b for b in blocks if b.first <= vid <= b.last), None)
                 if blk is None:
                     out.inexact("vectors that could rank here have no stored values (indexed with --no-vectors, "
-                                "before schema version 5, or head-map pairs)")
+                                "before schema version 6, or head-map pairs)")
                     continue
                 have.setdefault((blk.checkpoint_id, blk.role), []).append((vid, mean, std))
             seen = {(r[0], r[3]) for r in best}
@@ -256,7 +256,7 @@ def scan(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path, weights: dict
                 out.scored += len(ids)
     if covered < every:
         out.inexact(f"{every - covered} of the {every} vectors searched have no stored values (indexed with "
-                    "--no-vectors, before schema version 5, or head-map pairs) and are not ranked")
+                    "--no-vectors, before schema version 6, or head-map pairs) and are not ranked")
     return found, out
 
 

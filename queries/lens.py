@@ -3,7 +3,9 @@
 import functools
 import json
 import time
+import weakref
 from array import array
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,8 @@ from queries import exact, head_rows
 from queries import sql as q
 from queries.catalog import Catalog, catalog, load_words, loaded_words
 from queries.filters import HitFilter
-from queries.readonly import DEFAULT_MAX_BYTES, DEFAULT_RSS_BUDGET_MB, open_hardened, run_readonly
+from queries.integrity import CheckReport, check_store
+from queries.readonly import DEFAULT_MAX_BYTES, DEFAULT_RSS_BUDGET_MB, Limits, open_hardened, run_readonly
 from queries.rows import (
     Alignment,
     AlignmentInfo,
@@ -51,14 +54,18 @@ from schema.errors import LensdbError, NotFound, UnknownToken
 
 
 class Lens:
-    """A read-only view of one store. Create with ``queries.connect(path)``."""
+    """A read-only view of one store. Create with ``queries.connect(path)``; ``queries.remote.RemoteLens`` asks
+    the same questions of a running service (tests/test_lens_both.py runs one suite against both)."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, release: Callable[[], None] | None = None) -> None:
+        """``release``: gives ``con`` back to whoever lent it (``readonly.open_hardened``), on ``close`` or when
+        this Lens is garbage-collected; without it ``close`` closes ``con``."""
         self.con = con
         self.path = path
+        self._release = weakref.finalize(self, release or con.close)
 
     def close(self) -> None:
-        self.con.close()
+        self._release()
 
     def __enter__(self) -> "Lens":
         return self
@@ -210,7 +217,7 @@ class Lens:
         found, outcome = exact.scan(self.con, cat, self.path, weights, ranges, side, f.limit + f.offset, every)
         if every and not outcome.scored:
             raise NotFound("the vectors searched have no stored vectors (indexed with --no-vectors or before schema "
-                           "version 5): a contrast, set or text needs them; re-index with `lensdb index CHECKPOINT "
+                           "version 6): a contrast, set or text needs them; re-index with `lensdb index CHECKPOINT "
                            "--replace`.")
         shown = exact.label(plus, minus, text)
         hits = []
@@ -565,6 +572,11 @@ class Lens:
         return run_readonly(self.con, statement, max_rows=max_rows, timeout_s=timeout_s, max_bytes=max_bytes,
                             rss_budget_mb=rss_budget_mb)
 
+    def check(self) -> CheckReport:
+        """Verify the store (``lensdb check``, ``queries.integrity``): problems found, and notes on attempts that
+        did not commit."""
+        return check_store(self.con)
+
 
 def rows_from_lists(lists: tuple, mean: float, std: float, display: dict[int, str]) -> list[tuple]:
     """A vector's ``vector_lists`` row as the rows ``sql.vector_tokens`` returns, z-scores computed as the
@@ -601,6 +613,15 @@ def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def connect(path: str | Path) -> Lens:
-    """Open a store read-only. Fails clearly if it is missing or another process is writing it."""
-    return Lens(open_hardened(path), Path(path))
+def connect(where: str | Path, *, limits: Limits | None = None, token: str | None = None) -> "Lens":
+    """Open a store read-only: a file (``lens.duckdb``), or a running ``lensdb serve`` by its URL
+    (``http://127.0.0.1:8000``; ``token``: its access token, default ``LENSDB_TOKEN``), which answers the same
+    methods with the same rows and errors (``queries.remote.RemoteLens``). Fails clearly if the file is missing or
+    another process is writing it. Connecting again, from any thread, is fine; ``limits`` bound what its queries
+    may take (``queries.readonly``)."""
+    if isinstance(where, str) and where.startswith(("http://", "https://")):
+        from queries.remote import RemoteLens
+
+        return RemoteLens(where, token=token)  # type: ignore[return-value]
+    con, release = open_hardened(where, limits)
+    return Lens(con, Path(where), release)

@@ -1,13 +1,32 @@
 """Read-only SQL for users: one SELECT over the store's own tables and views, calling only allow-listed
-functions (``queries.allowlist``), on a connection that cannot write or reach files; cut off after a time limit
-or a growth of the process's memory, and capped at a row count and a response size in bytes (datasette's model,
-with DuckDB's own parse as the checker)."""
+functions (``queries.allowlist``), on a connection that cannot write or reach files, bounded in memory, threads
+and spill space; cut off after a time limit or a growth of memory, and capped at a row count and a response size
+in bytes (datasette's model, with DuckDB's own parse as the checker).
+
+What is locked, and why. DuckDB's settings belong to a database *instance* (every connection to it), not to one
+connection, so a reader of a store gets an instance of its own: an in-memory DuckDB that attaches the file
+read-only (``open_hardened``). In it external access is off (no ``read_csv``, files, URLs, other databases),
+extensions neither install nor load, ``memory_limit``, ``threads``, ``temp_directory`` and
+``max_temp_directory_size`` bound what a query can take, and ``lock_configuration`` keeps every setting where it
+is. The process's other DuckDB connections (``duckdb.connect()``, a user's own connection to the same file) are
+other instances and keep every ability they had. Every reader of one file in one process shares one such
+instance (each ``Lens`` gets its own cursor): two instances would each hold the file's lock, and POSIX drops a
+process's lock on a file when *any* of its handles on that file closes, so closing one would let a writer in
+under the other. The instance closes with its last reader, which releases the file.
+
+``lensdb serve`` hardens its one read-write connection the same way (``harden``): the service's writers write
+only through Python and need none of what is locked, and its limits then bound every query it runs.
+"""
 
 import json
 import math
 import os
+import shutil
+import tempfile
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from datetime import time as clock
 from decimal import Decimal
@@ -18,16 +37,45 @@ import duckdb
 
 from queries.allowlist import FUNCTIONS, TABLE_FUNCTIONS, VALUE_FUNCTIONS
 from queries.rows import SqlResult
-from schema.connect import open_reader
+from schema.connect import check_version, open_error, quote
 from schema.errors import LensdbError, StoreError
 
-# Settings that stay locked for the life of the connection: no files, no network, no extensions.
+# Settings that stay locked for the life of the instance: no files, no network, no extensions.
 HARDENED = {
     "enable_external_access": "false",
     "autoinstall_known_extensions": "false",
     "autoload_known_extensions": "false",
     "lock_configuration": "true",
 }
+
+
+def half_the_memory() -> str:
+    """Half of this machine's physical memory, as a DuckDB size (the default ``memory_limit`` of readers)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return "4GB"
+    return f"{max(total // 2 >> 20, 256)}MB"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one query may take from the instance it runs in (DuckDB's database-wide settings). A query past
+    ``memory_limit`` that cannot spill (DuckDB spills sorts, joins and aggregates to ``temp_directory`` first) is
+    refused with a clear error; the instance keeps answering everyone else."""
+
+    memory_limit: str = field(default_factory=half_the_memory)  # DuckDB size: 512MB, 4GB
+    threads: int | None = None  # None: DuckDB's default, one per core
+    temp_directory: str | None = None  # None: a private folder under the system's temporary folder
+    max_temp_directory_size: str = "8GB"  # spill space a query may use before it is refused
+
+    def statements(self, temp_directory: str) -> list[str]:
+        out = [f"SET memory_limit = {quote(self.memory_limit)}",
+               f"SET temp_directory = {quote(temp_directory)}",
+               f"SET max_temp_directory_size = {quote(self.max_temp_directory_size)}"]
+        if self.threads is not None:
+            out.append(f"SET threads = {int(self.threads)}")
+        return out
 
 
 class SqlRefused(LensdbError):
@@ -42,22 +90,93 @@ class SqlTooLarge(LensdbError):
     """The query's answer (or what it built on the way) was larger than its limits allow."""
 
 
-def harden(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
-    """Lock a connection down for user SQL; after this it cannot be unlocked."""
-    # one round trip for all of them (settings at connect time would clash with this process's other
-    # connections to the same file: DuckDB refuses a second configuration for an open database)
-    con.execute("; ".join(f"SET {key} = {value}" for key, value in HARDENED.items()))
+def harden(con: duckdb.DuckDBPyConnection, limits: Limits | None = None,
+           temp_directory: str | None = None) -> duckdb.DuckDBPyConnection:
+    """Bound and lock down the instance ``con`` belongs to, for user SQL; after this it cannot be unlocked.
+    ``temp_directory``: where it spills (default: ``limits.temp_directory``, else DuckDB's own choice)."""
+    limits = limits or Limits()
+    spill = temp_directory or limits.temp_directory
+    bounds = limits.statements(spill) if spill else [s for s in limits.statements("") if "temp_directory =" not in s]
+    # one round trip for all of them
+    con.execute("; ".join([*bounds, *(f"SET {key} = {value}" for key, value in HARDENED.items())]))
     return con
 
 
-def open_hardened(path: str | Path) -> duckdb.DuckDBPyConnection:
-    """A read-only, locked-down connection to an existing store."""
-    con = open_reader(path)
-    try:
-        return harden(con)
-    except duckdb.Error as err:
-        con.close()
-        raise StoreError(f"cannot lock down the connection to {path}: {err}") from None
+class _Instance:
+    """One hardened in-memory DuckDB with one store attached, shared by this process's readers of the store."""
+
+    def __init__(self, path: Path, limits: Limits) -> None:
+        self.path = path
+        self.spill = limits.temp_directory or tempfile.mkdtemp(prefix="lensdb-spill-")
+        self.owns_spill = limits.temp_directory is None
+        self.refs = 0
+        self.con = duckdb.connect(":memory:", config={"autoinstall_known_extensions": "false",
+                                                      "autoload_known_extensions": "false"})
+        try:
+            try:
+                self.con.execute(f"ATTACH {quote(str(path))} AS lens (READ_ONLY)")
+            except duckdb.Error as err:
+                raise open_error(path, err) from None
+            self.con.execute("USE lens")
+            check_version(self.con, path)
+            try:
+                harden(self.con, limits, self.spill)
+            except duckdb.Error as err:
+                raise StoreError(f"cannot lock down the connection to {path}: {err}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self.con.close()
+        if self.owns_spill:
+            shutil.rmtree(self.spill, ignore_errors=True)
+
+
+_OPEN: dict[tuple[str, Limits], _Instance] = {}
+_OPEN_LOCK = threading.RLock()  # re-entrant: a Lens collected mid-call gives its cursor back from here
+
+
+def open_hardened(path: str | Path, limits: Limits | None = None
+                  ) -> tuple[duckdb.DuckDBPyConnection, Callable[[], None]]:
+    """A read-only, locked-down, bounded connection to an existing store, and the function that gives it back.
+
+    Every call for one file (and limits) in this process shares one instance (see the module docstring); each
+    gets its own cursor, so calling it again (a notebook cell run twice) or from another thread just works. The
+    instance, and with it the file's lock, goes when the last connection is given back."""
+    p = Path(path)
+    if not p.exists():
+        raise StoreError(f"no lensdb store at {p}; create one with `lensdb index CHECKPOINT --db {p}`.")
+    key = (str(p.resolve()), limits or Limits())
+    with _OPEN_LOCK:
+        inst = _OPEN.get(key)
+        if inst is None:
+            inst = _OPEN[key] = _Instance(p, key[1])
+        inst.refs += 1
+        try:
+            cur = inst.con.cursor()
+            cur.execute("USE lens")
+        except BaseException:
+            _give_back(key, inst)
+            raise
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        with _OPEN_LOCK:
+            if not released:
+                released = True
+                cur.close()
+                _give_back(key, inst)
+
+    return cur, release
+
+
+def _give_back(key: tuple[str, Limits], inst: _Instance) -> None:
+    inst.refs -= 1
+    if inst.refs == 0:
+        _OPEN.pop(key, None)
+        inst.close()
 
 
 # Bounds on what one call may ask for, whoever asks (CLI, Python, HTTP).
@@ -207,14 +326,45 @@ def _check_function(node: dict, allowed: frozenset[str], what: str) -> None:
                          "see queries/allowlist.py).")
 
 
-class _Watchdog:
-    """Stops the query on ``con`` when its time is up or the process has grown by more than ``budget`` bytes
-    since it started (DuckDB's memory limit does not cover the strings and lists a query builds)."""
+# DuckDB's memory_limit holds for its whole instance, and DuckDB says how much memory the instance uses, not which
+# query uses it. So user SQL runs one query at a time in this process (lookups and the other questions never wait
+# for it), and that query is stopped once DuckDB's working memory (everything but cached table blocks, which it
+# can evict) has grown by more than this share of memory_limit since it started: a single allocation can at
+# most double that, which still leaves half for everyone else. What DuckDB does not count (the strings and lists
+# a query builds, the rows encoded for the answer) is bounded by the growth of the process (``rss_budget_mb``).
+QUERY_SHARE = 4
+_ONE_QUERY = threading.Lock()
+_CACHED = ("BASE_TABLE", "EXTERNAL_FILE_CACHE")
+_UNITS = {"": 1, "B": 1, "BYTES": 1, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4, "KIB": 1 << 10,
+          "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40}
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, timeout_s: float, budget: int | None) -> None:
+
+def size_bytes(text: str) -> int:
+    """A DuckDB size (``190.7 MiB``, ``4GB``) in bytes."""
+    number = text.strip().rstrip("BbIiKkMmGgTtYySsEe ")
+    unit = text.strip()[len(number):].strip().upper()
+    return int(float(number) * _UNITS.get(unit, 1))
+
+
+def _working_memory(probe: duckdb.DuckDBPyConnection) -> int:
+    row = probe.execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() WHERE tag NOT IN "
+                        f"({', '.join(repr(t) for t in _CACHED)})").fetchone()
+    return int(row[0]) if row else 0
+
+
+class _Watchdog:
+    """Stops the query on ``con`` when its time is up, when DuckDB's working memory has grown by more than
+    ``duck_bound`` bytes, or when the process has grown by more than ``budget`` bytes since it started (DuckDB's
+    memory limit does not cover the strings and lists a query builds)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, timeout_s: float, budget: int | None,
+                 duck_bound: int | None = None) -> None:
         self.con, self.deadline = con, time.monotonic() + timeout_s
         self.start_rss = _rss()
         self.limit = None if budget is None or self.start_rss is None else self.start_rss + budget
+        self.duck_bound = duck_bound
+        self.probe = con.cursor() if duck_bound is not None else None
+        self.duck_base = _working_memory(self.probe) if self.probe is not None else 0
         self.tripped: str | None = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="lensdb-sql-watchdog", daemon=True)
@@ -231,15 +381,22 @@ class _Watchdog:
         return time.monotonic() >= self.deadline
 
     def _watch(self) -> None:
-        while not self._done.wait(min(0.01, max(0.0, self.deadline - time.monotonic()))):
-            if self.expired():
-                self.tripped = "time"
-            elif self.limit is not None and (_rss() or 0) > self.limit:
-                self.tripped = "memory"
-            else:
-                continue
-            self.con.interrupt()
-            return
+        try:
+            while not self._done.wait(min(0.01, max(0.0, self.deadline - time.monotonic()))):
+                if self.expired():
+                    self.tripped = "time"
+                elif self.limit is not None and (_rss() or 0) > self.limit:
+                    self.tripped = "memory"
+                elif (self.probe is not None and self.duck_bound is not None
+                      and _working_memory(self.probe) - self.duck_base > self.duck_bound):
+                    self.tripped = "duckdb"
+                else:
+                    continue
+                self.con.interrupt()
+                return
+        finally:
+            if self.probe is not None:
+                self.probe.close()
 
 
 def _rss() -> int | None:
@@ -289,13 +446,28 @@ def run_readonly(con: duckdb.DuckDBPyConnection, sql: str, max_rows: int = 1000,
                  max_bytes: int = DEFAULT_MAX_BYTES, rss_budget_mb: int | None = DEFAULT_RSS_BUDGET_MB) -> SqlResult:
     """Run one checked SELECT: at most ``max_rows`` rows and ``max_bytes`` bytes of JSON (``truncated`` and
     ``truncated_by`` say which cap cut it), all within ``timeout_s`` seconds including the encoding; stopped if
-    the process grows by more than ``rss_budget_mb`` MiB meanwhile. Rows hold JSON-ready values (``plain``)."""
+    it takes more than a ``QUERY_SHARE``-th of ``memory_limit`` or the process grows by more than
+    ``rss_budget_mb`` MiB meanwhile. It waits at most ``timeout_s`` for the user query before it (one at a
+    time, see ``QUERY_SHARE``). Rows hold JSON-ready values (``plain``)."""
     check_limits(max_rows, timeout_s, max_bytes)
     check_statement(con, sql)
+    if not _ONE_QUERY.acquire(timeout=timeout_s):
+        raise SqlTimeout(f"other SQL queries held the store for {timeout_s:g}s (they run one at a time); try again.")
+    try:
+        return _run(con, sql, max_rows, timeout_s, max_bytes, rss_budget_mb)
+    finally:
+        _ONE_QUERY.release()
+
+
+def _run(con: duckdb.DuckDBPyConnection, sql: str, max_rows: int, timeout_s: float, max_bytes: int,
+         rss_budget_mb: int | None) -> SqlResult:
+    # read before the query: a transaction the query aborts answers nothing more
+    (limit,) = con.execute("SELECT current_setting('memory_limit')").fetchone()  # type: ignore[misc]
+    bound = size_bytes(limit) // QUERY_SHARE
     budget = None if rss_budget_mb is None else int(rss_budget_mb) << 20
     rows: list[list] = []
     size, truncated_by = 0, None
-    with _Watchdog(con, timeout_s, budget) as dog:
+    with _Watchdog(con, timeout_s, budget, bound) as dog:
         try:
             cur = con.execute(sql)
             columns = [d[0] for d in cur.description or []]
@@ -316,6 +488,11 @@ def run_readonly(con: duckdb.DuckDBPyConnection, sql: str, max_rows: int = 1000,
                 if dog.tripped:
                     raise _Stopped
         except (duckdb.Error, _Stopped) as err:
+            if dog.tripped == "duckdb" or isinstance(err, duckdb.OutOfMemoryException):
+                raise SqlRefused(
+                    f"the query needs more memory than one query may take here ({bound / 2**20:.1f} MiB, a "
+                    f"{QUERY_SHARE}th of memory_limit {limit}) and was stopped; filter first, aggregate less at "
+                    "once, or add a LIMIT.") from None
             if dog.tripped == "memory":
                 raise SqlTooLarge(
                     f"the query was stopped: it grew this process's memory by more than {rss_budget_mb} MiB. "

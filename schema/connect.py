@@ -18,20 +18,52 @@ def quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def server_note(path: str | os.PathLike[str]) -> Path:
+    """Where a running `lensdb serve` notes its URL, next to the file it owns (``lens.duckdb.server``)."""
+    return Path(f"{path}.server")
+
+
+def noted_service(path: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """(URL, instance) a service noted for the store at ``path``, if there is a note (it may be stale: the service
+    that answers at the URL must name the same instance in ``/health``)."""
+    try:
+        lines = server_note(path).read_text().split()
+    except OSError:
+        return None
+    return (lines[0], lines[1] if len(lines) > 1 else "") if lines else None
+
+
+def noted_url(path: str | os.PathLike[str]) -> str | None:
+    """The URL a service noted for the store at ``path``, if there is a note (it may be stale)."""
+    noted = noted_service(path)
+    return noted[0] if noted else None
+
+
+def open_error(path: Path, err: duckdb.Error) -> StoreError:
+    """DuckDB's refusal to open ``path`` as a ``StoreError`` that says who holds the file and what to do."""
+    if isinstance(err, duckdb.IOException) and "lock" in str(err).lower():
+        url = noted_url(path)
+        via = (f"`lensdb serve` noted that it owns it at {url}: lensdb's read commands then read through the "
+               f"service by themselves, and Python can too with queries.connect({url!r})." if url else
+               "If `lensdb serve` owns this file, send your request to the service instead.")
+        return StoreError(
+            f"{path} is in use by another process that is writing to it (DuckDB allows one writer per "
+            f"file, and no reader while it writes). Wait for that index run to finish. {via}"
+        )
+    if "already attached" in str(err):
+        return StoreError(f"{path} is in use in this process by a reader (queries.connect): close it before "
+                          "writing to the file.")
+    if isinstance(err, duckdb.IOException):
+        return StoreError(f"cannot open {path}: {err}")
+    return StoreError(f"{path} is not a DuckDB database lensdb can open: {err}")
+
+
 def open_file(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     """A connection to ``path``; a held lock or a file that is not a DuckDB database becomes a ``StoreError``."""
     try:
         return duckdb.connect(str(path), read_only=read_only)
-    except duckdb.IOException as err:
-        if "lock" in str(err).lower():
-            raise StoreError(
-                f"{path} is in use by another process that is writing to it (DuckDB allows one writer per "
-                "file, and no reader while it writes). Wait for that index run to finish, or, if `lensdb "
-                "serve` owns this file, send your request to the service instead."
-            ) from None
-        raise StoreError(f"cannot open {path}: {err}") from None
     except duckdb.Error as err:
-        raise StoreError(f"{path} is not a DuckDB database lensdb can open: {err}") from None
+        raise open_error(path, err) from None
 
 
 def store_version(con: duckdb.DuckDBPyConnection, path: Path) -> int:

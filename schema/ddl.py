@@ -15,7 +15,10 @@ def table_ddl(comments: bool = True) -> list[str]:
     An upgrade comments after its migrations, once the columns they add exist (``comment_ddl``)."""
     stmts: list[str] = []
     for table in metadata.sorted_tables:
-        stmts.append(str(CreateTable(table, if_not_exists=True).compile(dialect=_DIALECT)).strip())
+        # references are declared, not created: DuckDB's foreign keys cannot cascade and index every bulk load
+        # (schema.tables); schema.deletes follows them instead
+        create = CreateTable(table, if_not_exists=True, include_foreign_key_constraints=())
+        stmts.append(str(create.compile(dialect=_DIALECT)).strip())
         for index in sorted(table.indexes, key=lambda i: str(i.name)):
             stmts.append(str(CreateIndex(index, if_not_exists=True).compile(dialect=_DIALECT)).strip())
     return stmts + (comment_ddl() if comments else [])

@@ -19,3 +19,7 @@ class NotFound(LensdbError):
 
 class UnknownToken(LensdbError):
     """The word or id is in no indexed vocabulary (or not in the one asked for)."""
+
+
+class Cancelled(LensdbError):
+    """The run was stopped on request (``DELETE /jobs/{id}``, Ctrl-C); nothing of it was written."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import duckdb
 
 from schema.ddl import comment_ddl, table_ddl, view_ddl
+from schema.ids import start_counters
 from schema.layout import SCHEMA_VERSION
 
 
@@ -30,7 +31,7 @@ def fill_token_forms(con: duckdb.DuckDBPyConnection, vocab_id: int | None = None
         "vocab_id NOT IN (SELECT vocab_id FROM token_forms)", [])
     forms = " UNION ".join(f"SELECT {col} AS form, vocab_id, token_id, token, display FROM tokens WHERE {where}"
                            for col in ("word", "token", "display"))
-    con.execute(f"INSERT INTO token_forms {forms} ORDER BY form, vocab_id, token_id", params * 3)
+    con.execute(f"INSERT INTO token_forms BY NAME {forms} ORDER BY form, vocab_id, token_id", params * 3)
 
 
 def fill_vector_lists(con: duckdb.DuckDBPyConnection, batch: int = 100_000) -> None:
@@ -41,11 +42,12 @@ def fill_vector_lists(con: duckdb.DuckDBPyConnection, batch: int = 100_000) -> N
     if lo is None:
         return
     for start in range(lo, hi + 1, batch):
-        con.execute("""INSERT INTO vector_lists
+        con.execute("""INSERT INTO vector_lists BY NAME
 SELECT vector_id,
-       list(token_id ORDER BY rank) FILTER (WHERE side = 'top'), list(score ORDER BY rank) FILTER (WHERE side = 'top'),
-       list(token_id ORDER BY rank) FILTER (WHERE side = 'bottom'),
-       list(score ORDER BY rank) FILTER (WHERE side = 'bottom')
+       list(token_id ORDER BY rank) FILTER (WHERE side = 'top') AS top_token_ids,
+       list(score ORDER BY rank) FILTER (WHERE side = 'top') AS top_scores,
+       list(token_id ORDER BY rank) FILTER (WHERE side = 'bottom') AS bottom_token_ids,
+       list(score ORDER BY rank) FILTER (WHERE side = 'bottom') AS bottom_scores
 FROM vector_tokens WHERE vector_id BETWEEN ? AND ?
 GROUP BY vector_id ORDER BY vector_id""", [start, start + batch - 1])
 
@@ -82,7 +84,7 @@ def _to_v4(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE alignment_runs ALTER COLUMN statistic DROP DEFAULT")
 
 
-def _to_v5(con: duckdb.DuckDBPyConnection) -> None:
+def _to_v6(con: duckdb.DuckDBPyConnection) -> None:
     """Exact search: every vector gains the z-score of its k-th stored token per side, filled in from the stored
     lists (rows written before stay exact for every answer these bounds certify); vector_values, basis_rows and
     value_blocks are created empty (the runs before stored no vectors)."""
@@ -109,8 +111,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "every table present; token forms, vector lists and unit blocks filled in", _to_v2),
     Migration(3, "vectors and vector_units: an expert column for mixture-of-experts models", _to_v3),
     Migration(4, "alignment runs record their layer statistic (old runs: best_signed)", _to_v4),
-    Migration(5, "exact search: vectors.top_zk/bottom_zk from the stored lists; vector_values, basis_rows, "
-              "value_blocks", _to_v5),
+    Migration(5, "ids from id_counters (never reused), started at the highest id each table holds; the "
+              "foreign_keys view", start_counters),
+    Migration(6, "exact search: vectors.top_zk/bottom_zk from the stored lists; vector_values, basis_rows, "
+              "value_blocks", _to_v6),
 )
 assert MIGRATIONS[-1].version == SCHEMA_VERSION, "a schema version without its migration"
 
@@ -120,7 +124,9 @@ def upgrade(con: duckdb.DuckDBPyConnection, found: int | None) -> None:
     the caller's transaction."""
     for stmt in table_ddl(comments=False):
         con.execute(stmt)
-    if found is not None:
+    if found is None:
+        start_counters(con)
+    else:
         for step in MIGRATIONS:
             if step.version > found:
                 step.apply(con)

@@ -1,7 +1,14 @@
 """The store's tables, declared once.
 
-Ids are assigned by the single writer (max + 1 inside its transaction), never by sequences: duckdb_engine
-0.17 cannot autoincrement without an explicit Sequence, and one writer per file makes max + 1 safe.
+Ids are handed out by the writer from ``id_counters`` (``schema.ids``), never as max + 1: an id is never given
+twice, even after the rows that had it were deleted (a replaced or forgotten checkpoint), so nothing stored
+elsewhere can come to point at another row. Columns marked ``info={"counter": True}`` take their ids there.
+
+References between tables are declared as foreign keys (``_ref``) but not created in DuckDB (its foreign keys
+cannot cascade and would index every bulk load): ``schema.deletes`` derives every delete from them (what goes
+with a checkpoint, a model, a trace), and ``lensdb check`` reads them back from the ``foreign_keys`` view to
+look for orphans, so a new table cannot be forgotten by either.
+
 Bulk rows (``vectors``, ``vector_tokens``) never go through SQLAlchemy: they arrive as Arrow and are
 copied with ``INSERT … SELECT`` (see ``schema.writer``). A change here raises ``schema.layout.SCHEMA_VERSION``
 and adds its step to ``schema.migrations``.
@@ -13,7 +20,14 @@ metadata = sa.MetaData()
 
 
 def _id(name: str, doc: str) -> sa.Column:
-    return sa.Column(name, sa.Integer, primary_key=True, autoincrement=False, comment=doc)
+    """A table's own id, handed out by the writer from ``id_counters``."""
+    return sa.Column(name, sa.Integer, primary_key=True, autoincrement=False, comment=doc, info={"counter": True})
+
+
+def _ref(target: str, on_delete: str = "CASCADE") -> sa.ForeignKey:
+    """A reference to ``table.column``. ``on_delete``: CASCADE (this row goes with the row it names) or SET NULL
+    (this row stays, the reference is cleared). Declared, not created in DuckDB: see the module docstring."""
+    return sa.ForeignKey(target, ondelete=on_delete)
 
 
 lensdb_meta = sa.Table(
@@ -22,6 +36,17 @@ lensdb_meta = sa.Table(
     sa.Column("key", sa.String, primary_key=True, comment="setting name, e.g. schema_version"),
     sa.Column("value", sa.String, nullable=False, comment="its value as text"),
     comment="Facts about the store itself; schema_version tells lensdb whether it can read this file.",
+)
+
+id_counters = sa.Table(
+    "id_counters",
+    metadata,
+    sa.Column("table_name", sa.String, primary_key=True, comment="table whose ids this row hands out"),
+    sa.Column("column_name", sa.String, nullable=False, comment="the column of that table the ids go to"),
+    sa.Column("last_id", sa.BigInteger, nullable=False,
+              comment="the highest id ever handed out there; the next is last_id + 1, even after rows are deleted"),
+    comment="The writer's id counters: an id is never handed out twice, even after a checkpoint is replaced or "
+    "forgotten, so stored references (trace neurons, aliases) never come to name another row.",
 )
 
 vocabularies = sa.Table(
@@ -37,7 +62,8 @@ vocabularies = sa.Table(
 tokens = sa.Table(
     "tokens",
     metadata,
-    sa.Column("vocab_id", sa.Integer, nullable=False, comment="vocabulary the id belongs to"),
+    sa.Column("vocab_id", sa.Integer, _ref("vocabularies.vocab_id"),
+              nullable=False, comment="vocabulary the id belongs to"),
     sa.Column("token_id", sa.Integer, nullable=False, comment="row of the embedding matrix"),
     sa.Column("token", sa.String, nullable=False, comment="the tokenizer's own spelling, e.g. Ġparis, ##s"),
     sa.Column("display", sa.String, nullable=False, comment="readable text of the token, e.g. ' paris'"),
@@ -53,7 +79,7 @@ token_forms = sa.Table(
     "token_forms",
     metadata,
     sa.Column("form", sa.String, nullable=False, comment="a form users type: the word, raw spelling or display text"),
-    sa.Column("vocab_id", sa.Integer, nullable=False, comment="vocabulary of the token"),
+    sa.Column("vocab_id", sa.Integer, _ref("vocabularies.vocab_id"), nullable=False, comment="vocabulary of the token"),
     sa.Column("token_id", sa.Integer, nullable=False, comment="the token that has this form"),
     sa.Column("token", sa.String, nullable=False, comment="the token's raw spelling (as in tokens)"),
     sa.Column("display", sa.String, nullable=False, comment="the token's readable text (as in tokens)"),
@@ -68,7 +94,8 @@ models = sa.Table(
     sa.Column("name", sa.String, nullable=False, unique=True, comment="name given at index time"),
     sa.Column("family", sa.String, nullable=False, comment="adapter that read it: gpt2, bert…"),
     sa.Column("model_type", sa.String, nullable=False, comment="config.json model_type"),
-    sa.Column("vocab_id", sa.Integer, nullable=False, comment="its vocabulary"),
+    sa.Column("vocab_id", sa.Integer, _ref("vocabularies.vocab_id", "RESTRICT"),
+              nullable=False, comment="its vocabulary"),
     sa.Column("d_model", sa.Integer, nullable=False, comment="residual stream width"),
     sa.Column("n_layers", sa.Integer, nullable=False, comment="number of transformer blocks"),
     sa.Column("d_ff", sa.Integer, nullable=False, comment="FF neurons per layer"),
@@ -80,7 +107,7 @@ checkpoints = sa.Table(
     "checkpoints",
     metadata,
     _id("checkpoint_id", "checkpoint id"),
-    sa.Column("model_id", sa.Integer, nullable=False, comment="model it belongs to"),
+    sa.Column("model_id", sa.Integer, _ref("models.model_id"), nullable=False, comment="model it belongs to"),
     sa.Column("label", sa.String, nullable=False, comment="readable name: the folder name"),
     sa.Column("content_hash", sa.String, nullable=False, unique=True,
               comment="sha256 of config, weights and tokenizer files"),
@@ -95,7 +122,8 @@ index_runs = sa.Table(
     "index_runs",
     metadata,
     _id("run_id", "run id"),
-    sa.Column("checkpoint_id", sa.Integer, nullable=False, comment="checkpoint the run wrote"),
+    sa.Column("checkpoint_id", sa.Integer, _ref("checkpoints.checkpoint_id"),
+              nullable=False, comment="checkpoint the run wrote"),
     sa.Column("status", sa.String, nullable=False, comment="complete (only complete runs are committed)"),
     sa.Column("started_at", sa.DateTime, nullable=False, comment="start time"),
     sa.Column("finished_at", sa.DateTime, nullable=False, comment="commit time"),
@@ -113,10 +141,11 @@ index_runs = sa.Table(
 vectors = sa.Table(
     "vectors",
     metadata,
-    # No primary key: an ART index over hundreds of millions of rows would slow every bulk load; the single
-    # writer assigns vector_id densely and uniquely.
-    sa.Column("vector_id", sa.BigInteger, nullable=False, comment="vector id"),
-    sa.Column("checkpoint_id", sa.Integer, nullable=False, comment="checkpoint it comes from"),
+    # No primary key: an ART index over hundreds of millions of rows would slow every bulk load; the writer
+    # hands out vector ids in one block per run from id_counters.
+    sa.Column("vector_id", sa.BigInteger, nullable=False, comment="vector id", info={"counter": True}),
+    sa.Column("checkpoint_id", sa.Integer, _ref("checkpoints.checkpoint_id"),
+              nullable=False, comment="checkpoint it comes from"),
     sa.Column("component", sa.String, nullable=False, comment="ff_value, ff_key, …"),
     sa.Column("layer", sa.Integer, nullable=False, comment="block number from 0"),
     sa.Column("head", sa.Integer, nullable=True, comment="attention head, NULL for non-head components"),
@@ -137,7 +166,7 @@ vectors = sa.Table(
 vector_units = sa.Table(
     "vector_units",
     metadata,
-    sa.Column("checkpoint_id", sa.Integer, nullable=False, comment="checkpoint"),
+    sa.Column("checkpoint_id", sa.Integer, _ref("checkpoints.checkpoint_id"), nullable=False, comment="checkpoint"),
     sa.Column("component", sa.String, nullable=False, comment="component"),
     sa.Column("layer", sa.Integer, nullable=False, comment="layer"),
     sa.Column("head", sa.Integer, nullable=True, comment="head, NULL for non-head components"),
@@ -153,7 +182,8 @@ vector_units = sa.Table(
 head_pairs = sa.Table(
     "head_pairs",
     metadata,
-    sa.Column("vector_id", sa.BigInteger, nullable=False, comment="the head's attn_ov_pair / attn_qk_pair vector"),
+    sa.Column("vector_id", sa.BigInteger, _ref("vectors.vector_id"),
+              nullable=False, comment="the head's attn_ov_pair / attn_qk_pair vector"),
     sa.Column("side", sa.String, nullable=False, comment="top (strongest entries) or bottom (most negative)"),
     sa.Column("rank", sa.SmallInteger, nullable=False, comment="1 = strongest on that side"),
     sa.Column("source_token_id", sa.Integer, nullable=False,
@@ -167,7 +197,7 @@ head_pairs = sa.Table(
 head_factors = sa.Table(
     "head_factors",
     metadata,
-    sa.Column("checkpoint_id", sa.Integer, nullable=False, comment="checkpoint"),
+    sa.Column("checkpoint_id", sa.Integer, _ref("checkpoints.checkpoint_id"), nullable=False, comment="checkpoint"),
     sa.Column("layer", sa.Integer, nullable=False, comment="layer"),
     sa.Column("head", sa.Integer, nullable=False, comment="head"),
     sa.Column("kind", sa.String, nullable=False, comment="ov or qk"),
@@ -183,7 +213,7 @@ head_factors = sa.Table(
 bases = sa.Table(
     "bases",
     metadata,
-    sa.Column("checkpoint_id", sa.Integer, nullable=False, comment="checkpoint"),
+    sa.Column("checkpoint_id", sa.Integer, _ref("checkpoints.checkpoint_id"), nullable=False, comment="checkpoint"),
     sa.Column("role", sa.String, nullable=False, comment="writes (output side) or reads (input side)"),
     sa.Column("vocab_size", sa.Integer, nullable=False, comment="rows"),
     sa.Column("d_model", sa.Integer, nullable=False, comment="columns"),
@@ -194,7 +224,7 @@ bases = sa.Table(
 vector_tokens = sa.Table(
     "vector_tokens",
     metadata,
-    sa.Column("vector_id", sa.BigInteger, nullable=False, comment="vector"),
+    sa.Column("vector_id", sa.BigInteger, _ref("vectors.vector_id"), nullable=False, comment="vector"),
     sa.Column("side", sa.String, nullable=False, comment="top (promotes) or bottom (suppresses)"),
     sa.Column("rank", sa.SmallInteger, nullable=False, comment="1 = strongest on that side"),
     sa.Column("token_id", sa.Integer, nullable=False, comment="token in the model's vocabulary"),
@@ -210,7 +240,8 @@ vector_tokens = sa.Table(
 vector_values = sa.Table(
     "vector_values",
     metadata,
-    sa.Column("vector_id", sa.BigInteger, nullable=False, comment="vector (loaded in vector_id order)"),
+    sa.Column("vector_id", sa.BigInteger, _ref("vectors.vector_id"), nullable=False,
+              comment="vector (loaded in vector_id order)"),
     sa.Column("values", sa.ARRAY(sa.REAL), nullable=False,
               comment="float32 [d_model]: the vector as its basis reads it (reader norm folded, carried through "
               "the norms on its path); basis_rows.values · values = its score for that token"),
@@ -221,7 +252,7 @@ vector_values = sa.Table(
 basis_rows = sa.Table(
     "basis_rows",
     metadata,
-    sa.Column("checkpoint_id", sa.Integer, nullable=False, comment="checkpoint"),
+    sa.Column("checkpoint_id", sa.Integer, _ref("checkpoints.checkpoint_id"), nullable=False, comment="checkpoint"),
     sa.Column("role", sa.String, nullable=False, comment="writes or reads: the basis of that role's vectors"),
     sa.Column("token_id", sa.Integer, nullable=False, comment="token (row of the basis matrix)"),
     sa.Column("values", sa.ARRAY(sa.REAL), nullable=False,
@@ -233,19 +264,19 @@ basis_rows = sa.Table(
 value_blocks = sa.Table(
     "value_blocks",
     metadata,
-    sa.Column("checkpoint_id", sa.Integer, nullable=False, comment="checkpoint"),
+    sa.Column("checkpoint_id", sa.Integer, _ref("checkpoints.checkpoint_id"), nullable=False, comment="checkpoint"),
     sa.Column("first_vector_id", sa.BigInteger, nullable=False, comment="first vector id of the block"),
     sa.Column("last_vector_id", sa.BigInteger, nullable=False, comment="last vector id (inclusive)"),
     sa.Column("role", sa.String, nullable=False, comment="the basis_rows role that reads these vectors"),
     comment="Blocks of vector ids whose values are in vector_values, with the basis role that reads them; "
-    "vectors outside every block (runs with --no-vectors or before schema version 5, head-map pairs) are "
+    "vectors outside every block (runs with --no-vectors or before schema version 6, head-map pairs) are "
     "searched through their top-k lists only.",
 )
 
 vector_lists = sa.Table(
     "vector_lists",
     metadata,
-    sa.Column("vector_id", sa.BigInteger, nullable=False, comment="vector"),
+    sa.Column("vector_id", sa.BigInteger, _ref("vectors.vector_id"), nullable=False, comment="vector"),
     sa.Column("top_token_ids", sa.ARRAY(sa.Integer), nullable=False, comment="its top-k tokens, strongest first"),
     sa.Column("top_scores", sa.ARRAY(sa.REAL), nullable=False, comment="their scores"),
     sa.Column("bottom_token_ids", sa.ARRAY(sa.Integer), nullable=False, comment="its bottom-k tokens, lowest first"),
@@ -274,12 +305,14 @@ checkpoint_aliases = sa.Table(
     "checkpoint_aliases",
     metadata,
     _id("alias_id", "alias id"),
-    sa.Column("source_id", sa.Integer, nullable=False, comment="registered source the step was found in"),
+    sa.Column("source_id", sa.Integer, _ref("sources.source_id"),
+              nullable=False, comment="registered source the step was found in"),
     sa.Column("label", sa.String, nullable=False, comment="the step's own label (folder or ref name)"),
     sa.Column("step", sa.BigInteger, nullable=True, comment="training step, where known"),
     sa.Column("path", sa.String, nullable=False, comment="folder it was found at"),
     sa.Column("content_hash", sa.String, nullable=False, comment="sha256 of config, weights and tokenizer files"),
-    sa.Column("checkpoint_id", sa.Integer, nullable=False, comment="the indexed checkpoint with identical content"),
+    sa.Column("checkpoint_id", sa.Integer, _ref("checkpoints.checkpoint_id"),
+              nullable=False, comment="the indexed checkpoint with identical content"),
     sa.Column("linked_at", sa.DateTime, nullable=False, comment="when the watcher linked it"),
     sa.UniqueConstraint("source_id", "label"),
     comment="Steps whose content is bit-identical to an already indexed checkpoint: linked, not re-indexed.",
@@ -305,7 +338,7 @@ watch_runs = sa.Table(
 watch_items = sa.Table(
     "watch_items",
     metadata,
-    sa.Column("watch_id", sa.Integer, nullable=False, comment="watch cycle"),
+    sa.Column("watch_id", sa.Integer, _ref("watch_runs.watch_id"), nullable=False, comment="watch cycle"),
     sa.Column("source", sa.String, nullable=False, comment="registered source name"),
     sa.Column("path", sa.String, nullable=False, comment="checkpoint folder"),
     sa.Column("label", sa.String, nullable=False, comment="checkpoint label"),
@@ -326,12 +359,14 @@ run_attempts = sa.Table(
     sa.Column("path", sa.String, nullable=False, comment="checkpoint folder"),
     sa.Column("model", sa.String, nullable=False, comment="model name it was indexing as"),
     sa.Column("status", sa.String, nullable=False,
-              comment="running, complete, failed (clean error, rolled back) or interrupted (the process ended "
-              "mid-run: found still running by the next writer; nothing of it was committed)"),
+              comment="running, complete, failed (clean error, rolled back), cancelled (stopped on request, rolled "
+              "back) or interrupted (the process ended mid-run: found still running by the next writer; nothing "
+              "of it was committed)"),
     sa.Column("started_at", sa.DateTime, nullable=False, comment="start time"),
     sa.Column("finished_at", sa.DateTime, nullable=True, comment="end time; NULL while running"),
     sa.Column("error", sa.String, nullable=True, comment="why it failed or was interrupted"),
-    sa.Column("checkpoint_id", sa.Integer, nullable=True, comment="the checkpoint it wrote, once complete"),
+    sa.Column("checkpoint_id", sa.Integer, _ref("checkpoints.checkpoint_id", "SET NULL"),
+              nullable=True, comment="the checkpoint it wrote, once complete"),
     comment="A log of index attempts, written in its own small transactions: the run's rows commit all or "
     "nothing, this row says what happened to an attempt that did not commit.",
 )
@@ -345,7 +380,8 @@ traces = sa.Table(
     "traces",
     metadata,
     _id("trace_id", "trace id"),
-    sa.Column("checkpoint_id", sa.Integer, nullable=False, comment="checkpoint whose weights ran"),
+    sa.Column("checkpoint_id", sa.Integer, _ref("checkpoints.checkpoint_id"),
+              nullable=False, comment="checkpoint whose weights ran"),
     sa.Column("prompt", sa.String, nullable=False, comment="the input text"),
     sa.Column("n_positions", sa.Integer, nullable=False, comment="number of input tokens"),
     sa.Column("position", sa.Integer, nullable=False, comment="the position the trace focuses on (0-based)"),
@@ -357,7 +393,7 @@ traces = sa.Table(
               "schema version 3 say tied_embedding for h·Eᵀ)"),
     sa.Column("interventions", sa.String, nullable=False, comment="JSON list: zero/boost L.N, zero-head L.H"),
     sa.Column("boost_value", sa.Float, nullable=False, comment="activation a boosted neuron is set to"),
-    sa.Column("baseline_trace_id", sa.Integer, nullable=True,
+    sa.Column("baseline_trace_id", sa.Integer, _ref("traces.trace_id", "SET NULL"), nullable=True,
               comment="the same input without interventions (NULL for a trace without any)"),
     sa.Column("error", sa.Float, nullable=False,
               comment="max |sum of decomposition terms - model's final hidden state| over positions"),
@@ -370,7 +406,7 @@ traces = sa.Table(
 trace_states = sa.Table(
     "trace_states",
     metadata,
-    sa.Column("trace_id", sa.Integer, nullable=False, comment="trace"),
+    sa.Column("trace_id", sa.Integer, _ref("traces.trace_id"), nullable=False, comment="trace"),
     sa.Column("position", sa.Integer, nullable=False, comment="input position"),
     sa.Column("layer", sa.Integer, nullable=False, comment="0 = after the embedding, l = after block l-1"),
     sa.Column("token_id", sa.Integer, nullable=False, comment="input token at the position"),
@@ -385,7 +421,7 @@ trace_states = sa.Table(
 trace_heads = sa.Table(
     "trace_heads",
     metadata,
-    sa.Column("trace_id", sa.Integer, nullable=False, comment="trace"),
+    sa.Column("trace_id", sa.Integer, _ref("traces.trace_id"), nullable=False, comment="trace"),
     sa.Column("position", sa.Integer, nullable=False, comment="input position"),
     sa.Column("layer", sa.Integer, nullable=False, comment="block"),
     sa.Column("head", sa.Integer, nullable=False, comment="attention head"),
@@ -399,7 +435,7 @@ trace_heads = sa.Table(
 trace_attention = sa.Table(
     "trace_attention",
     metadata,
-    sa.Column("trace_id", sa.Integer, nullable=False, comment="trace"),
+    sa.Column("trace_id", sa.Integer, _ref("traces.trace_id"), nullable=False, comment="trace"),
     sa.Column("position", sa.Integer, nullable=False, comment="query position"),
     sa.Column("layer", sa.Integer, nullable=False, comment="block"),
     sa.Column("head", sa.Integer, nullable=False, comment="attention head"),
@@ -412,7 +448,7 @@ trace_attention = sa.Table(
 trace_neurons = sa.Table(
     "trace_neurons",
     metadata,
-    sa.Column("trace_id", sa.Integer, nullable=False, comment="trace"),
+    sa.Column("trace_id", sa.Integer, _ref("traces.trace_id"), nullable=False, comment="trace"),
     sa.Column("position", sa.Integer, nullable=False, comment="input position"),
     sa.Column("layer", sa.Integer, nullable=False, comment="block"),
     sa.Column("idx", sa.Integer, nullable=False, comment="FF neuron"),
@@ -425,7 +461,8 @@ trace_neurons = sa.Table(
               comment="its write's effect on the final prediction's logit (through every later norm)"),
     sa.Column("pred_rank", sa.Integer, nullable=False,
               comment="rank of the final prediction in sign(activation) x its value's folded projection"),
-    sa.Column("vector_id", sa.BigInteger, nullable=True, comment="its ff_value in vectors, if indexed"),
+    sa.Column("vector_id", sa.BigInteger, _ref("vectors.vector_id", "SET NULL"),
+              nullable=True, comment="its ff_value in vectors, if indexed"),
     comment="The FF neurons with the largest (top) and smallest (bottom) activation x value norm, per position "
     "and layer, linked to their indexed projections.",
 )
@@ -433,7 +470,7 @@ trace_neurons = sa.Table(
 trace_terms = sa.Table(
     "trace_terms",
     metadata,
-    sa.Column("trace_id", sa.Integer, nullable=False, comment="trace"),
+    sa.Column("trace_id", sa.Integer, _ref("traces.trace_id"), nullable=False, comment="trace"),
     sa.Column("position", sa.Integer, nullable=False, comment="input position"),
     sa.Column("kind", sa.String, nullable=False,
               comment="embedding, head, ff, bias or norm (Mickus et al.'s terms; traces before schema version 3 "
@@ -449,7 +486,7 @@ trace_terms = sa.Table(
 trace_top_tokens = sa.Table(
     "trace_top_tokens",
     metadata,
-    sa.Column("trace_id", sa.Integer, nullable=False, comment="trace"),
+    sa.Column("trace_id", sa.Integer, _ref("traces.trace_id"), nullable=False, comment="trace"),
     sa.Column("position", sa.Integer, nullable=False, comment="input position"),
     sa.Column("node", sa.String, nullable=False, comment="state, head or neuron"),
     sa.Column("layer", sa.Integer, nullable=False, comment="as in trace_states / trace_heads / trace_neurons"),
@@ -466,8 +503,10 @@ alignment_runs = sa.Table(
     "alignment_runs",
     metadata,
     _id("alignment_id", "alignment run id"),
-    sa.Column("checkpoint_a", sa.Integer, nullable=False, comment="checkpoint of model A (rows of the matrix)"),
-    sa.Column("checkpoint_b", sa.Integer, nullable=False, comment="checkpoint of model B (columns)"),
+    sa.Column("checkpoint_a", sa.Integer, _ref("checkpoints.checkpoint_id"),
+              nullable=False, comment="checkpoint of model A (rows of the matrix)"),
+    sa.Column("checkpoint_b", sa.Integer, _ref("checkpoints.checkpoint_id"),
+              nullable=False, comment="checkpoint of model B (columns)"),
     sa.Column("component", sa.String, nullable=False, comment="component compared: ff_value, ff_key, attn_o…"),
     sa.Column("unit", sa.String, nullable=False, comment="what neuron_matches pairs: neuron or head"),
     sa.Column("basis", sa.String, nullable=False, comment="raw (E as is, as Dar et al.) or folded"),
@@ -487,7 +526,7 @@ alignment_runs = sa.Table(
 layer_similarity = sa.Table(
     "layer_similarity",
     metadata,
-    sa.Column("alignment_id", sa.Integer, nullable=False, comment="alignment run"),
+    sa.Column("alignment_id", sa.Integer, _ref("alignment_runs.alignment_id"), nullable=False, comment="alignment run"),
     sa.Column("layer_a", sa.Integer, nullable=False, comment="layer of model A"),
     sa.Column("layer_b", sa.Integer, nullable=False, comment="layer of model B"),
     sa.Column("score", sa.Float, nullable=False,
@@ -501,7 +540,7 @@ layer_similarity = sa.Table(
 neuron_matches = sa.Table(
     "neuron_matches",
     metadata,
-    sa.Column("alignment_id", sa.Integer, nullable=False, comment="alignment run"),
+    sa.Column("alignment_id", sa.Integer, _ref("alignment_runs.alignment_id"), nullable=False, comment="alignment run"),
     sa.Column("layer_a", sa.Integer, nullable=False, comment="layer of model A"),
     sa.Column("index_a", sa.Integer, nullable=False, comment="neuron (or head) of model A"),
     sa.Column("layer_b", sa.Integer, nullable=False, comment="the layer of B matched to layer_a"),

@@ -6,6 +6,9 @@ a DuckDB comment, so ``SELECT * FROM duckdb_views()`` shows it in any client.
 
 from dataclasses import dataclass
 
+from schema.connect import quote
+from schema.tables import metadata
+
 
 @dataclass(frozen=True)
 class View:
@@ -225,6 +228,30 @@ ALIGNMENT_MATCHES = View(
     """,
 )
 
+
+
+def _foreign_keys() -> View:
+    """The references declared in ``schema.tables``, as rows: readers (``lensdb check``) and SQL clients get them
+    from the store without the declarations."""
+    rows = sorted((t.name, fk.parent.name, fk.column.table.name, fk.column.name, fk.ondelete or "CASCADE")
+                  for t in metadata.sorted_tables for fk in t.foreign_keys)
+    values = ",\n           ".join("(" + ", ".join(quote(v) for v in row) + ")" for row in rows)
+    return View(
+        "foreign_keys",
+        "Every reference between tables: table_name.column_name names a row of references_table."
+        "references_column; on_delete says what deleting that row does (CASCADE: this row goes too, SET NULL: the "
+        "reference is cleared). Declared in schema/tables.py and followed by every delete (lensdb index --replace, "
+        "lensdb forget); lensdb check looks for rows that name nothing.",
+        f"""
+    SELECT * FROM (VALUES
+           {values}
+    ) AS r(table_name, column_name, references_table, references_column, on_delete)
+    """,
+    )
+
+
+FOREIGN_KEYS = _foreign_keys()
+
 VIEWS: tuple[View, ...] = (LATEST_CHECKPOINTS, VECTOR_INFO, PROJECTIONS, MODEL_SUMMARY, CHECKPOINT_STEPS,
                            VECTOR_DRIFT, TRACE_LENS, TRACE_SHARES, TRACE_NEURON_INFO, HEAD_PAIR_PROJECTIONS,
-                           ALIGNMENT_LAYERS, ALIGNMENT_MATCHES)
+                           ALIGNMENT_LAYERS, ALIGNMENT_MATCHES, FOREIGN_KEYS)

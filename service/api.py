@@ -36,7 +36,9 @@ from queries import (
     VectorView,
     WatchRunInfo,
 )
+from queries.integrity import CheckReport
 from queries.rows import RunInfo
+from schema.deletes import Forgotten, forget
 from schema.errors import LensdbError
 from service.allowed import permit
 from service.jobs import IndexRequest, Job
@@ -103,13 +105,20 @@ class AlignRequest(BaseModel):
 class Health(BaseModel):
     status: str
     db: str
+    instance: str = Field(description="this service process's id, also in the note it keeps next to the store "
+                          "(lens.duckdb.server): a client that finds the note knows it is talking to its writer")
     models: int
     jobs_running: int
+    writes_waiting: int = Field(description="writes queued behind the one running")
 
 
 class SqlRequest(BaseModel):
     sql: str = Field(description="one SELECT over the documented tables and views (README, 'SQL')")
     max_rows: int | None = Field(None, ge=1, le=1_000_000, description="row cap; at most the server's sql_max_rows")
+    timeout_s: float | None = Field(None, gt=0, le=3600, description="seconds before it is stopped; at most the "
+                                    "server's sql_timeout_s")
+    max_bytes: int | None = Field(None, ge=1, le=1 << 30, description="cap on the answer's JSON size in bytes; at "
+                                  "most the server's sql_max_bytes")
 
 
 class RegisterRequest(BaseModel):
@@ -143,7 +152,8 @@ def api_router(owner: StoreOwner) -> APIRouter:
     @router.get("/health", response_model=Health, tags=["service"])
     def health(lens: ReadLens) -> Health:
         running = sum(j.status == "running" for j in owner.jobs.all())
-        return Health(status="ok", db=str(owner.path), models=len(lens.models()), jobs_running=running)
+        return Health(status="ok", db=str(owner.path), instance=owner.instance, models=len(lens.models()),
+                      jobs_running=running, writes_waiting=owner.writes.waiting())
 
     @router.get("/models", response_model=Page[ModelInfo], tags=["models"])
     def list_models(lens: ReadLens, limit: Limit = 50, offset: Offset = 0) -> Page[ModelInfo]:
@@ -232,20 +242,44 @@ def api_router(owner: StoreOwner) -> APIRouter:
             raise NotFound(f"no index job {job_id} in this service process; GET /jobs lists them.")
         return job
 
+    @router.delete("/jobs/{job_id}", response_model=Job, tags=["index"])
+    def cancel_job(job_id: int) -> Job:
+        """Cancel an index job: a queued one never starts; a running one stops at its next unit and writes
+        nothing (its status becomes cancelled; answered once it has stopped, or after 30 s with
+        cancel_requested set). A finished job is answered as it is."""
+        job = owner.jobs.cancel(job_id)
+        if job is None:
+            raise NotFound(f"no index job {job_id} in this service process; GET /jobs lists them.")
+        return job
+
     @router.post("/sql", response_model=SqlResult, tags=["sql"])
     async def sql(body: SqlRequest) -> Response:
         """One read-only SELECT over the store's tables and views, calling allow-listed functions only; capped at
         sql_max_rows rows and sql_max_bytes bytes, stopped after sql_timeout_s seconds. Runs on the SQL pool:
         503 with Retry-After when it is full."""
         cap = min(body.max_rows or settings.sql_max_rows, settings.sql_max_rows)
+        timeout = min(body.timeout_s or settings.sql_timeout_s, settings.sql_timeout_s)
+        max_bytes = min(body.max_bytes or settings.sql_max_bytes, settings.sql_max_bytes)
 
         def run() -> bytes:
             with owner.lens() as lens:
-                result = lens.sql(body.sql, max_rows=cap, timeout_s=settings.sql_timeout_s,
-                                  max_bytes=settings.sql_max_bytes, rss_budget_mb=settings.sql_rss_budget_mb)
+                result = lens.sql(body.sql, max_rows=cap, timeout_s=timeout, max_bytes=max_bytes,
+                                  rss_budget_mb=settings.sql_rss_budget_mb)
             return result.model_dump_json().encode()
 
         return Response(await owner.sql_pool.run(run), media_type="application/json")
+
+    @router.get("/check", response_model=CheckReport, tags=["models"])
+    def check(lens: ReadLens) -> CheckReport:
+        """Verify the store (``lensdb check``) in one snapshot: run records, row counts, k token rows a side per
+        vector, token ids, token lists, unit blocks, orphans along every declared reference, id counters."""
+        return lens.check()
+
+    @router.delete("/models/{name}", response_model=Forgotten, tags=["models"])
+    def forget_model(name: str, checkpoint: str | None = None) -> Forgotten:
+        """Forget a model (or one checkpoint of it) and everything made from it: vectors, token rows, runs,
+        traces, alignments, linked steps (what the store's declared references lead to), in one transaction."""
+        return forget(owner.store, name, checkpoint)
 
     # ---- training runs -----------------------------------------------------------------------------------
 
@@ -265,10 +299,11 @@ def api_router(owner: StoreOwner) -> APIRouter:
                 tags=["training"])
     def rank(lens: ReadLens, model: str, component: str, layer: Whole, index: Whole, token: str | None = None,
              token_id: Whole | None = None, head: Whole | None = None,
-             side: Annotated[str, Query(pattern="^(top|bottom)$")] = "top") -> list[TokenRankStep]:
+             side: Annotated[str, Query(pattern="^(top|bottom)$")] = "top",
+             expert: Whole | None = None) -> list[TokenRankStep]:
         """A token's rank among one vector's top (or bottom) tokens at every step; null where absent."""
         return lens.token_rank_over_training(model, token_arg(token, token_id), component, layer, index,
-                                             head=head, side=side)
+                                             head=head, side=side, expert=expert)
 
     @router.get("/changed/{model}", response_model=list[ChangedVector], tags=["training"])
     def changed(lens: ReadLens, model: str, from_checkpoint: Annotated[str, Query(alias="from")],
@@ -287,8 +322,8 @@ def api_router(owner: StoreOwner) -> APIRouter:
         """Register a folder on the server, inside a folder the operator allowed (--allow-dir), as a model to
         watch."""
         folder = permit(body.path, owner.roots(), "path")
-        return register_source(owner.path, body.name, folder, kind=body.kind, top_k=body.top_k,
-                               basis=body.basis, con=owner.con)
+        return register_source(owner.store, body.name, folder, kind=body.kind, top_k=body.top_k,
+                               basis=body.basis)
 
     @router.get("/watch", response_model=list[WatchRunInfo], tags=["training"])
     def watch_runs(lens: ReadLens, limit: Limit = 20, offset: Offset = 0) -> list[WatchRunInfo]:
@@ -301,8 +336,7 @@ def api_router(owner: StoreOwner) -> APIRouter:
     def create_trace(body: TraceOptions) -> TraceView:
         """Run one input through an indexed model on the server's CPU and store the trace (with interventions:
         its baseline too); answers the stored trace."""
-        with owner.writes:
-            result = trace_input(owner.path, body, con=owner.con)
+        result = trace_input(owner.store, body)
         with owner.lens() as lens:
             return lens.trace(result.trace_id)
 
@@ -321,10 +355,9 @@ def api_router(owner: StoreOwner) -> APIRouter:
     @router.post("/align", response_model=Alignment, tags=["across models"])
     def align(body: AlignRequest) -> Alignment:
         """Align model B to model A (same vocabulary) on one component, store the run and return it."""
-        with owner.writes:
-            outcome = align_models(owner.path, body.model_a, body.model_b, component=body.component,
-                                   checkpoint_a=body.checkpoint_a, checkpoint_b=body.checkpoint_b,
-                                   basis=body.basis, con=owner.con, statistic=body.statistic)
+        outcome = align_models(owner.store, body.model_a, body.model_b, component=body.component,
+                               checkpoint_a=body.checkpoint_a, checkpoint_b=body.checkpoint_b, basis=body.basis,
+                               statistic=body.statistic)
         with owner.lens() as lens:
             return lens.alignment(outcome.alignment_id, limit=body.limit)
 

@@ -6,6 +6,10 @@ stderr and exit status 1; usage errors exit 2 (argparse).
 Each command imports what it needs when it runs, and its arguments are declared only when it is the command
 asked for (``parser(only=...)``): a read command loads DuckDB and pydantic, never torch, and ``--help`` loads
 neither (tests/test_layout.py).
+
+While `lensdb serve` owns a store, DuckDB lets no other process open it; the service notes its URL next to the
+file (``lens.duckdb.server``), and the read commands (and trace, align, register, forget) then ask the service
+instead (``queries.remote``), with ``--token`` or ``LENSDB_TOKEN``. A note nothing answers for is ignored.
 """
 
 import argparse
@@ -27,14 +31,37 @@ if TYPE_CHECKING:
     import queries
     from indexer import IndexOptions, IndexResult
     from indexer.watch.cycle import WatchReport
+    from queries.readonly import Limits
+    from queries.remote import RemoteLens
 
 DEFAULT_DB = "lens.duckdb"
 
 
-def _connect(db: str) -> "queries.Lens":
+def _service(args: argparse.Namespace) -> "RemoteLens | None":
+    """The running `lensdb serve` that owns ``args.db``, when the note next to the file names one that answers for
+    it; ``--verbose`` says which way the command goes."""
+    from queries.remote import live_service
+    from schema.connect import noted_url, server_note
+
+    remote = live_service(args.db, token=getattr(args, "access_token", None))
+    if getattr(args, "verbose", False):
+        url = noted_url(args.db)
+        if remote is not None:
+            print(f"lensdb: {args.db} is owned by `lensdb serve` at {remote.url} ({server_note(args.db)}); "
+                  "asking the service", file=sys.stderr)
+        elif url is not None:
+            print(f"lensdb: ignoring the stale note {server_note(args.db)}: no service at {url} owns {args.db}; "
+                  "reading the file", file=sys.stderr)
+        else:
+            print(f"lensdb: reading {args.db} directly (no service owns it)", file=sys.stderr)
+    return remote
+
+
+def _connect(args: argparse.Namespace, limits: "Limits | None" = None) -> "queries.Lens":
+    """A Lens on the store: through the service that owns it, else on the file (bounded by ``limits``)."""
     import queries
 
-    return queries.connect(db)
+    return _service(args) or queries.connect(args.db, limits=limits)
 
 
 def _emit(args: argparse.Namespace, items: "Sequence[BaseModel] | BaseModel", columns: list[str] | None = None) -> None:
@@ -49,11 +76,6 @@ def _emit(args: argparse.Namespace, items: "Sequence[BaseModel] | BaseModel", co
     print(table(cols, [[getattr(r, c) for c in cols] for r in rows]) if rows else "(no rows)")
 
 
-def server_file(db: str | Path) -> Path:
-    """Where a running `lensdb serve` notes its URL next to the file it owns."""
-    return Path(f"{db}.server")
-
-
 def cmd_index(args: argparse.Namespace) -> None:
     from indexer import IndexOptions, index_checkpoint
 
@@ -63,16 +85,17 @@ def cmd_index(args: argparse.Namespace) -> None:
                         svd=args.svd, executor=args.executor, address=args.address, ray_workers=args.ray_workers,
                         revision=args.revision, base=args.base, lora=args.lora, vectors=args.vectors)
     if args.server:
-        result = index_via_server(args.server, args.checkpoint, opts, quiet=args.quiet)
+        result = index_via_server(args.server, args.checkpoint, opts, quiet=args.quiet, token=args.access_token)
     else:
+        from schema.connect import noted_url
+
         try:
             result = index_checkpoint(args.db, args.checkpoint, opts, progress=not args.quiet)
         except StoreError as err:
             if "in use" not in str(err):
                 raise
-            noted = server_file(args.db)
-            url = noted.read_text().strip() if noted.exists() else "http://HOST:PORT"
-            raise StoreError(f"{err} If `lensdb serve` owns it, submit the job to the service: "
+            url = noted_url(args.db) or "http://HOST:PORT"
+            raise StoreError(f"{err} To index into it, submit the job to the service: "
                              f"lensdb index {args.checkpoint} --server {url}") from None
     if args.json:
         print(result.model_dump_json(indent=2))
@@ -81,8 +104,9 @@ def cmd_index(args: argparse.Namespace) -> None:
 
 
 def index_via_server(server: str, checkpoint: str, opts: "IndexOptions", quiet: bool = False,
-                     poll_s: float = 0.25) -> "IndexResult":
-    """Submit an index job to a running service (POST /index) and follow GET /jobs/{id} until it ends."""
+                     poll_s: float = 0.25, token: str | None = None) -> "IndexResult":
+    """Submit an index job to a running service (POST /index) and follow GET /jobs/{id} until it ends. Ctrl-C
+    cancels the job on the service (DELETE /jobs/{id}) before it exits: nothing of it is written."""
     import os
 
     import httpx
@@ -101,23 +125,32 @@ def index_via_server(server: str, checkpoint: str, opts: "IndexOptions", quiet: 
     local = Path(checkpoint).exists()  # else a hub id, resolved in the server's own cache
     body = {"checkpoint": str(Path(checkpoint).resolve()) if local else checkpoint,
             **opts.model_dump(exclude=set(SERVER_ONLY))}
-    token = os.environ.get("LENSDB_TOKEN", "")
+    token = token if token is not None else os.environ.get("LENSDB_TOKEN", "")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    job: dict | None = None
     try:
         with httpx.Client(base_url=base, timeout=30, headers=headers) as client:
-            job = _answer(client.post("/index", json=body))
-            shown = None
-            while job["status"] in ("queued", "running"):
-                if not quiet and job["status"] != shown:
-                    print(f"job {job['id']}: {job['status']}", file=sys.stderr)
-                    shown = job["status"]
-                time.sleep(poll_s)
-                job = _answer(client.get(f"/jobs/{job['id']}"))
+            try:
+                job = _answer(client.post("/index", json=body))
+                shown = None
+                while job["status"] in ("queued", "running"):
+                    if not quiet and job["status"] != shown:
+                        print(f"job {job['id']}: {job['status']}", file=sys.stderr)
+                        shown = job["status"]
+                    time.sleep(poll_s)
+                    job = _answer(client.get(f"/jobs/{job['id']}"))
+            except KeyboardInterrupt:
+                if job is not None:
+                    stopped = _answer(client.delete(f"/jobs/{job['id']}", timeout=60))
+                    print(f"lensdb: index job {job['id']} on {base}: {stopped['status']}"
+                          + (" (nothing of it was written)" if stopped["status"] == "cancelled" else ""),
+                          file=sys.stderr)
+                raise
     except httpx.HTTPError as err:
         raise LensdbError(f"cannot reach the lensdb service at {base}: {err}. "
                           "Is `lensdb serve` running?") from None
-    if job["status"] == "failed":
-        raise LensdbError(f"index job {job['id']} failed: {job['error']}")
+    if job["status"] in ("failed", "cancelled"):
+        raise LensdbError(f"index job {job['id']} {job['status']}: {job['error']}")
     return IndexResult(**job["result"])
 
 
@@ -145,8 +178,10 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise LensdbError(refusal)
     app = create_app(settings)
     url = f"http://{settings.host}:{settings.port}"
-    noted = server_file(settings.db)
-    noted.write_text(url + "\n")
+    from schema.connect import server_note
+
+    noted = server_note(settings.db)
+    noted.write_text(f"{url}\n{app.state.owner.instance}\n")
     print(f"lensdb: serving {settings.db} at {url} (pages at /, API docs at /docs)", file=sys.stderr)
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it: exit cleanly then, so `finally` runs.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -157,7 +192,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> None:
-    with _connect(args.db) as db:
+    with _connect(args) as db:
         models = db.models()
     if args.json:
         print(json.dumps([m.model_dump() for m in models], indent=2))
@@ -183,7 +218,7 @@ def _hits(args: argparse.Namespace, side: str) -> None:
     minus = [typed(t) for t in args.minus or []]
     token: str | int | list[str | int] | None = plus[0] if len(plus) == 1 else (plus or None)
     wanted = hit_filter(None, {f: getattr(args, f) for f in HitFilter.model_fields if getattr(args, f) is not None})
-    with _connect(args.db) as db:
+    with _connect(args) as db:
         find = db.promoters if side == "top" else db.suppressors
         hits = find(token, wanted, minus=minus or None, text=args.text)
     experts = ["expert"] if any(h.expert is not None for h in hits) else []  # only mixture-of-experts hits have one
@@ -194,7 +229,7 @@ def _hits(args: argparse.Namespace, side: str) -> None:
 
 
 def cmd_vector(args: argparse.Namespace) -> None:
-    with _connect(args.db) as db:
+    with _connect(args) as db:
         v = db.vector(args.model, args.component, args.layer, args.index, head=args.head, checkpoint=args.checkpoint,
                       expert=args.expert)
     if args.json:
@@ -215,12 +250,12 @@ def cmd_vector(args: argparse.Namespace) -> None:
 
 def cmd_tokens(args: argparse.Namespace) -> None:
     token: str | int = int(args.token) if args.id else args.token
-    with _connect(args.db) as db:
+    with _connect(args) as db:
         _emit(args, db.tokens(token, model=args.model))
 
 
 def cmd_sql(args: argparse.Namespace) -> None:
-    with _connect(args.db) as db:
+    with _connect(args) as db:
         result = db.sql(args.query, max_rows=args.max_rows, timeout_s=args.timeout, max_bytes=args.max_bytes)
     if args.json:
         print(json.dumps([dict(zip(result.columns, r, strict=True)) for r in result.rows], indent=2, default=str))
@@ -233,14 +268,10 @@ def cmd_sql(args: argparse.Namespace) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> None:
-    from queries.integrity import check_store
-    from schema.connect import open_reader
+    from queries.readonly import Limits
 
-    con = open_reader(args.db)
-    try:
-        report = check_store(con)
-    finally:
-        con.close()
+    with _connect(args, Limits(memory_limit=args.memory_limit)) as db:
+        report = db.check()
     if args.json:
         print(json.dumps({"ok": report.ok, **report.model_dump()}, indent=2))
     else:
@@ -252,18 +283,44 @@ def cmd_check(args: argparse.Namespace) -> None:
         raise LensdbError(f"{args.db}: {len(report.problems)} problem(s) found (listed above); re-index the "
                           "checkpoints named there with --replace, or restore the file from a copy.")
     if not args.json:
-        print(f"ok: {report.checkpoints} checkpoints, {report.vectors} vectors, {report.token_rows} token rows")
+        pairs = f" and {report.pair_rows} head-map pairs" if report.pair_rows else ""
+        print(f"ok: {report.checkpoints} checkpoints, {report.vectors} vectors, {report.token_rows} token rows{pairs}")
 
 
 def cmd_register(args: argparse.Namespace) -> None:
+    remote = _service(args)
+    if remote is not None:  # the service owns the file: it registers, on its write queue
+        with remote:
+            answer = remote.call("POST", "/sources", body={
+                "name": args.name, "path": str(Path(args.source).expanduser().resolve()), "kind": args.kind,
+                "top_k": args.top_k, "basis": args.basis})
+        print(json.dumps(answer, indent=2, default=str) if args.json else answer["message"])
+        return
     from indexer.watch.cycle import register_source
 
     result = register_source(args.db, args.name, args.source, kind=args.kind, top_k=args.top_k, basis=args.basis)
     print(result.model_dump_json(indent=2) if args.json else result.message)
 
 
+def cmd_forget(args: argparse.Namespace) -> None:
+    remote = _service(args)
+    if remote is not None:  # the service owns the file: it forgets, on its write queue
+        from urllib.parse import quote
+
+        with remote:
+            answer = remote.call("DELETE", f"/models/{quote(args.model, safe='')}",
+                                 params={"checkpoint": args.checkpoint})
+    else:
+        from dataclasses import asdict
+
+        from schema.deletes import forget
+
+        answer = asdict(forget(args.db, args.model, args.checkpoint))
+    print(json.dumps(answer, indent=2) if args.json else answer["message"])
+
+
 def cmd_registered(args: argparse.Namespace) -> None:
-    with _connect(args.db) as db:
+    with _connect(args) as db:
         _emit(args, db.registered(), ["name", "kind", "path", "top_k", "basis", "indexed", "linked"])
 
 
@@ -298,7 +355,7 @@ def cmd_watch(args: argparse.Namespace) -> None:
 
 
 def cmd_drift(args: argparse.Namespace) -> None:
-    with _connect(args.db) as db:
+    with _connect(args) as db:
         if args.token is not None:
             token: str | int = int(args.token) if args.id else args.token
             ranks = db.token_rank_over_training(args.model, token, args.component, args.layer, args.index,
@@ -322,7 +379,7 @@ def cmd_drift(args: argparse.Namespace) -> None:
 
 
 def cmd_changed(args: argparse.Namespace) -> None:
-    with _connect(args.db) as db:
+    with _connect(args) as db:
         changed = db.changed_most(args.model, args.from_checkpoint, args.to_checkpoint, component=args.component,
                                   limit=args.limit)
     _emit(args, changed, ["component", "layer", "head", "index", "shared", "overlap", "jaccard", "norm_from",
@@ -331,7 +388,7 @@ def cmd_changed(args: argparse.Namespace) -> None:
 
 def cmd_head_map(args: argparse.Namespace) -> None:
     token: str | int = int(args.token) if args.id else args.token
-    with _connect(args.db) as db:
+    with _connect(args) as db:
         rows = db.head_map(token, kind=args.kind, model=args.model, checkpoint=args.checkpoint, limit=args.limit,
                            per_head=args.per_head)
     if args.json:
@@ -376,17 +433,27 @@ def cmd_trace(args: argparse.Namespace) -> None:
     opts = TraceOptions(model=args.model, prompt=args.prompt, checkpoint=args.checkpoint, position=args.position,
                         zero=args.zero or [], boost=args.boost or [], zero_heads=args.zero_head or [],
                         boost_value=args.boost_value)
-    result = trace_input(args.db, opts)
-    with _connect(args.db) as db:
-        after = db.trace(result.trace_id)
-        before = db.trace(result.baseline_trace_id) if result.baseline_trace_id else None
+    remote = _service(args)
+    if remote is not None:  # the service owns the file: it traces, on its write queue
+        import queries
+
+        with remote:
+            after = queries.TraceView.model_validate(remote.call("POST", "/traces", body=opts.model_dump()))
+            before = remote.trace(after.baseline_trace_id) if after.baseline_trace_id else None
+        message = f"traced {after.model}/{after.checkpoint} as trace {after.trace_id} on {remote.url}"
+    else:
+        result = trace_input(args.db, opts)
+        message = result.message
+        with _connect(args) as db:
+            after = db.trace(result.trace_id)
+            before = db.trace(result.baseline_trace_id) if result.baseline_trace_id else None
     if args.html:
         Path(args.html).write_text(standalone(after), encoding="utf-8")
     if args.json:
         print(json.dumps({"after": after.model_dump(), "before": before.model_dump() if before else None},
                          indent=2, default=str))
         return
-    print(f"{result.message}: position {after.position} {after.tokens[after.position]!r} of "
+    print(f"{message}: position {after.position} {after.tokens[after.position]!r} of "
           f"{' '.join(repr(t) for t in after.tokens)}")
     print(f"decomposition error {after.error:.2g} (tolerance 1e-4)")
 
@@ -448,11 +515,23 @@ def cmd_align(args: argparse.Namespace) -> None:
         png_parent = Path(args.png).resolve().parent
         if not png_parent.is_dir():
             raise LensdbError(f"cannot write {args.png}: folder {png_parent} does not exist.")
-    outcome = align_models(args.db, args.model_a, args.model_b, component=args.component,
-                           checkpoint_a=args.checkpoint_a, checkpoint_b=args.checkpoint_b, basis=args.basis,
-                           statistic=args.similarity)
-    with _connect(args.db) as db:
-        run = db.alignment(outcome.alignment_id)
+    remote = _service(args)
+    if remote is not None:  # the service owns the file: it aligns, on its write queue
+        import queries
+
+        with remote:
+            run = queries.Alignment.model_validate(remote.call("POST", "/align", body={
+                "model_a": args.model_a, "model_b": args.model_b, "component": args.component,
+                "checkpoint_a": args.checkpoint_a, "checkpoint_b": args.checkpoint_b, "basis": args.basis,
+                "statistic": args.similarity, "limit": 2**31 - 1}))
+        message = f"alignment {run.info.alignment_id} stored by the service at {remote.url}"
+    else:
+        outcome = align_models(args.db, args.model_a, args.model_b, component=args.component,
+                               checkpoint_a=args.checkpoint_a, checkpoint_b=args.checkpoint_b, basis=args.basis,
+                               statistic=args.similarity)
+        message = outcome.message
+        with _connect(args) as db:
+            run = db.alignment(outcome.alignment_id)
     if args.png:
         marked = {(p.layer_a, p.layer_b) for p in run.pairs}
         Path(args.png).write_bytes(heatmap_png(run.similarity, marked))
@@ -460,11 +539,11 @@ def cmd_align(args: argparse.Namespace) -> None:
         print(run.model_dump_json(indent=2))
         return
     print_alignment(run, args.limit)
-    print(f"\n{outcome.message}" + (f"; heat map {args.png}" if args.png else ""))
+    print(f"\n{message}" + (f"; heat map {args.png}" if args.png else ""))
 
 
 def cmd_alignments(args: argparse.Namespace) -> None:
-    with _connect(args.db) as db:
+    with _connect(args) as db:
         if args.id is not None:
             run = db.alignment(args.id)
             if args.json:
@@ -674,7 +753,18 @@ def _index_args(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.add_argument("--server", metavar="URL",
                     help="submit the job to a running `lensdb serve` (http://127.0.0.1:8000) and follow it; "
-                    "sends LENSDB_TOKEN as its bearer token when set")
+                    "sends --token (or LENSDB_TOKEN) as its bearer token; Ctrl-C cancels the job")
+
+
+def _check_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--memory-limit", default="512MB",
+                    help="most memory DuckDB may take for the check; beyond it, it spills to a temporary folder "
+                    "(default 512MB)")
+
+
+def _forget_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("model", help="the model to forget")
+    sp.add_argument("--checkpoint", help="forget only this checkpoint (its label) of the model")
 
 
 def _serve_args(sp: argparse.ArgumentParser) -> None:
@@ -842,43 +932,52 @@ class Command:
     arguments: Callable[[argparse.ArgumentParser], None] | None = None
     db: bool = True  # takes --db
     json_out: bool = True  # takes --json
+    served: bool = False  # asks the service that owns --db, when one does: takes --token and --verbose
 
 
 COMMANDS: tuple[Command, ...] = (
     Command("index", "index a checkpoint folder into the store", cmd_index, _index_args),
     Command("serve", "serve the store over HTTP: API, pages and index jobs", cmd_serve, _serve_args, db=False,
             json_out=False),
-    Command("models", "list indexed models and checkpoints", cmd_models),
-    Command("promoters", "vectors that promote a token, strongest first", lambda a: _hits(a, "top"), _hit_args),
+    Command("models", "list indexed models and checkpoints", cmd_models, served=True),
+    Command("promoters", "vectors that promote a token, strongest first", lambda a: _hits(a, "top"), _hit_args,
+            served=True),
     Command("suppressors", "vectors that suppress a token, strongest first", lambda a: _hits(a, "bottom"),
-            _hit_args),
-    Command("vector", "top and bottom tokens of one vector", cmd_vector, _vector_args),
-    Command("tokens", "how a word resolves in each model's vocabulary", cmd_tokens, _tokens_args),
-    Command("sql", "run one read-only SELECT over the tables and views", cmd_sql, _sql_args),
-    Command("check", "verify the store: run records, row counts, 2k token rows per vector, token ids, orphans; "
-            "exit 1 naming what is wrong", cmd_check),
+            _hit_args, served=True),
+    Command("vector", "top and bottom tokens of one vector", cmd_vector, _vector_args, served=True),
+    Command("tokens", "how a word resolves in each model's vocabulary", cmd_tokens, _tokens_args, served=True),
+    Command("sql", "run one read-only SELECT over the tables and views", cmd_sql, _sql_args, served=True),
+    Command("check", "verify the store: run records, row counts, 2k token rows per vector, token ids and lists, "
+            "unit blocks, orphans along every declared reference, id counters; exit 1 naming what is wrong",
+            cmd_check, _check_args, served=True),
+    Command("forget", "remove a model (or one checkpoint with --checkpoint) and everything made from it: vectors, "
+            "token rows, runs, traces, alignments, linked steps", cmd_forget, _forget_args, served=True),
     Command("upgrade", "upgrade a store written by an older lensdb to this schema version, in place, in one "
             "transaction", cmd_upgrade, json_out=False),
     Command("register", "register a model's folder for `lensdb watch`: one checkpoint, a Trainer output folder "
-            "(checkpoint-N/) or a Hugging Face cache entry (models--org--name)", cmd_register, _register_args),
-    Command("registered", "list registered models and how many steps are indexed or linked", cmd_registered),
+            "(checkpoint-N/) or a Hugging Face cache entry (models--org--name)", cmd_register, _register_args,
+            served=True),
+    Command("registered", "list registered models and how many steps are indexed or linked", cmd_registered,
+            served=True),
     Command("watch", "index new complete checkpoints of registered models, now and every --every", cmd_watch,
             _watch_args),
     Command("drift", "one vector across training: top tokens per step and overlap with the previous step; with "
-            "--token, that token's rank per step", cmd_drift, _drift_args),
+            "--token, that token's rank per step", cmd_drift, _drift_args, served=True),
     Command("changed", "vectors whose top-k tokens changed most between two checkpoints", cmd_changed,
-            _changed_args),
+            _changed_args, served=True),
     Command("head-map", "one row of every head's OV or QK token map, computed exactly", cmd_head_map,
-            _head_map_args),
+            _head_map_args, served=True),
     Command("optimize", "rewrite the token-sorted tables as one sorted run each (faster lookups after many index "
             "runs; one sort of the table)", cmd_optimize, json_out=False),
     Command("export", "write the store as Hive-partitioned Parquet (model/checkpoint/component)", cmd_export,
             _export_args),
     Command("trace", "run one input through an indexed model and store the trace: logit lens, heads, FF neurons, "
-            "decomposition; with --zero/--boost, before and after", cmd_trace, _trace_args),
+            "decomposition; with --zero/--boost, before and after", cmd_trace, _trace_args, served=True),
     Command("align", "align two models that share a vocabulary: layer similarity in embedding space, Hungarian "
-            "layer matching, best match per neuron (or head), raw-parameter baseline", cmd_align, _align_args),
-    Command("alignments", "list stored alignment runs, or show one with --id", cmd_alignments, _alignments_args),
+            "layer matching, best match per neuron (or head), raw-parameter baseline", cmd_align, _align_args,
+            served=True),
+    Command("alignments", "list stored alignment runs, or show one with --id", cmd_alignments, _alignments_args,
+            served=True),
     Command("stitch", "classify with B's first k blocks mapped into fine-tuned A's space through the shared "
             "vocabulary (--map pinv: E_B⁺ E_A, or paper: E_Bᵀ (E_Aᵀ)⁺), then A's remaining blocks and head; "
             "accuracy per k", cmd_stitch, _stitch_args,
@@ -889,6 +988,15 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 EVERY = "*"
+
+
+def _token_args(sp: argparse.ArgumentParser, with_token: bool, verbose: bool) -> None:
+    names = ["--token", "--access-token"] if with_token else ["--access-token"]  # drift's --token is a word
+    sp.add_argument(*names, dest="access_token", metavar="TOKEN",
+                    help="the service's access token, when `lensdb serve` owns the store (default: LENSDB_TOKEN)")
+    if verbose:
+        sp.add_argument("--verbose", action="store_true",
+                        help="say whether the command reads the file or asks the service that owns it")
 
 
 def parser(only: str | None = EVERY) -> argparse.ArgumentParser:
@@ -910,6 +1018,8 @@ def parser(only: str | None = EVERY) -> argparse.ArgumentParser:
             sp.add_argument("--db", default=DEFAULT_DB, help=f"store file (default {DEFAULT_DB})")
         if cmd.json_out:
             sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        if cmd.served or cmd.name == "index":
+            _token_args(sp, with_token=cmd.name != "drift", verbose=cmd.served)
         if cmd.arguments is not None:
             cmd.arguments(sp)
     return p

@@ -1,19 +1,23 @@
 """The one process that owns the store file while ``lensdb serve`` runs: its read-write connection, a fresh
-read-only snapshot per request, the job runner that indexes into it, the watcher and the warmer.
+read-only snapshot per request, the write queue every write waits in, the job runner that indexes through it,
+the watcher and the warmer.
 
 DuckDB allows one writing process per file and no reader while it writes, so the service keeps ONE
 read-write connection. Every request reads through its own cursor inside a READ ONLY transaction (a
-snapshot of the last commit); writes go through other cursors, each in one transaction. The connection is
-hardened once at start (``queries.readonly.harden``: no file or network access, no extensions, settings
-locked); those settings are database-wide in DuckDB, which is what we want: the writers write only through
-Python and need none of them.
+snapshot of the last commit); writes go through ``store`` (``schema.writer.Store``): one transaction at a time
+on a cursor of the same connection, in the order they asked (``service.jobs.WriteQueue``). The connection is
+hardened once at start (``queries.readonly.harden``: no file or network access, no extensions, bounded memory,
+threads and spill space, settings locked); those settings are database-wide in DuckDB, which is what we want:
+the writers write only through Python and need none of what is locked, and the bounds hold for every query.
 """
 
 import contextlib
+import secrets
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -22,17 +26,26 @@ from indexer.model.checkpoint import read_json
 from indexer.model.hub import looks_like_repo_id, resolve_cached
 from indexer.watch.cycle import WatchReport, parse_every, watch_cycle, watch_loop
 from queries import Lens
-from queries.readonly import harden
+from queries.readonly import Limits, harden
 from schema.errors import LensdbError, StoreError
-from schema.writer import writer
+from schema.writer import Store, writer
 from service.allowed import permit
-from service.jobs import IndexRequest, Job, JobRunner
+from service.jobs import IndexRequest, Job, JobRunner, WriteQueue
 from service.pools import Pool
 from service.settings import Settings
 
 
-def open_owner(path: Path) -> duckdb.DuckDBPyConnection:
-    """The service's one read-write connection: schema created or upgraded, then hardened."""
+def limits(settings: Settings) -> Limits:
+    """The bounds of the service's DuckDB instance, from its settings."""
+    given: dict[str, Any] = {"memory_limit": settings.memory_limit, "threads": settings.threads,
+                             "temp_directory": settings.temp_directory,
+                             "max_temp_directory_size": settings.max_temp_directory_size}
+    return Limits(**{k: v for k, v in given.items() if v not in (None, "")})
+
+
+def open_owner(path: Path, bounds: Limits | None = None) -> duckdb.DuckDBPyConnection:
+    """The service's one read-write connection: schema created or upgraded, then bounded and hardened (spilling
+    next to the store unless ``bounds`` names a folder)."""
     if not path.parent.exists():
         raise StoreError(f"cannot create {path}: folder {path.parent} does not exist.")
     try:
@@ -45,7 +58,7 @@ def open_owner(path: Path) -> duckdb.DuckDBPyConnection:
     try:
         with writer(path, con):
             pass  # creates the schema in a new file, upgrades an older store
-        harden(con)
+        harden(con, bounds, temp_directory=None if bounds and bounds.temp_directory else f"{path}.tmp")
     except BaseException:
         con.close()
         raise
@@ -58,11 +71,13 @@ class StoreOwner:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.path = Path(settings.db)
-        self.con = open_owner(self.path)
-        self.jobs = JobRunner(self.path, self.con, after=self.warm if settings.warm else None)
+        self.instance = secrets.token_hex(8)  # names this process in /health and in the note beside the store
+        self.con = open_owner(self.path, limits(settings))
+        self.writes = WriteQueue()
+        self.store = Store(self.path, self.con, gate=self.writes.turn)  # every write of this service goes here
+        self.jobs = JobRunner(self.store, after=self.warm if settings.warm else None)
         self.stop_watch = threading.Event()
         self._one_cycle = threading.Lock()  # cycles never overlap, whoever starts them
-        self.writes = threading.Lock()  # traces and alignments write one at a time (ids are max + 1)
         self.watcher: threading.Thread | None = None
         if settings.watch_every:
             every = parse_every(settings.watch_every)
@@ -130,15 +145,15 @@ class StoreOwner:
         """Index one checkpoint as a job on the runner (the one writer of checkpoints) and wait for it."""
         options = options.model_copy(update=self.compute_settings())
         job = self.jobs.wait(self.jobs.submit(str(path), options).id)
-        if job.status == "failed" or job.result is None:
+        if job.status != "done" or job.result is None:
             raise LensdbError(job.error or "the index job failed")
         return job.result
 
     def watch_once(self) -> WatchReport:
         """One watch cycle over the registered models, indexing through the job queue."""
         with self._one_cycle:
-            return watch_cycle(self.path, settle_s=self.settings.watch_settle_s, index=self.index_via_jobs,
-                               con=self.con, stop=self.stop_watch)
+            return watch_cycle(self.store, settle_s=self.settings.watch_settle_s, index=self.index_via_jobs,
+                               stop=self.stop_watch)
 
     def reader(self) -> Iterator[Lens]:
         """A ``Lens`` on a fresh cursor in a READ ONLY transaction, for one request (a FastAPI dependency)."""

@@ -104,6 +104,12 @@ def install(app: FastAPI) -> None:
         return problem(422, "invalid-parameters", "Invalid parameters",
                        f"a parameter is out of range for the store: {' '.join(str(err).split())}")
 
+    @app.exception_handler(duckdb.OutOfMemoryException)
+    def duckdb_out_of_memory(request: Request, err: duckdb.OutOfMemoryException) -> JSONResponse:
+        # Another request holds the store's memory (setting memory_limit) for a moment: busy, not broken.
+        return problem(503, "out-of-memory", "Out of memory", "the service's DuckDB memory (setting memory_limit) "
+                       "is taken by other requests right now; retry shortly.")
+
     @app.exception_handler(RequestValidationError)
     def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in err.errors()]

@@ -57,6 +57,15 @@ class Settings(BaseSettings):
                              "ray://host:10001); empty: a local instance")
     ray_workers: int | None = Field(None, ge=1, le=65536, description="with index_executor ray: actors to start "
                                     "(default one per CPU of the cluster)")
+    memory_limit: str = Field("", description="most memory DuckDB may take in the service, for every query "
+                              "(POST /sql included) and write: a query past it that cannot spill is refused with a "
+                              "problem and the service keeps answering (e.g. 4GB); empty: half of this machine's "
+                              "memory")
+    threads: int | None = Field(None, ge=1, description="DuckDB threads of the service; default: one per core")
+    temp_directory: str = Field("", description="where DuckDB spills what does not fit in memory_limit; empty: "
+                                "DB.tmp next to the store")
+    max_temp_directory_size: str = Field("8GB", description="most spill space a query may use before it is "
+                                         "refused")
 
 
 def is_loopback(host: str) -> bool:

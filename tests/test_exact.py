@@ -161,3 +161,41 @@ def test_without_stored_vectors_answers_say_why(tiny_gpt2: TinyModel, tmp_path: 
         assert "no stored values" in (hits[0].exact_note or "")
         with pytest.raises(queries.NotFound, match="no stored vectors"):
             lens.promoters("paris", minus="london")
+
+
+def test_replace_and_forget_take_the_stored_values_with_them(tiny_gpt2: TinyModel, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """vector_values, basis_rows and value_blocks name their vectors and checkpoints: --replace and forget remove
+    their rows with them, and check follows the same references."""
+    from service.cli import main
+    db = tmp_path / "lens.duckdb"
+
+    def counts() -> dict[str, int]:
+        with duckdb.connect(str(db), read_only=True) as con:
+            return {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[index]
+                    for t in ("vectors", "vector_values", "basis_rows", "value_blocks")}
+
+    def orphans() -> int:
+        with duckdb.connect(str(db), read_only=True) as con:
+            return con.execute("""SELECT (SELECT count(*) FROM vector_values WHERE vector_id NOT IN
+                (SELECT vector_id FROM vectors)) + (SELECT count(*) FROM basis_rows WHERE checkpoint_id NOT IN
+                (SELECT checkpoint_id FROM checkpoints)) + (SELECT count(*) FROM value_blocks WHERE checkpoint_id
+                NOT IN (SELECT checkpoint_id FROM checkpoints))""").fetchone()[0]  # type: ignore[index]
+
+    assert main(["index", str(tiny_gpt2.path), "--db", str(db), "--name", "g", "--top-k", "3", "--quiet"]) == 0
+    once = counts()
+    assert once["vector_values"] > 0 and once["basis_rows"] > 0 and once["value_blocks"] > 0
+    assert main(["index", str(tiny_gpt2.path), "--db", str(db), "--name", "g", "--top-k", "3", "--quiet",
+                 "--replace"]) == 0
+    assert counts() == once and orphans() == 0  # the old run's values went with its vectors, nothing doubled
+    assert main(["check", "--db", str(db)]) == 0
+    capsys.readouterr()
+    with duckdb.connect(str(db)) as con:  # an orphan value row (as a crash outside the writer could leave) is named
+        con.execute("INSERT INTO vector_values SELECT vector_id + 1000000, \"values\" FROM vector_values LIMIT 1")
+    assert main(["check", "--db", str(db)]) == 1
+    assert "vector_values" in capsys.readouterr().out
+    with duckdb.connect(str(db)) as con:
+        con.execute("DELETE FROM vector_values WHERE vector_id >= 1000000")
+    assert main(["forget", "g", "--db", str(db)]) == 0
+    assert counts() == {"vectors": 0, "vector_values": 0, "basis_rows": 0, "value_blocks": 0} and orphans() == 0
+    assert main(["check", "--db", str(db)]) == 0

@@ -164,7 +164,7 @@ def test_without_allowed_folders_only_registered_models_can_be_indexed(app, plac
     a = app(allow_dir=[])
     problem(call(a, "POST", "/index", json={"checkpoint": str(root / "tiny" / "checkpoint-100")}), 403,
             "path-not-allowed")
-    register_source(a.state.owner.path, "tiny", root / "tiny", con=a.state.owner.con)  # the operator's decision
+    register_source(a.state.owner.store, "tiny", root / "tiny")  # the operator's decision
     r = call(a, "POST", "/index", json={"checkpoint": str(root / "tiny" / "checkpoint-100")})
     assert r.status_code == 202, r.text
     assert wait_job(a, r.json()["id"])["status"] == "done"

@@ -34,7 +34,7 @@ ADDED = {
     "vectors": {"expert": None}, "vector_units": {"expert": None},  # version 3: no old vector is in an expert
     "alignment_runs": {"statistic": "best_signed"},  # version 4: the layer statistic of each alignment
 }
-# Version 5 (exact search): tables created empty, and each vector's k-th z-score per side filled in from its lists.
+# Version 6 (exact search): tables created empty, and each vector's k-th z-score per side filled in from its lists.
 NEW_TABLES = {"vector_values", "basis_rows", "value_blocks"}
 BACKFILLED = {"vectors": ["top_zk", "bottom_zk"]}
 
@@ -59,7 +59,7 @@ def _tables(db: Path, columns: dict[str, list[str]] | None = None) -> dict[str, 
 
 def _before_v3(answer: object) -> object:
     """An answer without the ``expert`` field version 3 added to hits and vectors (None for every old vector), nor
-    the ``exact``/``exact_note`` fields version 5 added to hits (an old store has no stored vectors to score, so
+    the ``exact``/``exact_note`` fields version 6 added to hits (an old store has no stored vectors to score, so
     its hits are the stored ones, each saying whether the lists alone decide the answer)."""
     if isinstance(answer, list):
         return [_before_v3(a) for a in answer]
@@ -93,7 +93,8 @@ def test_the_upgrade_keeps_every_row_and_answers_as_the_old_release_did(
     assert main(["upgrade", "--db", str(v1_store)]) == 0
     assert f"from schema version 1 to {SCHEMA_VERSION}" in capsys.readouterr().out
     after = _tables(v1_store, old_columns)  # every row as it was, in the columns it had
-    assert set(after) == set(before) | NEW_TABLES and not any(after[t] for t in NEW_TABLES)
+    assert set(after) == set(before) | {"id_counters"} | NEW_TABLES  # 5: ids from counters; 6: exact search
+    assert not any(after[t] for t in NEW_TABLES)
     new_columns = _columns(v1_store)
     for table, added in ADDED.items():
         assert [c for c in new_columns[table] if c not in old_columns[table]] == list(added) + BACKFILLED.get(table, [])
@@ -106,6 +107,10 @@ def test_the_upgrade_keeps_every_row_and_answers_as_the_old_release_did(
             WHERE (t.side = 'top' AND t.z IS DISTINCT FROM v.top_zk) OR (t.side = 'bottom' AND t.z IS DISTINCT FROM
             v.bottom_zk)""").fetchone()[0]  # type: ignore[index]
         assert wrong == 0 and con.execute("SELECT count(top_zk) FROM vectors").fetchone()[0] > 0  # type: ignore[index]
+    with duckdb.connect(str(v1_store), read_only=True) as con:  # each counter starts at the highest id held
+        for table, column, last in after["id_counters"]:
+            assert last == con.execute(f"SELECT coalesce(max({column}), 0) FROM {table}").fetchone()[0], table
+    assert {t for t, _, _ in after["id_counters"]} >= {"checkpoints", "vectors", "traces", "alignment_runs"}
     for table, rows in before.items():
         if table == "lensdb_meta":  # the version changes; version 1's list of tables is gone
             assert dict(after[table]) == {"schema_version": str(SCHEMA_VERSION)}

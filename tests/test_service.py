@@ -63,7 +63,8 @@ def problem(r: httpx.Response, status: int, kind: str) -> dict:
 
 def test_health_and_openapi(client: Client) -> None:
     db = str(client.app.state.owner.path)
-    assert client.get("/health").json() == {"status": "ok", "db": db, "models": 2, "jobs_running": 0}
+    assert client.get("/health").json() == {"status": "ok", "db": db, "instance": client.app.state.owner.instance,
+                                            "models": 2, "jobs_running": 0, "writes_waiting": 0}
     paths = client.get("/openapi.json").json()["paths"]
     for path in ("/health", "/models", "/models/{name}", "/promoters", "/suppressors", "/tokens", "/runs",
                  "/index", "/jobs", "/jobs/{job_id}", "/sql", "/vectors/{model}/{component}/{layer}/{index}"):

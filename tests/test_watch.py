@@ -17,6 +17,7 @@ import queries
 from indexer.watch.cycle import _Cycle, parse_every, register_source, watch_cycle, watch_loop
 from indexer.watch.discover import Candidate, candidates, changed, detect_kind, fingerprint, incomplete
 from schema.errors import LensdbError, StoreError
+from schema.writer import session
 from service.cli import main
 from tests.tinymodels import WORDS, save_gpt2
 
@@ -158,7 +159,8 @@ def test_a_failing_checkpoint_does_not_stop_the_others_and_a_crashed_cycle_is_ma
         _age(run / f"checkpoint-{step}")
     db = tmp_path / "lens.duckdb"
     register_source(db, "m", run, top_k=5)
-    _Cycle(db, None)  # a process that died mid-cycle leaves its run 'running'
+    with session(db) as store:
+        _Cycle(store)  # a process that died mid-cycle leaves its run 'running'
 
     from indexer import index_checkpoint
 

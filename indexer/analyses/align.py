@@ -20,7 +20,8 @@ from indexer.model.adapters import Adapter, adapter_for
 from indexer.model.sources import open_source
 from queries import sql as q
 from schema.errors import LensdbError, NotFound
-from schema.writer import append_arrow, next_id, writer
+from schema.ids import next_id
+from schema.writer import Store, append_arrow, with_store
 
 
 class AlignOutcome(BaseModel):
@@ -96,13 +97,20 @@ def component_vectors(adapter: Adapter, component: str, mode: BasisMode) -> Comp
     return ComponentVectors(layers, units, basis)
 
 
-def align_models(db_path: str | Path, model_a: str, model_b: str, component: str = "ff_value",
+def align_models(db: str | Path | Store, model_a: str, model_b: str, component: str = "ff_value",
                  checkpoint_a: str | None = None, checkpoint_b: str | None = None, basis: BasisMode = "raw",
-                 con: duckdb.DuckDBPyConnection | None = None, statistic: al.Statistic = "best") -> AlignOutcome:
-    """Align model B to model A on ``component`` and store the run; read it back with ``Lens.alignment``.
+                 statistic: al.Statistic = "best") -> AlignOutcome:
+    """Align model B to model A on ``component`` and store the run (in the store at ``db``, or through the
+    service's ``Store``); read it back with ``Lens.alignment``.
     ``statistic``: how two layers compare (``indexer.math.correlation``): ``best`` or ``paper``."""
+    return with_store(db, lambda store: _align(store, model_a, model_b, component, checkpoint_a, checkpoint_b,
+                                               basis, statistic))
+
+
+def _align(store: Store, model_a: str, model_b: str, component: str, checkpoint_a: str | None,
+           checkpoint_b: str | None, basis: BasisMode, statistic: al.Statistic) -> AlignOutcome:
     started = time.perf_counter()
-    with writer(db_path, con) as w:
+    with store.transaction() as w:
         a, b = _aligned_checkpoint(w, model_a, checkpoint_a), _aligned_checkpoint(w, model_b, checkpoint_b)
         check_vocabularies(w, a, b)
         # a GGUF file, a quantized or LoRA checkpoint reopens as it was read (a LoRA as merged over its recorded base)
@@ -113,7 +121,7 @@ def align_models(db_path: str | Path, model_a: str, model_b: str, component: str
                 raise LensdbError(f"{ad.ckpt.path} ({ad.family}) has no component {component!r}; known: {known}.")
         sa, sb = component_vectors(ad_a, component, basis), component_vectors(ad_b, component, basis)
         result = compare(sa, sb, statistic)
-        alignment_id = next_id(w, "alignment_runs", "alignment_id")
+        alignment_id = next_id(w, "alignment_runs")
         unit = "head" if len(sa.units[0]) != sa.layers[0].shape[0] else "neuron"
         mean_matched = sum(result.similarity[i, j].item() for i, j in result.pairs) / len(result.pairs)
         seconds = time.perf_counter() - started

@@ -23,7 +23,8 @@ from indexer.model.checkpoint import open_checkpoint
 from indexer.model.forward import Forward, interventions, load_model, run_forward
 from queries import sql as q
 from schema.errors import LensdbError
-from schema.writer import append_arrow, next_id, writer
+from schema.ids import next_id
+from schema.writer import Store, append_arrow, insert, with_store
 
 TOLERANCE = 1e-4
 """Max |Σ terms − the model's final hidden state| (fp32, absolute) the decomposition is tested to hold within."""
@@ -171,16 +172,19 @@ def _dedupe_top_tokens(rows: _Rows) -> None:
     rows.tables["trace_top_tokens"] = {k: [v[i] for i in keep] for k, v in t.items()}
 
 
-def trace_input(db_path: str | Path, options: TraceOptions, con: duckdb.DuckDBPyConnection | None = None
-                ) -> TraceResult:
+def trace_input(db: str | Path | Store, options: TraceOptions) -> TraceResult:
     """Trace ``options.prompt`` through the model's checkpoint and store it (and its baseline, with
-    interventions) in one transaction. ``con``: the service's own connection."""
+    interventions) in one transaction, in the store at ``db`` or through the service's ``Store``."""
+    return with_store(db, lambda store: _trace(store, options))
+
+
+def _trace(store: Store, options: TraceOptions) -> TraceResult:
     started = time.perf_counter()
-    with writer(db_path, con) as w:
+    with store.transaction() as w:
         found = w.execute(*q.trace_checkpoint(options.model, options.checkpoint)).fetchone()
         if found is None:
             which = f"checkpoint {options.checkpoint!r} of " if options.checkpoint else ""
-            raise LensdbError(f"no {which}model {options.model!r} in {db_path}; index it first "
+            raise LensdbError(f"no {which}model {options.model!r} in {store.path}; index it first "
                               "(lensdb index FOLDER --name NAME).")
         checkpoint_id, label, path, _ = found
         ckpt_path = Path(path)
@@ -199,16 +203,17 @@ def trace_input(db_path: str | Path, options: TraceOptions, con: duckdb.DuckDBPy
         trace_id = 0
         for change in runs:
             fw = run_forward(model, adapter, ids, change, options.boost_value)
-            trace_id = next_id(w, "traces", "trace_id")
+            trace_id = next_id(w, "traces")
             rows = analyse(fw, adapter, ids, trace_id, blocks, options.neurons)
             _dedupe_top_tokens(rows)
             pred = int(fw.logits[position].argmax())
-            w.execute("INSERT INTO traces VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [
-                trace_id, checkpoint_id, options.prompt, int(ids.shape[0]), position, pred,
-                float(fw.logits[position, pred]), fw.readout_kind,
-                json.dumps([str(c) for c in change]), options.boost_value, baseline if change else None,
-                fw.decomposition.error, fw.decomposition.stream_error, datetime.now(),
-                time.perf_counter() - started])
+            insert(w, "traces", trace_id=trace_id, checkpoint_id=checkpoint_id, prompt=options.prompt,
+                   n_positions=int(ids.shape[0]), position=position, prediction_token_id=pred,
+                   prediction_logit=float(fw.logits[position, pred]), readout=fw.readout_kind,
+                   interventions=json.dumps([str(c) for c in change]), boost_value=options.boost_value,
+                   baseline_trace_id=baseline if change else None, error=fw.decomposition.error,
+                   stream_error=fw.decomposition.stream_error, created_at=datetime.now(),
+                   seconds=time.perf_counter() - started)
             rows.write(w)
             if not change:
                 baseline = trace_id

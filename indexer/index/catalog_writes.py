@@ -11,9 +11,12 @@ from indexer.index.options import IndexResult
 from indexer.index.records import token_batch
 from indexer.model.adapters import Adapter
 from indexer.model.vocab import Vocabulary
-from schema.errors import LensdbError
+from schema.errors import Cancelled, LensdbError
 from schema.migrations import fill_token_forms
-from schema.writer import append_arrow, next_id, writer
+from schema.writer import Store, append_arrow, insert_new
+
+# What a replaced checkpoint takes with it that users made from it (``--replace`` says so), by table.
+SAID_ON_REPLACE = {"traces": "traces", "alignment_runs": "alignment runs", "checkpoint_aliases": "linked steps"}
 
 
 def vocab_id(con: duckdb.DuckDBPyConnection, vocab: Vocabulary) -> int:
@@ -22,8 +25,7 @@ def vocab_id(con: duckdb.DuckDBPyConnection, vocab: Vocabulary) -> int:
     row = con.execute("SELECT vocab_id FROM vocabularies WHERE content_hash = ?", [h]).fetchone()
     if row:
         return int(row[0])
-    new_id = next_id(con, "vocabularies", "vocab_id")
-    con.execute("INSERT INTO vocabularies VALUES (?, ?, ?, ?)", [new_id, h, vocab.size, vocab.kind])
+    new_id = insert_new(con, "vocabularies", content_hash=h, size=vocab.size, tokenizer=vocab.kind)
     append_arrow(con, "tokens", token_batch(new_id, vocab))
     fill_token_forms(con, new_id)
     return new_id
@@ -42,27 +44,8 @@ def model_id(con: duckdb.DuckDBPyConnection, name: str, adapter: Adapter, vocab:
                 "its checkpoints must share both. Pass another --name."
             )
         return int(row[0])
-    new_id = next_id(con, "models", "model_id")
-    con.execute(
-        "INSERT INTO models VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        [new_id, name, adapter.family, adapter.ckpt.model_type, vocab, d.d_model, d.n_layers, d.d_ff, d.n_heads],
-    )
-    return new_id
-
-
-def delete_checkpoint(con: duckdb.DuckDBPyConnection, checkpoint_id: int) -> None:
-    """Remove a checkpoint and every row indexed from it (``--replace``)."""
-    con.execute(
-        "DELETE FROM vector_tokens WHERE vector_id IN (SELECT vector_id FROM vectors WHERE checkpoint_id = ?)",
-        [checkpoint_id],
-    )
-    for table in ("head_pairs", "vector_lists"):
-        con.execute(
-            f"DELETE FROM {table} WHERE vector_id IN (SELECT vector_id FROM vectors WHERE checkpoint_id = ?)",
-            [checkpoint_id],
-        )
-    for table in ("vectors", "vector_units", "head_factors", "bases", "index_runs", "checkpoints"):
-        con.execute(f"DELETE FROM {table} WHERE checkpoint_id = ?", [checkpoint_id])
+    return insert_new(con, "models", name=name, family=adapter.family, model_type=adapter.ckpt.model_type,
+                      vocab_id=vocab, d_model=d.d_model, n_layers=d.n_layers, d_ff=d.d_ff, n_heads=d.n_heads)
 
 
 def find_checkpoint(con: duckdb.DuckDBPyConnection, content_hash: str, legacy_hash: str | None = None,
@@ -98,7 +81,7 @@ def unchanged(found: tuple, content_hash: str, started: float) -> IndexResult:
 def mark_interrupted(con: duckdb.DuckDBPyConnection) -> None:
     """Attempts still 'running' when a writer starts belong to a process that died: mark them interrupted.
 
-    Safe because the caller is the file's only writer and runs one index at a time.
+    Safe because the caller holds the file's writer for its whole run and runs one index at a time.
     """
     con.execute("UPDATE run_attempts SET status = 'interrupted', finished_at = ?, error = 'the process ended "
                 "before the run committed; nothing of it was written' WHERE status = 'running'", [datetime.now()])
@@ -107,25 +90,21 @@ def mark_interrupted(con: duckdb.DuckDBPyConnection) -> None:
 def log_attempt(con: duckdb.DuckDBPyConnection, content_hash: str, path: Path, name: str,
                 started_at: datetime) -> int:
     """Record an attempt as running; its id."""
-    attempt_id = next_id(con, "run_attempts", "attempt_id")
-    con.execute("INSERT INTO run_attempts VALUES (?, ?, ?, ?, 'running', ?, NULL, NULL, NULL)",
-                [attempt_id, content_hash, str(path), name, started_at])
-    return attempt_id
+    return insert_new(con, "run_attempts", content_hash=content_hash, path=str(path), model=name, status="running",
+                      started_at=started_at)
 
 
-def record_failure(db_path: str | Path, con: duckdb.DuckDBPyConnection | None, attempt_id: int,
-                   err: BaseException, created: bool) -> None:
-    """Note why an attempt failed, in its own transaction; a file this run created is removed instead."""
-    if created:
-        for leftover in (Path(db_path), Path(f"{db_path}.wal")):
-            leftover.unlink(missing_ok=True)
+def record_failure(store: Store, attempt_id: int, err: BaseException) -> None:
+    """Note why an attempt failed (or was cancelled), in its own transaction; nothing to note in a store the run
+    was creating: that file is never put in place."""
+    if store.creating:
         return
-    status = "failed" if isinstance(err, Exception) else "interrupted"
+    status = "cancelled" if isinstance(err, Cancelled) else "failed" if isinstance(err, Exception) else "interrupted"
     # readable by every SQL client: a lensdb error's own message, else only the error's kind (an exception's
     # text can quote what a file holds)
     reason = str(err) if isinstance(err, LensdbError) else f"{type(err).__name__} (the indexing process reported it)"
     try:
-        with writer(db_path, con) as tx:
+        with store.transaction() as tx:
             tx.execute("UPDATE run_attempts SET status = ?, finished_at = ?, error = ? WHERE attempt_id = ?",
                        [status, datetime.now(), reason[:2000], attempt_id])
     except (LensdbError, duckdb.Error):

@@ -1,16 +1,17 @@
 """One index run: checkpoint → adapter → vectors → projection → Arrow → store, in one transaction.
 
 Everything that can be checked from headers (folder, config, tensor names and shapes, tokenizer) is checked
-before the database is opened. The run then writes inside a single transaction: an error or an interrupt
-anywhere leaves the file exactly as it was (a file the run created is removed).
+before the database is opened. The run then writes inside a single transaction, holding the store's writer for
+the whole run (``schema.writer.with_store``): an error, an interrupt or a cancel anywhere leaves the file
+exactly as it was apart from the attempt's log row (a store the run created is never put in place).
 """
 
 import json
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
 
-import duckdb
 from tqdm import tqdm
 
 from indexer.index import catalog_writes as cw
@@ -27,17 +28,19 @@ from indexer.model.adapters import Adapter, adapter_for
 from indexer.model.checkpoint import Checkpoint
 from indexer.model.sources import Source, open_source
 from indexer.model.vocab import Vocabulary
+from schema.deletes import delete_rows
 from schema.errors import LensdbError
-from schema.writer import next_id, writer
+from schema.writer import Store, insert_new, with_store
 
 
 def index_checkpoint(
-    db_path: str | Path, checkpoint_path: str | Path, options: IndexOptions | None = None, progress: bool = False,
-    con: duckdb.DuckDBPyConnection | None = None,
+    db: str | Path | Store, checkpoint_path: str | Path, options: IndexOptions | None = None, progress: bool = False,
+    cancel: threading.Event | None = None,
 ) -> IndexResult:
-    """Index one checkpoint into the store at ``db_path`` (created if missing).
+    """Index one checkpoint into the store at ``db`` (created if missing), or through the ``Store`` given (the
+    service's, whose write queue the run's transactions wait in).
 
-    ``con``: the process's own open connection to ``db_path`` (``lensdb serve``), written through a cursor.
+    ``cancel``: when set, the run stops at the next projected unit and nothing of it is written.
     """
     opts = options or IndexOptions()
     started = time.perf_counter()
@@ -62,51 +65,49 @@ def index_checkpoint(
     if not name.strip():
         raise LensdbError("model name is empty; pass --name NAME.")
     content_hash, legacy_hash = ckpt.content_hashes()
-    created = con is None and not Path(db_path).exists()
 
-    # The attempt is logged in its own small transaction, so a run that fails or dies leaves a trace while
-    # its rows (one transaction below) leave none.
-    with writer(db_path, con) as tx:
-        cw.mark_interrupted(tx)
-        found = cw.find_checkpoint(tx, content_hash, legacy_hash, vocab)
-        if found and not opts.replace:
-            return cw.unchanged(found, content_hash, started)
-        attempt_id = cw.log_attempt(tx, content_hash, ckpt.path, name, started_at)
-    try:
-        return _index(db_path, con, source, adapter, plan, vocab, name, content_hash, opts, compute, progress,
-                      started, started_at, attempt_id)
-    except BaseException as err:
-        cw.record_failure(db_path, con, attempt_id, err, created)
-        raise
+    def run(store: Store) -> IndexResult:
+        # The attempt is logged in its own small transaction, so a run that fails or dies leaves a trace while
+        # its rows (one transaction below) leave none.
+        with store.transaction() as tx:
+            cw.mark_interrupted(tx)
+            found = cw.find_checkpoint(tx, content_hash, legacy_hash, vocab)
+            if found and not opts.replace:
+                return cw.unchanged(found, content_hash, started)
+            attempt_id = cw.log_attempt(tx, content_hash, ckpt.path, name, started_at)
+        try:
+            return _index(store, source, adapter, plan, vocab, name, content_hash, opts, compute, progress,
+                          started, started_at, attempt_id, cancel)
+        except BaseException as err:
+            cw.record_failure(store, attempt_id, err)
+            raise
+
+    return with_store(db, run)
 
 
-def _index(db_path: str | Path, con: duckdb.DuckDBPyConnection | None, source: Source, adapter: Adapter,
-           plan: list[Unit], vocab: Vocabulary, name: str, content_hash: str, opts: IndexOptions,
-           compute: Compute, progress: bool, started: float, started_at: datetime, attempt_id: int) -> IndexResult:
+def _index(store: Store, source: Source, adapter: Adapter, plan: list[Unit], vocab: Vocabulary, name: str,
+           content_hash: str, opts: IndexOptions, compute: Compute, progress: bool, started: float,
+           started_at: datetime, attempt_id: int, cancel: threading.Event | None) -> IndexResult:
     """The run's one transaction: every row of the checkpoint and its run record, or nothing."""
     ckpt: Checkpoint = source.ckpt
-    with writer(db_path, con) as con:
+    with store.transaction() as con:
         found = cw.find_checkpoint(con, content_hash)
         if found and not opts.replace:  # another writer indexed it between the two transactions
             con.execute("DELETE FROM run_attempts WHERE attempt_id = ?", [attempt_id])
             return cw.unchanged(found, content_hash, started)
-        if found:
-            cw.delete_checkpoint(con, int(found[0]))
+        removed = delete_rows(con, "checkpoints", "checkpoint_id = ?", [int(found[0])]) if found else {}
         model_id = cw.model_id(con, name, adapter, cw.vocab_id(con, vocab))
         label = opts.label or source.label
         taken = con.execute("SELECT 1 FROM checkpoints WHERE model_id = ? AND label = ?", [model_id, label]).fetchone()
         if taken:
             label = f"{label}@{content_hash[:8]}"
-        checkpoint_id = next_id(con, "checkpoints", "checkpoint_id")
-        con.execute(
-            "INSERT INTO checkpoints VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [checkpoint_id, model_id, label, content_hash, str(ckpt.path),
-             opts.step if opts.step is not None else source.step, datetime.now()],
-        )
+        checkpoint_id = insert_new(
+            con, "checkpoints", model_id=model_id, label=label, content_hash=content_hash, path=str(ckpt.path),
+            step=opts.step if opts.step is not None else source.step, indexed_at=datetime.now())
         chunk_mb = opts.chunk_mb or (1024 if compute.device.type == "cuda" else 64)
         projector = Projector(opts.top_k, chunk_mb << 20, compute)
         executor = executor_for(opts, ckpt.path, adapter, projector, compute)
-        out = UnitWriter(con, checkpoint_id)
+        out = UnitWriter(con, checkpoint_id, cancel)
         compute_flags = compute.flags()
         flags: dict[str, object] = {"version": BASIS_VERSION, "compute": compute_flags,
                                     **({"source": source.flags} if source.flags else {})}
@@ -130,20 +131,21 @@ def _index(db_path: str | Path, con: duckdb.DuckDBPyConnection | None, source: S
         finally:
             out.drain()
             bar.close()
-        run_id = next_id(con, "index_runs", "run_id")
         seconds = time.perf_counter() - started
-        con.execute(
-            "INSERT INTO index_runs VALUES (?, ?, 'complete', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [run_id, checkpoint_id, started_at, datetime.now(), opts.basis, json.dumps(flags), opts.top_k,
-             json.dumps(sorted({u[0] for u in plan} | (set(head_maps.COMPONENTS) if opts.head_maps else set()))),
-             out.n_vectors, out.n_projections, seconds, VERSION],
-        )
+        components = sorted({u[0] for u in plan} | (set(head_maps.COMPONENTS) if opts.head_maps else set()))
+        insert_new(con, "index_runs", checkpoint_id=checkpoint_id, status="complete", started_at=started_at,
+                   finished_at=datetime.now(), basis=opts.basis, basis_flags=json.dumps(flags), top_k=opts.top_k,
+                   components=json.dumps(components), n_vectors=out.n_vectors, n_projections=out.n_projections,
+                   seconds=seconds, lensdb_version=VERSION)
         con.execute("UPDATE run_attempts SET status = 'complete', finished_at = ?, checkpoint_id = ? "
                     "WHERE attempt_id = ?", [datetime.now(), checkpoint_id, attempt_id])
         pause_point("commit")
+    gone = {t: n for t, n in removed.items() if n and t in cw.SAID_ON_REPLACE}
+    also = ("; replacing it removed " + ", ".join(f"{n} {cw.SAID_ON_REPLACE[t]}" for t, n in gone.items())
+            + " made from the old rows") if gone else ""
     return IndexResult(
         status="indexed", model=name, checkpoint=label, content_hash=content_hash, n_vectors=out.n_vectors,
         n_projections=out.n_projections, seconds=seconds,
         message=f"indexed {name}/{label}: {out.n_vectors} vectors, {out.n_projections} token rows "
-        f"in {seconds:.1f}s",
+        f"in {seconds:.1f}s{also}",
     )

@@ -1,6 +1,7 @@
 """The write step of a run: projected units in, rows appended to the store inside the run's transaction."""
 
 import functools
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,21 +22,26 @@ from indexer.index.records import (
     vector_batch,
 )
 from indexer.math.token_maps import Pairs
-from schema.writer import append_arrow, next_id
+from schema.errors import Cancelled
+from schema.ids import peek_id, taken_through
+from schema.writer import append_arrow
 
 
 class UnitWriter:
-    """Writes projected units: assigns vector ids in the order it is given units, and appends their rows
-    from one background thread.
+    """Writes projected units: assigns vector ids in the order it is given units (from the store's counter,
+    recorded as taken in ``finish``), and appends their rows from one background thread.
 
     The DuckDB appends (and the Arrow batches behind them) overlap with the next chunk's GEMM; at most two
     chunks wait at a time, so memory stays at one chunk of logits plus two chunks of top-k rows.
+    ``cancel``: when set, the next unit written raises ``Cancelled`` (the run's transaction then rolls back).
     """
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, checkpoint_id: int) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, checkpoint_id: int,
+                 cancel: threading.Event | None = None) -> None:
         self.con = con
         self.checkpoint_id = checkpoint_id
-        self.next_vector = next_id(con, "vectors", "vector_id")
+        self.cancel = cancel
+        self.next_vector = peek_id(con, "vectors")
         self.units: list[tuple] = []
         self.value_blocks: list[tuple] = []  # (first id, last id, role) of parts whose vectors are stored
         self.n_vectors = 0
@@ -45,8 +51,13 @@ class UnitWriter:
         con.execute("CREATE TEMP TABLE staged_tokens AS SELECT * FROM vector_tokens LIMIT 0")
         con.execute("CREATE TEMP TABLE staged_pairs AS SELECT * FROM head_pairs LIMIT 0")
 
+    def stop_if_cancelled(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("the index run was cancelled; nothing of it was written.")
+
     def write(self, p: Projected) -> None:
         """Write one projected part; its vectors get one contiguous block of ids, recorded in ``vector_units``."""
+        self.stop_if_cancelled()
         if p.n:
             self.units.append((self.checkpoint_id, p.name, p.layer, p.head, self.next_vector,
                                self.next_vector + p.n - 1, 0, p.expert))
@@ -73,6 +84,7 @@ class UnitWriter:
 
     def pairs(self, name: str, layer: int, head: int, p: Pairs) -> None:
         """One head map: a vector row carrying the map's statistics, and its pairs staged for head_pairs."""
+        self.stop_if_cancelled()
         vid = self.next_vector
         self.next_vector += 1
         self.units.append((self.checkpoint_id, name, layer, head, vid, vid, 0, None))
@@ -116,8 +128,10 @@ class UnitWriter:
     def finish(self) -> None:
         """Move staged rows into vector_tokens sorted by token_id, so token lookups skip row groups."""
         self.drain()
-        self.con.execute("INSERT INTO vector_tokens SELECT * FROM staged_tokens ORDER BY token_id, vector_id")
-        self.con.execute("INSERT INTO head_pairs SELECT * FROM staged_pairs ORDER BY token_id, vector_id")
+        self.stop_if_cancelled()
+        self.con.execute("INSERT INTO vector_tokens BY NAME SELECT * FROM staged_tokens ORDER BY token_id, vector_id")
+        self.con.execute("INSERT INTO head_pairs BY NAME SELECT * FROM staged_pairs ORDER BY token_id, vector_id")
+        taken_through(self.con, "vectors", self.next_vector - 1)
         if self.units:
             cols = ["checkpoint_id", "component", "layer", "head", "first_vector_id", "last_vector_id", "first_index",
                     "expert"]

@@ -8,6 +8,9 @@ transaction, so one failure never stops or undoes the others.
 
 Identical content is indexed once: when a new step's content hash equals an indexed checkpoint's (Pythia
 publishes bit-identical steps), the step is linked to it in ``checkpoint_aliases`` instead.
+
+Every write goes through the store's writer (``schema.writer``): from the command line one cycle holds the
+file's write lock throughout; in the service each decision waits its turn in the service's write queue.
 """
 
 import re
@@ -19,7 +22,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-import duckdb
 from pydantic import BaseModel
 
 from indexer.index.options import IndexOptions, IndexResult
@@ -37,7 +39,7 @@ from indexer.watch.discover import (
 )
 from indexer.watch.discover import incomplete as incomplete_reason
 from schema.errors import LensdbError
-from schema.writer import next_id, writer
+from schema.writer import Store, insert, insert_new, with_store
 
 Action = Literal["indexed", "linked", "skipped", "failed"]
 IndexFn = Callable[[Path, IndexOptions], IndexResult]
@@ -101,10 +103,10 @@ class WatchReport(BaseModel):
                 f"{self.n_skipped} skipped, {self.n_failed} failed, {self.n_known} already known")
 
 
-def register_source(db_path: str | Path, name: str, folder: str | Path, kind: SourceKind | None = None,
-                    top_k: int = 50, basis: BasisMode = "folded",
-                    con: duckdb.DuckDBPyConnection | None = None) -> RegisterResult:
-    """Register ``folder`` as model ``name``; `lensdb watch` then indexes its complete checkpoints."""
+def register_source(db: str | Path | Store, name: str, folder: str | Path, kind: SourceKind | None = None,
+                    top_k: int = 50, basis: BasisMode = "folded") -> RegisterResult:
+    """Register ``folder`` as model ``name`` in the store at ``db`` (or through the service's ``Store``);
+    `lensdb watch` then indexes its complete checkpoints."""
     if not name.strip():
         raise LensdbError("the model name is empty; pass a NAME.")
     if "\x00" in str(folder):
@@ -117,39 +119,38 @@ def register_source(db_path: str | Path, name: str, folder: str | Path, kind: So
         raise SourceError(f"{path}: no such folder.")
     if not 1 <= top_k <= 1000:
         raise LensdbError(f"top-k must be between 1 and 1000, not {top_k}.")
-    with writer(db_path, con) as tx:
-        row = tx.execute("SELECT name, path, kind, top_k, basis, registered_at FROM sources WHERE name = ?",
-                         [name]).fetchone()
-        if row:
-            have = RegisteredSource.from_row(row)
-            if have.path != str(path):
-                raise LensdbError(f"model {name!r} is already registered for {have.path}; pick another name.")
-            return RegisterResult(status="unchanged", source=have,
-                                  message=f"{name} is already registered for {path} ({have.kind}).")
-        source = RegisteredSource(name=name, path=str(path), kind=found_kind, top_k=top_k, basis=basis,
-                        registered_at=datetime.now())
-        tx.execute("INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?)",
-                   [next_id(tx, "sources", "source_id"), name, source.path, found_kind, top_k, basis,
-                    source.registered_at])
-    return RegisterResult(status="registered", source=source,
-                          message=f"registered {name}: {path} ({found_kind}); `lensdb watch` indexes its checkpoints.")
+    def register(store: Store) -> RegisterResult:
+        with store.transaction() as tx:
+            row = tx.execute("SELECT name, path, kind, top_k, basis, registered_at FROM sources WHERE name = ?",
+                             [name]).fetchone()
+            if row:
+                have = RegisteredSource.from_row(row)
+                if have.path != str(path):
+                    raise LensdbError(f"model {name!r} is already registered for {have.path}; pick another name.")
+                return RegisterResult(status="unchanged", source=have,
+                                      message=f"{name} is already registered for {path} ({have.kind}).")
+            source = RegisteredSource(name=name, path=str(path), kind=found_kind, top_k=top_k, basis=basis,
+                                      registered_at=datetime.now())
+            insert_new(tx, "sources", **source.model_dump())
+        return RegisterResult(status="registered", source=source, message=f"registered {name}: {path} "
+                              f"({found_kind}); `lensdb watch` indexes its checkpoints.")
+
+    return with_store(db, register)
 
 
 class _Cycle:
     """One watch cycle's bookkeeping in the store: the run row, one small transaction per decision."""
 
-    def __init__(self, db_path: Path, con: duckdb.DuckDBPyConnection | None) -> None:
-        self.db_path = db_path
-        self.con = con
+    def __init__(self, store: Store) -> None:
+        self.store = store
         self.items: list[WatchItem] = []
         self.n_known = 0
         self.error: str | None = None
-        with writer(db_path, con) as tx:
+        with store.transaction() as tx:
             tx.execute("UPDATE watch_runs SET status = 'interrupted', "
                        "error = coalesce(error, 'the process ended during the cycle') WHERE status = 'running'")
-            self.watch_id = next_id(tx, "watch_runs", "watch_id")
-            tx.execute("INSERT INTO watch_runs VALUES (?, ?, NULL, 'running', NULL, 0, 0, 0, 0, 0)",
-                       [self.watch_id, datetime.now()])
+            self.watch_id = insert_new(tx, "watch_runs", started_at=datetime.now(), status="running", n_indexed=0,
+                                       n_linked=0, n_skipped=0, n_failed=0, n_known=0)
             self.sources = [
                 (int(r[0]), RegisteredSource.from_row(r[1:]))
                 for r in tx.execute("SELECT source_id, name, path, kind, top_k, basis, registered_at FROM sources "
@@ -162,18 +163,16 @@ class _Cycle:
         """Write one decision (and, for a link, the alias) in its own transaction."""
         item = WatchItem(source=source.name, path=str(c.path), label=c.label, step=c.step, action=action,
                          reason=reason)
-        with writer(self.db_path, self.con) as tx:
+        with self.store.transaction() as tx:
             if link is not None:
                 source_id, checkpoint_id, content_hash = link
                 label = c.label
                 if tx.execute("SELECT 1 FROM checkpoint_aliases WHERE source_id = ? AND label = ?",
                               [source_id, label]).fetchone():
                     label = f"{label}@{content_hash[:8]}"
-                tx.execute("INSERT INTO checkpoint_aliases VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                           [next_id(tx, "checkpoint_aliases", "alias_id"), source_id, label, c.step, str(c.path),
-                            content_hash, checkpoint_id, datetime.now()])
-            tx.execute("INSERT INTO watch_items VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       [self.watch_id, item.source, item.path, item.label, item.step, action, reason, datetime.now()])
+                insert_new(tx, "checkpoint_aliases", source_id=source_id, label=label, step=c.step, path=str(c.path),
+                           content_hash=content_hash, checkpoint_id=checkpoint_id, linked_at=datetime.now())
+            insert(tx, "watch_items", watch_id=self.watch_id, decided_at=datetime.now(), **item.model_dump())
         self.items.append(item)
         if action == "failed" and self.error is None:
             self.error = f"{source.name}/{c.label}: {reason}"
@@ -184,7 +183,7 @@ class _Cycle:
     def finish(self, status: str | None = None) -> WatchReport:
         status = status or ("failed" if self.count("failed") else "ok")
         counts = [self.count(a) for a in ("indexed", "linked", "skipped", "failed")]
-        with writer(self.db_path, self.con) as tx:
+        with self.store.transaction() as tx:
             tx.execute("UPDATE watch_runs SET finished_at = ?, status = ?, error = ?, n_indexed = ?, n_linked = ?, "
                        "n_skipped = ?, n_failed = ?, n_known = ? WHERE watch_id = ?",
                        [datetime.now(), status, self.error, *counts, self.n_known, self.watch_id])
@@ -193,9 +192,9 @@ class _Cycle:
                            items=self.items)
 
 
-def _linked_target(db_path: Path, con: duckdb.DuckDBPyConnection | None, content_hash: str) -> tuple[int, str, str]:
+def _linked_target(store: Store, content_hash: str) -> tuple[int, str, str]:
     """The indexed checkpoint holding ``content_hash``: (checkpoint_id, path, model/label)."""
-    with writer(db_path, con) as tx:
+    with store.transaction() as tx:
         row = tx.execute("SELECT c.checkpoint_id, c.path, m.name || '/' || c.label FROM checkpoints c "
                          "JOIN models m USING (model_id) WHERE c.content_hash = ?", [content_hash]).fetchone()
     if row is None:
@@ -203,18 +202,23 @@ def _linked_target(db_path: Path, con: duckdb.DuckDBPyConnection | None, content
     return int(row[0]), str(row[1]), str(row[2])
 
 
-def watch_cycle(db_path: str | Path, *, settle_s: float = 60.0, look_gap_s: float = 2.0,
-                index: IndexFn | None = None, con: duckdb.DuckDBPyConnection | None = None,
-                only: str | None = None, stop: threading.Event | None = None) -> WatchReport:
+def watch_cycle(db: str | Path | Store, *, settle_s: float = 60.0, look_gap_s: float = 2.0,
+                index: IndexFn | None = None, only: str | None = None,
+                stop: threading.Event | None = None) -> WatchReport:
     """One pass over every registered source (or only ``only``): index what is new, complete and stable.
 
-    ``index``: how to index one checkpoint (default: ``index_checkpoint`` on ``db_path``/``con``; the service
+    ``db``: the store's path (the cycle then holds its write lock throughout), or the service's ``Store``.
+    ``index``: how to index one checkpoint (default: ``index_checkpoint`` into the same store; the service
     passes one that queues a job on its JobRunner and waits for it). ``stop``: when set, the cycle ends after
     the checkpoint in hand and is recorded as interrupted; the rest is found again next cycle.
     """
-    db = Path(db_path)
-    run: IndexFn = index or (lambda path, opts: index_checkpoint(db, path, opts, con=con))
-    cycle = _Cycle(db, con)
+    return with_store(db, lambda store: _watch(store, settle_s, look_gap_s, index, only, stop))
+
+
+def _watch(store: Store, settle_s: float, look_gap_s: float, index: IndexFn | None, only: str | None,
+           stop: threading.Event | None) -> WatchReport:
+    run: IndexFn = index or (lambda path, opts: index_checkpoint(store, path, opts))
+    cycle = _Cycle(store)
     try:
         sources = [(sid, s) for sid, s in cycle.sources if only is None or s.name == only]
         if only is not None and not sources:
@@ -250,7 +254,7 @@ def watch_cycle(db_path: str | Path, *, settle_s: float = 60.0, look_gap_s: floa
                 if result.status == "indexed":
                     cycle.record(source, c, "indexed", result.message)
                     continue
-                checkpoint_id, path, target = _linked_target(db, con, result.content_hash)
+                checkpoint_id, path, target = _linked_target(store, result.content_hash)
                 if path == str(c.path):
                     cycle.n_known += 1  # indexed meanwhile by someone else, from this very folder
                     continue
