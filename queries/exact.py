@@ -13,7 +13,7 @@ subtracts the other set's mean; a text: the mean over its words). A vector's sco
 independently and uniformly from the vocabulary its mean is (Σw)·logit_mean and its variance (Σw²)·logit_std²,
 so z = (v·u − Σw·mean) / (std·√Σw²): for one token this is the usual z-score, for a contrast of two tokens it is
 (z_a − z_b)/√2. Every stored vector in scope is scored: one GEMV per block of stored values, never a V-wide
-matrix.
+matrix, computed by DuckDB where the values lie (``list_dot_product``): only (id, score) pairs reach Python.
 
 numpy is imported inside the functions that compute; the SQL is built in ``queries.sql``.
 """
@@ -31,7 +31,7 @@ from queries import sql as q
 from queries.catalog import Catalog
 
 BATCH = 2048  # candidates scored per round of the threshold rule
-SCAN_ROWS = 16384  # stored vectors per GEMV block of a direction scan
+SCAN_ROWS = 65536  # stored vectors per block of a direction scan (scored in DuckDB: list_dot_product)
 
 
 @dataclass(frozen=True)
@@ -172,14 +172,15 @@ def _values(con: duckdb.DuckDBPyConnection, vector_ids: Sequence[int]) -> Any:
     """Stored values of ``vector_ids`` as a float32 ``[n, d]`` matrix, in that order."""
     import numpy as np
 
-    got = {}
-    for start in range(0, len(vector_ids), 1024):
-        ids = sorted(vector_ids[start:start + 1024])
-        table = con.execute(*q.inline(q.values_of(ids))).to_arrow_table()
-        vals = _matrix(table.column("values"))
-        for vid, row in zip(table.column("vector_id").to_pylist(), vals, strict=True):
-            got[vid] = row
-    return np.stack([got[v] for v in vector_ids]).astype(np.float32, copy=False)
+    want = np.asarray(vector_ids, dtype=np.int64)
+    ids, mats = [], []
+    for start in range(0, len(want), 1024):
+        table = con.execute(*q.inline(q.values_of(sorted(int(v) for v in want[start:start + 1024])))).to_arrow_table()
+        ids.append(table.column("vector_id").to_numpy())
+        mats.append(_matrix(table.column("values")))
+    got, mat = np.concatenate(ids), np.concatenate(mats)
+    order = np.argsort(got, kind="stable")
+    return mat[order[np.searchsorted(got, want, sorter=order)]].astype(np.float32, copy=False)
 
 
 def _matrix(column: Any) -> Any:
@@ -243,13 +244,11 @@ def scan(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path, weights: dict
             covered += z - a + 1
             for start in range(a, z + 1, SCAN_ROWS):
                 stop = min(z, start + SCAN_ROWS - 1)
-                table = con.execute(*q.inline(q.values_in_range(start, stop))).to_arrow_table()
-                mat = _matrix(table.column("values"))
-                scores = mat @ dirs[key]
+                got = con.execute(*q.direction_scores(start, stop, dirs[key].tolist())).fetchnumpy()
+                ids, scores = got["vector_id"], np.asarray(got["score"], dtype=np.float32)
                 stats = np.array(_rows(con, q.vector_stats_in_range(start, stop)), dtype=np.float64).reshape(-1, 2)
                 zs = _z(scores, stats[:, 0], stats[:, 1], wsum, wnorm)
                 keep = np.argsort(-sign * zs, kind="stable")[:n]
-                ids = table.column("vector_id").to_numpy()
                 found.extend((int(ids[i]), float(scores[i]), float(zs[i])) for i in keep)
                 found.sort(key=lambda r: (-sign * r[2], r[0]))
                 del found[n:]

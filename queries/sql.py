@@ -612,18 +612,26 @@ ORDER BY {col} {order} NULLS FIRST, vector_id LIMIT ? OFFSET ?""", params)
 
 
 def values_of(vector_ids: list[int]) -> Sql:
-    """Stored values of the given vector ids (sorted), read within their id span."""
+    """Stored values of the given vector ids (sorted), read within their id span, in id order."""
     if not vector_ids:
         raise LensdbError("no vectors to read.")
     marks = ", ".join("?" * len(vector_ids))
-    return (f'SELECT vector_id, "values" FROM vector_values WHERE vector_id BETWEEN ? AND ? AND vector_id IN ({marks})',
-            [min(vector_ids), max(vector_ids), *vector_ids])
+    return (f'SELECT vector_id, "values" FROM vector_values WHERE vector_id BETWEEN ? AND ? AND vector_id IN ({marks}) '
+            "ORDER BY vector_id", [min(vector_ids), max(vector_ids), *vector_ids])
 
 
 def values_in_range(first: int, last: int) -> Sql:
-    """Stored values of vector ids ``first…last``, in id order (one block of a direction scan)."""
+    """Stored values of vector ids ``first…last``, in id order."""
     return ('SELECT vector_id, "values" FROM vector_values WHERE vector_id BETWEEN ? AND ? ORDER BY vector_id',
             [first, last])
+
+
+def direction_scores(first: int, last: int, direction: list[float]) -> Sql:
+    """Each stored vector of ids ``first…last`` scored on ``direction`` (its basis' coordinates), in id order: one
+    block of a direction scan, computed where the values lie (``list_dot_product`` reads them ~10× faster than
+    handing them to Python does)."""
+    return ('SELECT vector_id, list_dot_product("values", ?::FLOAT[]) AS score FROM vector_values '
+            "WHERE vector_id BETWEEN ? AND ? ORDER BY vector_id", [direction, first, last])
 
 
 def vector_stats_in_range(first: int, last: int) -> Sql:
