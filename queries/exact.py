@@ -30,7 +30,7 @@ import duckdb
 from queries import sql as q
 from queries.catalog import Catalog
 
-BATCH = 2048  # candidates scored per round of the threshold rule
+BATCH = 8192  # candidates scored per round of the threshold rule
 SCAN_ROWS = 65536  # stored vectors per block of a direction scan (scored in DuckDB: list_dot_product)
 
 
@@ -159,40 +159,18 @@ def certify(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path,
 
 def _score(con: duckdb.DuckDBPyConnection, checkpoint_id: int, role: str, token_ids: list[int],
            members: list[tuple]) -> tuple[Any, Any]:
-    """Exact scores and z-scores ``[vectors, tokens]`` of stored vectors (id, mean, std) for ``token_ids``."""
+    """Exact scores and z-scores ``[vectors, tokens]`` of stored vectors (id, mean, std) for ``token_ids``: one
+    statement that scores them where their values lie (``list_dot_product``)."""
     import numpy as np
 
     rows = _basis_rows(con, checkpoint_id, role, token_ids)
-    scores = _values(con, [m[0] for m in members]) @ rows.T
+    ids = [m[0] for m in members]
+    got = con.execute(*q.scores_of(ids, rows.tolist())).fetchnumpy()
+    found = np.asarray(got["vector_id"])
+    at = np.searchsorted(found, np.asarray(ids, dtype=np.int64))
+    scores = np.stack([np.asarray(got[f"s{j}"], dtype=np.float32) for j in range(len(token_ids))], axis=1)[at]
     stats = np.array([m[1:] for m in members], dtype=np.float64)
     return scores, _z(scores, stats[:, :1], stats[:, 1:], 1.0, 1.0)
-
-
-def _values(con: duckdb.DuckDBPyConnection, vector_ids: Sequence[int]) -> Any:
-    """Stored values of ``vector_ids`` as a float32 ``[n, d]`` matrix, in that order."""
-    import numpy as np
-
-    want = np.asarray(vector_ids, dtype=np.int64)
-    ids, mats = [], []
-    for start in range(0, len(want), 1024):
-        table = con.execute(*q.inline(q.values_of(sorted(int(v) for v in want[start:start + 1024])))).to_arrow_table()
-        ids.append(table.column("vector_id").to_numpy())
-        mats.append(_matrix(table.column("values")))
-    got, mat = np.concatenate(ids), np.concatenate(mats)
-    order = np.argsort(got, kind="stable")
-    return mat[order[np.searchsorted(got, want, sorter=order)]].astype(np.float32, copy=False)
-
-
-def _matrix(column: Any) -> Any:
-    """A list column of equal-length float32 lists as an ``[n, d]`` numpy view (no per-row Python work)."""
-    import numpy as np
-
-    arr = column.combine_chunks()
-    n = len(arr)
-    if n == 0:
-        return np.zeros((0, 0), dtype=np.float32)
-    flat = arr.flatten().to_numpy(zero_copy_only=False)
-    return flat.reshape(n, -1)
 
 
 # ---- directions -----------------------------------------------------------------------------------------

@@ -611,19 +611,15 @@ AND vector_id NOT IN (SELECT vector_id FROM ({having}) GROUP BY vector_id HAVING
 ORDER BY {col} {order} NULLS FIRST, vector_id LIMIT ? OFFSET ?""", params)
 
 
-def values_of(vector_ids: list[int]) -> Sql:
-    """Stored values of the given vector ids (sorted), read within their id span, in id order."""
-    if not vector_ids:
-        raise LensdbError("no vectors to read.")
-    marks = ", ".join("?" * len(vector_ids))
-    return (f'SELECT vector_id, "values" FROM vector_values WHERE vector_id BETWEEN ? AND ? AND vector_id IN ({marks}) '
-            "ORDER BY vector_id", [min(vector_ids), max(vector_ids), *vector_ids])
-
-
-def values_in_range(first: int, last: int) -> Sql:
-    """Stored values of vector ids ``first…last``, in id order."""
-    return ('SELECT vector_id, "values" FROM vector_values WHERE vector_id BETWEEN ? AND ? ORDER BY vector_id',
-            [first, last])
+def scores_of(vector_ids: list[int], rows: list[list[float]]) -> Sql:
+    """Stored vectors of ``vector_ids`` scored on each of ``rows`` (basis rows or directions), in id order:
+    ``vector_id, s0, s1, …``. Computed where the values lie; only the scores reach Python."""
+    if not vector_ids or not rows:
+        raise LensdbError("no vectors or rows to score.")
+    cols = ", ".join(f'list_dot_product("values", ?::FLOAT[]) AS s{i}' for i in range(len(rows)))
+    return (f"SELECT vector_id, {cols} FROM vector_values WHERE vector_id BETWEEN ? AND ? "
+            "AND vector_id IN (SELECT unnest(?::BIGINT[])) ORDER BY vector_id",
+            [*rows, min(vector_ids), max(vector_ids), sorted(vector_ids)])
 
 
 def direction_scores(first: int, last: int, direction: list[float]) -> Sql:
