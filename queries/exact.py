@@ -30,7 +30,7 @@ import duckdb
 from queries import sql as q
 from queries.catalog import Catalog
 
-BATCH = 8192  # candidates scored per round of the threshold rule
+BATCH = 2048  # candidates scored per round of the threshold rule
 SCAN_ROWS = 65536  # stored vectors per block of a direction scan (scored in DuckDB: list_dot_product)
 
 
@@ -223,7 +223,8 @@ def scan(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path, weights: dict
             for start in range(a, z + 1, SCAN_ROWS):
                 stop = min(z, start + SCAN_ROWS - 1)
                 got = con.execute(*q.direction_scores(start, stop, dirs[key].tolist())).fetchnumpy()
-                ids, scores = got["vector_id"], np.asarray(got["score"], dtype=np.float32)
+                order = np.argsort(got["vector_id"], kind="stable")
+                ids, scores = np.asarray(got["vector_id"])[order], np.asarray(got["score"], dtype=np.float32)[order]
                 stats = np.array(_rows(con, q.vector_stats_in_range(start, stop)), dtype=np.float64).reshape(-1, 2)
                 zs = _z(scores, stats[:, 0], stats[:, 1], wsum, wnorm)
                 keep = np.argsort(-sign * zs, kind="stable")[:n]

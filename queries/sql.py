@@ -634,11 +634,11 @@ def scores_of(vector_ids: list[int], rows: list[list[float]]) -> Sql:
 
 
 def direction_scores(first: int, last: int, direction: list[float]) -> Sql:
-    """Each stored vector of ids ``first…last`` scored on ``direction`` (its basis' coordinates), in id order: one
-    block of a direction scan, computed where the values lie (``list_dot_product`` reads them ~10× faster than
-    handing them to Python does)."""
+    """Each stored vector of ids ``first…last`` scored on ``direction`` (its basis' coordinates), in no set order
+    (the caller sorts the ids): one block of a direction scan, computed where the values lie
+    (``list_dot_product`` reads them ~10× faster than handing them to Python does)."""
     return (f'SELECT vector_id, list_dot_product("values", {float_list(direction)}) AS score FROM vector_values '
-            f"WHERE vector_id BETWEEN {int(first)} AND {int(last)} ORDER BY vector_id", [])
+            f"WHERE vector_id BETWEEN {int(first)} AND {int(last)}", [])
 
 
 def vector_stats_in_range(first: int, last: int) -> Sql:
