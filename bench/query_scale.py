@@ -50,13 +50,17 @@ def build(db: Path, rows: int) -> None:
             con.execute("INSERT INTO index_runs VALUES (?, ?, 'complete', now(), now(), 'folded', '{}', ?, "
                         "'[\"ff_value\"]', ?, ?, 0, 'bench')", [m, m, K, per_model, per_model * per_vector])
             first = (m - 1) * per_model
-            con.execute("""INSERT INTO vectors (vector_id, checkpoint_id, component, layer, head, idx, norm, logit_mean,
-                           logit_std) SELECT ? + i, ?, 'ff_value', i // ?, NULL, i % ?, 1.0, 0.0, 0.02
-                           FROM range(?) r(i)""", [first, m, D_FF, D_FF, per_model])
-            con.execute("""INSERT INTO vector_units (checkpoint_id, component, layer, head, first_vector_id,
-                           last_vector_id, first_index, role)
-                           SELECT ?, 'ff_value', l, NULL, ? + l * ?, ? + (l + 1) * ? - 1, 0, 'writes'
-                           FROM range(?) r(l)""", [m, first, D_FF, first, D_FF, LAYERS])
+            # top_zk/bottom_zk: the z of each list's K-th row below (the exact search's certificate bound)
+            con.execute("""INSERT INTO vectors BY NAME SELECT ? + i AS vector_id, ? AS checkpoint_id,
+                           'ff_value' AS component, i // ? AS layer, NULL AS head, i % ? AS idx, 1.0 AS norm,
+                           0.0 AS logit_mean, 0.02 AS logit_std, (5.0 - (? - 1) * 0.01 + (hash(i) % 100) / 100.0)::REAL
+                           AS top_zk, -(5.0 - (? - 1) * 0.01 + (hash(i) % 100) / 100.0)::REAL AS bottom_zk
+                           FROM range(?) r(i)""", [first, m, D_FF, D_FF, K, K, per_model])
+            con.execute("""INSERT INTO vector_units BY NAME SELECT ? AS checkpoint_id, 'ff_value' AS component,
+                           l AS layer, NULL AS head, ? + l * ? AS first_vector_id,
+                           ? + (l + 1) * ? - 1 AS last_vector_id,
+                           0 AS first_index, 'writes' AS role FROM range(?) r(l)""",
+                        [m, first, D_FF, first, D_FF, LAYERS])
             con.execute("""INSERT INTO vector_tokens
                 SELECT ? + v, CASE WHEN j < ? THEN 'top' ELSE 'bottom' END, (j % ?) + 1,
                        (hash(v * 131 + j + ? * 7919) % ?)::INTEGER AS token_id,

@@ -12,7 +12,7 @@ from typing import Any
 import duckdb
 from pydantic import ValidationError
 
-from queries import head_rows
+from queries import exact, head_rows
 from queries import sql as q
 from queries.catalog import Catalog, catalog, load_words, loaded_words, select_units
 from queries.filters import HitFilter
@@ -136,6 +136,17 @@ class Lens:
         found = self.resolution(token, model)
         return TokenHits(found.matches, TokenMatch, matches=found.matches, missing=found.missing, token=token)
 
+    @staticmethod
+    def _units(cat: Catalog, checkpoint_ids: set[int], f: HitFilter) -> list:
+        """The unit blocks a search reads: the filter's role, component, layer, head, expert and dictionary."""
+        units = select_units(cat.units, checkpoint_ids, f.component, f.layer, f.head, f.expert, f.role)
+        if f.dictionary is not None:
+            if f.dictionary not in cat.dictionaries.values():
+                raise InvalidFilter(f"no dictionary {f.dictionary!r} in the store; dictionaries: "
+                                    f"{', '.join(sorted(set(cat.dictionaries.values()))) or 'none indexed'}.")
+            units = [u for u in units if cat.dictionaries.get(u.dictionary_id or -1) == f.dictionary]
+        return units
+
     def _hits(self, token: str | int, side: str, f: HitFilter) -> TokenHits[TokenHit]:
         cat = self._catalog()
         found = self._resolution(token, f.model, cat)
@@ -144,13 +155,7 @@ class Lens:
         if f.checkpoint not in (None, "all") and not refs:
             raise NotFound(f"no checkpoint {f.checkpoint!r}" + (f" in model {f.model!r}." if f.model
                                                                  else " in any model."))
-        units = select_units(cat.units, {r.checkpoint_id for r in refs}, f.component, f.layer, f.head, f.expert,
-                             f.role)
-        if f.dictionary is not None:
-            if f.dictionary not in cat.dictionaries.values():
-                raise InvalidFilter(f"no dictionary {f.dictionary!r} in the store; dictionaries: "
-                                    f"{', '.join(sorted(set(cat.dictionaries.values()))) or 'none indexed'}.")
-            units = [u for u in units if cat.dictionaries.get(u.dictionary_id or -1) == f.dictionary]
+        units = self._units(cat, {r.checkpoint_id for r in refs}, f)
         out: TokenHits[TokenHit] = TokenHits([], TokenHit, matches=matches, missing=found.missing, token=token)
         display = {(m.vocab_id, m.token_id): m.display for m in matches}
         groups = []
@@ -162,7 +167,10 @@ class Lens:
         if not groups:
             return out
         hits = out
-        rows = self._rows(q.hits_in_ranges(groups, side, f.limit, f.offset))
+        n = f.limit + f.offset
+        rows, outcome = exact.certify(self.con, cat, self.path, groups, side, n,
+                                      self._rows(q.hits_in_ranges(groups, side, n, 0)))
+        rows = rows[f.offset:]
         sources = self._source_names(cat, rows)
         for vector_id, sd, rank, token_id, score, z, src in rows:
             u = cat.unit_of(vector_id)
@@ -172,8 +180,72 @@ class Lens:
                 index=u.first_index + vector_id - u.first_id, side=sd, rank=rank, token_id=token_id,
                 token=display[(ref.vocab_id, token_id)], score=score, zscore=z, source_token_id=src,
                 source_token=sources.get((ref.vocab_id, src)), expert=u.expert,
-                dictionary=cat.dictionaries.get(u.dictionary_id) if u.dictionary_id is not None else None))
+                dictionary=cat.dictionaries.get(u.dictionary_id) if u.dictionary_id is not None else None,
+                exact=outcome.exact, exact_note=outcome.why))
         return hits
+
+    def _direction(self, plus: list[str | int], minus: list[str | int], text: str | None, side: str,
+                   f: HitFilter) -> TokenHits[TokenHit]:
+        """The strongest vectors for a direction (``queries.exact``): every stored vector in scope scored."""
+        if not plus and not text:
+            raise LensdbError("give a token, several tokens, or a text to search for.")
+        if plus and text:
+            raise LensdbError("give tokens or a text, not both.")
+        cat = self._catalog()
+        terms = exact.direction_terms(plus, minus, text)
+        weights: dict[int, dict[int, float]] = {}
+        for term in terms:
+            try:
+                matches = self._resolve(term.word, f.model, cat)
+            except UnknownToken:
+                if text and term.weight > 0:  # a word of a text that a vocabulary lacks is left out of it
+                    continue
+                raise
+            per_vocab: dict[int, list[int]] = {}
+            for m in matches:
+                per_vocab.setdefault(m.vocab_id, []).append(m.token_id)
+            for vocab_id, ids in per_vocab.items():  # a word's several tokens share its weight
+                w = weights.setdefault(vocab_id, {})
+                for tid in ids:
+                    w[tid] = w.get(tid, 0.0) + term.weight / len(ids)
+        if not weights:
+            raise UnknownToken(f"no word of {text!r} is a token of any indexed vocabulary.")
+        refs = cat.chosen(f.model, f.checkpoint)
+        if f.checkpoint not in (None, "all") and not refs:
+            raise NotFound(f"no checkpoint {f.checkpoint!r}" + (f" in model {f.model!r}." if f.model
+                                                                 else " in any model."))
+        units = self._units(cat, {r.checkpoint_id for r in refs}, f)
+        ranges = {vid: _merged([(u.first_id, u.last_id) for u in units
+                                if cat.checkpoints[u.checkpoint_id].vocab_id == vid]) for vid in weights}
+        every = sum(b - a + 1 for rs in ranges.values() for a, b in rs)
+        found, outcome = exact.scan(self.con, cat, self.path, weights, ranges, side, f.limit + f.offset, every)
+        if every and not outcome.scored:
+            raise NotFound("the vectors searched have no stored vectors (indexed with --no-vectors or before schema "
+                           "version 6): a contrast, set or text needs them; re-index with `lensdb index CHECKPOINT "
+                           "--replace`.")
+        shown = exact.label(plus, minus, text)
+        hits: TokenHits[TokenHit] = TokenHits([], TokenHit, matches=[], missing=[], token=shown)
+        for vector_id, score, z in found[f.offset:]:
+            u = cat.unit_of(vector_id)
+            ref = cat.checkpoints[u.checkpoint_id]
+            hits.append(TokenHit.model_construct(
+                model=ref.model, checkpoint=ref.label, component=u.component, layer=u.layer, head=u.head,
+                index=u.first_index + vector_id - u.first_id, side=side, rank=None, token_id=None,  # type: ignore[arg-type]
+                token=shown,
+                score=score, zscore=z, source_token_id=None, source_token=None, expert=u.expert,
+                dictionary=cat.dictionaries.get(u.dictionary_id) if u.dictionary_id is not None else None,
+                exact=outcome.exact, exact_note=outcome.why))
+        return hits
+
+    def _search(self, token: "str | int | list[str | int] | None", side: str, filter: HitFilter | None,
+                minus: "str | int | list[str | int] | None", text: str | None,
+                fields: dict[str, Any]) -> TokenHits[TokenHit]:
+        f = hit_filter(filter, fields)
+        plus = [] if token is None else list(token) if isinstance(token, list | tuple) else [token]
+        less = [] if minus is None else list(minus) if isinstance(minus, list | tuple) else [minus]
+        if len(plus) == 1 and not less and text is None:
+            return self._hits(plus[0], side, f)
+        return self._direction(plus, less, text, side, f)
 
     def _source_names(self, cat: Catalog, rows: list[tuple]) -> dict[tuple[int, int], str]:
         """Display text of the source tokens of head-map pairs among ``rows`` (vector_id first, source last)."""
@@ -185,22 +257,29 @@ class Lens:
         return {(vid, tid): shown for vid, ids in wanted.items()
                 for tid, shown in self._rows(q.token_displays(vid, sorted(ids)))}
 
-    def promoters(self, token: str | int, filter: HitFilter | None = None, **fields: Any) -> TokenHits[TokenHit]:
-        """Vectors that have ``token`` among their top tokens, highest z-score first, across models.
+    def promoters(self, token: "str | int | list[str | int] | None" = None, filter: HitFilter | None = None, *,
+                  minus: "str | int | list[str | int] | None" = None, text: str | None = None,
+                  **fields: Any) -> TokenHits[TokenHit]:
+        """The vectors that promote ``token`` most, highest z-score first, across models: the true top n among
+        every vector searched (``queries.exact``), each hit saying whether it is ``exact``.
 
         The token is resolved in each model's own vocabulary (``resolution``); the answer, a list with ``.df()``,
         also says per model which form matched (``.matches``) and which models have no such token
-        (``.missing``). Narrow the search with a ``HitFilter`` or its fields as keywords (``model``,
-        ``checkpoint``, ``component``, ``layer``, ``head``, ``expert``, ``role``, ``limit``, ``offset``);
-        ``role`` defaults to the vectors that write into the stream (``"reads"``, ``"all"``; a named component
-        wins); ``checkpoint=None`` searches each model's latest checkpoint, ``"all"`` every checkpoint. A filter
-        that names nothing in the searched checkpoints is an ``InvalidFilter`` listing what exists.
+        (``.missing``). ``token`` may be a list (the mean direction of the tokens), ``minus`` a token or list
+        whose mean is subtracted (``promoters("paris", minus="london")``), ``text`` a text whose words' mean
+        direction is used. Narrow the search with a ``HitFilter`` or its fields as keywords (``model``,
+        ``checkpoint``, ``component``, ``layer``, ``head``, ``expert``, ``role``, ``dictionary``, ``limit``,
+        ``offset``); ``role`` defaults to the vectors that write into the stream (``"reads"``, ``"all"``; a named
+        component wins); ``checkpoint=None`` searches each model's latest checkpoint, ``"all"`` every checkpoint.
+        A filter that names nothing in the searched checkpoints is an ``InvalidFilter`` listing what exists.
         """
-        return self._hits(token, "top", hit_filter(filter, fields))
+        return self._search(token, "top", filter, minus, text, fields)
 
-    def suppressors(self, token: str | int, filter: HitFilter | None = None, **fields: Any) -> TokenHits[TokenHit]:
-        """Vectors that have ``token`` among their bottom tokens, lowest z-score first (filters as ``promoters``)."""
-        return self._hits(token, "bottom", hit_filter(filter, fields))
+    def suppressors(self, token: "str | int | list[str | int] | None" = None, filter: HitFilter | None = None, *,
+                    minus: "str | int | list[str | int] | None" = None, text: str | None = None,
+                    **fields: Any) -> TokenHits[TokenHit]:
+        """The vectors that suppress ``token`` most, lowest z-score first (arguments as ``promoters``)."""
+        return self._search(token, "bottom", filter, minus, text, fields)
 
     def vector(self, model: str, component: str, layer: int, index: int, head: int | None = None,
                checkpoint: str | None = None, expert: int | None = None, dictionary: str | None = None) -> VectorView:

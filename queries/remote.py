@@ -152,14 +152,16 @@ class RemoteLens(Lens):
         searched = [model] if model is not None else [m.name for m in self.models() if m.checkpoints]
         return Resolution(token, found, sorted(name for name in searched if name not in have))
 
-    def _hits(self, token: str | int, side: str, f: HitFilter) -> TokenHits[TokenHit]:
+    def _hits(self, token: str | int, side: str, f: HitFilter, direction: dict[str, Any] | None = None
+              ) -> TokenHits[TokenHit]:
         wanted = f.model_dump(exclude={"limit", "offset"})
         path = "/promoters" if side == "top" else "/suppressors"
+        asked = direction if direction is not None else _token(token)
         items: list[Any] = []
         first: dict[str, Any] | None = None
         while len(items) < f.limit:  # _pages, keeping the first page's resolution
             want = min(PAGE, f.limit - len(items))
-            got = self._get(path, limit=want, offset=f.offset + len(items), **_token(token), **wanted)
+            got = self._get(path, limit=want, offset=f.offset + len(items), **asked, **wanted)
             first = first or got
             items += got["items"]
             if len(got["items"]) < want or got.get("next_offset") is None:
@@ -168,11 +170,32 @@ class RemoteLens(Lens):
         return TokenHits(_rows(list[TokenHit], items), TokenHit, matches=_rows(list[TokenMatch], first["matches"]),
                          missing=list(first.get("missing", [])), token=token)
 
-    def promoters(self, token: str | int, filter: HitFilter | None = None, **fields: Any) -> TokenHits[TokenHit]:
-        return self._hits(token, "top", hit_filter(filter, fields))
+    def _search(self, token: "str | int | list[str | int] | None", side: str, filter: HitFilter | None,
+                minus: "str | int | list[str | int] | None", text: str | None,
+                fields: dict[str, Any]) -> TokenHits[TokenHit]:
+        f = hit_filter(filter, fields)
+        plus = [] if token is None else list(token) if isinstance(token, list | tuple) else [token]
+        less = [] if minus is None else list(minus) if isinstance(minus, list | tuple) else [minus]
+        if len(plus) == 1 and not less and text is None:
+            return self._hits(plus[0], side, f)
+        if any(isinstance(t, int) for t in plus + less):  # GET /promoters names a direction's tokens by word
+            raise LensdbError("a direction over the service takes words, not token ids.")
+        if not plus and not text:  # the file's messages, before any request
+            raise LensdbError("give a token, several tokens, or a text to search for.")
+        if plus and text:
+            raise LensdbError("give tokens or a text, not both.")
+        return self._hits("", side, f, {"tokens": [str(t) for t in plus] or None,
+                                        "minus": [str(t) for t in less] or None, "text": text})
 
-    def suppressors(self, token: str | int, filter: HitFilter | None = None, **fields: Any) -> TokenHits[TokenHit]:
-        return self._hits(token, "bottom", hit_filter(filter, fields))
+    def promoters(self, token: "str | int | list[str | int] | None" = None, filter: HitFilter | None = None, *,
+                  minus: "str | int | list[str | int] | None" = None, text: str | None = None,
+                  **fields: Any) -> TokenHits[TokenHit]:
+        return self._search(token, "top", filter, minus, text, fields)
+
+    def suppressors(self, token: "str | int | list[str | int] | None" = None, filter: HitFilter | None = None, *,
+                    minus: "str | int | list[str | int] | None" = None, text: str | None = None,
+                    **fields: Any) -> TokenHits[TokenHit]:
+        return self._search(token, "bottom", filter, minus, text, fields)
 
     def vector(self, model: str, component: str, layer: int, index: int, head: int | None = None,
                checkpoint: str | None = None, expert: int | None = None, dictionary: str | None = None) -> VectorView:

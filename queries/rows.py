@@ -19,7 +19,7 @@ Side = Literal["top", "bottom"]
 
 
 class TokenHit(Row):
-    """One vector that has the asked-for token among its top (or bottom) tokens."""
+    """One vector among the strongest for the asked-for token (or direction), on one side."""
 
     model: str
     checkpoint: str
@@ -28,8 +28,8 @@ class TokenHit(Row):
     head: int | None
     index: int
     side: Side
-    rank: int
-    token_id: int
+    rank: int | None  # the token's rank in the vector's stored list; None: beyond it (scored exactly) or a direction
+    token_id: int | None  # None for a direction (contrast, set, text)
     token: str
     score: float
     zscore: float
@@ -37,6 +37,8 @@ class TokenHit(Row):
     source_token: str | None = None
     expert: int | None = None
     dictionary: str | None = None  # the dictionary of a latent (sae_dec, sae_enc, dir_write, dir_read)
+    exact: bool | None = None  # whether the answer is the true top n by z-score among every vector searched
+    exact_note: str | None = None  # why it is not, where it is not
 
 
 class TokenScore(Row):

@@ -110,6 +110,22 @@ def _to_v7(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"ALTER TABLE alignment_runs ADD COLUMN IF NOT EXISTS {column} INTEGER")
 
 
+def _to_v8(con: duckdb.DuckDBPyConnection) -> None:
+    """Exact search: every vector gains the z-score of its k-th stored token per side, filled in from the stored
+    lists (rows written before stay exact for every answer these bounds certify); vector_values, basis_rows and
+    value_blocks are created empty (the runs before stored no vectors)."""
+    for col in ("top_zk", "bottom_zk"):
+        con.execute(f"ALTER TABLE vectors ADD COLUMN IF NOT EXISTS {col} REAL")
+    # the k-th z-score as stored in vector_tokens: the same float32 z the run wrote for that row
+    con.execute("""UPDATE vectors SET top_zk = b.top_zk, bottom_zk = b.bottom_zk FROM (
+    SELECT vector_id, max(zscore) FILTER (WHERE side = 'top' AND rank = k) AS top_zk,
+           max(zscore) FILTER (WHERE side = 'bottom' AND rank = k) AS bottom_zk
+    FROM (SELECT vector_id, side, rank, zscore, max(rank) OVER (PARTITION BY vector_id, side) AS k
+          FROM (SELECT vector_id, side, rank, zscore FROM vector_tokens
+                UNION ALL SELECT vector_id, side, rank, zscore FROM head_pairs))
+    GROUP BY vector_id) b WHERE vectors.vector_id = b.vector_id""")
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int  # the version a store has after this step
@@ -126,6 +142,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(6, "vector_units: each unit's role (writes, reads or pairs), filled from the component name", _to_v6),
     Migration(7, "dictionaries: SAE latents, transcoders and direction sets; vectors and vector_units name their "
               "dictionary", _to_v7),
+    Migration(8, "exact search: vectors.top_zk/bottom_zk from the stored lists; vector_values, basis_rows, "
+              "value_blocks", _to_v8),
 )
 assert MIGRATIONS[-1].version == SCHEMA_VERSION, "a schema version without its migration"
 

@@ -74,6 +74,9 @@ class HitQuery(HitFilter):
 
     token: str | None = Field(None, description="a word (paris) or a raw token spelling (Ġparis)")
     token_id: int | None = Field(None, description="a token id instead of token")
+    tokens: list[str] | None = Field(None, description="several words: their mean direction (instead of token)")
+    minus: list[str] | None = Field(None, description="words whose mean direction is subtracted (a contrast)")
+    text: str | None = Field(None, max_length=2000, description="a text: the mean direction of its words")
 
     @field_validator("layer", "head", "expert", "limit", "offset", "token_id", mode="before")
     @classmethod
@@ -82,7 +85,11 @@ class HitQuery(HitFilter):
         return digits_only(value)
 
     def search(self) -> HitFilter:
-        return HitFilter(**self.model_dump(exclude={"token", "token_id"}))
+        return HitFilter(**self.model_dump(exclude={"token", "token_id", "tokens", "minus", "text"}))
+
+    def direction(self) -> bool:
+        """Whether the query asks for a direction (several tokens, a contrast, a text) rather than one token."""
+        return bool(self.tokens or self.minus or self.text)
 
 
 class AlignRequest(BaseModel):
@@ -178,10 +185,17 @@ def api_router(owner: StoreOwner) -> APIRouter:
             if query.limit > settings.page_limit:
                 raise RequestValidationError([{"loc": ("query", "limit"), "type": "less_than_equal",
                                                "msg": f"Input should be less than or equal to {settings.page_limit}"}])
-            tok = token_arg(query.token, query.token_id)
             wanted = query.search()
             find = lens.promoters if side == "promoters" else lens.suppressors
-            rows = find(tok, wanted.model_copy(update={"limit": wanted.limit + 1}))
+            more_one = wanted.model_copy(update={"limit": wanted.limit + 1})
+            if query.direction():
+                if query.token_id is not None or (query.token and query.tokens):
+                    raise LensdbError("give token or tokens (with minus or text), not token_id, for a direction.")
+                plus: list[str | int] = [*([query.token] if query.token else []), *(query.tokens or [])]
+                minus: list[str | int] = list(query.minus or [])
+                rows = find(plus or None, more_one, minus=minus or None, text=query.text)
+            else:
+                rows = find(token_arg(query.token, query.token_id), more_one)
             more = len(rows) > wanted.limit
             return Hits(items=rows[:wanted.limit], limit=wanted.limit, offset=wanted.offset, matches=rows.matches,
                         missing=rows.missing, total=None,

@@ -83,7 +83,7 @@ def cmd_index(args: argparse.Namespace) -> None:
                         components=args.component or None, device=args.device, precision=args.precision,
                         read_basis=args.read_basis, head_maps=args.head_maps, pair_vocab=args.pair_vocab,
                         svd=args.svd, executor=args.executor, address=args.address, ray_workers=args.ray_workers,
-                        revision=args.revision, base=args.base, lora=args.lora)
+                        revision=args.revision, base=args.base, lora=args.lora, vectors=args.vectors)
     if args.server:
         result = index_via_server(args.server, args.checkpoint, opts, quiet=args.quiet, token=args.access_token)
     else:
@@ -228,17 +228,28 @@ def _hits(args: argparse.Namespace, side: str) -> None:
     from queries import HitFilter
     from queries.lens import hit_filter
 
-    token: str | int = int(args.token) if args.id else args.token
+    def typed(t: str) -> str | int:
+        if not args.id:
+            return t
+        if not t.isdigit():
+            raise LensdbError(f"--id takes token ids (digits), not {t!r}.")
+        return int(t)
+
+    plus = [typed(t) for t in args.token]
+    minus = [typed(t) for t in args.minus or []]
+    token: str | int | list[str | int] | None = plus[0] if len(plus) == 1 else (plus or None)
     wanted = hit_filter(None, {f: getattr(args, f) for f in HitFilter.model_fields if getattr(args, f) is not None})
     with _connect(args) as db:
         find = db.promoters if side == "top" else db.suppressors
-        hits = find(token, wanted)
+        hits = find(token, wanted, minus=minus or None, text=args.text)
     experts = ["expert"] if any(h.expert is not None for h in hits) else []  # only mixture-of-experts hits have one
     sources = ["source_token"] if any(h.source_token is not None for h in hits) else []  # head-map pairs: src → token
     dicts = ["dictionary"] if any(h.dictionary is not None for h in hits) else []  # only latents have one
     _emit(args, hits, ["model", "checkpoint", *dicts, "component", "layer", "head", *experts, "index", "rank",
-                       *sources, "token", "score", "zscore"])
+                       *sources, "token", "score", "zscore", "exact"])
     _resolution_notes(hits)
+    if not args.json and hits and not hits[0].exact:
+        print(f"lensdb: not exact: {hits[0].exact_note}", file=sys.stderr)
 
 
 def _resolution_notes(hits: Any) -> None:
@@ -759,6 +770,9 @@ def _index_args(sp: argparse.ArgumentParser) -> None:
                     help="matrix that reads what reading vectors (ff_key, attn_q/k/v) read: the unembedding "
                     "(default) or the input embedding; they differ in untied models (Pythia, Llama)")
     sp.add_argument("--replace", action="store_true", help="re-index a checkpoint already in the store")
+    sp.add_argument("--no-vectors", dest="vectors", action="store_false",
+                    help="do not store each vector (float32) and the basis rows: smaller store, but promoters beyond "
+                    "the top-k lists and contrasts/sets/texts are then not exact (answers say so)")
     sp.add_argument("--head-maps", action="store_true",
                     help="also index attention heads as V×V token maps: exact top OV/QK pairs, SVD directions, "
                     "and factors for `lensdb head-map` (GPT-2 small: ~46 TFLOP, minutes on a GPU)")
@@ -830,8 +844,12 @@ def _serve_args(sp: argparse.ArgumentParser) -> None:
 def _hit_args(sp: argparse.ArgumentParser) -> None:
     from queries import HitFilter
 
-    sp.add_argument("token", help="a word (paris), a raw token (Ġparis, ##s), or an id with --id")
+    sp.add_argument("token", nargs="*", help="a word (paris), a raw token (Ġparis, ##s), or an id with --id; "
+                    "several: their mean direction")
     sp.add_argument("--id", action="store_true", help="TOKEN is a token id")
+    sp.add_argument("--minus", action="append", metavar="TOKEN",
+                    help="subtract this token's direction (repeatable: their mean), e.g. paris --minus london")
+    sp.add_argument("--text", help="the mean direction of a text's words, in each model's vocabulary")
     add_fields(sp, HitFilter)
 
 

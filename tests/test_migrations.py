@@ -37,7 +37,10 @@ ADDED = {
     "alignment_runs": {"statistic": "best_signed", "dictionary_a": None, "dictionary_b": None},
 }
 # Columns later versions added whose values the upgrade derives from each row (checked by their own tests).
-DERIVED = {"vector_units": ["role"]}  # version 5: each unit's role, from its component
+DERIVED = {"vector_units": ["role"]}  # version 6: each unit's role, from its component
+# Version 8 (exact search): tables created empty, and each vector's k-th z-score per side filled in from its lists.
+NEW_TABLES = {"vector_values", "basis_rows", "value_blocks"}
+BACKFILLED = {"vectors": ["top_zk", "bottom_zk"]}
 
 
 def _columns(db: Path) -> dict[str, list[str]]:
@@ -59,12 +62,14 @@ def _tables(db: Path, columns: dict[str, list[str]] | None = None) -> dict[str, 
 
 
 def _before_v3(answer: object) -> object:
-    """An answer without the ``expert`` field version 3 added to hits and vectors (None for every old vector)."""
+    """An answer without the ``expert`` field version 3 added to hits and vectors (None for every old vector), nor
+    the ``exact``/``exact_note`` fields version 6 added to hits (an old store has no stored vectors to score, so
+    its hits are the stored ones, each saying whether the lists alone decide the answer)."""
     if isinstance(answer, list):
         return [_before_v3(a) for a in answer]
     if isinstance(answer, dict):
         assert answer.get("expert") is None
-        return {k: _before_v3(v) for k, v in answer.items() if k != "expert"}
+        return {k: _before_v3(v) for k, v in answer.items() if k not in ("expert", "exact", "exact_note")}
     return answer
 
 
@@ -104,14 +109,22 @@ def test_the_upgrade_keeps_every_row_and_answers_as_the_old_release_did(
     assert main(["upgrade", "--db", str(v1_store)]) == 0
     assert f"from schema version 1 to {SCHEMA_VERSION}" in capsys.readouterr().out
     after = _tables(v1_store, old_columns)  # every row as it was, in the columns it had
-    # version 5: ids from counters, never reused; version 6: dictionaries (empty)
-    assert set(after) == set(before) | {"id_counters", "dictionaries", "dictionary_labels"}
+    # version 5: ids from counters, never reused; 7: dictionaries (empty); 8: exact search (empty)
+    assert set(after) == set(before) | {"id_counters", "dictionaries", "dictionary_labels"} | NEW_TABLES
+    assert not any(after[t] for t in NEW_TABLES)
     new_columns = _columns(v1_store)
     for table, added in ADDED.items():
-        assert [c for c in new_columns[table] if c not in old_columns[table]] == [*added, *DERIVED.get(table, [])]
+        assert [c for c in new_columns[table] if c not in old_columns[table]] == [
+            *added, *DERIVED.get(table, []), *BACKFILLED.get(table, [])]
         with duckdb.connect(str(v1_store), read_only=True) as con:
             got = con.execute(f"SELECT DISTINCT {', '.join(added)} FROM {table}").fetchall()
         assert got == [tuple(added.values())], table
+    with duckdb.connect(str(v1_store), read_only=True) as con:  # z_k: the stored z of each list's last token
+        wrong = con.execute("""SELECT count(*) FROM vectors v JOIN (SELECT vector_id, side, arg_max(zscore, rank) z
+            FROM vector_tokens GROUP BY ALL) t USING (vector_id)
+            WHERE (t.side = 'top' AND t.z IS DISTINCT FROM v.top_zk) OR (t.side = 'bottom' AND t.z IS DISTINCT FROM
+            v.bottom_zk)""").fetchone()[0]  # type: ignore[index]
+        assert wrong == 0 and con.execute("SELECT count(top_zk) FROM vectors").fetchone()[0] > 0  # type: ignore[index]
     with duckdb.connect(str(v1_store), read_only=True) as con:  # each counter starts at the highest id held
         for table, column, last in after["id_counters"]:
             assert last == con.execute(f"SELECT coalesce(max({column}), 0) FROM {table}").fetchone()[0], table

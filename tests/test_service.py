@@ -211,3 +211,19 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for name in Settings.model_fields:
         assert f"| `{name}` |" in text, f"README's settings table lacks {name}"
+
+
+def test_promoters_take_directions_and_say_exact(client: Client) -> None:
+    """Issue 15: GET /promoters takes tokens, minus and text like Lens.promoters, and every row says exact."""
+    one = client.get("/promoters", params={"token": "paris", "limit": 3}).json()
+    assert one["items"] and all(h["exact"] is True for h in one["items"])
+    contrast = client.get("/promoters", params=[("token", "paris"), ("minus", "london"), ("limit", "3")])
+    assert contrast.status_code == 200, contrast.text
+    rows = contrast.json()["items"]
+    assert rows and rows[0]["token"] == "paris − london" and rows[0]["token_id"] is None and rows[0]["exact"]
+    several = client.get("/suppressors", params=[("tokens", "paris"), ("tokens", "london"), ("limit", "2")])
+    assert several.status_code == 200 and several.json()["items"][0]["token"] == "paris + london"
+    text = client.get("/promoters", params={"text": "paris london", "limit": 2})
+    assert text.status_code == 200 and text.json()["items"][0]["token"] == '"paris london"'
+    bad = client.get("/promoters", params={"token_id": 3, "minus": "london"})
+    assert bad.status_code == 400 and bad.headers["content-type"].startswith("application/problem+json")

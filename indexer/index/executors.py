@@ -37,8 +37,9 @@ class LocalExecutor:
                                                           self.opts.read_basis):
             if self.opts.lora == "delta":  # a LoRA's update alone: matrices it does not adapt read as zeros
                 parts = [p for p in parts if bool(p.vectors.any())]
+            role = self.adapter.spec(name).role if self.opts.vectors else None
             yield name, layer, basis.flags, (self.projector.stream(p.name, p.layer, p.head, unit_vectors(p, mode),
-                                                                   basis, p.expert) for p in parts)
+                                                                   basis, p.expert, role) for p in parts)
             del parts  # before the next unit is read: one layer's vectors in memory, not two
 
 

@@ -23,6 +23,9 @@ class IndexOptions(BaseModel):
     label: str | None = Field(None, description="checkpoint label; default: the folder name")
     step: int | None = Field(None, ge=0, description="training step; default: from the folder name or "
                              "trainer_state.json")
+    vectors: bool = Field(True, description="store every projected vector (float32, as its basis reads it) and the "
+                          "basis rows, so promoters/suppressors are exact for any token or direction; off for very "
+                          "large models (answers then say exact: false where the top-k lists cannot decide)")
     head_maps: bool = Field(False, description="index attention heads as token maps: exact top OV/QK pairs, "
                             "SVD directions, and factors for row queries (needs attention components)")
     pair_vocab: str = Field("all", description="tokens head-map pairs may use: all, ascii, alnum, or a file")

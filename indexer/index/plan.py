@@ -9,7 +9,16 @@ from collections.abc import Iterator
 import torch
 
 from indexer.index.compute import Compute
-from indexer.math.basis import ROW_BLOCK, Basis, BasisMode, fold_reader, read_basis_rows, write_basis_rows
+from indexer.math.basis import (
+    ROW_BLOCK,
+    Basis,
+    BasisMode,
+    fold_reader,
+    read_basis_rows,
+    read_matrix,
+    write_basis_rows,
+    write_matrix,
+)
 from indexer.math.carry import path_map
 from indexer.model.adapters import Adapter
 from indexer.model.adapters.base import Component, Role, Stage
@@ -41,6 +50,14 @@ def role_basis(adapter: Adapter, role: str, mode: BasisMode, compute: Compute,
         blocks = adapter.embedding_blocks(ROW_BLOCK) if reader == "embedding" else adapter.unembedding_blocks(ROW_BLOCK)
         basis = read_basis_rows(blocks, shape, reader, mode)
     return basis.to(compute.device, torch.bfloat16 if compute.precision == "bf16" else None)
+
+
+def role_matrix(adapter: Adapter, role: str, mode: BasisMode, reader: str = "unembedding") -> torch.Tensor:
+    """The ``[V, d]`` matrix of ``role_basis`` (on the CPU, without its statistics): the rows stored with a run's
+    vectors (``basis_rows``), so that a stored vector · a stored row is the score the run computed."""
+    if role == "writes":
+        return write_matrix(adapter.unembedding(), adapter.final_norm(), mode)
+    return read_matrix(adapter.embedding() if reader == "embedding" else adapter.unembedding(), mode)
 
 
 def site_basis(adapter: Adapter, role_basis: Basis, role: Role, layer: int, stage: Stage,

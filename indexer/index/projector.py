@@ -23,6 +23,9 @@ class Chunk:
     mean: torch.Tensor
     std: torch.Tensor
     norm: torch.Tensor
+    values: torch.Tensor | None = None
+    """float32 ``[n, d]``: the vectors as they met the basis matrix (carried, reader-folded), kept where the part
+    stores its vectors (``Projected.role``): a stored basis row · a stored value is the score computed here."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,8 @@ class Projected:
     n: int
     chunks: Iterable[Chunk]
     expert: int | None = None
+    role: str | None = None
+    """The role whose basis rows read the stored vectors (``writes``/``reads``); None: vectors not stored."""
 
 
 def to_cpu(tb: TopBottom) -> TopBottom:
@@ -64,8 +69,9 @@ class Projector:
             ws = self._ws = torch.empty(need, dtype=fast.dtype, device=fast.device)
         return ws
 
-    def chunks(self, vectors: torch.Tensor, basis: Basis) -> Iterator[Chunk]:
-        """Project ``vectors`` chunk by chunk (lazily, so the writer can append one while the next computes)."""
+    def chunks(self, vectors: torch.Tensor, basis: Basis, keep: bool = False) -> Iterator[Chunk]:
+        """Project ``vectors`` chunk by chunk (lazily, so the writer can append one while the next computes);
+        ``keep``: each chunk carries its vectors as they met the basis (``Chunk.values``)."""
         size = chunk_rows(basis.vocab_size, self.budget)
         ws = self._workspace(basis, min(size, vectors.shape[0]))
         for part in chunks(vectors.shape[0], size):
@@ -79,14 +85,18 @@ class Projector:
             mean, std = logit_stats(v, basis)
             norm = raw.to(torch.float64).norm(dim=1)  # the vector's own norm, as the checkpoint holds it
             pause_point("projection")
-            yield Chunk(part.start, to_cpu(tb), mean.cpu(), std.cpu(), norm.cpu())
+            values = v.to(torch.float32).cpu() if keep else None
+            yield Chunk(part.start, to_cpu(tb), mean.cpu(), std.cpu(), norm.cpu(), values)
 
     def stream(self, name: str, layer: int, head: int | None, vectors: torch.Tensor, basis: Basis,
-               expert: int | None = None) -> Projected:
-        """A part whose chunks are computed as the writer takes them."""
-        return Projected(name, layer, head, int(vectors.shape[0]), self.chunks(vectors, basis), expert)
+               expert: int | None = None, role: str | None = None) -> Projected:
+        """A part whose chunks are computed as the writer takes them; ``role``: store its vectors, read by that
+        role's basis rows."""
+        return Projected(name, layer, head, int(vectors.shape[0]), self.chunks(vectors, basis, role is not None),
+                         expert, role)
 
     def project(self, name: str, layer: int, head: int | None, vectors: torch.Tensor, basis: Basis,
-                expert: int | None = None) -> Projected:
+                expert: int | None = None, role: str | None = None) -> Projected:
         """A whole part at once (what a remote worker returns)."""
-        return Projected(name, layer, head, int(vectors.shape[0]), list(self.chunks(vectors, basis)), expert)
+        return Projected(name, layer, head, int(vectors.shape[0]), list(self.chunks(vectors, basis, role is not None)),
+                         expert, role)

@@ -40,8 +40,8 @@ class UnitWorker:
     """One actor: the checkpoint opened once, the current role's basis cached, units projected on demand."""
 
     def __init__(self, checkpoint: str, mode: BasisMode, reader: str, top_k: int, budget: int, device: DeviceChoice,
-                 precision: Precision, threads: int) -> None:
-        self.checkpoint, self.mode, self.reader = checkpoint, mode, reader
+                 precision: Precision, threads: int, vectors: bool = True) -> None:
+        self.checkpoint, self.mode, self.reader, self.vectors = checkpoint, mode, reader, vectors
         self.top_k, self.budget, self.device, self.precision, self.threads = top_k, budget, device, precision, threads
         self.adapter: Any = None
         self.basis: tuple[str, Any] | None = None
@@ -69,7 +69,7 @@ class UnitWorker:
             self.basis = (role, role_basis(self.adapter, role, mode, self.compute, self.reader))
         basis = unit_basis(self.adapter, self.basis[1], name, layer, mode)
         return basis.flags, [self.projector.project(p.name, p.layer, p.head, unit_vectors(p, mode), basis,
-                                                    p.expert)
+                                                    p.expert, role if self.vectors else None)
                              for p in self.adapter.component(name, layer)]
 
 
@@ -121,7 +121,7 @@ def remote_units(checkpoint: Path, plan: list[Unit], opts: IndexOptions, budget:
     n = opts.ray_workers or max(1, int(ray.available_resources().get("CPU", 1)))
     actor = ray.remote(num_cpus=1)(UnitWorker)
     workers = [actor.remote(str(checkpoint), opts.basis, opts.read_basis, opts.top_k, budget, opts.device,
-                            opts.precision, 1) for _ in range(n)]
+                            opts.precision, 1, opts.vectors) for _ in range(n)]
     try:
         try:
             infos = ray.get([w.open.remote() for w in workers])

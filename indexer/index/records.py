@@ -13,7 +13,9 @@ def vector_batch(
     first_id: int, checkpoint_id: int, component: str, layer: int, head: int | None,
     first_index: int, norm: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, expert: int | None = None,
     dictionary_id: int | None = None,
+    zk: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> pa.Table:
+    """``zk``: each vector's z-score of its k-th stored token on the top and bottom side (``kth_zscores``)."""
     n = int(norm.shape[0])
     return pa.table({
         "vector_id": pa.array(np.arange(first_id, first_id + n, dtype=np.int64)),
@@ -27,7 +29,36 @@ def vector_batch(
         "logit_std": pa.array(std.to(torch.float64).numpy()),
         "expert": pa.array([expert] * n, pa.int32()),
         "dictionary_id": pa.array([dictionary_id] * n, pa.int32()),
+        "top_zk": pa.array(zk[0] if zk is not None else [None] * n, pa.float32()),
+        "bottom_zk": pa.array(zk[1] if zk is not None else [None] * n, pa.float32()),
     })
+
+
+def kth_zscores(zscores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """From the ``zscore`` column of ``token_columns`` (or ``pair_batch``) of vectors with k rows per side: the
+    stored z-score of each vector's k-th token on the top side and on the bottom side, exactly as stored
+    (float32). No token missing from a vector's top list has a higher z-score than its top one, none missing
+    from its bottom list a lower one: the bound the exact search certifies its answers with (``queries.exact``)."""
+    z = np.asarray(zscores).reshape(-1, 2, k)
+    return z[:, 0, k - 1].copy(), z[:, 1, k - 1].copy()
+
+
+def values_batch(first_id: int, values: torch.Tensor) -> pa.Table:
+    """One row per vector with its float32 values as a list (``vector_values``)."""
+    n, d = values.shape
+    flat = pa.array(values.to(torch.float32).contiguous().reshape(-1).numpy())
+    return pa.table({"vector_id": pa.array(np.arange(first_id, first_id + n, dtype=np.int64)),
+                     "values": pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32)), flat)})
+
+
+def basis_batch(checkpoint_id: int, role: str, matrix: torch.Tensor, start: int = 0) -> pa.Table:
+    """Rows ``start…`` of a role's basis matrix, one row per token with its float32 values (``basis_rows``)."""
+    n, d = matrix.shape
+    flat = pa.array(matrix.to(torch.float32).contiguous().reshape(-1).numpy())
+    return pa.table({"checkpoint_id": pa.array(np.full(n, checkpoint_id, dtype=np.int32)),
+                     "role": pa.array([role] * n, pa.string()),
+                     "token_id": pa.array(np.arange(start, start + n, dtype=np.int32)),
+                     "values": pa.ListArray.from_arrays(pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32)), flat)})
 
 
 _SIDES = pa.array(["top", "bottom"], pa.string())

@@ -21,7 +21,7 @@ from indexer.index.executors import check_executor, executor_for
 from indexer.index.faults import pause_point
 from indexer.index.memory import bound_heap_growth
 from indexer.index.options import VERSION, IndexOptions, IndexResult
-from indexer.index.plan import Unit, plan_units
+from indexer.index.plan import Unit, plan_units, role_matrix
 from indexer.index.projector import Projector
 from indexer.index.unit_writer import UnitWriter, run_rows
 from indexer.math.basis import BASIS_VERSION
@@ -124,6 +124,8 @@ def _index(store: Store, source: Source, adapter: Adapter, plan: list[Unit], voc
                         out.write(part)
                     bar.update(1)
                 compute_flags.update(executor.flags)
+                for role in sorted({b[2] for b in out.value_blocks}):  # the rows that read the stored vectors
+                    out.basis_rows(role, role_matrix(adapter, role, opts.basis, opts.read_basis))
                 if opts.head_maps:
                     flags["head_maps"] = head_maps.index_heads(
                         out, projector, adapter, vocab, opts.basis, opts.read_basis, opts.top_k, opts.pair_vocab,

@@ -24,10 +24,13 @@ from indexer.index.faults import pause_point
 from indexer.index.projector import Chunk, Projected
 from indexer.index.records import (
     TOKEN_ROW_BYTES,
+    basis_batch,
+    kth_zscores,
     list_batch,
     pair_batch,
     sorted_token_run,
     token_columns,
+    values_batch,
     vector_batch,
 )
 from indexer.math.token_maps import Pairs
@@ -52,12 +55,16 @@ class _Run:
         self.vectors: list[pa.Table] = []
         self.tokens: list[dict[str, np.ndarray]] = []
         self.lists: list[pa.Table] = []
+        self.values: list[pa.Table] = []
         self.rows = 0
 
-    def add(self, vectors: pa.Table, tokens: dict[str, np.ndarray], lists: pa.Table) -> None:
+    def add(self, vectors: pa.Table, tokens: dict[str, np.ndarray], lists: pa.Table,
+            values: pa.Table | None = None) -> None:
         self.vectors.append(vectors)
         self.tokens.append(tokens)
         self.lists.append(lists)
+        if values is not None:
+            self.values.append(values)
         self.rows += len(tokens["token_id"])
 
 
@@ -84,6 +91,7 @@ class UnitWriter:
         self.dictionary_id = dictionary_id
         self.next_vector = peek_id(con, "vectors")
         self.units: list[tuple] = []
+        self.value_blocks: list[tuple] = []  # (first id, last id, role) of parts whose vectors are stored
         self.n_vectors = 0
         self.n_projections = 0
         self.n_runs = 0
@@ -102,16 +110,21 @@ class UnitWriter:
         if p.n:
             self.units.append((self.checkpoint_id, p.name, p.layer, p.head, self.next_vector,
                                self.next_vector + p.n - 1, 0, p.expert, self.role_of(p.name), self.dictionary_id))
-        self._write_chunks(p.name, p.layer, p.head, p.chunks, p.expert)
+        if p.n and p.role is not None:
+            self.value_blocks.append((self.next_vector, self.next_vector + p.n - 1, p.role))
+        self._write_chunks(p.name, p.layer, p.head, p.chunks, p.expert, p.role is not None)
 
     def _write_chunks(self, name: str, layer: int, head: int | None, parts: Iterable[Chunk],
-                      expert: int | None = None) -> None:
+                      expert: int | None = None, keep: bool = False) -> None:
         for c in parts:
             first = self.next_vector
             self.next_vector += int(c.norm.shape[0])
+            tokens = token_columns(first, c.tb, c.mean, c.std)
             self._run.add(vector_batch(first, self.checkpoint_id, name, layer, head, c.first_index, c.norm, c.mean,
-                                       c.std, expert, self.dictionary_id),
-                          token_columns(first, c.tb, c.mean, c.std), list_batch(first, c.tb))
+                                       c.std, expert, self.dictionary_id,
+                                       kth_zscores(tokens["zscore"], int(c.tb.top_scores.shape[1]))),
+                          tokens, list_batch(first, c.tb),
+                          values_batch(first, c.values) if keep and c.values is not None else None)
             if self._run.rows >= self.run_rows:
                 self.flush()
 
@@ -121,6 +134,13 @@ class UnitWriter:
         if run.vectors:
             self._submit(functools.partial(self._append_run, run))
 
+    def basis_rows(self, role: str, matrix: torch.Tensor, block: int = 8192) -> None:
+        """The rows of a role's basis matrix that read this run's stored vectors, in token order."""
+        self.flush()
+        for start in range(0, int(matrix.shape[0]), block):
+            self._submit(functools.partial(append_arrow, self.con, "basis_rows",
+                                           basis_batch(self.checkpoint_id, role, matrix[start:start + block], start)))
+
     def pairs(self, name: str, layer: int, head: int, p: Pairs) -> None:
         """One head map: a vector row carrying the map's statistics, and its pairs staged for head_pairs."""
         self.stop_if_cancelled()
@@ -128,9 +148,11 @@ class UnitWriter:
         self.next_vector += 1
         self.units.append((self.checkpoint_id, name, layer, head, vid, vid, 0, None, "pairs", None))
         one = torch.ones(1, dtype=torch.float64)
-        vecs = vector_batch(vid, self.checkpoint_id, name, layer, head, 0, one * p.norm, one * p.mean, one * p.std)
+        rows = pair_batch(vid, p)
+        vecs = vector_batch(vid, self.checkpoint_id, name, layer, head, 0, one * p.norm, one * p.mean, one * p.std,
+                            zk=kth_zscores(rows.column("zscore").to_numpy(), int(p.top_scores.shape[0])))
         self.flush()  # the buffered vectors come first: vector rows stay in id order
-        self._submit(functools.partial(self._append_pairs, vecs, pair_batch(vid, p)))
+        self._submit(functools.partial(self._append_pairs, vecs, rows))
 
     def _append_pairs(self, vecs: pa.Table, rows: pa.Table) -> None:
         append_arrow(self.con, "vectors", vecs)
@@ -145,6 +167,8 @@ class UnitWriter:
         append_arrow(self.con, "vector_tokens", tokens)
         # ids ascend across runs, so vector_lists stays sorted by vector_id
         append_arrow(self.con, "vector_lists", pa.concat_tables(run.lists))
+        if run.values:  # likewise vector_values
+            append_arrow(self.con, "vector_values", pa.concat_tables(run.values))
         self.n_vectors += sum(v.num_rows for v in run.vectors)
         self.n_projections += tokens.num_rows
         self.n_runs += 1
@@ -184,4 +208,10 @@ class UnitWriter:
             append_arrow(self.con, "vector_units", pa.table(
                 {c: pa.array([u[i] for u in self.units], pa.string() if c in ("component", "role") else pa.int64())
                  for i, c in enumerate(cols)}))
+        if self.value_blocks:
+            append_arrow(self.con, "value_blocks", pa.table({
+                "checkpoint_id": pa.array([self.checkpoint_id] * len(self.value_blocks), pa.int32()),
+                "first_vector_id": pa.array([b[0] for b in self.value_blocks], pa.int64()),
+                "last_vector_id": pa.array([b[1] for b in self.value_blocks], pa.int64()),
+                "role": pa.array([b[2] for b in self.value_blocks], pa.string())}))
         self.con.execute("DROP TABLE staged_pairs")

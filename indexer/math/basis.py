@@ -157,6 +157,16 @@ def _final_fold(final_norm: Norm | None) -> Callable[[torch.Tensor], torch.Tenso
     return fold
 
 
+def write_matrix(unembedding: torch.Tensor, final_norm: Norm | None, mode: BasisMode) -> torch.Tensor:
+    """The ``[V, d]`` matrix of the write basis (``write_basis`` without its statistics)."""
+    return unembedding if mode == "raw" else folded_unembedding(unembedding, final_norm)
+
+
+def read_matrix(matrix: torch.Tensor, mode: BasisMode, centre_vocab: bool = True) -> torch.Tensor:
+    """The ``[V, d]`` matrix of the read basis (``read_basis`` without its statistics)."""
+    return matrix - matrix.mean(dim=0, keepdim=True) if mode != "raw" and centre_vocab else matrix
+
+
 def write_basis(unembedding: torch.Tensor, final_norm: Norm | None, mode: BasisMode) -> Basis:
     """The basis that reads what a vector writes into the stream as output logits."""
     if mode == "raw":
