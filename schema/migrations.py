@@ -70,8 +70,7 @@ GROUP BY checkpoint_id, component, layer, head ORDER BY min(vector_id)""")
 def _to_v3(con: duckdb.DuckDBPyConnection) -> None:
     """Mixture-of-experts models: vectors and their unit blocks gain an ``expert`` coordinate (NULL for every
     vector indexed before, none of which belongs to an expert)."""
-    for table in ("vectors", "vector_units"):
-        con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS expert INTEGER")
+    # the columns are added with every step's (``Migration.columns``): nothing else changes
 
 
 def _to_v4(con: duckdb.DuckDBPyConnection) -> None:
@@ -94,7 +93,6 @@ PAIR_COMPONENTS = ("attn_ov_pair", "attn_qk_pair")
 def _to_v6(con: duckdb.DuckDBPyConnection) -> None:
     """Unit blocks carry their component's role (writes, reads, pairs), so a search can default to the vectors
     that write into the stream; units indexed before get it from their component name."""
-    con.execute("ALTER TABLE vector_units ADD COLUMN IF NOT EXISTS role VARCHAR")
     reads = ", ".join(f"'{c}'" for c in READING_COMPONENTS)
     pairs = ", ".join(f"'{c}'" for c in PAIR_COMPONENTS)
     con.execute(f"""UPDATE vector_units SET role = CASE WHEN component IN ({pairs}) THEN 'pairs'
@@ -104,18 +102,13 @@ def _to_v6(con: duckdb.DuckDBPyConnection) -> None:
 def _to_v7(con: duckdb.DuckDBPyConnection) -> None:
     """Dictionaries (SAEs, transcoders, direction sets): vectors and their unit blocks name the dictionary they
     belong to (NULL for every vector indexed before: a model's own); the dictionary tables are created empty."""
-    for table in ("vectors", "vector_units"):
-        con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS dictionary_id INTEGER")
-    for column in ("dictionary_a", "dictionary_b"):  # alignments of two dictionaries' latents
-        con.execute(f"ALTER TABLE alignment_runs ADD COLUMN IF NOT EXISTS {column} INTEGER")
+    # the columns are added with every step's (``Migration.columns``); the dictionary tables by ``upgrade``
 
 
 def _to_v8(con: duckdb.DuckDBPyConnection) -> None:
     """Exact search: every vector gains the z-score of its k-th stored token per side, filled in from the stored
     lists (rows written before stay exact for every answer these bounds certify); vector_values, basis_rows and
     value_blocks are created empty (the runs before stored no vectors)."""
-    for col in ("top_zk", "bottom_zk"):
-        con.execute(f"ALTER TABLE vectors ADD COLUMN IF NOT EXISTS {col} REAL")
     # the k-th z-score as stored in vector_tokens: the same float32 z the run wrote for that row
     con.execute("""UPDATE vectors SET top_zk = b.top_zk, bottom_zk = b.bottom_zk FROM (
     SELECT vector_id, max(zscore) FILTER (WHERE side = 'top' AND rank = k) AS top_zk,
@@ -131,19 +124,26 @@ class Migration:
     version: int  # the version a store has after this step
     doc: str
     apply: Callable[[duckdb.DuckDBPyConnection], None]
+    # (table, column, type) added before any step's ``apply`` runs: DuckDB refuses to commit a transaction that
+    # altered a table after updating it, and a later step may add a column to a table an earlier one updated
+    columns: tuple[tuple[str, str, str], ...] = ()
 
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "every table present; token forms, vector lists and unit blocks filled in", _to_v2),
-    Migration(3, "vectors and vector_units: an expert column for mixture-of-experts models", _to_v3),
+    Migration(3, "vectors and vector_units: an expert column for mixture-of-experts models", _to_v3,
+              columns=(("vectors", "expert", "INTEGER"), ("vector_units", "expert", "INTEGER"))),
     Migration(4, "alignment runs record their layer statistic (old runs: best_signed)", _to_v4),
     Migration(5, "ids from id_counters (never reused), started at the highest id each table holds; the "
               "foreign_keys view", start_counters),
-    Migration(6, "vector_units: each unit's role (writes, reads or pairs), filled from the component name", _to_v6),
+    Migration(6, "vector_units: each unit's role (writes, reads or pairs), filled from the component name", _to_v6,
+              columns=(("vector_units", "role", "VARCHAR"),)),
     Migration(7, "dictionaries: SAE latents, transcoders and direction sets; vectors and vector_units name their "
-              "dictionary", _to_v7),
+              "dictionary", _to_v7,
+              columns=(("vectors", "dictionary_id", "INTEGER"), ("vector_units", "dictionary_id", "INTEGER"),
+                       ("alignment_runs", "dictionary_a", "INTEGER"), ("alignment_runs", "dictionary_b", "INTEGER"))),
     Migration(8, "exact search: vectors.top_zk/bottom_zk from the stored lists; vector_values, basis_rows, "
-              "value_blocks", _to_v8),
+              "value_blocks", _to_v8, columns=(("vectors", "top_zk", "REAL"), ("vectors", "bottom_zk", "REAL"))),
 )
 assert MIGRATIONS[-1].version == SCHEMA_VERSION, "a schema version without its migration"
 
@@ -156,9 +156,12 @@ def upgrade(con: duckdb.DuckDBPyConnection, found: int | None) -> None:
     if found is None:
         start_counters(con)
     else:
-        for step in MIGRATIONS:
-            if step.version > found:
-                step.apply(con)
+        pending = [step for step in MIGRATIONS if step.version > found]
+        for step in pending:
+            for table, column, kind in step.columns:
+                con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+        for step in pending:
+            step.apply(con)
     for stmt in comment_ddl() + view_ddl():
         con.execute(stmt)
     for stmt in view_column_comments(con):
