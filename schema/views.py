@@ -328,5 +328,8 @@ VIEW_COLUMNS: dict[str, str] = {
     "references_table": "the table referred to",
     "references_column": "the column of references_table the reference names",
     "on_delete": "what deleting the referred row does: CASCADE (this row goes too) or SET NULL",
+    "dictionary": "name of the dictionary (SAE, transcoder or direction set) the vector belongs to (dictionaries.name)",
+    "dictionary_latents.hook": "the hook point the vector's side sits at: hook_in for encoder/reading rows, hook_out "
+                               "for decoder/writing rows",
     "promotes": "the token the neuron's ff_value most promotes in the index (rank 1), NULL if not indexed",
 }
