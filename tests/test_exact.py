@@ -89,11 +89,11 @@ def test_token_search_equals_brute_force(exact_store: tuple[Path, list], side: s
         for word in TOKENS:
             tid = token_id(lens, word)
             find = lens.promoters if side == "top" else lens.suppressors
-            hits = find(tid, limit=N)
+            hits = find(tid, role="all", limit=N)
             expected = brute_z(every, {tid: 1.0}, side)[:N]
             same_ranking(hits, expected)
             differs += any(h.rank is None for h in hits)  # found beyond the stored top-3 lists
-            paged = find(tid, limit=4, offset=4)
+            paged = find(tid, role="all", limit=4, offset=4)
             assert [(h.component, h.layer, h.index) for h in paged] == \
                 [(h.component, h.layer, h.index) for h in hits[4:8]]
         assert differs, "with top-k 3 some answer must come from beyond the stored lists"
@@ -113,13 +113,15 @@ def test_contrast_set_and_text_equal_brute_force(exact_store: tuple[Path, list],
             return out
 
         find = lens.promoters if side == "top" else lens.suppressors
-        same_ranking(find("paris", minus="london", limit=N), brute_z(every, weights(paris=1, london=-1), side)[:N])
-        same_ranking(find(["paris", "berlin", "rome"], limit=N),
+        same_ranking(find("paris", minus="london", role="all", limit=N),
+                     brute_z(every, weights(paris=1, london=-1), side)[:N])
+        same_ranking(find(["paris", "berlin", "rome"], role="all", limit=N),
                      brute_z(every, weights(paris=1 / 3, berlin=1 / 3, rome=1 / 3), side)[:N])
-        same_ranking(find(["paris", "berlin"], minus=["london", "rome"], limit=N),
+        same_ranking(find(["paris", "berlin"], minus=["london", "rome"], role="all", limit=N),
                      brute_z(every, weights(paris=.5, berlin=.5, london=-.5, rome=-.5), side)[:N])
-        same_ranking(find(text="paris london", limit=N), brute_z(every, weights(paris=.5, london=.5), side)[:N])
-        hit = find("paris", minus="london", limit=1)[0]
+        same_ranking(find(text="paris london", role="all", limit=N),
+                     brute_z(every, weights(paris=.5, london=.5), side)[:N])
+        hit = find("paris", minus="london", role="all", limit=1)[0]
         assert hit.token == "paris − london" and hit.token_id is None and hit.rank is None
 
 
@@ -142,7 +144,7 @@ def test_sql_users_can_score_a_direction(exact_store: tuple[Path, list]) -> None
     db, _ = exact_store
     with queries.connect(db) as lens:
         pid = token_id(lens, "paris")
-        best = lens.promoters(pid, limit=1)[0]
+        best = lens.promoters(pid, role="all", limit=1)[0]
         res = lens.sql(f"""SELECT v.component, v.layer, v."idx", list_dot_product(x."values", r."values") AS score
 FROM vector_values x JOIN vectors v USING (vector_id)
 JOIN value_blocks k ON x.vector_id BETWEEN k.first_vector_id AND k.last_vector_id
@@ -156,7 +158,7 @@ def test_without_stored_vectors_answers_say_why(tiny_gpt2: TinyModel, tmp_path: 
     db = tmp_path / "lens.duckdb"
     index_checkpoint(db, tiny_gpt2.path, IndexOptions(name="g", top_k=3, vectors=False))
     with queries.connect(db) as lens:
-        hits = lens.promoters("paris", limit=200)  # more than the stored lists hold: they cannot decide
+        hits = lens.promoters("paris", role="all", limit=200)  # more than the stored lists hold: they cannot decide
         assert hits and not any(h.exact for h in hits)
         assert "no stored values" in (hits[0].exact_note or "")
         with pytest.raises(queries.NotFound, match="no stored vectors"):
