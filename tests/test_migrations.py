@@ -74,12 +74,12 @@ def _before_v3(answer: object) -> object:
 
 
 def _without_new_fields(answer: object, old: object) -> object:
-    """An answer without the fields later versions added (``dictionary``, ``label`` of version 6), each of which
-    must be None for everything the old release stored."""
+    """An answer without the fields later versions added (``dictionary``, ``label`` of version 7, None for everything
+    the old release stored; ``exact``/``exact_note`` of version 8, the certificate's verdict on each answer)."""
     if isinstance(answer, list) and isinstance(old, list):
         return [_without_new_fields(a, o) for a, o in zip(answer, old, strict=False)] + answer[len(old):]
     if isinstance(answer, dict) and isinstance(old, dict):
-        for key in set(answer) - set(old) - {"expert"}:
+        for key in set(answer) - set(old) - {"expert", "exact", "exact_note"}:  # exact: the certificate's verdict
             assert answer[key] is None, key
         return {k: _without_new_fields(v, old.get(k)) for k, v in answer.items() if k in old or k == "expert"}
     return answer
