@@ -17,6 +17,12 @@ def chooses(checkpoint: str | None, label: str, latest: bool) -> bool:
     return checkpoint == "all" or label == checkpoint
 
 
+def token_list(given: "str | int | list[str | int] | tuple[str | int, ...] | None") -> list[str | int]:
+    """A search argument's tokens: none, one, or the list a direction averages (``promoters(["paris",
+    "berlin"])``, ``minus="london"``)."""
+    return [] if given is None else list(given) if isinstance(given, list | tuple) else [given]
+
+
 class HitFilter(BaseModel):
     """Which vectors a token search looks at, and which page of its hits to return."""
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from queries import exact, head_rows
 from queries import sql as q
 from queries.catalog import Catalog, catalog, load_words, loaded_words, select_units
-from queries.filters import HitFilter
+from queries.filters import HitFilter, token_list
 from queries.frames import TokenHits, with_frames
 from queries.integrity import CheckReport, check_store
 from queries.readonly import DEFAULT_MAX_BYTES, DEFAULT_RSS_BUDGET_MB, Limits, open_hardened, run_readonly
@@ -241,8 +241,7 @@ class Lens:
                 minus: "str | int | list[str | int] | None", text: str | None,
                 fields: dict[str, Any]) -> TokenHits[TokenHit]:
         f = hit_filter(filter, fields)
-        plus = [] if token is None else list(token) if isinstance(token, list | tuple) else [token]
-        less = [] if minus is None else list(minus) if isinstance(minus, list | tuple) else [minus]
+        plus, less = token_list(token), token_list(minus)
         if len(plus) == 1 and not less and text is None:
             return self._hits(plus[0], side, f)
         return self._direction(plus, less, text, side, f)

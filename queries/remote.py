@@ -19,7 +19,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from pydantic import TypeAdapter
 
-from queries.filters import HitFilter
+from queries.filters import HitFilter, token_list
 from queries.frames import TokenHits, with_frames
 from queries.integrity import CheckReport
 from queries.lens import Lens, hit_filter
@@ -174,8 +174,7 @@ class RemoteLens(Lens):
                 minus: "str | int | list[str | int] | None", text: str | None,
                 fields: dict[str, Any]) -> TokenHits[TokenHit]:
         f = hit_filter(filter, fields)
-        plus = [] if token is None else list(token) if isinstance(token, list | tuple) else [token]
-        less = [] if minus is None else list(minus) if isinstance(minus, list | tuple) else [minus]
+        plus, less = token_list(token), token_list(minus)
         if len(plus) == 1 and not less and text is None:
             return self._hits(plus[0], side, f)
         if any(isinstance(t, int) for t in plus + less):  # GET /promoters names a direction's tokens by word
