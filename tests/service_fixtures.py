@@ -4,13 +4,42 @@ FF value 7 of layer 1 is 5 × the embedding of "paris" (GPT-2 ties W_U to W_E), 
 among the tokens it promotes.
 """
 
+import contextlib
+import socket
+import subprocess
+import time
 from pathlib import Path
 
+import httpx
+import pytest
 import torch
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 from tokenizers.pre_tokenizers import WhitespaceSplit
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on now, for a ``lensdb serve`` a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_serving(proc: subprocess.Popen, url: str, timeout_s: float = 90.0,
+                       headers: dict[str, str] | None = None) -> None:
+    """Return once the ``lensdb serve`` process ``proc`` answers ``GET /health`` at ``url``; fail the test with
+    its output if it exits first or does not answer within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health", timeout=1, headers=headers or {}).status_code == 200:
+                return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"lensdb serve did not start:\n{proc.communicate()[0]}")
+        time.sleep(0.2)
+
 
 PLANTED_TOKEN = "paris"
 PLANTED_LAYER = 1

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 from hostile_sql import BOUNDED, REFUSED
-from service_fixtures import build_store, tiny_gpt2
+from service_fixtures import build_store, free_port, tiny_gpt2, wait_until_serving
 
 from indexer.watch.cycle import register_source
 from service.app import create_app
@@ -294,12 +294,6 @@ def rss_mib(pid: int, field: str = "VmHWM") -> float:
     raise AssertionError(f"no {field} for {pid}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def raw_request(port: int, head: bytes, body_chunks, timeout: float = 30) -> bytes:
     """Send ``head`` and then the chunks (stopping when the server closes), and return what it answered. The
     answer is read while sending: a server that closes with the body unread may reset the connection, which
@@ -343,15 +337,7 @@ def server(place: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory):
            "--sql-workers", "2", "--page-workers", "2", "--warm", "false", "--index-device", "cpu"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"lensdb serve did not start:\n{proc.communicate()[0]}")
-        time.sleep(0.2)
+    wait_until_serving(proc, url)
     yield url, port, proc, work
     proc.terminate()
     out = proc.communicate(timeout=60)[0]

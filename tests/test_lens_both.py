@@ -12,7 +12,6 @@ import io
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ from typing import Any
 import duckdb
 import httpx
 import pytest
-from service_fixtures import PLANTED_INDEX, PLANTED_LAYER, build_store, tiny_gpt2
+from service_fixtures import PLANTED_INDEX, PLANTED_LAYER, build_store, free_port, tiny_gpt2, wait_until_serving
 
 import queries
 from indexer import IndexOptions, index_checkpoint
@@ -42,12 +41,6 @@ from tests.tinymodels import save_gpt2
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def serving(db: Path, *flags: str, env: dict[str, str] | None = None) -> Iterator[str]:
     """`lensdb serve` on ``db`` in its own process; yields its URL and stops it afterwards."""
@@ -58,15 +51,7 @@ def serving(db: Path, *flags: str, env: dict[str, str] | None = None) -> Iterato
                             stderr=subprocess.STDOUT, text=True)
     headers = {"Authorization": f"Bearer {env['LENSDB_TOKEN']}"} if env and "LENSDB_TOKEN" in env else {}
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=1, headers=headers).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"lensdb serve did not start:\n{proc.communicate()[0]}")
-            time.sleep(0.2)
+        wait_until_serving(proc, url, headers=headers)
         yield url
     finally:
         proc.terminate()

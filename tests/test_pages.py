@@ -2,22 +2,19 @@
 the alignment heat map, and the API reference offline; in-process for the HTML, and in real headless Chromium
 (with screenshots written next to the test's tmp folder, to be looked at) for what a browser makes of them."""
 
-import contextlib
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from service.app import create_app
 from service.cli import main
 from service.heatmap import heatmap_png
 from service.settings import Settings
+from tests.service_fixtures import free_port, wait_until_serving
 from tests.test_service import Client
 from tests.tinymodels import save_gpt2
 
@@ -117,29 +114,15 @@ def test_alignment_heat_map_has_axes_values_and_a_scale(client: Client, store: P
 
 # ---- a real browser ------------------------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(store: Path, tmp_path_factory: pytest.TempPathFactory):
     db = tmp_path_factory.mktemp("browser") / "lens.duckdb"
     shutil.copy(store, db)
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--db", str(db), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://localhost:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"lensdb serve did not start:\n{proc.communicate()[0]}")
-        time.sleep(0.2)
+    wait_until_serving(proc, url)
     yield url
     proc.terminate()
     proc.communicate(timeout=30)

@@ -1,8 +1,6 @@
 """The real thing: `lensdb serve` in its own process on 127.0.0.1, over HTTP and in headless Chromium."""
 
-import contextlib
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -10,17 +8,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from service_fixtures import PLANTED_INDEX, PLANTED_LAYER, build_store, tiny_gpt2
+from service_fixtures import PLANTED_INDEX, PLANTED_LAYER, build_store, free_port, tiny_gpt2, wait_until_serving
 
 from service.cli import main
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +23,7 @@ def server(tmp_path_factory: pytest.TempPathFactory):
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "service.cli", "serve", "--db", str(db), "--port", str(port), "--allow-dir", str(root)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"lensdb serve did not start:\n{proc.communicate()[0]}")
-        time.sleep(0.2)
+    wait_until_serving(proc, url, timeout_s=60)
     yield url, db, root
     proc.terminate()
     out = proc.communicate(timeout=30)[0]
