@@ -2,24 +2,31 @@
 
 **A token, with a certificate.** Each vector stores the z-score of its k-th token per side (``vectors.top_zk``,
 ``bottom_zk``): a vector whose top list lacks X has z(X) ≤ its top z_k (bottom: ≥ its bottom z_k). The stored
-hits give the n-th best z found, t; only vectors whose bound beats t and whose list lacks X can change the
-answer. Those are scored exactly, strongest bound first, from their stored values and the basis row of X
-(``vector_values`` · ``basis_rows``), until the next bound no longer beats the n-th best z (Fagin's threshold
-rule). The answer is then the true top n by z-score among all vectors searched; where a vector that could enter
-it has no stored values, the rows say ``exact: false`` and why.
+hits give the n-th best z found, t; only vectors whose bound beats t can change the answer. Those are scored
+exactly from their stored values and the basis row of X (``vector_values`` · ``basis_rows``) and merged with the
+stored hits: the answer is then the true top n by z-score among all vectors searched. Where a vector that could
+enter it has no stored values, the rows say ``exact: false`` and why.
+
+Two ways to score the same candidates, one answer: where the stored values are held in memory (``CACHE``: after
+``Lens.warm``, or a direction scan that read them) numpy scores them — each chunk keeps its vectors sorted by
+bound, so the candidates are a prefix found by bisection; otherwise one DuckDB statement finds, scores and ranks
+them where the values lie (``sql.certificate_scores``), so a fresh process (the command line) neither imports
+numpy nor reads more than the candidates.
 
 **A direction.** ``u = Σ w_t · row_t`` over the basis rows of the asked tokens (a set: w = 1/|set|; a contrast
 subtracts the other set's mean; a text: the mean over its words). A vector's score is v·u; over tokens drawn
 independently and uniformly from the vocabulary its mean is (Σw)·logit_mean and its variance (Σw²)·logit_std²,
 so z = (v·u − Σw·mean) / (std·√Σw²): for one token this is the usual z-score, for a contrast of two tokens it is
-(z_a − z_b)/√2. Every stored vector in scope is scored: one GEMV per block of stored values, never a V-wide
-matrix, computed by DuckDB where the values lie (``list_dot_product``): only (id, score) pairs reach Python.
+(z_a − z_b)/√2. Every stored vector in scope is scored: a float32 GEMV per chunk of stored values held in memory
+(read once, sequentially, through Arrow), never a V-wide matrix.
 
-numpy is imported inside the functions that compute; the SQL is built in ``queries.sql``.
+numpy and pyarrow are imported inside the functions that compute; the SQL is built in ``queries.sql``.
 """
 
+import os
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,19 +36,22 @@ import duckdb
 
 from queries import sql as q
 from queries.catalog import Catalog
+from schema.errors import LensdbError
 
-BATCH = 2048  # candidates scored per round of the threshold rule
-SCAN_ROWS = 65536  # stored vectors per block of a direction scan (scored in DuckDB: list_dot_product)
+CHUNK = 16384  # stored vectors per chunk: the unit read, held in memory and scanned (48 MiB at d = 768)
+NO_VALUES = "vectors that could rank here have no stored values (indexed with --no-vectors, before schema " \
+            "version 8, or head-map pairs)"
 
 
 @dataclass(frozen=True)
-class Block:
-    """Vector ids ``first…last`` of a checkpoint whose values are stored, read by the basis rows of ``role``."""
+class Chunk:
+    """Consecutive vector ids ``first…last`` of one checkpoint whose values are stored, read by the basis rows of
+    ``role``."""
 
     checkpoint_id: int
+    role: str
     first: int
     last: int
-    role: str
 
 
 @dataclass
@@ -50,50 +60,230 @@ class Outcome:
 
     exact: bool = True
     why: str | None = None
-    scored: int = 0  # vectors scored exactly from their stored values
+    scored: int = 0  # (vector, token) pairs scored exactly from stored values
 
     def inexact(self, why: str) -> None:
         self.exact = False
         self.why = self.why or why
 
 
-_BLOCKS: dict[tuple[str, tuple], list[Block]] = {}
+class Held:
+    """One chunk's stored values in memory ([n, d] float32) with each vector's statistics, and per side the
+    vectors ordered by their bound (strongest first; an unknown bound counts as the strongest)."""
+
+    def __init__(self, values: Any, mean: Any, std: Any, top_zk: Any, bottom_zk: Any) -> None:
+        import numpy as np
+
+        self.values, self.mean, self.std = values, mean, std
+        self.order: dict[str, Any] = {}
+        self.keys: dict[str, Any] = {}  # ascending −sign·bound, for bisection
+        for side, zk, sign in (("top", top_zk, 1.0), ("bottom", bottom_zk, -1.0)):
+            key = np.where(np.isnan(zk), -np.inf, -sign * zk.astype(np.float64))
+            order = np.argsort(key, kind="stable")
+            self.order[side], self.keys[side] = order, key[order]
+        self.nbytes = int(sum(a.nbytes for a in (values, mean, std, *self.order.values(), *self.keys.values())))
+
+    def beyond(self, side: str, bound: float | None) -> Any:
+        """Row offsets of the vectors whose bound on ``side`` beats ``bound`` (None: every vector)."""
+        import numpy as np
+
+        if bound is None:
+            return self.order[side]
+        sign = 1.0 if side == "top" else -1.0
+        return self.order[side][:int(np.searchsorted(self.keys[side], -sign * bound, side="left"))]
+
+
+class ValueCache:
+    """Chunks of stored values held in memory, least recently used out first, within ``budget`` bytes (default a
+    quarter of the machine's memory; ``Lens.warm(value_cache_mb=…)`` or ``lensdb serve --value-cache-mb`` set it).
+    Keyed by store file, catalog generation and chunk, so an index run or a forget is never answered from old
+    values."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._held: OrderedDict[tuple, Held] = OrderedDict()
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> Held | None:
+        with self._lock:
+            held = self._held.get(key)
+            if held is not None:
+                self._held.move_to_end(key)
+            return held
+
+    def put(self, key: tuple, held: Held) -> bool:
+        """Keep ``held`` if it fits the budget, dropping the least recently used (and whatever an older version
+        of the same file held); False when it is larger than the whole budget."""
+        with self._lock:
+            for old in [k for k in self._held if k[0][0] == key[0][0] and k[:2] != key[:2]]:
+                self._used -= self._held.pop(old).nbytes
+            if held.nbytes > self.budget:
+                return False
+            if key in self._held:
+                return True
+            while self._held and self._used + held.nbytes > self.budget:
+                self._used -= self._held.popitem(last=False)[1].nbytes
+            self._held[key] = held
+            self._used += held.nbytes
+            return True
+
+    @property
+    def used(self) -> int:
+        return self._used
+
+    def clear(self) -> None:
+        with self._lock:
+            self._held.clear()
+            self._used = 0
+
+
+def _quarter_of_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):
+        return 1 << 30
+
+
+CACHE = ValueCache(_quarter_of_memory())
+_CHUNKS: dict[tuple, list[Chunk]] = {}
+_ROWS: OrderedDict[tuple, Any] = OrderedDict()  # basis rows by (file, generation, checkpoint, role, token)
 _LOCK = threading.Lock()
 
 
-def value_blocks(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path) -> list[Block]:
-    """The stored-value blocks of the store, cached per file and catalog generation."""
-    key = (str(path), cat.generation)
+def _store(path: Path, cat: Catalog) -> tuple:
+    """What a held value belongs to: the file (its path, inode and last write: a store deleted and made again at
+    the same path is another store) and the catalog generation."""
+    try:
+        st = os.stat(path)
+        made: tuple = (st.st_ino, st.st_mtime_ns)
+    except OSError:
+        made = ()
+    return (str(Path(path).resolve()), *made), cat.generation
+
+
+def chunks(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path) -> list[Chunk]:
+    """The store's stored-value blocks, adjacent blocks of one checkpoint and role joined and cut every
+    ``CHUNK`` vectors; cached per file and catalog generation."""
+    key = _store(path, cat)
     with _LOCK:
-        found = _BLOCKS.get(key)
+        found = _CHUNKS.get(key)
     if found is None:
         sql, params = q.value_blocks()
-        found = [Block(*r) for r in con.execute(sql, params).fetchall()]
+        spans: list[list] = []
+        for ckpt, first, last, role in con.execute(sql, params).fetchall():
+            if spans and spans[-1][0] == ckpt and spans[-1][1] == role and spans[-1][3] + 1 == first:
+                spans[-1][3] = last
+            else:
+                spans.append([ckpt, role, first, last])
+        found = [Chunk(ckpt, role, a, min(a + CHUNK - 1, last))
+                 for ckpt, role, first, last in spans for a in range(first, last + 1, CHUNK)]
         with _LOCK:
-            _BLOCKS.clear()
-            _BLOCKS[key] = found
+            _CHUNKS.clear()
+            _CHUNKS[key] = found
     return found
 
 
-def _intersect(ranges: Sequence[tuple[int, int]], blocks: Sequence[Block]) -> list[tuple[int, int, Block]]:
-    return [(max(a, b.first), min(z, b.last), b) for a, z in ranges for b in blocks
-            if max(a, b.first) <= min(z, b.last)]
+def _intersect(ranges: Sequence[tuple[int, int]], pieces: Sequence[Chunk]) -> list[tuple[int, int, Chunk]]:
+    return [(max(a, c.first), min(z, c.last), c) for a, z in ranges for c in pieces
+            if max(a, c.first) <= min(z, c.last)]
 
 
-def _covered(ranges: Sequence[tuple[int, int]], blocks: Sequence[Block]) -> int:
-    return sum(z - a + 1 for a, z, _ in _intersect(ranges, blocks))
+def _without(ranges: Sequence[tuple[int, int]], covered: Sequence[tuple[int, int, Chunk]]) -> list[tuple[int, int]]:
+    """The parts of ``ranges`` that no stored chunk covers."""
+    out = []
+    for a, z in ranges:
+        at = a
+        for lo, hi, _ in sorted((p for p in covered if p[0] >= a and p[1] <= z), key=lambda p: p[0]):
+            if lo > at:
+                out.append((at, lo - 1))
+            at = max(at, hi + 1)
+        if at <= z:
+            out.append((at, z))
+    return out
 
 
-def _rows(con: duckdb.DuckDBPyConnection, built: q.Sql) -> list[tuple]:
-    sql, params = q.inline(built)
-    return con.execute(sql, params).fetchall()
+def _key(path: Path, cat: Catalog, chunk: Chunk) -> tuple:
+    return (*_store(path, cat), chunk.first)
 
 
-def _basis_rows(con: duckdb.DuckDBPyConnection, checkpoint_id: int, role: str, token_ids: Sequence[int]) -> Any:
+def load(con: duckdb.DuckDBPyConnection, chunk: Chunk) -> Held:
+    """One chunk's values and statistics, read sequentially (Arrow; the list column's child buffer becomes the
+    [n, d] matrix without a copy) and put in id order."""
     import numpy as np
 
-    got = dict(_rows(con, q.basis_rows_of(checkpoint_id, role, sorted(set(token_ids)))))
-    return np.array([got[t] for t in token_ids], dtype=np.float32)
+    n = chunk.last - chunk.first + 1
+    got = con.execute(*q.chunk_values(chunk.first, chunk.last)).fetch_arrow_table()
+    ids = got.column(0).to_numpy()
+    lists = got.column(1).combine_chunks()
+    flat = lists.flatten().to_numpy(zero_copy_only=False)
+    if len(ids) != n or n == 0 or flat.size % n:
+        raise LensdbError(f"the stored values of vectors {chunk.first}…{chunk.last} are incomplete; run `lensdb "
+                          "check`, then re-index that checkpoint with --replace.")
+    values = flat.reshape(n, flat.size // n)
+    order = np.argsort(ids, kind="stable")
+    if not np.array_equal(ids[order], np.arange(chunk.first, chunk.last + 1)):
+        raise LensdbError(f"the stored values of vectors {chunk.first}…{chunk.last} are incomplete; run `lensdb "
+                          "check`, then re-index that checkpoint with --replace.")
+    if not np.array_equal(order, np.arange(n)):
+        values = values[order]
+    stats = con.execute(*q.chunk_stats(chunk.first, chunk.last)).fetchnumpy()
+    by_id = np.argsort(np.asarray(stats["vector_id"]), kind="stable")
+
+    def column(name: str) -> Any:
+        col = stats[name]
+        filled = col.filled(np.nan) if np.ma.isMaskedArray(col) else col
+        return np.asarray(filled, dtype=np.float32)[by_id]
+
+    return Held(values, column("logit_mean"), column("logit_std"), column("top_zk"), column("bottom_zk"))
+
+
+def held(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path, chunk: Chunk) -> Held:
+    """A chunk from memory, else read (and kept, if it fits the cache's budget)."""
+    key = _key(path, cat, chunk)
+    found = CACHE.get(key)
+    if found is None:
+        found = load(con, chunk)
+        CACHE.put(key, found)
+    return found
+
+
+def preload(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path) -> int:
+    """Hold as many chunks as the budget allows, the newest checkpoints first; the bytes held."""
+    for chunk in sorted(chunks(con, cat, path), key=lambda c: (-c.checkpoint_id, c.first)):
+        key = _key(path, cat, chunk)
+        if CACHE.get(key) is None:
+            found = load(con, chunk)
+            if CACHE.used + found.nbytes > CACHE.budget or not CACHE.put(key, found):
+                break
+    return CACHE.used
+
+
+def _basis_rows(con: duckdb.DuckDBPyConnection, path: Path, cat: Catalog, checkpoint_id: int, role: str,
+                token_ids: Sequence[int]) -> Any:
+    """The basis rows of ``token_ids`` ([tokens, d] float32), the most recently asked held in memory."""
+    import numpy as np
+
+    store = _store(path, cat)
+    keys = [(*store, checkpoint_id, role, t) for t in token_ids]
+    with _LOCK:
+        have = {k: _ROWS[k] for k in keys if k in _ROWS}
+    missing = sorted({k[-1] for k in keys if k not in have})
+    if missing:
+        sql, params = q.inline(q.basis_rows_of(checkpoint_id, role, missing))
+        for tid, values in con.execute(sql, params).fetchall():
+            have[(*store, checkpoint_id, role, tid)] = np.asarray(values, dtype=np.float32)
+        with _LOCK:
+            for k in keys:
+                if k in have:
+                    _ROWS[k] = have[k]
+                    _ROWS.move_to_end(k)
+            while len(_ROWS) > 4096:
+                _ROWS.popitem(last=False)
+    if any(k not in have for k in keys):
+        raise LensdbError(f"checkpoint {checkpoint_id} has no stored basis rows for role {role!r}; run `lensdb "
+                          "check`, then re-index it with --replace.")
+    return np.stack([have[k] for k in keys])
 
 
 def _z(scores: Any, mean: Any, std: Any, wsum: float, wnorm: float) -> Any:
@@ -114,63 +304,55 @@ def certify(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path,
 
     ``stored``: the best ``n`` stored hits, strongest first; ``groups``: per vocabulary, the vector-id ranges
     searched and the token ids asked for."""
-
     sign = 1.0 if side == "top" else -1.0
     out = Outcome()
-    blocks = value_blocks(con, cat, path)
+    every = chunks(con, cat, path)
     best = list(stored)
-
-    def threshold() -> float:
-        return sign * best[n - 1][5] if len(best) >= n else float("-inf")
-
     for ranges, token_ids in groups:
-        offset = 0
-        while True:
-            t = threshold()
-            cands = _rows(con, q.certificate_candidates(ranges, token_ids, side, sign * t if t > float("-inf")
-                                                        else None, BATCH, offset))
-            if not cands:
-                break
-            offset += len(cands)
-            have: dict[tuple[int, str], list[tuple]] = {}
-            for vid, _zk, mean, std in cands:
-                blk = next((b for b in blocks if b.first <= vid <= b.last), None)
-                if blk is None:
-                    out.inexact("vectors that could rank here have no stored values (indexed with --no-vectors, "
-                                "before schema version 6, or head-map pairs)")
-                    continue
-                have.setdefault((blk.checkpoint_id, blk.role), []).append((vid, mean, std))
-            seen = {(r[0], r[3]) for r in best}
-            for (ckpt, role), members in have.items():
-                ids = [m[0] for m in members]
-                scores, z = _score(con, ckpt, role, token_ids, members)
-                out.scored += len(ids)
-                for i, vid in enumerate(ids):
-                    for j, tid in enumerate(token_ids):
-                        if (vid, tid) not in seen:
-                            best.append((vid, side, None, tid, float(scores[i, j]), float(z[i, j]), None))
-            best.sort(key=lambda r: (-sign * r[5], r[0]))
-            del best[n:]
-            last_bound = cands[-1][1]
-            if len(cands) < BATCH or (last_bound is not None and sign * last_bound <= threshold()):
-                break
+        bound = best[n - 1][5] if len(best) >= n else None  # the n-th best z so far: what a newcomer must beat
+        pieces = _intersect(ranges, every)
+        bare = _without(ranges, pieces)
+        if bare and con.execute(*q.unvalued_beyond(bare, side, bound)).fetchone()[0]:  # type: ignore[index]
+            out.inexact(NO_VALUES)
+        if not pieces:
+            continue
+        holds = [CACHE.get(_key(path, cat, c)) for _, _, c in pieces]
+        if all(h is not None for h in holds):
+            found = _certify_held(con, cat, path, pieces, holds, token_ids, side, bound)  # type: ignore[arg-type]
+            out.scored += len(found)
+        else:
+            sql, params = q.certificate_scores([(a, z, c.checkpoint_id, c.role) for a, z, c in pieces],
+                                               token_ids, side, bound, n)
+            got = con.execute(sql, params).fetchall()
+            found = [r[:4] for r in got]
+            out.scored += got[0][4] if got else 0
+        seen = {(r[0], r[3]) for r in best}
+        best += [(vid, side, None, tid, float(score), float(z), None) for vid, tid, score, z in found
+                 if (vid, tid) not in seen]
+        best.sort(key=lambda r: (-sign * r[5], r[0]))
+        del best[n:]
     return best, out
 
 
-def _score(con: duckdb.DuckDBPyConnection, checkpoint_id: int, role: str, token_ids: list[int],
-           members: list[tuple]) -> tuple[Any, Any]:
-    """Exact scores and z-scores ``[vectors, tokens]`` of stored vectors (id, mean, std) for ``token_ids``: one
-    statement that scores them where their values lie (``list_dot_product``)."""
+def _certify_held(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path, pieces: list[tuple[int, int, Chunk]],
+                  holds: list[Held], token_ids: list[int], side: str, bound: float | None) -> list[tuple]:
+    """The candidates of ``pieces`` scored from memory: (vector id, token id, score, z) rows."""
     import numpy as np
 
-    rows = _basis_rows(con, checkpoint_id, role, token_ids)
-    ids = [m[0] for m in members]
-    got = con.execute(*q.scores_of(ids, rows.tolist())).fetchnumpy()
-    found = np.asarray(got["vector_id"])
-    at = np.searchsorted(found, np.asarray(ids, dtype=np.int64))
-    scores = np.stack([np.asarray(got[f"s{j}"], dtype=np.float32) for j in range(len(token_ids))], axis=1)[at]
-    stats = np.array([m[1:] for m in members], dtype=np.float64)
-    return scores, _z(scores, stats[:, :1], stats[:, 1:], 1.0, 1.0)
+    found: list[tuple] = []
+    for (a, z, chunk), h in zip(pieces, holds, strict=True):
+        at = h.beyond(side, bound)
+        at = at[(at >= a - chunk.first) & (at <= z - chunk.first)]
+        if not at.size:
+            continue
+        rows = _basis_rows(con, path, cat, chunk.checkpoint_id, chunk.role, token_ids).astype(np.float64)
+        scores = h.values[at].astype(np.float64) @ rows.T  # double, as sql.certificate_scores: the same answer
+        zs = _z(scores, h.mean[at, None], h.std[at, None], 1.0, 1.0)
+        shown = scores.astype(np.float32)
+        for i, off in enumerate(at.tolist()):
+            found += [(chunk.first + off, tid, float(shown[i, j]), float(zs[i, j]))
+                      for j, tid in enumerate(token_ids)]
+    return found
 
 
 # ---- directions -----------------------------------------------------------------------------------------
@@ -206,7 +388,7 @@ def scan(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path, weights: dict
 
     sign = 1.0 if side == "top" else -1.0
     out = Outcome()
-    blocks = value_blocks(con, cat, path)
+    stored = chunks(con, cat, path)
     found: list[tuple[int, float, float]] = []
     covered = 0
     for vocab_id, w in weights.items():
@@ -214,33 +396,37 @@ def scan(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path, weights: dict
         wv = np.array([w[t] for t in token_ids], dtype=np.float64)
         wsum, wnorm = float(wv.sum()), float(np.sqrt((wv ** 2).sum()))
         dirs: dict[tuple[int, str], Any] = {}
-        for a, z, blk in _intersect(ranges.get(vocab_id, []), blocks):
-            key = (blk.checkpoint_id, blk.role)
+        for a, z, chunk in _intersect(ranges.get(vocab_id, []), stored):
+            key = (chunk.checkpoint_id, chunk.role)
             if key not in dirs:
-                rows = _basis_rows(con, blk.checkpoint_id, blk.role, token_ids).astype(np.float64)
+                rows = _basis_rows(con, path, cat, chunk.checkpoint_id, chunk.role, token_ids).astype(np.float64)
                 dirs[key] = (wv @ rows).astype(np.float32)
+            h = held(con, cat, path, chunk)
+            part = slice(a - chunk.first, z - chunk.first + 1)
+            scores = h.values[part] @ dirs[key]
+            zs = _z(scores, h.mean[part], h.std[part], wsum, wnorm)
+            found += [(a + i, float(scores[i]), float(zs[i])) for i in _strongest(-sign * zs, n).tolist()]
+            found.sort(key=lambda r: (-sign * r[2], r[0]))
+            del found[n:]
             covered += z - a + 1
-            for start in range(a, z + 1, SCAN_ROWS):
-                stop = min(z, start + SCAN_ROWS - 1)
-                got = con.execute(*q.direction_scores(start, stop, dirs[key].tolist())).fetchnumpy()
-                order = np.argsort(got["vector_id"], kind="stable")
-                ids, scores = np.asarray(got["vector_id"])[order], np.asarray(got["score"], dtype=np.float32)[order]
-                stats = np.array(_rows(con, q.vector_stats_in_range(start, stop)), dtype=np.float64).reshape(-1, 2)
-                zs = _z(scores, stats[:, 0], stats[:, 1], wsum, wnorm)
-                keep = np.argsort(-sign * zs, kind="stable")[:n]
-                found.extend((int(ids[i]), float(scores[i]), float(zs[i])) for i in keep)
-                found.sort(key=lambda r: (-sign * r[2], r[0]))
-                del found[n:]
-                out.scored += len(ids)
+            out.scored += z - a + 1
     if covered < every:
         out.inexact(f"{every - covered} of the {every} vectors searched have no stored values (indexed with "
-                    "--no-vectors, before schema version 6, or head-map pairs) and are not ranked")
+                    "--no-vectors, before schema version 8, or head-map pairs) and are not ranked")
     return found, out
+
+
+def _strongest(key: Any, n: int) -> Any:
+    """Offsets of the ``n`` smallest keys, ties by offset (a partition first: a chunk holds up to ``CHUNK``)."""
+    import numpy as np
+
+    at = np.arange(key.size)
+    if key.size > n:
+        at = np.flatnonzero(key <= np.partition(key, n - 1)[n - 1])
+    return at[np.lexsort((at, key[at]))][:n]
 
 
 def label(plus: Sequence[str | int], minus: Sequence[str | int], text: str | None) -> str:
     """How a direction is shown in its hits' ``token`` field: ``paris + berlin − london``, ``"a text"``."""
     shown = " + ".join(str(w) for w in plus) if plus else (f'"{text}"' if text else "")
     return shown + "".join(f" − {w}" for w in minus)
-
-

@@ -7,7 +7,7 @@ import weakref
 from array import array
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 from pydantic import ValidationError
@@ -17,7 +17,6 @@ from queries import sql as q
 from queries.catalog import Catalog, catalog, load_words, loaded_words, select_units
 from queries.filters import HitFilter, token_list
 from queries.frames import TokenHits, with_frames
-from queries.integrity import CheckReport, check_store
 from queries.readonly import DEFAULT_MAX_BYTES, DEFAULT_RSS_BUDGET_MB, Limits, open_hardened, run_readonly
 from queries.resolve import Resolution, resolve
 from queries.rows import (
@@ -55,6 +54,9 @@ from queries.rows import (
 )
 from queries.rows import LayerPair as LayerPairRow
 from schema.errors import InvalidFilter, LensdbError, NotFound, UnknownToken
+
+if TYPE_CHECKING:
+    from queries.integrity import CheckReport
 
 
 @with_frames
@@ -114,17 +116,25 @@ class Lens:
             raise UnknownToken(f"token {token!r} is not in {where}.{hint}")
         return found
 
-    def warm(self) -> WarmInfo:
+    def warm(self, value_cache_mb: int | None = None) -> WarmInfo:
         """Bring what token lookups read into memory: every vocabulary's typed forms (exact lookups then resolve
-        without a statement) and the blocks of the token-sorted tables (DuckDB's buffer pool), so a lookup no
-        longer pays to read and decompress them on first touch. ``lensdb serve`` runs it at start and after
-        each index job; it costs one scan of those tables (about 1 s per 100 M rows)."""
+        without a statement), the blocks of the token-sorted tables (DuckDB's buffer pool), so a lookup no
+        longer pays to read and decompress them on first touch, and the stored vectors, newest checkpoints first,
+        as far as the value cache's budget allows (``value_cache_mb``, for this process; default a quarter of the
+        memory): exact answers and direction scans then score them from memory (``queries.exact``). ``lensdb
+        serve`` runs it at start and after each index job; it costs one scan of those tables (about 1 s per
+        100 M rows) and one read of the stored vectors."""
         started = time.perf_counter()
+        if value_cache_mb is not None:
+            if value_cache_mb < 0:
+                raise InvalidFilter(f"value_cache_mb must be 0 or more, not {value_cache_mb}.")
+            exact.CACHE.budget = value_cache_mb << 20
         cat = self._catalog()
         loaded = load_words(self.con, cat, self.path)
         rows = sum(int(self._rows(q.warm_scan(table))[0][0]) for table in q.SORTED_BY_TOKEN)
+        held = exact.preload(self.con, cat, self.path)
         return WarmInfo(vocabularies=len(cat.vocab_hashes), loaded_vocabularies=loaded, rows=rows,
-                        seconds=time.perf_counter() - started)
+                        values_mb=round(held / (1 << 20), 1), seconds=time.perf_counter() - started)
 
     def tokens(self, token: str | int, model: str | None = None) -> TokenHits[TokenMatch]:
         """How ``token`` (a word, a raw token spelling, or an int id) resolves in each model's vocabulary.
@@ -604,9 +614,11 @@ class Lens:
         return run_readonly(self.con, statement, max_rows=max_rows, timeout_s=timeout_s, max_bytes=max_bytes,
                             rss_budget_mb=rss_budget_mb)
 
-    def check(self) -> CheckReport:
+    def check(self) -> "CheckReport":
         """Verify the store (``lensdb check``, ``queries.integrity``): problems found, and notes on attempts that
         did not commit."""
+        from queries.integrity import check_store  # only `check` needs it
+
         return check_store(self.con)
 
 

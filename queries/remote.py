@@ -14,14 +14,13 @@ import http.client
 import json
 import os
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from pydantic import TypeAdapter
 
 from queries.filters import HitFilter, token_list
 from queries.frames import TokenHits, with_frames
-from queries.integrity import CheckReport
 from queries.lens import Lens, hit_filter
 from queries.readonly import DEFAULT_MAX_BYTES, DEFAULT_RSS_BUDGET_MB, SqlRefused, SqlTimeout, SqlTooLarge
 from queries.resolve import Resolution
@@ -50,6 +49,9 @@ from queries.rows import (
 )
 from schema.connect import noted_service, noted_url
 from schema.errors import InvalidFilter, LensdbError, NotFound, StoreError, UnknownToken
+
+if TYPE_CHECKING:
+    from queries.integrity import CheckReport
 
 # Problem types the service answers with (service.problems.PROBLEMS) → the error a Lens on the file raises;
 # tests/test_lens_both.py checks the two tables agree. Anything else is a LensdbError with the service's detail.
@@ -138,8 +140,9 @@ class RemoteLens(Lens):
 
     # ---- the questions -----------------------------------------------------------------------------------------
 
-    def warm(self) -> WarmInfo:
-        """Nothing to do here: the service warms itself (its ``warm`` setting, at start and after each index job)."""
+    def warm(self, value_cache_mb: int | None = None) -> WarmInfo:
+        """Nothing to do here: the service warms itself (its ``warm`` and ``value_cache_mb`` settings, at start and
+        after each index job)."""
         return WarmInfo(vocabularies=0, loaded_vocabularies=0, rows=0, seconds=0.0)
 
     def tokens(self, token: str | int, model: str | None = None) -> TokenHits[TokenMatch]:
@@ -277,7 +280,9 @@ class RemoteLens(Lens):
         return SqlResult.model_validate(self._request("POST", "/sql", body={
             "sql": statement, "max_rows": max_rows, "timeout_s": timeout_s, "max_bytes": max_bytes}))
 
-    def check(self) -> CheckReport:
+    def check(self) -> "CheckReport":
+        from queries.integrity import CheckReport
+
         return CheckReport.model_validate(self._get("/check"))
 
     def call(self, method: str, path: str, params: dict[str, Any] | None = None, body: Any = None) -> Any:

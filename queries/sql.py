@@ -1,7 +1,6 @@
 """SQL as values: each function builds ``(sql, params)`` from typed arguments and never touches a
 connection, so the statements are tested without a database and run by ``queries.api``."""
 
-import math
 
 from schema.errors import LensdbError
 from schema.layout import SORTED_BY_TOKEN
@@ -641,57 +640,54 @@ def basis_rows_of(checkpoint_id: int, role: str, token_ids: list[int]) -> Sql:
     return " UNION ALL ".join(one for _ in token_ids), [x for t in token_ids for x in (checkpoint_id, role, t)]
 
 
-def certificate_candidates(ranges: list[tuple[int, int]], token_ids: list[int], side: str, bound: float | None,
-                           limit: int, offset: int = 0) -> Sql:
-    """Vectors in ``ranges`` whose k-th z-score on ``side`` beats ``bound`` (NULL bounds first: unknown) and whose
-    list on that side lacks one of ``token_ids``, strongest bound first: the only vectors that can enter a token's
-    top n beyond its stored hits (``queries.exact.certify``). Rows: vector id, bound, logit_mean, logit_std."""
-    if side not in ("top", "bottom") or not ranges or not token_ids:
+def certificate_scores(pieces: list[tuple[int, int, int, str]], token_ids: list[int], side: str,
+                       bound: float | None, n: int) -> Sql:
+    """The ``n`` strongest exact z-scores for ``token_ids`` among the vectors of ``pieces`` (first id, last id,
+    checkpoint, basis role: ranges whose values are stored) whose k-th z-score on ``side`` beats ``bound`` (NULL
+    bounds: unknown, scored too): the only vectors that can enter a token's top n beyond its stored hits
+    (``queries.exact.certify``). One statement; only the winners reach Python. Rows: vector id, token id, score,
+    z (as the index run computes it: float32 of a double quotient, 1 for a zero std), and how many (vector, token)
+    pairs were scored. The dot product is taken in double precision, as ``exact`` does from memory, so both ways
+    give the same float32 answer."""
+    if side not in ("top", "bottom") or not pieces or not token_ids:
         raise LensdbError("a certificate needs a side, vector ranges and token ids.")
     col, beats, order = ("top_zk", ">", "DESC") if side == "top" else ("bottom_zk", "<", "ASC")
-    params: list = [x for r in ranges for x in r]
-    spans = " OR ".join("vector_id BETWEEN ? AND ?" for _ in ranges)
-    where = f"({spans})"
-    if bound is not None:
-        where += f" AND ({col} IS NULL OR {col} {beats} ?)"
-        params.append(bound)
-    one = "SELECT vector_id FROM vector_tokens WHERE token_id = ? AND side = ?"
-    having = " UNION ALL ".join(one for _ in token_ids)
-    params += [x for t in token_ids for x in (t, side)] + [len(token_ids), limit, offset]
-    return (f"""SELECT vector_id, {col}, logit_mean, logit_std FROM vectors WHERE {where}
-AND vector_id NOT IN (SELECT vector_id FROM ({having}) GROUP BY vector_id HAVING count(*) = ?)
-ORDER BY {col} {order} NULLS FIRST, vector_id LIMIT ? OFFSET ?""", params)
+    beyond = f" AND ({col} IS NULL OR {col} {beats} {float(bound)!r})" if bound is not None else ""
+    cands = " UNION ALL ".join(
+        f"SELECT vector_id, logit_mean, logit_std, {int(c)} AS checkpoint_id, {literal(str(r))} AS role FROM vectors "
+        f"WHERE vector_id BETWEEN {int(a)} AND {int(z)}{beyond}" for a, z, c, r in pieces)
+    keys = ", ".join(sorted({f"({int(c)}, {literal(str(r))})" for _, _, c, r in pieces}))
+    tokens = ", ".join(str(int(t)) for t in sorted(set(token_ids)))
+    return (f"""WITH c AS ({cands}),
+r AS (SELECT checkpoint_id, role, token_id, "values" AS row FROM basis_rows
+      WHERE (checkpoint_id, role) IN ({keys}) AND token_id IN ({tokens})),
+s AS (SELECT c.vector_id, r.token_id, list_dot_product(v."values"::DOUBLE[], r.row::DOUBLE[]) AS s,
+             c.logit_mean, c.logit_std
+      FROM c JOIN r USING (checkpoint_id, role) JOIN vector_values v ON v.vector_id = c.vector_id)
+SELECT vector_id, token_id, s::FLOAT AS score,
+       ((s - logit_mean::DOUBLE) / CASE WHEN logit_std > 0 THEN logit_std::DOUBLE ELSE 1.0 END)::FLOAT
+         AS z, count(*) OVER () AS scored
+FROM s ORDER BY z {order}, vector_id LIMIT {int(n)}""", [])
 
 
-def float_list(values: list[float]) -> str:
-    """A ``FLOAT[]`` literal (each value's shortest repr, so a float32 comes back as itself): DuckDB's Python
-    binding converts a list parameter element by element (~0.7 s for a thousand), a literal parses in
-    microseconds."""
-    if not all(math.isfinite(v) for v in values):
-        raise LensdbError("a direction or basis row with a value that is not finite.")
-    return "[" + ",".join(repr(float(v)) for v in values) + "]::FLOAT[]"
+def unvalued_beyond(ranges: list[tuple[int, int]], side: str, bound: float | None) -> Sql:
+    """How many vectors of ``ranges`` (ranges whose values are *not* stored) have a k-th z-score on ``side`` that
+    beats ``bound``: vectors that could enter a token's top n but cannot be scored (the answer is then not exact)."""
+    if side not in ("top", "bottom") or not ranges:
+        raise LensdbError("a certificate needs a side and vector ranges.")
+    col, beats = ("top_zk", ">") if side == "top" else ("bottom_zk", "<")
+    spans = " OR ".join(f"vector_id BETWEEN {int(a)} AND {int(z)}" for a, z in ranges)
+    beyond = f" AND ({col} IS NULL OR {col} {beats} {float(bound)!r})" if bound is not None else ""
+    return f"SELECT count(*) FROM vectors WHERE ({spans}){beyond}", []
 
 
-def scores_of(vector_ids: list[int], rows: list[list[float]]) -> Sql:
-    """Stored vectors of ``vector_ids`` scored on each of ``rows`` (basis rows or directions), in id order:
-    ``vector_id, s0, s1, …``. Computed where the values lie; only the scores reach Python."""
-    if not vector_ids or not rows:
-        raise LensdbError("no vectors or rows to score.")
-    cols = ", ".join(f'list_dot_product("values", {float_list(r)}) AS s{i}' for i, r in enumerate(rows))
-    ids = ", ".join(str(int(v)) for v in sorted(vector_ids))
-    return (f"SELECT vector_id, {cols} FROM vector_values WHERE vector_id BETWEEN {min(vector_ids)} AND "
-            f"{max(vector_ids)} AND vector_id IN ({ids}) ORDER BY vector_id", [])
+def chunk_values(first: int, last: int) -> Sql:
+    """The stored values of vector ids ``first…last`` (the caller orders them by id: a scan keeps no order)."""
+    return f'SELECT vector_id, "values" FROM vector_values WHERE vector_id BETWEEN {int(first)} AND {int(last)}', []
 
 
-def direction_scores(first: int, last: int, direction: list[float]) -> Sql:
-    """Each stored vector of ids ``first…last`` scored on ``direction`` (its basis' coordinates), in no set order
-    (the caller sorts the ids): one block of a direction scan, computed where the values lie
-    (``list_dot_product`` reads them ~10× faster than handing them to Python does)."""
-    return (f'SELECT vector_id, list_dot_product("values", {float_list(direction)}) AS score FROM vector_values '
+def chunk_stats(first: int, last: int) -> Sql:
+    """Per vector of ids ``first…last``: logit_mean, logit_std and the k-th z-score of each side (the bounds of
+    the certificate), in no set order."""
+    return (f"SELECT vector_id, logit_mean, logit_std, top_zk, bottom_zk FROM vectors "
             f"WHERE vector_id BETWEEN {int(first)} AND {int(last)}", [])
-
-
-def vector_stats_in_range(first: int, last: int) -> Sql:
-    """logit_mean and logit_std of vector ids ``first…last``, in id order."""
-    return ("SELECT logit_mean, logit_std FROM vectors WHERE vector_id BETWEEN ? AND ? ORDER BY vector_id",
-            [first, last])

@@ -96,7 +96,7 @@ class StoreOwner:
         """Load what token lookups read into memory (``Lens.warm``); a failure is reported, never raised."""
         try:
             with self.lens() as lens:
-                lens.warm()
+                lens.warm(self.settings.value_cache_mb)
         except (LensdbError, duckdb.Error) as err:
             print(f"lensdb: warming the store failed (lookups still work, read from disk): {err}", file=sys.stderr)
 

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     warm: bool = Field(True, description="at start and after each index job, load what token lookups read into "
                        "memory in the background (vocabularies, token-sorted tables): lookups then skip first "
                        "reads; costs about 1 s and the store's size in memory per 100 M token rows")
+    value_cache_mb: int | None = Field(None, ge=0, description="stored vectors held in memory (by warm, newest "
+                                       "checkpoints first, and by direction scans) so exact answers and contrasts "
+                                       "score them from memory; default: a quarter of the machine's memory")
     max_body_bytes: int = Field(1 << 20, ge=1, le=1 << 30, description="largest request body accepted, counted "
                                 "as it is read (any transfer encoding); larger ones get 413")
     allow_dir: list[Path] = Field([], description="folder that POST /index, POST /sources and pair_vocab files "

@@ -3,6 +3,9 @@ exact z-score for X, computed here from the checkpoint (dense logits over the wh
 for several tokens, both sides, folded and raw bases, a pre-LN and a post-LN family; contrasts, sets and texts
 likewise. And the SQL view of stored vectors reproduces every stored score."""
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -16,6 +19,7 @@ from indexer.index.compute import resolve_compute
 from indexer.index.plan import plan_units, role_basis, unit_basis, unit_vectors
 from indexer.model.adapters import adapter_for
 from indexer.model.checkpoint import open_checkpoint
+from queries import exact
 from tests.tinymodels import TinyModel
 
 TOKENS = ["paris", "london", "king", "river", "seven"]
@@ -81,15 +85,22 @@ def exact_store(request: pytest.FixtureRequest, tiny_gpt2: TinyModel, tiny_bert:
     return db, brute_logits(model.path, mode)
 
 
+@pytest.mark.parametrize("held", [False, True], ids=["scored-by-duckdb", "scored-from-memory"])
 @pytest.mark.parametrize("side", ["top", "bottom"])
-def test_token_search_equals_brute_force(exact_store: tuple[Path, list], side: str) -> None:
+def test_token_search_equals_brute_force(exact_store: tuple[Path, list], side: str, held: bool) -> None:
+    """Both ways of scoring the certificate's candidates: one DuckDB statement (a fresh process) and numpy over
+    the stored vectors held in memory (after warm)."""
     db, every = exact_store
+    exact.CACHE.clear()
     with queries.connect(db) as lens:
+        if held:
+            assert lens.warm().values_mb > 0 and exact.CACHE.used > 0
         differs = 0
         for word in TOKENS:
             tid = token_id(lens, word)
             find = lens.promoters if side == "top" else lens.suppressors
             hits = find(tid, role="all", limit=N)
+            assert (exact.CACHE.used > 0) == held  # the token search itself never fills the cache
             expected = brute_z(every, {tid: 1.0}, side)[:N]
             same_ranking(hits, expected)
             differs += any(h.rank is None for h in hits)  # found beyond the stored top-3 lists
@@ -123,6 +134,24 @@ def test_contrast_set_and_text_equal_brute_force(exact_store: tuple[Path, list],
                      brute_z(every, weights(paris=.5, london=.5), side)[:N])
         hit = find("paris", minus="london", role="all", limit=1)[0]
         assert hit.token == "paris − london" and hit.token_id is None and hit.rank is None
+
+
+def test_a_fresh_process_answers_exactly_without_numpy(exact_store: tuple[Path, list]) -> None:
+    """The command line's certificate is one DuckDB statement: exact, and no numpy loaded for it."""
+    db, every = exact_store
+    with queries.connect(db) as lens:
+        tid = token_id(lens, "paris")
+    probe = (f"import sys, json\nfrom service.cli import main\nrc = main(['promoters', '{tid}', '--id', "
+             f"'--role', 'all', '--limit', '{N}', '--json', '--db', {str(db)!r}])\n"
+             "print('NUMPY', 'numpy' in sys.modules, 'exit', rc)")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=Path(__file__).parents[1], capture_output=True,
+                          text=True, timeout=120)
+    out, _, tail = done.stdout.rpartition("NUMPY ")
+    assert tail.split() == ["False", "exit", "0"], done.stdout + done.stderr
+    hits = json.loads(out)
+    expected = brute_z(every, {tid: 1.0}, "top")[:N]
+    assert [h["zscore"] for h in hits] == pytest.approx([z for _, z in expected], abs=2e-4)
+    assert all(h["exact"] for h in hits)
 
 
 def test_stored_values_reproduce_stored_scores(exact_store: tuple[Path, list]) -> None:
@@ -201,3 +230,33 @@ def test_replace_and_forget_take_the_stored_values_with_them(tiny_gpt2: TinyMode
     assert main(["forget", "g", "--db", str(db)]) == 0
     assert counts() == {"vectors": 0, "vector_values": 0, "basis_rows": 0, "value_blocks": 0} and orphans() == 0
     assert main(["check", "--db", str(db)]) == 0
+
+
+def test_a_store_made_again_at_the_same_path_is_not_answered_from_held_values(tiny_gpt2: TinyModel,
+                                                                              tmp_path: Path) -> None:
+    """Two stores made one after the other at one path have the same catalog generation (one checkpoint, id 1):
+    values held in memory for the first must not score the second."""
+    db = tmp_path / "lens.duckdb"
+    index_checkpoint(db, tiny_gpt2.path, IndexOptions(name="g", top_k=3, basis="folded"))
+    with queries.connect(db) as lens:
+        assert lens.warm().values_mb > 0
+        tid = token_id(lens, "paris")
+        lens.promoters(tid, role="all", limit=N)
+    db.unlink()
+    index_checkpoint(db, tiny_gpt2.path, IndexOptions(name="g", top_k=3, basis="raw"))
+    with queries.connect(db) as lens:
+        for side, find in (("top", lens.promoters), ("bottom", lens.suppressors)):
+            same_ranking(find(tid, role="all", limit=N), brute_z(brute_logits(tiny_gpt2.path, "raw"), {tid: 1.0},
+                                                                 side)[:N])
+        same_ranking(lens.promoters(["paris", "london"], role="all", limit=1), same_ranking_first(lens, tiny_gpt2))
+
+
+def same_ranking_first(lens: queries.Lens, model: TinyModel) -> list[tuple[tuple, float]]:
+    """The brute-force best vector of the raw basis for the mean of paris and london (BPE ids sharing a word's
+    weight)."""
+    w: dict[int, float] = {}
+    for word in ("paris", "london"):
+        ids = [m.token_id for m in lens.tokens(word)]
+        for t in ids:
+            w[t] = w.get(t, 0.0) + 0.5 / len(ids)
+    return brute_z(brute_logits(model.path, "raw"), w, "top")[:1]
