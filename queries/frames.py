@@ -128,7 +128,7 @@ def with_frames(cls: type) -> type:
     for name, fn in list(vars(cls).items()):
         if name.startswith("_") or not callable(fn):
             continue
-        returns = typing.get_type_hints(fn).get("return")
+        returns = getattr(fn, "__annotations__", {}).get("return")  # quoted (lazily imported) kinds are not lists
         args = typing.get_args(returns)
         if typing.get_origin(returns) is not list or len(args) != 1 or not isinstance(args[0], type) \
                 or not issubclass(args[0], BaseModel):

@@ -40,12 +40,15 @@ DEFAULT_DB = "lens.duckdb"
 def _service(args: argparse.Namespace) -> "RemoteLens | None":
     """The running `lensdb serve` that owns ``args.db``, when the note next to the file names one that answers for
     it; ``--verbose`` says which way the command goes."""
-    from queries.remote import live_service
     from schema.connect import noted_url, server_note
 
-    remote = live_service(args.db, token=getattr(args, "access_token", None))
+    url = noted_url(args.db)
+    remote = None
+    if url is not None:  # the HTTP client is loaded only where a service noted that it owns the file
+        from queries.remote import live_service
+
+        remote = live_service(args.db, token=getattr(args, "access_token", None))
     if getattr(args, "verbose", False):
-        url = noted_url(args.db)
         if remote is not None:
             print(f"lensdb: {args.db} is owned by `lensdb serve` at {remote.url} ({server_note(args.db)}); "
                   "asking the service", file=sys.stderr)
