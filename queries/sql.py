@@ -626,10 +626,19 @@ GROUP BY component ORDER BY component""",
 # ---- exact search (queries.exact) ----------------------------------------------------------------------
 
 
+def basis_roles(checkpoint_id: int) -> Sql:
+    """The roles whose basis rows a checkpoint stores (those that read its stored vectors)."""
+    return "SELECT DISTINCT role FROM basis_rows WHERE checkpoint_id = ?", [checkpoint_id]
+
+
 def value_blocks() -> Sql:
-    """Every block of vectors whose values are stored, with the basis role that reads them."""
-    return ("SELECT checkpoint_id, first_vector_id, last_vector_id, role FROM value_blocks ORDER BY first_vector_id",
-            [])
+    """Every block of vectors whose values are stored, with the basis role that reads them, where its vectors are
+    still there (forgetting a dictionary removes its latents' units and values; the block rows name only the
+    checkpoint, which stays)."""
+    return ("""SELECT b.checkpoint_id, b.first_vector_id, b.last_vector_id, b.role FROM value_blocks b
+WHERE EXISTS (SELECT 1 FROM vector_units u WHERE u.first_vector_id <= b.last_vector_id
+              AND u.last_vector_id >= b.first_vector_id)
+ORDER BY b.first_vector_id""", [])
 
 
 def basis_rows_of(checkpoint_id: int, role: str, token_ids: list[int]) -> Sql:

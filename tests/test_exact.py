@@ -260,3 +260,53 @@ def same_ranking_first(lens: queries.Lens, model: TinyModel) -> list[tuple[tuple
         for t in ids:
             w[t] = w.get(t, 0.0) + 0.5 / len(ids)
     return brute_z(brute_logits(model.path, "raw"), w, "top")[:1]
+
+
+def test_latents_are_stored_and_ranked_exactly_past_their_lists(tiny_gpt2: TinyModel, tmp_path: Path) -> None:
+    """A dictionary indexed into a checkpoint with stored vectors stores its latents too: the stored values
+    reproduce every stored score, and promoters among latents equals a ranking of every latent by its exact z
+    (numpy over the stored values and basis rows), past the top-3 lists, in a fresh connection and a warm one."""
+    from indexer.index.dictionary_run import index_dictionary
+    from indexer.index.options import DictionaryOptions
+    from tests import dictionary_files as files
+
+    db = tmp_path / "lens.duckdb"
+    index_checkpoint(db, tiny_gpt2.path, IndexOptions(name="g", top_k=3))
+    g = torch.Generator().manual_seed(3)
+    d = int(tiny_gpt2.state["transformer.wte.weight"].shape[1])
+    enc, dec = torch.randn(40, d, generator=g), torch.randn(40, d, generator=g)
+    folder = files.saelens(tmp_path / "sae", enc.T, dec, "blocks.1.hook_resid_post")
+    index_dictionary(db, folder, DictionaryOptions(model="g", device="cpu", name="res1"))
+    with duckdb.connect(str(db), read_only=True) as con:
+        a, n = con.execute("""SELECT max(abs(t.score - list_dot_product(v."values", r."values"))), count(*)
+          FROM vector_tokens t JOIN vector_values v USING (vector_id) JOIN vectors x USING (vector_id)
+          JOIN value_blocks k ON t.vector_id BETWEEN k.first_vector_id AND k.last_vector_id
+          JOIN basis_rows r ON r.checkpoint_id = k.checkpoint_id AND r.role = k.role AND r.token_id = t.token_id
+          WHERE x.dictionary_id IS NOT NULL""").fetchone()  # type: ignore[misc]
+        assert n == 2 * 40 * 3 * 2 and a < 1e-5  # both sides of encoder and decoder rows, top-3 each
+        latents = con.execute("""SELECT x.component, x.idx, v."values", x.logit_mean, x.logit_std, k.role
+          FROM vectors x JOIN vector_values v USING (vector_id)
+          JOIN value_blocks k ON x.vector_id BETWEEN k.first_vector_id AND k.last_vector_id
+          WHERE x.component = 'sae_dec'""").fetchall()
+        role = latents[0][5]
+        rows = dict(con.execute("SELECT token_id, \"values\" FROM basis_rows WHERE role = ?", [role]).fetchall())
+    for warm in (False, True):
+        exact.CACHE.clear()
+        with queries.connect(db) as lens:
+            if warm:
+                lens.warm()
+            for word in TOKENS:
+                tid = token_id(lens, word)
+                row = np.asarray(rows[tid], dtype=np.float64)
+                ranked = sorted(((np.asarray(v, dtype=np.float64) @ row - m) / (s if s > 0 else 1.0), i)
+                                for _, i, v, m, s, _ in latents)[::-1][:N]
+                hits = lens.promoters(tid, component="sae_dec", dictionary="res1", limit=N)
+                assert [h.index for h in hits] == [i for _, i in ranked]
+                assert [h.zscore for h in hits] == pytest.approx([z for z, _ in ranked], abs=2e-4)
+                assert all(h.exact for h in hits) and any(h.rank is None for h in hits)
+    from service.cli import main
+    assert main(["forget", "g", "--dictionary", "res1", "--db", str(db)]) == 0
+    exact.CACHE.clear()
+    with queries.connect(db) as lens:  # the latents' blocks are gone with them: warm and search as before
+        assert lens.warm().values_mb > 0
+        assert all(h.exact and h.dictionary is None for h in lens.promoters("paris", role="all", limit=N))

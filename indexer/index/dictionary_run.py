@@ -224,6 +224,9 @@ def _write(store: Store, d: Dictionary, parts: list[Part], adapter: Adapter, tar
         flags = {"version": BASIS_VERSION, "compute": compute.flags(), "sites": sites, "format": d.config}
         dictionary_id = next_id(con, "dictionaries")  # its row goes in last, with the counts
         out = UnitWriter(con, target.checkpoint_id, cancel, role_of=ROLES.__getitem__, dictionary_id=dictionary_id)
+        # latents are stored like the model's own vectors where its run stored the basis rows that read them
+        # (not with --no-vectors): exact answers then reach past their top-k lists too
+        stored = {r[0] for r in con.execute(*q.basis_roles(target.checkpoint_id)).fetchall()}
         bar = tqdm(total=len(parts), disable=not progress, unit="side", desc=name, leave=False)
         roles: dict[str, object] = {}
         try:
@@ -233,7 +236,8 @@ def _write(store: Store, d: Dictionary, parts: list[Part], adapter: Adapter, tar
                     roles[part.role] = basis.flags
                     at = site_basis(adapter, basis, part.role, part.site.site_layer, part.site.stage, target.basis)
                     bar.set_postfix_str(f"{part.component} at {part.site.hook}")
-                    out.write(projector.stream(part.component, part.site.layer, None, part.vectors, at))
+                    out.write(projector.stream(part.component, part.site.layer, None, part.vectors, at,
+                                               role=part.role if part.role in stored else None))
                     bar.update(1)
             out.finish()
         finally:
