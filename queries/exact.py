@@ -23,6 +23,7 @@ so z = (v·u − Σw·mean) / (std·√Σw²): for one token this is the usual z
 numpy and pyarrow are imported inside the functions that compute; the SQL is built in ``queries.sql``.
 """
 
+import functools
 import os
 import re
 import threading
@@ -101,18 +102,18 @@ class ValueCache:
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
-        self._held: OrderedDict[tuple, Held] = OrderedDict()
+        self._held: OrderedDict[tuple, Any] = OrderedDict()  # Held chunks and HeldBasis matrices
         self._used = 0
         self._lock = threading.Lock()
 
-    def get(self, key: tuple) -> Held | None:
+    def get(self, key: tuple) -> Any:
         with self._lock:
             held = self._held.get(key)
             if held is not None:
                 self._held.move_to_end(key)
             return held
 
-    def put(self, key: tuple, held: Held) -> bool:
+    def put(self, key: tuple, held: Any) -> bool:
         """Keep ``held`` if it fits the budget, dropping the least recently used (and whatever an older version
         of the same file held); False when it is larger than the whole budget."""
         with self._lock:
@@ -248,42 +249,79 @@ def held(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path, chunk: Chunk)
     return found
 
 
+@dataclass
+class HeldBasis:
+    """A checkpoint role's basis rows in memory ([V, d] float32, row t = token t)."""
+
+    matrix: Any
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.matrix.nbytes)
+
+
+def _load_basis(con: duckdb.DuckDBPyConnection, checkpoint_id: int, role: str) -> HeldBasis:
+    import numpy as np
+
+    got = con.execute(*q.basis_matrix(checkpoint_id, role)).fetch_arrow_table()
+    ids = got.column(0).to_numpy()
+    flat = got.column(1).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+    n = len(ids)
+    if not n or flat.size % n or not np.array_equal(np.sort(ids), np.arange(n)):
+        raise LensdbError(f"checkpoint {checkpoint_id}'s basis rows for role {role!r} are incomplete; run `lensdb "
+                          "check`, then re-index it with --replace.")
+    matrix = flat.reshape(n, flat.size // n)
+    return HeldBasis(matrix[np.argsort(ids, kind="stable")])
+
+
 def preload(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path) -> int:
-    """Hold as many chunks as the budget allows, the newest checkpoints first; the bytes held."""
-    for chunk in sorted(chunks(con, cat, path), key=lambda c: (-c.checkpoint_id, c.first)):
-        key = _key(path, cat, chunk)
+    """Hold as many chunks as the budget allows, the newest checkpoints first, then the basis rows that read them
+    (a direction or a certificate then reads nothing from disk); the bytes held."""
+    every = chunks(con, cat, path)
+    loads: list[tuple[tuple, Any]] = [(_key(path, cat, c), functools.partial(load, con, c))
+                                      for c in sorted(every, key=lambda c: (-c.checkpoint_id, c.first))]
+    loads += [((*_store(path, cat), "basis", ckpt, role), functools.partial(_load_basis, con, ckpt, role))
+              for ckpt, role in sorted({(c.checkpoint_id, c.role) for c in every}, key=lambda k: (-k[0], k[1]))]
+    for key, read in loads:
         if CACHE.get(key) is None:
-            found = load(con, chunk)
+            found = read()
             if CACHE.used + found.nbytes > CACHE.budget or not CACHE.put(key, found):
                 break
     return CACHE.used
 
 
-def _basis_rows(con: duckdb.DuckDBPyConnection, path: Path, cat: Catalog, checkpoint_id: int, role: str,
-                token_ids: Sequence[int]) -> Any:
-    """The basis rows of ``token_ids`` ([tokens, d] float32), the most recently asked held in memory."""
+def _basis_rows(con: duckdb.DuckDBPyConnection, path: Path, cat: Catalog, wanted: set[tuple[int, str]],
+                token_ids: Sequence[int]) -> dict[tuple[int, str], Any]:
+    """The basis rows of ``token_ids`` ([tokens, d] float32) for each (checkpoint, role) ``wanted``, in one
+    statement for all that are not held (the most recently asked are held in memory)."""
     import numpy as np
 
     store = _store(path, cat)
-    keys = [(*store, checkpoint_id, role, t) for t in token_ids]
+    keys = [(c, r, t) for c, r in sorted(wanted) for t in token_ids]
+    have: dict[tuple[int, str, int], Any] = {}
+    for c, r in wanted:
+        basis = CACHE.get((*store, "basis", c, r))
+        if isinstance(basis, HeldBasis):
+            have.update({(c, r, t): basis.matrix[t] for t in token_ids if 0 <= t < basis.matrix.shape[0]})
     with _LOCK:
-        have = {k: _ROWS[k] for k in keys if k in _ROWS}
-    missing = sorted({k[-1] for k in keys if k not in have})
+        have.update({k: _ROWS[(*store, *k)] for k in keys if k not in have and (*store, *k) in _ROWS})
+    missing = sorted({k for k in keys if k not in have})
     if missing:
-        sql, params = q.inline(q.basis_rows_of(checkpoint_id, role, missing))
-        for tid, values in con.execute(sql, params).fetchall():
-            have[(*store, checkpoint_id, role, tid)] = np.asarray(values, dtype=np.float32)
+        sql, params = q.inline(q.basis_rows_of(missing))
+        got = {(c, r, t): np.asarray(values, dtype=np.float32)
+               for c, r, t, values in con.execute(sql, params).fetchall()}
+        have.update(got)
         with _LOCK:
-            for k in keys:
-                if k in have:
-                    _ROWS[k] = have[k]
-                    _ROWS.move_to_end(k)
+            for k, row in got.items():
+                _ROWS[(*store, *k)] = row
+                _ROWS.move_to_end((*store, *k))
             while len(_ROWS) > 4096:
                 _ROWS.popitem(last=False)
-    if any(k not in have for k in keys):
-        raise LensdbError(f"checkpoint {checkpoint_id} has no stored basis rows for role {role!r}; run `lensdb "
-                          "check`, then re-index it with --replace.")
-    return np.stack([have[k] for k in keys])
+    lacking = sorted({(c, r) for c, r, t in keys if (c, r, t) not in have})
+    if lacking:
+        raise LensdbError(f"checkpoint {lacking[0][0]} has no stored basis rows for role {lacking[0][1]!r}; run "
+                          "`lensdb check`, then re-index it with --replace.")
+    return {(c, r): np.stack([have[(c, r, t)] for t in token_ids]) for c, r in wanted}
 
 
 def _z(scores: Any, mean: Any, std: Any, wsum: float, wnorm: float) -> Any:
@@ -340,12 +378,16 @@ def _certify_held(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path, piec
     import numpy as np
 
     found: list[tuple] = []
+    beyond = []
     for (a, z, chunk), h in zip(pieces, holds, strict=True):
         at = h.beyond(side, bound)
         at = at[(at >= a - chunk.first) & (at <= z - chunk.first)]
-        if not at.size:
-            continue
-        rows = _basis_rows(con, path, cat, chunk.checkpoint_id, chunk.role, token_ids).astype(np.float64)
+        if at.size:
+            beyond.append((chunk, h, at))
+    rows_of = _basis_rows(con, path, cat, {(c.checkpoint_id, c.role) for c, _, _ in beyond}, token_ids) \
+        if beyond else {}
+    for chunk, h, at in beyond:
+        rows = rows_of[(chunk.checkpoint_id, chunk.role)].astype(np.float64)
         scores = h.values[at].astype(np.float64) @ rows.T  # double, as sql.certificate_scores: the same answer
         zs = _z(scores, h.mean[at, None], h.std[at, None], 1.0, 1.0)
         shown = scores.astype(np.float32)
@@ -395,12 +437,12 @@ def scan(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path, weights: dict
         token_ids = sorted(w)
         wv = np.array([w[t] for t in token_ids], dtype=np.float64)
         wsum, wnorm = float(wv.sum()), float(np.sqrt((wv ** 2).sum()))
-        dirs: dict[tuple[int, str], Any] = {}
-        for a, z, chunk in _intersect(ranges.get(vocab_id, []), stored):
+        pieces = _intersect(ranges.get(vocab_id, []), stored)
+        rows_of = _basis_rows(con, path, cat, {(c.checkpoint_id, c.role) for _, _, c in pieces}, token_ids) \
+            if pieces else {}
+        dirs = {key: (wv @ rows.astype(np.float64)).astype(np.float32) for key, rows in rows_of.items()}
+        for a, z, chunk in pieces:
             key = (chunk.checkpoint_id, chunk.role)
-            if key not in dirs:
-                rows = _basis_rows(con, path, cat, chunk.checkpoint_id, chunk.role, token_ids).astype(np.float64)
-                dirs[key] = (wv @ rows).astype(np.float32)
             h = held(con, cat, path, chunk)
             part = slice(a - chunk.first, z - chunk.first + 1)
             scores = h.values[part] @ dirs[key]

@@ -193,7 +193,8 @@ class WarmInfo(Row):
     vocabularies: int = Field(description="vocabularies in the store")
     loaded_vocabularies: int = Field(description="vocabularies loaded by this call (the others were held)")
     rows: int = Field(description="token rows read into DuckDB's buffer pool")
-    values_mb: float = Field(0.0, description="stored vectors held in memory for exact answers (queries.exact)")
+    values_mb: float = Field(0.0, description="stored vectors and the basis rows that read them, held in memory "
+                             "for exact answers (queries.exact)")
     seconds: float
 
 

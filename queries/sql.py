@@ -641,12 +641,14 @@ WHERE EXISTS (SELECT 1 FROM vector_units u WHERE u.first_vector_id <= b.last_vec
 ORDER BY b.first_vector_id""", [])
 
 
-def basis_rows_of(checkpoint_id: int, role: str, token_ids: list[int]) -> Sql:
-    """The basis rows of ``token_ids`` (each by equality, so the sorted table is read at one place per token)."""
-    if not token_ids:
+def basis_rows_of(keys: list[tuple[int, str, int]]) -> Sql:
+    """The basis rows of (checkpoint, role, token id) ``keys``: each by equality on all three, so the table is read
+    at one place per row (an ``IN`` over tokens alone reads every checkpoint's rows: ~0.3 s on 27 models)."""
+    if not keys:
         raise LensdbError("no tokens to look up.")
-    one = 'SELECT token_id, "values" FROM basis_rows WHERE checkpoint_id = ? AND role = ? AND token_id = ?'
-    return " UNION ALL ".join(one for _ in token_ids), [x for t in token_ids for x in (checkpoint_id, role, t)]
+    one = 'SELECT checkpoint_id, role, token_id, "values" FROM basis_rows WHERE checkpoint_id = ? AND role = ? ' \
+          "AND token_id = ?"
+    return " UNION ALL ".join(one for _ in keys), [x for k in keys for x in k]
 
 
 def certificate_scores(pieces: list[tuple[int, int, int, str]], token_ids: list[int], side: str,
@@ -688,6 +690,12 @@ def unvalued_beyond(ranges: list[tuple[int, int]], side: str, bound: float | Non
     spans = " OR ".join(f"vector_id BETWEEN {int(a)} AND {int(z)}" for a, z in ranges)
     beyond = f" AND ({col} IS NULL OR {col} {beats} {float(bound)!r})" if bound is not None else ""
     return f"SELECT count(*) FROM vectors WHERE ({spans}){beyond}", []
+
+
+def basis_matrix(checkpoint_id: int, role: str) -> Sql:
+    """Every basis row of a checkpoint's role (the caller orders them by token id)."""
+    return (f'SELECT token_id, "values" FROM basis_rows WHERE checkpoint_id = {int(checkpoint_id)} '
+            f"AND role = {literal(str(role))}", [])
 
 
 def chunk_values(first: int, last: int) -> Sql:
