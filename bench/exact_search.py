@@ -146,7 +146,8 @@ def scan(db: Path, lens: queries.Lens, repeats: int) -> dict:
     """A set direction over every stored vector, against numpy reading the same bytes — the chunks the warm Lens
     holds (``values @ u`` and ``values.sum()`` over each) — interleaved; and the old path (Arrow, from DuckDB)."""
     cat = lens._catalog()
-    held = [exact.CACHE.get(exact._key(lens.path, cat, c)) for c in exact.chunks(lens.con, cat, lens.path)]
+    store = exact._store(lens.path, cat)
+    held = [exact.CACHE.get(exact._key(store, c)) for c in exact.chunks(lens.con, cat, lens.path)]
     if any(h is None for h in held):
         raise SystemExit("the warm Lens does not hold every stored vector: raise --value-cache-mb")
     arrays = [h.values for h in held]

@@ -95,7 +95,8 @@ class Held:
 
 
 class ValueCache:
-    """Chunks of stored values held in memory, least recently used out first, within ``budget`` bytes (default a
+    """Chunks of stored values (and the basis rows that read them) held in memory, least recently used out
+    first, within ``budget`` bytes (default a
     quarter of the machine's memory; ``Lens.warm(value_cache_mb=…)`` or ``lensdb serve --value-cache-mb`` set it).
     Keyed by store file, catalog generation and chunk, so an index run or a forget is never answered from old
     values."""
@@ -204,8 +205,9 @@ def _without(ranges: Sequence[tuple[int, int]], covered: Sequence[tuple[int, int
     return out
 
 
-def _key(path: Path, cat: Catalog, chunk: Chunk) -> tuple:
-    return (*_store(path, cat), chunk.first)
+def _key(store: tuple, chunk: Chunk) -> tuple:
+    """A held chunk's key: its store (``_store``) and first vector id."""
+    return (*store, chunk.first)
 
 
 def load(con: duckdb.DuckDBPyConnection, chunk: Chunk) -> Held:
@@ -239,9 +241,9 @@ def load(con: duckdb.DuckDBPyConnection, chunk: Chunk) -> Held:
     return Held(values, column("logit_mean"), column("logit_std"), column("top_zk"), column("bottom_zk"))
 
 
-def held(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path, chunk: Chunk) -> Held:
-    """A chunk from memory, else read (and kept, if it fits the cache's budget)."""
-    key = _key(path, cat, chunk)
+def held(con: duckdb.DuckDBPyConnection, store: tuple, chunk: Chunk) -> Held:
+    """A chunk of the store ``store`` (``_store``) from memory, else read (and kept, if it fits the budget)."""
+    key = _key(store, chunk)
     found = CACHE.get(key)
     if found is None:
         found = load(con, chunk)
@@ -278,9 +280,10 @@ def preload(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path) -> int:
     """Hold as many chunks as the budget allows, the newest checkpoints first, then the basis rows that read them
     (a direction or a certificate then reads nothing from disk); the bytes held."""
     every = chunks(con, cat, path)
-    loads: list[tuple[tuple, Any]] = [(_key(path, cat, c), functools.partial(load, con, c))
+    store = _store(path, cat)
+    loads: list[tuple[tuple, Any]] = [(_key(store, c), functools.partial(load, con, c))
                                       for c in sorted(every, key=lambda c: (-c.checkpoint_id, c.first))]
-    loads += [((*_store(path, cat), "basis", ckpt, role), functools.partial(_load_basis, con, ckpt, role))
+    loads += [((*store, "basis", ckpt, role), functools.partial(_load_basis, con, ckpt, role))
               for ckpt, role in sorted({(c.checkpoint_id, c.role) for c in every}, key=lambda k: (-k[0], k[1]))]
     for key, read in loads:
         if CACHE.get(key) is None:
@@ -345,6 +348,7 @@ def certify(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path,
     sign = 1.0 if side == "top" else -1.0
     out = Outcome()
     every = chunks(con, cat, path)
+    store = _store(path, cat)
     best = list(stored)
     for ranges, token_ids in groups:
         bound = best[n - 1][5] if len(best) >= n else None  # the n-th best z so far: what a newcomer must beat
@@ -354,10 +358,10 @@ def certify(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path,
             out.inexact(NO_VALUES)
         if not pieces:
             continue
-        holds = [CACHE.get(_key(path, cat, c)) for _, _, c in pieces]
+        holds = [CACHE.get(_key(store, c)) for _, _, c in pieces]
         if all(h is not None for h in holds):
-            found = _certify_held(con, cat, path, pieces, holds, token_ids, side, bound)  # type: ignore[arg-type]
-            out.scored += len(found)
+            found, scored = _certify_held(con, cat, path, pieces, holds, token_ids, side, bound, n)  # type: ignore[arg-type]
+            out.scored += scored
         else:
             sql, params = q.certificate_scores([(a, z, c.checkpoint_id, c.role) for a, z, c in pieces],
                                                token_ids, side, bound, n)
@@ -373,8 +377,10 @@ def certify(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path,
 
 
 def _certify_held(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path, pieces: list[tuple[int, int, Chunk]],
-                  holds: list[Held], token_ids: list[int], side: str, bound: float | None) -> list[tuple]:
-    """The candidates of ``pieces`` scored from memory: (vector id, token id, score, z) rows."""
+                  holds: list[Held], token_ids: list[int], side: str, bound: float | None,
+                  n: int) -> tuple[list[tuple], int]:
+    """The candidates of ``pieces`` scored from memory: the ``n`` strongest (vector id, token id, score, z) rows
+    of each chunk, and how many (vector, token) pairs were scored."""
     import numpy as np
 
     found: list[tuple] = []
@@ -386,15 +392,17 @@ def _certify_held(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path, piec
             beyond.append((chunk, h, at))
     rows_of = _basis_rows(con, path, cat, {(c.checkpoint_id, c.role) for c, _, _ in beyond}, token_ids) \
         if beyond else {}
+    sign = 1.0 if side == "top" else -1.0
+    scored = 0
     for chunk, h, at in beyond:
         rows = rows_of[(chunk.checkpoint_id, chunk.role)].astype(np.float64)
         scores = h.values[at].astype(np.float64) @ rows.T  # double, as sql.certificate_scores: the same answer
         zs = _z(scores, h.mean[at, None], h.std[at, None], 1.0, 1.0)
-        shown = scores.astype(np.float32)
-        for i, off in enumerate(at.tolist()):
-            found += [(chunk.first + off, tid, float(shown[i, j]), float(zs[i, j]))
-                      for j, tid in enumerate(token_ids)]
-    return found
+        scored += zs.size
+        for k in _strongest(-sign * zs.reshape(-1), n).tolist():  # only the n best of a chunk can be kept
+            i, j = divmod(k, len(token_ids))
+            found.append((chunk.first + int(at[i]), token_ids[j], float(np.float32(scores[i, j])), float(zs[i, j])))
+    return found, scored
 
 
 # ---- directions -----------------------------------------------------------------------------------------
@@ -431,6 +439,7 @@ def scan(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path, weights: dict
     sign = 1.0 if side == "top" else -1.0
     out = Outcome()
     stored = chunks(con, cat, path)
+    store = _store(path, cat)
     found: list[tuple[int, float, float]] = []
     covered = 0
     for vocab_id, w in weights.items():
@@ -443,7 +452,7 @@ def scan(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path, weights: dict
         dirs = {key: (wv @ rows.astype(np.float64)).astype(np.float32) for key, rows in rows_of.items()}
         for a, z, chunk in pieces:
             key = (chunk.checkpoint_id, chunk.role)
-            h = held(con, cat, path, chunk)
+            h = held(con, store, chunk)
             part = slice(a - chunk.first, z - chunk.first + 1)
             scores = h.values[part] @ dirs[key]
             zs = _z(scores, h.mean[part], h.std[part], wsum, wnorm)
