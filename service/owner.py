@@ -97,8 +97,9 @@ class StoreOwner:
         try:
             with self.lens() as lens:
                 lens.warm(self.settings.value_cache_mb)
-        except (LensdbError, duckdb.Error) as err:
-            print(f"lensdb: warming the store failed (lookups still work, read from disk): {err}", file=sys.stderr)
+        except (LensdbError, duckdb.Error, MemoryError) as err:  # too small a machine for value_cache_mb: say so
+            print(f"lensdb: warming the store failed (lookups still work, read from disk): {err or type(err).__name__}",
+                  file=sys.stderr)
 
     def roots(self, registered: bool = True) -> list[Path]:
         """Folders a request may name: the ``allow_dir`` settings and, with ``registered``, the registered
