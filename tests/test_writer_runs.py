@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from indexer.errors import CheckpointError
 from indexer.index.projector import Chunk, Projected
 from indexer.index.unit_writer import UnitWriter
 from indexer.math.projection import TopBottom
@@ -87,3 +88,64 @@ def test_row_blocks_read_a_bf16_tensor_as_float32_slices(tmp_path: Path) -> None
     assert [b.shape[0] for b in blocks] == [300, 300, 300, 100]
     assert all(b.dtype == torch.float32 for b in blocks)
     assert torch.equal(torch.cat(blocks), w.float()) and torch.equal(torch.cat(blocks), ckpt.tensor("lm_head.weight"))
+
+
+def _one_file(tmp_path: Path, tensors: dict[str, torch.Tensor]) -> Checkpoint:
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    where = dict.fromkeys(tensors, tmp_path / "model.safetensors")
+    return Checkpoint(tmp_path, {}, [tmp_path / "model.safetensors"], {k: tuple(v.shape) for k, v in tensors.items()},
+                      where)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_layer_is_read_in_blocks_into_one_float32_matrix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           dtype: torch.dtype) -> None:
+    """Checkpoint.tensor and .transposed fill one float32 result block by block (here 37 rows of 4 B × 64 at a
+    time): the same values as converting the whole tensor, transposed where asked, one expert of a 3-D tensor."""
+    monkeypatch.setattr("indexer.model.checkpoint.READ_BLOCK", 37 * 4 * 64)
+    g = torch.Generator().manual_seed(3)
+    w, experts = torch.randn(200, 64, generator=g).to(dtype), torch.randn(3, 100, 64, generator=g).to(dtype)
+    ckpt = _one_file(tmp_path, {"w": w, "experts": experts, "norm": torch.ones(64, dtype=dtype)})
+    assert torch.equal(ckpt.tensor("w"), w.float()) and ckpt.tensor("w").dtype == torch.float32
+    t = ckpt.transposed("w")
+    assert t.is_contiguous() and torch.equal(t, w.float().T)
+    assert torch.equal(ckpt.tensor("experts", 1), experts[1].float())
+    assert torch.equal(ckpt.transposed("experts", 2), experts[2].float().T)
+    assert torch.equal(ckpt.tensor("norm"), torch.ones(64))
+
+
+def test_a_non_finite_value_in_a_late_block_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("indexer.model.checkpoint.READ_BLOCK", 10 * 4 * 8)
+    w = torch.zeros(100, 8)
+    w[97, 3] = float("nan")
+    ckpt = _one_file(tmp_path, {"w": w})
+    for read in (ckpt.tensor, ckpt.transposed):
+        with pytest.raises(CheckpointError, match="NaN or Inf"):
+            read("w")
+
+
+def test_stored_vectors_are_appended_in_batches_not_held_for_the_run(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one token run for the whole checkpoint, the stored vectors still go to vector_values as their bytes
+    reach VALUE_BYTES (in id order), instead of waiting in memory for the run to close."""
+    monkeypatch.setattr("indexer.index.unit_writer.VALUE_BYTES", 4096)
+    d = 32
+    with writer(tmp_path / "lens.duckdb") as con:
+        out = UnitWriter(con, 1, run_rows=10**9)
+        try:
+            for layer, chunks in _units():
+                kept = [Chunk(c.first_index, c.tb, c.mean, c.std, c.norm, torch.full((int(c.norm.shape[0]), d),
+                                                                                      float(layer)))
+                        for c in chunks]
+                out.write(Projected("ff_value", layer, None, sum(int(c.norm.shape[0]) for c in kept), iter(kept),
+                                    role="writes"))
+            out.wait()
+            assert out.n_runs == 0  # the token run is still open
+            early = con.execute("SELECT count(*) FROM vector_values").fetchone()[0]  # type: ignore[index]
+            assert early >= 3 * 40 - 4096 // (4 * d) - 16
+            out.finish()
+        finally:
+            out.drain()
+        ids = [r[0] for r in con.execute("SELECT vector_id FROM vector_values").fetchall()]
+        firsts = [r[0] for r in con.execute('SELECT "values"[1] FROM vector_values').fetchall()]
+    assert ids == list(range(1, 3 * 40 + 1)) and firsts == [float(i // 40) for i in range(120)]
