@@ -39,7 +39,7 @@ def bound_heap_growth() -> bool:
     return _done
 
 
-DUCKDB_LIMIT = 256 << 20
+DUCKDB_LIMIT = 64 << 20
 """DuckDB's ``memory_limit`` while an index run writes (``duckdb_spills``)."""
 
 
@@ -63,5 +63,15 @@ def duckdb_spills(con: duckdb.DuckDBPyConnection, limit: int = DUCKDB_LIMIT) -> 
         finally:
             if before is not None:
                 cur.execute(f"SET memory_limit = '{before[0]}'")
+    finally:
+        cur.close()
+
+
+def checkpoint_quietly(con: duckdb.DuckDBPyConnection) -> None:
+    """``CHECKPOINT`` on a cursor of ``con`` without DuckDB's progress bar (it would print on the terminal)."""
+    cur = con.cursor()
+    try:
+        cur.execute("SET enable_progress_bar = false")
+        cur.execute("CHECKPOINT")
     finally:
         cur.close()

@@ -19,7 +19,7 @@ from indexer.index import head_maps
 from indexer.index.compute import Compute, matmul_mode, resolve_compute
 from indexer.index.executors import check_executor, executor_for
 from indexer.index.faults import pause_point
-from indexer.index.memory import bound_heap_growth, duckdb_spills
+from indexer.index.memory import bound_heap_growth, checkpoint_quietly, duckdb_spills
 from indexer.index.options import VERSION, IndexOptions, IndexResult
 from indexer.index.plan import Unit, plan_units, role_rows
 from indexer.index.projector import Projector
@@ -82,7 +82,7 @@ def index_checkpoint(
                 result = _index(store, source, adapter, plan, vocab, name, content_hash, opts, compute, progress,
                                 started, started_at, attempt_id, cancel)
                 if store.creating:  # a new file's log goes into it here, under the limit, rather than at close
-                    store.con.execute("CHECKPOINT")
+                    checkpoint_quietly(store.con)
             return result
         except BaseException as err:
             cw.record_failure(store, attempt_id, err)
