@@ -1,6 +1,8 @@
 """The unit writer's sorted runs: every row stored once, each run sorted by (token_id, vector_id), lookups and
 vector pages unchanged by how many runs a checkpoint takes; W_U read in row blocks from the file."""
 
+import threading
+import time
 from pathlib import Path
 
 import duckdb
@@ -8,12 +10,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from indexer import IndexOptions, index_checkpoint
 from indexer.errors import CheckpointError
+from indexer.index import faults
+from indexer.index.memory import DUCKDB_LIMIT
 from indexer.index.projector import Chunk, Projected
 from indexer.index.unit_writer import UnitWriter
 from indexer.math.projection import TopBottom
 from indexer.model.checkpoint import Checkpoint
-from schema.writer import writer
+from schema.writer import Store, writer
+from tests.tinymodels import TinyModel
 
 
 def _units(layers: int = 3, n: int = 40, k: int = 4, vocab: int = 97) -> list[tuple[int, list[Chunk]]]:
@@ -149,3 +155,37 @@ def test_stored_vectors_are_appended_in_batches_not_held_for_the_run(tmp_path: P
         ids = [r[0] for r in con.execute("SELECT vector_id FROM vector_values").fetchall()]
         firsts = [r[0] for r in con.execute('SELECT "values"[1] FROM vector_values').fetchall()]
     assert ids == list(range(1, 3 * 40 + 1)) and firsts == [float(i // 40) for i in range(120)]
+
+
+def test_a_run_holds_duckdb_to_its_limit_and_restores_it(tiny_gpt2: TinyModel, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a run writes, the store's DuckDB instance spills beyond DUCKDB_LIMIT (the transaction's stored vectors
+    and basis rows are not held in memory); the service's own limit is back once the run is over."""
+    db, marker = tmp_path / "lens.duckdb", tmp_path / "paused"
+    con = duckdb.connect(str(db))
+    con.execute("SET memory_limit = '3GiB'")
+
+    def setting(c: duckdb.DuckDBPyConnection) -> str:
+        return c.execute("SELECT current_setting('memory_limit')").fetchone()[0]  # type: ignore[index]
+
+    before = setting(con)
+    monkeypatch.setenv("LENSDB_TEST_PAUSE_AT", "commit")
+    monkeypatch.setenv("LENSDB_TEST_PAUSE_MARKER", str(marker))
+    monkeypatch.setenv("LENSDB_TEST_PAUSE_S", "1")
+    monkeypatch.setattr(faults, "_reached", set())
+    seen: list[str] = []
+
+    def watch() -> None:
+        while not marker.exists():
+            time.sleep(0.01)
+        seen.append(setting(con.cursor()))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        index_checkpoint(Store(db, con), tiny_gpt2.path, IndexOptions(name="g", top_k=3))
+    finally:
+        marker.touch()
+        watcher.join()
+    assert seen == [f"{DUCKDB_LIMIT >> 20}.0 MiB"] and setting(con) == before
+    con.close()
