@@ -40,7 +40,7 @@ def bound_heap_growth() -> bool:
     return _done
 
 
-DUCKDB_LIMIT = 64 << 20
+DUCKDB_LIMIT = 256 << 20
 """DuckDB's ``memory_limit`` while an index run writes (``duckdb_spills``)."""
 
 
@@ -54,8 +54,10 @@ def duckdb_spills(con: duckdb.DuckDBPyConnection, limit: int = DUCKDB_LIMIT) -> 
     is 80% of the machine, so a run's resident size grew by the basis plus every stored vector, and again at
     commit. Under a limit DuckDB moves those blocks to its temporary folder (``<store>.tmp``) and reads them back
     at commit: the same rows, no slower within this machine's noise (960 MB appended under 100 MB: 27 s against
-    30 s), the resident size bounded (measured on a GPT-2-medium-shaped run: peak 1046 MiB under 256 MiB, 842 MiB
-    under 64 MiB). The limit holds for the whole instance (the service's reads share it) while the run writes."""
+    30 s), the resident size bounded (a Llama-shaped run with stored vectors: peak 2942 MiB before, ~1750 MiB with
+    this and the block reads). 64 MiB was too little: a default MiniLM index then failed with DuckDB's "Out of
+    Memory" in an insert that cannot spill. The limit holds for the whole instance (the service's reads share it)
+    while the run writes."""
     cur = con.cursor()
     try:
         before = cur.execute("SELECT current_setting('memory_limit')").fetchone()
