@@ -56,10 +56,15 @@ def duckdb_spills(con: duckdb.DuckDBPyConnection, limit: int = DUCKDB_LIMIT) -> 
     at commit: the same rows, no slower within this machine's noise (960 MB appended under 100 MB: 27 s against
     30 s), the resident size bounded (a Llama-shaped run with stored vectors: peak 2942 MiB before, ~1750 MiB with
     this and the block reads). 64 MiB was too little: a default MiniLM index then failed with DuckDB's "Out of
-    Memory" in an insert that cannot spill. The limit holds for the whole instance (the service's reads share it)
-    while the run writes."""
+    Memory" in an insert that cannot spill. An instance whose configuration is locked (the service's, hardened
+    with the operator's ``memory_limit`` and spill folder) is left as it is: there the operator's limit bounds
+    the run, and reads never see a limit they did not configure."""
     cur = con.cursor()
     try:
+        locked = cur.execute("SELECT current_setting('lock_configuration')").fetchone()
+        if locked is not None and str(locked[0]).lower() == "true":  # the service's instance: the operator's limit
+            yield
+            return
         before = cur.execute("SELECT current_setting('memory_limit')").fetchone()
         cur.execute(f"SET memory_limit = '{max(1, limit >> 20)}MiB'")
         try:
