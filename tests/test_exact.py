@@ -169,6 +169,26 @@ def test_stored_values_reproduce_stored_scores(exact_store: tuple[Path, list]) -
         con.close()
 
 
+def test_stored_basis_rows_are_the_run_s_basis_bit_for_bit(exact_store: tuple[Path, list]) -> None:
+    """basis_rows hold the matrix the run projected with, bit for bit (built again from W_U block by block at the
+    end of the run, never as a second whole matrix): not a matrix folded another way that agrees to a few ulps."""
+    db, _ = exact_store
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        path, mode = con.execute("SELECT c.path, r.basis FROM checkpoints c JOIN index_runs r USING "
+                                 "(checkpoint_id)").fetchone()  # type: ignore[misc]
+        stored = {role: np.array([row[0] for row in con.execute(
+            'SELECT "values" FROM basis_rows WHERE role = ? ORDER BY token_id', [role]).fetchall()], dtype=np.float32)
+            for (role,) in con.execute("SELECT DISTINCT role FROM basis_rows").fetchall()}
+    finally:
+        con.close()
+    adapter = adapter_for(open_checkpoint(path))
+    assert set(stored) == {"writes", "reads"}
+    for role, rows in stored.items():
+        matrix = role_basis(adapter, role, mode, resolve_compute("cpu")).matrix.numpy()
+        assert rows.shape == matrix.shape and np.array_equal(rows, matrix), role
+
+
 def test_sql_users_can_score_a_direction(exact_store: tuple[Path, list]) -> None:
     db, _ = exact_store
     with queries.connect(db) as lens:

@@ -7,9 +7,11 @@ from indexer.math.basis import (
     fold_reader,
     logit_stats,
     read_basis,
+    read_basis_blocks,
     read_basis_rows,
     row_blocks,
     write_basis,
+    write_basis_blocks,
     write_basis_rows,
 )
 from indexer.math.projection import chunk_rows, chunks, topk_bottomk
@@ -123,6 +125,28 @@ def test_basis_from_row_blocks_equals_basis_from_the_matrix(mode: str, norm_kind
         if centre:
             b = read_basis_rows(row_blocks(unembed, rows), (301, 12), "unembedding", mode)  # type: ignore[arg-type]
             assert a.flags == b.flags and torch.allclose(a.matrix, b.matrix, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["folded", "raw"])
+@pytest.mark.parametrize("norm_kind", ["layernorm", "rmsnorm", None])
+@pytest.mark.parametrize("rows", [1, 7, 1024])
+def test_basis_blocks_are_the_basis_matrix_bit_for_bit(mode: str, norm_kind: str | None, rows: int) -> None:
+    """The rows a run stores (write_basis_blocks / read_basis_blocks: two passes over W_U's blocks, one block in
+    memory) are the rows of the basis built from the same blocks, bit for bit, and the input is left as it was."""
+    g = torch.Generator().manual_seed(rows)
+    unembed = torch.randn(2301, 40, generator=g) + 0.3
+    before = unembed.clone()
+    norm = None if norm_kind is None else Norm(norm_kind, torch.rand(40, generator=g) + 0.5)
+    shape = (2301, 40)
+    for built, streamed in (
+            (write_basis_rows(row_blocks(unembed, rows), shape, norm, mode),  # type: ignore[arg-type]
+             write_basis_blocks(lambda: row_blocks(unembed, rows), shape, norm, mode)),  # type: ignore[arg-type]
+            (read_basis_rows(row_blocks(unembed, rows), shape, "unembedding", mode),  # type: ignore[arg-type]
+             read_basis_blocks(lambda: row_blocks(unembed, rows), shape, mode))):  # type: ignore[arg-type]
+        blocks = list(streamed)
+        assert [b[0] for b in blocks] == list(range(0, 2301, rows))
+        assert torch.equal(torch.cat([b[1] for b in blocks]), built.matrix)
+    assert torch.equal(unembed, before)
 
 
 def test_row_blocks_that_do_not_fit_are_refused() -> None:

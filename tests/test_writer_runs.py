@@ -1,6 +1,8 @@
 """The unit writer's sorted runs: every row stored once, each run sorted by (token_id, vector_id), lookups and
 vector pages unchanged by how many runs a checkpoint takes; W_U read in row blocks from the file."""
 
+import threading
+import time
 from pathlib import Path
 
 import duckdb
@@ -8,11 +10,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from indexer import IndexOptions, index_checkpoint
+from indexer.errors import CheckpointError
+from indexer.index import faults
+from indexer.index.memory import DUCKDB_LIMIT
 from indexer.index.projector import Chunk, Projected
 from indexer.index.unit_writer import UnitWriter
 from indexer.math.projection import TopBottom
 from indexer.model.checkpoint import Checkpoint
-from schema.writer import writer
+from schema.writer import Store, writer
+from tests.tinymodels import TinyModel
 
 
 def _units(layers: int = 3, n: int = 40, k: int = 4, vocab: int = 97) -> list[tuple[int, list[Chunk]]]:
@@ -87,3 +94,98 @@ def test_row_blocks_read_a_bf16_tensor_as_float32_slices(tmp_path: Path) -> None
     assert [b.shape[0] for b in blocks] == [300, 300, 300, 100]
     assert all(b.dtype == torch.float32 for b in blocks)
     assert torch.equal(torch.cat(blocks), w.float()) and torch.equal(torch.cat(blocks), ckpt.tensor("lm_head.weight"))
+
+
+def _one_file(tmp_path: Path, tensors: dict[str, torch.Tensor]) -> Checkpoint:
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    where = dict.fromkeys(tensors, tmp_path / "model.safetensors")
+    return Checkpoint(tmp_path, {}, [tmp_path / "model.safetensors"], {k: tuple(v.shape) for k, v in tensors.items()},
+                      where)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_a_layer_is_read_in_blocks_into_one_float32_matrix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           dtype: torch.dtype) -> None:
+    """Checkpoint.tensor and .transposed fill one float32 result block by block (here 37 rows of 4 B × 64 at a
+    time): the same values as converting the whole tensor, transposed where asked, one expert of a 3-D tensor."""
+    monkeypatch.setattr("indexer.model.checkpoint.READ_BLOCK", 37 * 4 * 64)
+    g = torch.Generator().manual_seed(3)
+    w, experts = torch.randn(200, 64, generator=g).to(dtype), torch.randn(3, 100, 64, generator=g).to(dtype)
+    ckpt = _one_file(tmp_path, {"w": w, "experts": experts, "norm": torch.ones(64, dtype=dtype)})
+    assert torch.equal(ckpt.tensor("w"), w.float()) and ckpt.tensor("w").dtype == torch.float32
+    t = ckpt.transposed("w")
+    assert t.is_contiguous() and torch.equal(t, w.float().T)
+    assert torch.equal(ckpt.tensor("experts", 1), experts[1].float())
+    assert torch.equal(ckpt.transposed("experts", 2), experts[2].float().T)
+    assert torch.equal(ckpt.tensor("norm"), torch.ones(64))
+
+
+def test_a_non_finite_value_in_a_late_block_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("indexer.model.checkpoint.READ_BLOCK", 10 * 4 * 8)
+    w = torch.zeros(100, 8)
+    w[97, 3] = float("nan")
+    ckpt = _one_file(tmp_path, {"w": w})
+    for read in (ckpt.tensor, ckpt.transposed):
+        with pytest.raises(CheckpointError, match="NaN or Inf"):
+            read("w")
+
+
+def test_stored_vectors_are_appended_in_batches_not_held_for_the_run(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one token run for the whole checkpoint, the stored vectors still go to vector_values as their bytes
+    reach VALUE_BYTES (in id order), instead of waiting in memory for the run to close."""
+    monkeypatch.setattr("indexer.index.unit_writer.VALUE_BYTES", 4096)
+    d = 32
+    with writer(tmp_path / "lens.duckdb") as con:
+        out = UnitWriter(con, 1, run_rows=10**9)
+        try:
+            for layer, chunks in _units():
+                kept = [Chunk(c.first_index, c.tb, c.mean, c.std, c.norm, torch.full((int(c.norm.shape[0]), d),
+                                                                                      float(layer)))
+                        for c in chunks]
+                out.write(Projected("ff_value", layer, None, sum(int(c.norm.shape[0]) for c in kept), iter(kept),
+                                    role="writes"))
+            out.wait()
+            assert out.n_runs == 0  # the token run is still open
+            early = con.execute("SELECT count(*) FROM vector_values").fetchone()[0]  # type: ignore[index]
+            assert early >= 3 * 40 - 4096 // (4 * d) - 16
+            out.finish()
+        finally:
+            out.drain()
+        ids = [r[0] for r in con.execute("SELECT vector_id FROM vector_values").fetchall()]
+        firsts = [r[0] for r in con.execute('SELECT "values"[1] FROM vector_values').fetchall()]
+    assert ids == list(range(1, 3 * 40 + 1)) and firsts == [float(i // 40) for i in range(120)]
+
+
+def test_a_run_holds_duckdb_to_its_limit_and_restores_it(tiny_gpt2: TinyModel, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a run writes, the store's DuckDB instance spills beyond DUCKDB_LIMIT (the transaction's stored vectors
+    and basis rows are not held in memory); the service's own limit is back once the run is over."""
+    db, marker = tmp_path / "lens.duckdb", tmp_path / "paused"
+    con = duckdb.connect(str(db))
+    con.execute("SET memory_limit = '3GiB'")
+
+    def setting(c: duckdb.DuckDBPyConnection) -> str:
+        return c.execute("SELECT current_setting('memory_limit')").fetchone()[0]  # type: ignore[index]
+
+    before = setting(con)
+    monkeypatch.setenv("LENSDB_TEST_PAUSE_AT", "commit")
+    monkeypatch.setenv("LENSDB_TEST_PAUSE_MARKER", str(marker))
+    monkeypatch.setenv("LENSDB_TEST_PAUSE_S", "1")
+    monkeypatch.setattr(faults, "_reached", set())
+    seen: list[str] = []
+
+    def watch() -> None:
+        while not marker.exists():
+            time.sleep(0.01)
+        seen.append(setting(con.cursor()))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        index_checkpoint(Store(db, con), tiny_gpt2.path, IndexOptions(name="g", top_k=3))
+    finally:
+        marker.touch()
+        watcher.join()
+    assert seen == [f"{DUCKDB_LIMIT >> 20}.0 MiB"] and setting(con) == before
+    con.close()

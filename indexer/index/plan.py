@@ -14,10 +14,10 @@ from indexer.math.basis import (
     Basis,
     BasisMode,
     fold_reader,
+    read_basis_blocks,
     read_basis_rows,
-    read_matrix,
+    write_basis_blocks,
     write_basis_rows,
-    write_matrix,
 )
 from indexer.math.carry import path_map
 from indexer.model.adapters import Adapter
@@ -52,12 +52,18 @@ def role_basis(adapter: Adapter, role: str, mode: BasisMode, compute: Compute,
     return basis.to(compute.device, torch.bfloat16 if compute.precision == "bf16" else None)
 
 
-def role_matrix(adapter: Adapter, role: str, mode: BasisMode, reader: str = "unembedding") -> torch.Tensor:
-    """The ``[V, d]`` matrix of ``role_basis`` (on the CPU, without its statistics): the rows stored with a run's
-    vectors (``basis_rows``), so that a stored vector · a stored row is the score the run computed."""
+def role_rows(adapter: Adapter, role: str, mode: BasisMode, reader: str = "unembedding"
+              ) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first token, rows) of ``role_basis``'s ``[V, d]`` matrix, bit for bit, ``ROW_BLOCK`` rows at a time (on the
+    CPU, without its statistics): the rows stored with a run's vectors (``basis_rows``), so that a stored vector ·
+    a stored row is the score the run computed. W_U (W_E) is read from the checkpoint again, in blocks, rather than
+    held: the run never holds a second vocabulary-sized matrix for them."""
+    shape = (adapter.dims.vocab_size, adapter.dims.d_model)
     if role == "writes":
-        return write_matrix(adapter.unembedding(), adapter.final_norm(), mode)
-    return read_matrix(adapter.embedding() if reader == "embedding" else adapter.unembedding(), mode)
+        return write_basis_blocks(lambda: adapter.unembedding_blocks(ROW_BLOCK), shape, adapter.final_norm(), mode)
+    if reader == "embedding":
+        return read_basis_blocks(lambda: adapter.embedding_blocks(ROW_BLOCK), shape, mode)
+    return read_basis_blocks(lambda: adapter.unembedding_blocks(ROW_BLOCK), shape, mode)
 
 
 def site_basis(adapter: Adapter, role_basis: Basis, role: Role, layer: int, stage: Stage,

@@ -85,7 +85,8 @@ class Projector:
             mean, std = logit_stats(v, basis)
             norm = raw.to(torch.float64).norm(dim=1)  # the vector's own norm, as the checkpoint holds it
             pause_point("projection")
-            values = v.to(torch.float32).cpu() if keep else None
+            # a copy: a view would keep the whole layer alive for as long as the writer buffers the chunk
+            values = v.to("cpu", torch.float32, copy=True) if keep else None
             yield Chunk(part.start, to_cpu(tb), mean.cpu(), std.cpu(), norm.cpu(), values)
 
     def stream(self, name: str, layer: int, head: int | None, vectors: torch.Tensor, basis: Basis,

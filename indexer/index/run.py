@@ -19,9 +19,9 @@ from indexer.index import head_maps
 from indexer.index.compute import Compute, matmul_mode, resolve_compute
 from indexer.index.executors import check_executor, executor_for
 from indexer.index.faults import pause_point
-from indexer.index.memory import bound_heap_growth
+from indexer.index.memory import bound_heap_growth, checkpoint_quietly, duckdb_spills
 from indexer.index.options import VERSION, IndexOptions, IndexResult
-from indexer.index.plan import Unit, plan_units, role_matrix
+from indexer.index.plan import Unit, plan_units, role_rows
 from indexer.index.projector import Projector
 from indexer.index.unit_writer import UnitWriter, run_rows
 from indexer.math.basis import BASIS_VERSION
@@ -78,8 +78,12 @@ def index_checkpoint(
                 return cw.unchanged(found, content_hash, started)
             attempt_id = cw.log_attempt(tx, content_hash, ckpt.path, name, started_at)
         try:
-            return _index(store, source, adapter, plan, vocab, name, content_hash, opts, compute, progress,
-                          started, started_at, attempt_id, cancel)
+            with duckdb_spills(store.con):
+                result = _index(store, source, adapter, plan, vocab, name, content_hash, opts, compute, progress,
+                                started, started_at, attempt_id, cancel)
+                if store.creating:  # a new file's log goes into it here, under the limit, rather than at close
+                    checkpoint_quietly(store.con)
+            return result
         except BaseException as err:
             cw.record_failure(store, attempt_id, err)
             raise
@@ -125,7 +129,7 @@ def _index(store: Store, source: Source, adapter: Adapter, plan: list[Unit], voc
                     bar.update(1)
                 compute_flags.update(executor.flags)
                 for role in sorted({b[2] for b in out.value_blocks}):  # the rows that read the stored vectors
-                    out.basis_rows(role, role_matrix(adapter, role, opts.basis, opts.read_basis))
+                    out.basis_rows(role, role_rows(adapter, role, opts.basis, opts.read_basis))
                 if opts.head_maps:
                     flags["head_maps"] = head_maps.index_heads(
                         out, projector, adapter, vocab, opts.basis, opts.read_basis, opts.top_k, opts.pair_vocab,

@@ -48,6 +48,12 @@ def run_rows(chunk_bytes: int) -> int:
 RUN_ROWS = run_rows(64 << 20)
 
 
+VALUE_BYTES = 16 << 20
+"""Bytes of stored vectors (``vector_values``) buffered before they are appended: they go in their own batches, in
+vector-id order, not with the token run, whose rows are ~40× smaller per vector (a run of Llama-sized vectors would
+otherwise hold every vector of the run in float32)."""
+
+
 class _Run:
     """Rows of consecutive chunks waiting to be appended together: vector rows, token columns, vector lists."""
 
@@ -55,16 +61,12 @@ class _Run:
         self.vectors: list[pa.Table] = []
         self.tokens: list[dict[str, np.ndarray]] = []
         self.lists: list[pa.Table] = []
-        self.values: list[pa.Table] = []
         self.rows = 0
 
-    def add(self, vectors: pa.Table, tokens: dict[str, np.ndarray], lists: pa.Table,
-            values: pa.Table | None = None) -> None:
+    def add(self, vectors: pa.Table, tokens: dict[str, np.ndarray], lists: pa.Table) -> None:
         self.vectors.append(vectors)
         self.tokens.append(tokens)
         self.lists.append(lists)
-        if values is not None:
-            self.values.append(values)
         self.rows += len(tokens["token_id"])
 
 
@@ -98,6 +100,8 @@ class UnitWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lensdb-append")
         self._pending: deque[Future[None]] = deque()
         self._run: _Run = _Run()
+        self._values: list[pa.Table] = []
+        self._value_bytes = 0
         con.execute("CREATE TEMP TABLE staged_pairs AS SELECT * FROM head_pairs LIMIT 0")
 
     def stop_if_cancelled(self) -> None:
@@ -123,23 +127,36 @@ class UnitWriter:
             self._run.add(vector_batch(first, self.checkpoint_id, name, layer, head, c.first_index, c.norm, c.mean,
                                        c.std, expert, self.dictionary_id,
                                        kth_zscores(tokens["zscore"], int(c.tb.top_scores.shape[1]))),
-                          tokens, list_batch(first, c.tb),
-                          values_batch(first, c.values) if keep and c.values is not None else None)
+                          tokens, list_batch(first, c.tb))
+            if keep and c.values is not None:
+                self._values.append(values_batch(first, c.values))
+                self._value_bytes += self._values[-1].nbytes
+                if self._value_bytes >= VALUE_BYTES:
+                    self._flush_values()
             if self._run.rows >= self.run_rows:
                 self.flush()
 
     def flush(self) -> None:
-        """Hand the buffered run to the append thread: sorted by token there, appended as one run."""
+        """Hand the buffered run to the append thread: sorted by token there, appended as one run; then the
+        buffered stored vectors."""
         run, self._run = self._run, _Run()
         if run.vectors:
             self._submit(functools.partial(self._append_run, run))
+        self._flush_values()
 
-    def basis_rows(self, role: str, matrix: torch.Tensor, block: int = 8192) -> None:
-        """The rows of a role's basis matrix that read this run's stored vectors, in token order."""
+    def _flush_values(self) -> None:
+        """Hand the buffered stored vectors to the append thread (ids ascend, so vector_values stays sorted)."""
+        values, self._values, self._value_bytes = self._values, [], 0
+        if values:
+            self._submit(functools.partial(append_arrow, self.con, "vector_values", pa.concat_tables(values)))
+
+    def basis_rows(self, role: str, blocks: Iterable[tuple[int, torch.Tensor]]) -> None:
+        """The rows of a role's basis matrix that read this run's stored vectors, as (first token, rows) blocks in
+        token order (``indexer.index.plan.role_rows``): one block built while the one before is appended."""
         self.flush()
-        for start in range(0, int(matrix.shape[0]), block):
+        for start, rows in blocks:
             self._submit(functools.partial(append_arrow, self.con, "basis_rows",
-                                           basis_batch(self.checkpoint_id, role, matrix[start:start + block], start)))
+                                           basis_batch(self.checkpoint_id, role, rows, start)))
 
     def pairs(self, name: str, layer: int, head: int, p: Pairs) -> None:
         """One head map: a vector row carrying the map's statistics, and its pairs staged for head_pairs."""
@@ -167,8 +184,6 @@ class UnitWriter:
         append_arrow(self.con, "vector_tokens", tokens)
         # ids ascend across runs, so vector_lists stays sorted by vector_id
         append_arrow(self.con, "vector_lists", pa.concat_tables(run.lists))
-        if run.values:  # likewise vector_values
-            append_arrow(self.con, "vector_values", pa.concat_tables(run.values))
         self.n_vectors += sum(v.num_rows for v in run.vectors)
         self.n_projections += tokens.num_rows
         self.n_runs += 1
@@ -179,12 +194,16 @@ class UnitWriter:
             self._pending.popleft().result()
         self._pending.append(self._pool.submit(job))
 
+    def wait(self) -> None:
+        """Wait for the appends in flight; what is buffered stays buffered."""
+        while self._pending:
+            self._pending.popleft().result()
+
     def drain_pending(self) -> None:
         """Append what is buffered and wait for the appends in flight (the connection is then free for this
         thread)."""
         self.flush()
-        while self._pending:
-            self._pending.popleft().result()
+        self.wait()
 
     def drain(self) -> None:
         """Wait for every append; re-raises the first error. Must run before the transaction ends."""

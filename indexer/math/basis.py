@@ -75,18 +75,23 @@ def _basis(matrix: torch.Tensor, flags: dict[str, object], block: int = 1024) ->
     """Column means (float64) and the covariance of the rows, over row blocks: never a float64 copy of the whole
     matrix (1 GB for a 32000 × 4096 vocabulary). The rows are centred before their products, so no large mean
     cancels later; each block's product runs in float32 (half the time of float64, 2·V·d² FLOPs in all) and the
-    blocks are summed in float64."""
+    blocks are summed in float64. Memory beside the matrix: the float64 sum (d² · 8 B, 128 MiB at d = 4096), one
+    block's float32 product (d² · 4 B) and the float32 result; never a float64 copy of a product or of the sum."""
     n = matrix.shape[0]
     total = torch.zeros(matrix.shape[1], dtype=torch.float64, device=matrix.device)
     for start in range(0, n, block):
         total += matrix[start : start + block].sum(dim=0, dtype=torch.float64)
     mean = total / n
     mean32 = mean.to(torch.float32)
-    cov = torch.zeros(matrix.shape[1], matrix.shape[1], dtype=torch.float64, device=matrix.device)
+    d = matrix.shape[1]
+    cov = torch.zeros(d, d, dtype=torch.float64, device=matrix.device)
     for start in range(0, n, block):
         rows = matrix[start : start + block].to(torch.float32) - mean32
-        cov += (rows.T @ rows).to(torch.float64)
-    return Basis(matrix=matrix.contiguous(), flags=flags, col_mean=mean, cov=(cov / n).to(torch.float32))
+        product = rows.T @ rows
+        for i in range(0, d, 256):  # into the float64 sum a slab at a time: no float64 copy of the product
+            cov[i : i + 256] += product[i : i + 256].to(torch.float64)
+        del rows, product
+    return Basis(matrix=matrix.contiguous(), flags=flags, col_mean=mean, cov=cov.div_(n).to(torch.float32))
 
 
 def centre_rows(matrix: torch.Tensor) -> torch.Tensor:
@@ -104,13 +109,9 @@ def row_blocks(matrix: torch.Tensor, rows: int = ROW_BLOCK) -> Iterator[torch.Te
         yield matrix[start : start + rows]
 
 
-def _assemble(blocks: Iterable[torch.Tensor], shape: tuple[int, int],
-              fold: Callable[[torch.Tensor], torch.Tensor] | None, centre_vocab: bool) -> torch.Tensor:
-    """The ``[V, d]`` float32 matrix from consecutive row blocks, each folded as it arrives, then centred over
-    the vocabulary in place (the column mean summed in float64). Holds the result and one block, never a second
-    vocabulary-sized matrix: a checkpoint's bf16 W_U is never converted or folded whole."""
-    out = torch.empty(shape, dtype=torch.float32)
-    total = torch.zeros(shape[1], dtype=torch.float64)
+def _folded(blocks: Iterable[torch.Tensor], shape: tuple[int, int],
+            fold: Callable[[torch.Tensor], torch.Tensor] | None) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first row, float32 rows) of consecutive row blocks, each folded as it arrives, checked to tile ``shape``."""
     start = 0
     for block in blocks:
         rows = block.to(torch.float32)
@@ -120,17 +121,44 @@ def _assemble(blocks: Iterable[torch.Tensor], shape: tuple[int, int],
         if stop > shape[0] or rows.shape[1:] != shape[1:]:
             raise ValueError(f"row blocks do not fit a {list(shape)} matrix (rows {start}:{stop}, a block of "
                              f"{list(rows.shape)})")
-        out[start:stop] = rows
-        if centre_vocab:
-            total += rows.sum(dim=0, dtype=torch.float64)
+        yield start, rows
         start = stop
     if start != shape[0]:
         raise ValueError(f"row blocks hold {start} rows, not the {shape[0]} of the matrix")
+
+
+def _assemble(blocks: Iterable[torch.Tensor], shape: tuple[int, int],
+              fold: Callable[[torch.Tensor], torch.Tensor] | None, centre_vocab: bool) -> torch.Tensor:
+    """The ``[V, d]`` float32 matrix from consecutive row blocks, each folded as it arrives, then centred over
+    the vocabulary in place (the column mean summed in float64). Holds the result and one block, never a second
+    vocabulary-sized matrix: a checkpoint's bf16 W_U is never converted or folded whole."""
+    out = torch.empty(shape, dtype=torch.float32)
+    total = torch.zeros(shape[1], dtype=torch.float64)
+    for start, rows in _folded(blocks, shape, fold):
+        out[start : start + rows.shape[0]] = rows
+        if centre_vocab:
+            total += rows.sum(dim=0, dtype=torch.float64)
     if centre_vocab:
         mean = (total / shape[0]).to(torch.float32)
         for part in row_blocks(out):
             part.sub_(mean)
     return out
+
+
+def _streamed(blocks: Callable[[], Iterable[torch.Tensor]], shape: tuple[int, int],
+              fold: Callable[[torch.Tensor], torch.Tensor] | None, centre_vocab: bool
+              ) -> Iterator[tuple[int, torch.Tensor]]:
+    """The rows of ``_assemble(blocks(), …)``, bit for bit, block by block, without the matrix: a first pass over
+    ``blocks()`` sums the folded rows (the same float64 total), a second folds each block again and subtracts
+    the same float32 mean (an elementwise subtraction gives the same bits in place or not). Memory: one block."""
+    mean: torch.Tensor | None = None
+    if centre_vocab:
+        total = torch.zeros(shape[1], dtype=torch.float64)
+        for _, rows in _folded(blocks(), shape, fold):
+            total += rows.sum(dim=0, dtype=torch.float64)
+        mean = (total / shape[0]).to(torch.float32)
+    for start, rows in _folded(blocks(), shape, fold):
+        yield start, rows if mean is None else rows - mean
 
 
 def folded_unembedding(unembedding: torch.Tensor, final_norm: Norm | None) -> torch.Tensor:
@@ -157,14 +185,20 @@ def _final_fold(final_norm: Norm | None) -> Callable[[torch.Tensor], torch.Tenso
     return fold
 
 
-def write_matrix(unembedding: torch.Tensor, final_norm: Norm | None, mode: BasisMode) -> torch.Tensor:
-    """The ``[V, d]`` matrix of the write basis (``write_basis`` without its statistics)."""
-    return unembedding if mode == "raw" else folded_unembedding(unembedding, final_norm)
+def write_basis_blocks(blocks: Callable[[], Iterable[torch.Tensor]], shape: tuple[int, int],
+                       final_norm: Norm | None, mode: BasisMode) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first row, rows) of ``write_basis_rows(blocks(), …).matrix``, bit for bit, one block at a time: the rows a
+    run stores beside its vectors (``basis_rows``) without a second ``[V, d]`` matrix. ``blocks`` is called once
+    per pass over W_U (two in folded mode, for the mean over the vocabulary)."""
+    if mode == "raw":
+        return _streamed(blocks, shape, None, centre_vocab=False)
+    return _streamed(blocks, shape, _final_fold(final_norm), centre_vocab=True)
 
 
-def read_matrix(matrix: torch.Tensor, mode: BasisMode, centre_vocab: bool = True) -> torch.Tensor:
-    """The ``[V, d]`` matrix of the read basis (``read_basis`` without its statistics)."""
-    return matrix - matrix.mean(dim=0, keepdim=True) if mode != "raw" and centre_vocab else matrix
+def read_basis_blocks(blocks: Callable[[], Iterable[torch.Tensor]], shape: tuple[int, int],
+                      mode: BasisMode) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first row, rows) of ``read_basis_rows(blocks(), …).matrix``, bit for bit, one block at a time."""
+    return _streamed(blocks, shape, None, centre_vocab=mode != "raw")
 
 
 def write_basis(unembedding: torch.Tensor, final_norm: Norm | None, mode: BasisMode) -> Basis:

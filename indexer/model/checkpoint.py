@@ -12,6 +12,7 @@ messages never quote what a file holds (a length field read from a symlinked sec
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import stat
@@ -31,6 +32,8 @@ SHARD_INDEX = "model.safetensors.index.json"
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model")
 TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "merges.txt")
 MAX_HEADER = 100_000_000  # bytes of a safetensors header: the safetensors library's own limit
+READ_BLOCK = 16 << 20
+"""Bytes of float32 rows read, converted and checked at a time when a tensor is read (``Checkpoint.tensor``)."""
 MAX_JSON = 64 << 20  # config.json, shard index, tokenizer_config.json, trainer_state.json
 _STEP = re.compile(r"(?:checkpoint|step|global_step)[-_]?(\d+)$")
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
@@ -59,19 +62,53 @@ class Checkpoint:
 
     def tensor(self, name: str, index: int | None = None) -> torch.Tensor:
         """One tensor as float32, checked to be finite; ``index``: only that slice of its first axis (one expert
-        of a fused ``[experts, …]`` tensor), read without the rest."""
+        of a fused ``[experts, …]`` tensor), read without the rest. Read in row blocks into the one float32 result
+        (``READ_BLOCK``): the checkpoint's bf16 copy, a whole-size float32 temporary and the finiteness mask are
+        never held beside it."""
+        return self._read(name, index, transpose=False)
+
+    def transposed(self, name: str, index: int | None = None) -> torch.Tensor:
+        """A 2-D tensor (or one ``index`` of a 3-D one) transposed, as a contiguous float32 matrix: the rows of a
+        weight stored ``[in, out]`` or ``[out, in]`` the other way round. Filled block by block, so reading a
+        layer costs its float32 size and one block, not the stored tensor, a float32 copy and a transposed copy.
+        Sources that decode whole tensors (GGUF, LoRA, quantized: their own ``tensor``) transpose what they
+        decode."""
+        if type(self).tensor is not Checkpoint.tensor:
+            return self.tensor(name, index).T.contiguous()
+        return self._read(name, index, transpose=True)
+
+    def _read(self, name: str, index: int | None, transpose: bool) -> torch.Tensor:
         if name not in self._where:
             raise CheckpointError(f"{self.path}: tensor {name!r} is missing from the weights.")
         file = self._where[name]
+        shape = self.shapes[name] if index is None else self.shapes[name][1:]
+        if transpose and len(shape) != 2:
+            raise CheckpointError(f"{file}: tensor {name!r} has shape {list(shape)}; only a matrix can be read "
+                                  "transposed.")
+        out: torch.Tensor | None = None
         try:
             with safe_open(str(file), framework="pt") as f:
-                t = f.get_tensor(name) if index is None else f.get_slice(name)[index]
+                if len(shape) < 2:  # norms and biases: small, read whole
+                    t = f.get_tensor(name) if index is None else f.get_slice(name)[index]
+                    return _finite(t.to(torch.float32), file, name)
+                sl = f.get_slice(name)
+                n, width = shape[0], math.prod(shape[1:])
+                out = torch.empty((shape[1], n) if transpose else shape, dtype=torch.float32)
+                step = max(1, READ_BLOCK // (4 * max(1, width)))
+                for start in range(0, n, step):
+                    stop = min(n, start + step)
+                    block = sl[start:stop] if index is None else sl[index, start:stop]
+                    block = _finite(block.to(torch.float32), file, name)
+                    if transpose:
+                        out[:, start:stop].copy_(block.T)
+                    else:
+                        out[start:stop].copy_(block)
+                    del block  # before the next block is read: one block beside the result
+        except CheckpointError:
+            raise
         except Exception as err:  # safetensors raises its own untyped errors for corrupt files
             raise CheckpointError(f"{file}: cannot read tensor {name!r}: {err}") from None
-        t = t.to(torch.float32)
-        if not torch.isfinite(t).all():
-            raise CheckpointError(f"{file}: tensor {name!r} holds NaN or Inf values; the checkpoint is corrupt.")
-        return t
+        return out
 
     def row_blocks(self, name: str, rows: int) -> Iterator[torch.Tensor]:
         """A 2-D tensor as consecutive float32 blocks of ``rows`` rows, each read from the file on its own (a
@@ -91,10 +128,7 @@ class Checkpoint:
                     t = f.get_slice(name)[start : min(n, start + rows)]
             except Exception as err:  # safetensors raises its own untyped errors for corrupt files
                 raise CheckpointError(f"{file}: cannot read tensor {name!r}: {err}") from None
-            t = t.to(torch.float32)
-            if not torch.isfinite(t).all():
-                raise CheckpointError(f"{file}: tensor {name!r} holds NaN or Inf values; the checkpoint is corrupt.")
-            yield t
+            yield _finite(t.to(torch.float32), file, name)
 
     def content_hash(self) -> str:
         """sha256 over config.json, every weight file and the tokenizer files: the checkpoint's identity."""
@@ -121,6 +155,14 @@ class Checkpoint:
                     while chunk := fh.read(1 << 24):
                         h.update(chunk)
         return h.hexdigest(), legacy
+
+
+def _finite(t: torch.Tensor, file: Path, name: str) -> torch.Tensor:
+    """``t`` itself, or a clear error if it holds NaN or Inf. One summing pass decides the common case (a finite
+    sum means every value is finite); only a sum that overflowed or met a NaN is checked element by element."""
+    if not bool(torch.isfinite(t.sum())) and not bool(torch.isfinite(t).all()):
+        raise CheckpointError(f"{file}: tensor {name!r} holds NaN or Inf values; the checkpoint is corrupt.")
+    return t
 
 
 def open_regular(path: Path):

@@ -178,15 +178,15 @@ class MoEAdapter(StandardAdapter):
         """Rows of one expert in residual coordinates: ``gate`` / ``up`` rows read, ``down`` rows write."""
         ex = self.experts
         if self.storage() == "stacked":
-            w = self.ckpt.tensor(self._t(getattr(ex, f"stacked_{part}"), layer), expert)
-            return w.T.contiguous() if part == "down" else w
+            weight = self._t(getattr(ex, f"stacked_{part}"), layer)
+            return self.ckpt.transposed(weight, expert) if part == "down" else self.ckpt.tensor(weight, expert)
         if self.fused():
             if part == "down":
-                return self.ckpt.tensor(self._t(ex.fused_down, layer, weight=False), expert).T.contiguous()
+                return self.ckpt.transposed(self._t(ex.fused_down, layer, weight=False), expert)
             gate, up = self.ckpt.tensor(self._t(ex.fused_gate_up, layer, weight=False), expert).chunk(2, dim=0)
             return (gate if part == "gate" else up).contiguous()
-        w = self.ckpt.tensor(self._t(getattr(ex, part), layer, expert))
-        return w.T.contiguous() if part == "down" else w
+        weight = self._t(getattr(ex, part), layer, expert)
+        return self.ckpt.transposed(weight) if part == "down" else self.ckpt.tensor(weight)
 
     def component(self, name: str, layer: int) -> list[Component]:
         spec = self.spec(name)
@@ -196,8 +196,8 @@ class MoEAdapter(StandardAdapter):
             template = getattr(ex, f"shared_{SHARED[name]}")
             if template is None or not self.ckpt.has(self._t(template, layer)):
                 return []
-            w = self.ckpt.tensor(self._t(template, layer))
-            rows = w.T.contiguous() if spec.role == "writes" else w
+            weight = self._t(template, layer)
+            rows = self.ckpt.transposed(weight) if spec.role == "writes" else self.ckpt.tensor(weight)
             return [Component(name, layer, None, spec.role, rows, None if spec.role == "writes" else norm)]
         if spec is FF_SHARED_ROUTER:
             if ex.shared_router is None or not self.ckpt.has(self._t(ex.shared_router, layer)):

@@ -171,14 +171,15 @@ class StandardAdapter(Adapter):
     # -- storage → rows ------------------------------------------------------------------------------------
     def reading_rows(self, key: str, layer: int) -> torch.Tensor:
         """``[out, in]`` rows of a projection that reads the stream."""
-        w = self.ckpt.tensor(self._w(key, layer))
-        return w.T.contiguous() if self.layout.conv1d else w
+        name = self._w(key, layer)
+        return self.ckpt.transposed(name) if self.layout.conv1d else self.ckpt.tensor(name)
 
     def writing_rows(self, key: str, layer: int) -> torch.Tensor:
         """``[in, out]`` rows of a projection that writes the stream: row i is what input unit i writes, with the
         gain of a norm on the branch's output folded in (``Layout.attn_out_norm`` / ``ff_out_norm``)."""
-        w = self.ckpt.tensor(self._w(key, layer))
-        return self.branch_gain(key, layer, w if self.layout.conv1d else w.T.contiguous())
+        name = self._w(key, layer)
+        rows = self.ckpt.tensor(name) if self.layout.conv1d else self.ckpt.transposed(name)
+        return self.branch_gain(key, layer, rows)
 
     def branch_gain(self, key: str, layer: int, rows: torch.Tensor) -> torch.Tensor:
         """``rows`` times the gain of the norm on the output of the branch ``key`` belongs to, if any."""
