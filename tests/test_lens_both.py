@@ -461,7 +461,9 @@ def test_delete_cancels_a_running_index_job_and_ctrl_c_cancels_index_server(rich
                 ["cancelled"]]
             assert remote.check().ok
     marker.unlink()
-    env["LENSDB_TEST_PAUSE_AT"] = "write"
+    # the append thread pauses at its first write while the run's main thread still computes (basis rows) on both
+    # cores: the pause must outlast a slow wake-up of this loop and of the client
+    env["LENSDB_TEST_PAUSE_AT"], env["LENSDB_TEST_PAUSE_S"] = "write", "15"
     with serving(db, "--warm", "false", "--allow-dir", str(tmp_path), env=env) as url:
         before = _store_rows(url)
         client = subprocess.Popen([sys.executable, "-m", "service.cli", "index", str(ckpt), "--server", url],
