@@ -21,9 +21,9 @@ import duckdb
 from queries import sql as q
 from queries.catalog import Catalog, loaded_words
 from queries.rows import TokenMatch
+from schema.layout import lookup_word
 
 FORMS = ("id", "exact", "any-case", "word")
-MARKERS = ("Ġ", "▁", "##")  # as indexer.model.vocab strips them (tests/test_resolve.py checks the two agree)
 
 
 class Resolution(NamedTuple):
@@ -37,16 +37,6 @@ class Resolution(NamedTuple):
     def models(self) -> list[str]:
         """Models with at least one match, in name order."""
         return sorted({m.model for m in self.matches})
-
-
-def typed_word(text: str) -> str:
-    """The lookup word of typed text: no surrounding space, no word-start or continuation marker."""
-    word = text.strip()
-    for marker in MARKERS:
-        if word.startswith(marker) and len(word) > len(marker):
-            word = word[len(marker):]
-            break
-    return word or text
 
 
 def combine(token: str | int, models: list[str], found: list[tuple[str, list[tuple]]]) -> Resolution:
@@ -90,7 +80,7 @@ def resolve(con: duckdb.DuckDBPyConnection, cat: Catalog, path: object, token: s
         exact = rows(q.resolve_token(token, ignore_case=False))
     found = [("exact", exact)]
     left = set(models) - {r[0] for r in exact}
-    for form, text in (("any-case", token), ("word", typed_word(token))):
+    for form, text in (("any-case", token), ("word", lookup_word(token))):
         if not left or (form == "word" and text.lower() == token.lower()):
             continue
         vocab_ids = sorted({cat.models[m] for m in left if m in cat.models})

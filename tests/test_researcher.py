@@ -86,12 +86,15 @@ def test_a_marked_spelling_finds_the_plain_word_where_nothing_else_matches(store
 
 
 def test_resolution_markers_match_the_indexers() -> None:
-    from indexer.model.vocab import _MARKERS, lookup_word
-    from queries.resolve import MARKERS, typed_word
+    """The word stored for each token and the word made of what a user types are one rule (schema.layout)."""
+    from indexer.model import vocab
+    from queries import resolve
+    from schema.layout import lookup_word
 
-    assert MARKERS == _MARKERS
-    for text in ("Ġparis", "▁Paris", "##s", " paris ", "##", "Ġ", "paris"):
-        assert typed_word(text) == lookup_word(text)
+    assert vocab.lookup_word is resolve.lookup_word is lookup_word
+    expected = {"Ġparis": "paris", "▁Paris": "Paris", "##s": "s", " paris ": "paris", "##": "##", "Ġ": "Ġ",
+                "paris": "paris"}
+    assert {text: lookup_word(text) for text in expected} == expected
 
 
 # ---- writers by default ----------------------------------------------------------------------------------

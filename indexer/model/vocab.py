@@ -13,8 +13,8 @@ from typing import Any
 
 from indexer.errors import CheckpointError
 from indexer.model.checkpoint import TOKENIZER_FILES, read_json
+from schema.layout import lookup_word
 
-_MARKERS = ("Ġ", "▁", "##")
 MAX_TOKENIZER = 512 << 20  # bytes of tokenizer.json read at most
 
 
@@ -31,16 +31,6 @@ class Vocabulary:
 
     def content_hash(self) -> str:
         return hashlib.sha256("\x00".join(self.tokens).encode()).hexdigest()
-
-
-def lookup_word(display: str) -> str:
-    """The form a user would type: no surrounding space, no word-start or continuation marker."""
-    word = display.strip()
-    for marker in _MARKERS:
-        if word.startswith(marker) and len(word) > len(marker):
-            word = word[len(marker) :]
-            break
-    return word or display
 
 
 def load_vocabulary(path: Path, size: int) -> Vocabulary:
