@@ -186,15 +186,18 @@ def upgrade_store(path: str | os.PathLike[str]) -> tuple[int, int]:
     return before, SCHEMA_VERSION
 
 
-def append_arrow(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table, order_by: str = "") -> None:
-    """Copy an Arrow table into ``table`` with one ``INSERT … SELECT`` (columns matched by name)."""
-    cols = ", ".join(f'"{c}"' for c in rows.column_names)
-    con.register("_lensdb_rows", rows)
-    try:
-        order = f" ORDER BY {order_by}" if order_by else ""
-        con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _lensdb_rows{order}")
-    finally:
-        con.unregister("_lensdb_rows")
+def append_arrow(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> None:
+    """Copy an Arrow table into ``table`` (columns matched by name; a table column the rows lack gets NULL).
+
+    Through a relation (``from_arrow`` … ``insert_into``), not ``register`` + ``INSERT … SELECT``: a registered
+    Arrow table stays referenced by the open transaction until it ends, so a run's every appended batch (token
+    runs, stored vectors, basis rows) stayed resident until commit (issue 19: ~470 MiB on a Llama-shaped run)."""
+    columns = con.table(table).columns
+    unknown = sorted(set(rows.column_names) - set(columns))
+    if unknown:
+        raise TypeError(f"append into {table}: no column {', '.join(unknown)}")
+    ordered = ", ".join(f'"{c}"' if c in rows.column_names else "NULL" for c in columns)
+    con.from_arrow(rows).project(ordered).insert_into(table)
 
 
 _COLUMNS = {t.name: t.columns for t in metadata.sorted_tables}

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from indexer import IndexOptions, index_checkpoint
 from indexer.errors import CheckpointError
 from indexer.index import faults
-from indexer.index.memory import DUCKDB_LIMIT
+from indexer.index.memory import DUCKDB_LIMIT, DUCKDB_THREADS
 from indexer.index.projector import Chunk, Projected
 from indexer.index.unit_writer import UnitWriter
 from indexer.math.projection import TopBottom
@@ -160,13 +160,15 @@ def test_stored_vectors_are_appended_in_batches_not_held_for_the_run(tmp_path: P
 def test_a_run_holds_duckdb_to_its_limit_and_restores_it(tiny_gpt2: TinyModel, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """While a run writes, the store's DuckDB instance spills beyond DUCKDB_LIMIT (the transaction's stored vectors
-    and basis rows are not held in memory); the service's own limit is back once the run is over."""
+    and basis rows are not held in memory) and runs on DUCKDB_THREADS threads (its appends beside the GEMM); the
+    instance's own limit and threads are back once the run is over."""
     db, marker = tmp_path / "lens.duckdb", tmp_path / "paused"
     con = duckdb.connect(str(db))
     con.execute("SET memory_limit = '3GiB'")
+    con.execute("SET threads = 2")
 
-    def setting(c: duckdb.DuckDBPyConnection) -> str:
-        return c.execute("SELECT current_setting('memory_limit')").fetchone()[0]  # type: ignore[index]
+    def setting(c: duckdb.DuckDBPyConnection) -> tuple[str, int]:
+        return c.execute("SELECT current_setting('memory_limit'), current_setting('threads')").fetchone()  # type: ignore[return-value]
 
     before = setting(con)
     monkeypatch.setenv("LENSDB_TEST_PAUSE_AT", "commit")
@@ -187,5 +189,44 @@ def test_a_run_holds_duckdb_to_its_limit_and_restores_it(tiny_gpt2: TinyModel, t
     finally:
         marker.touch()
         watcher.join()
-    assert seen == [f"{DUCKDB_LIMIT >> 20}.0 MiB"] and setting(con) == before
+    assert seen == [(f"{DUCKDB_LIMIT >> 20}.0 MiB", DUCKDB_THREADS)] and setting(con) == before == ("3.0 GiB", 2)
     con.close()
+
+
+def test_an_appended_batch_is_released_before_the_transaction_ends(tmp_path: Path) -> None:
+    """append_arrow leaves nothing of its Arrow batch referenced by the open transaction: a run's stored vectors,
+    basis rows and token runs are released as they are appended, not at commit (``register`` kept each one)."""
+    import gc
+
+    import pyarrow as pa
+
+    from schema.writer import append_arrow
+
+    n, d = 2000, 512
+    with writer(tmp_path / "lens.duckdb") as con:
+        floor = pa.total_allocated_bytes()
+        for start in range(1, 3 * n, n):  # built in Arrow's own pool, so its bytes are counted there
+            values = pa.concat_arrays([pa.array([[float(i)] * d for i in range(start, start + n // 2)],
+                                                pa.list_(pa.float32())),
+                                       pa.array([[0.5] * d] * (n - n // 2), pa.list_(pa.float32()))])
+            batch = pa.table({"vector_id": pa.array(range(start, start + n), pa.int64()), "values": values})
+            assert pa.total_allocated_bytes() - floor > n * d * 4
+            append_arrow(con, "vector_values", batch)
+            del batch, values
+            gc.collect()
+            assert pa.total_allocated_bytes() - floor < n * d  # freed with the append, before the commit
+        stored = con.execute('SELECT count(*), sum("values"[1]) FROM vector_values').fetchone()
+    assert stored == (3 * n, sum(sum(range(s, s + n // 2)) + 0.5 * (n - n // 2) for s in range(1, 3 * n, n)))
+
+
+def test_append_arrow_matches_columns_by_name_and_refuses_unknown_ones(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from schema.writer import append_arrow
+
+    with writer(tmp_path / "lens.duckdb") as con:
+        con.execute("CREATE TEMP TABLE t (a INTEGER, b VARCHAR, c DOUBLE)")
+        append_arrow(con, "t", pa.table({"c": [1.5], "a": [7]}))
+        with pytest.raises(TypeError, match="no column z"):
+            append_arrow(con, "t", pa.table({"a": [1], "z": [2]}))
+        assert con.execute("SELECT * FROM t").fetchall() == [(7, None, 1.5)]
