@@ -3,6 +3,8 @@ side by side — every figure measured in this one run.
 
 Per model shape (ff_value vectors, so both methods produce the same output):
 - gemm_peak: best GFLOP/s of ``torch.mm`` on exactly the (chunk × d) @ (d × V) products the indexer runs;
+- selection: top-k + bottom-k of one chunk of logits, as seconds per GEMM of that chunk, by ``torch.topk``
+  (the indexer before issue 19) and by ``indexer.math.projection.select`` (now), on the same logits;
 - projection: the indexer's pure math (GEMM + top-k + bottom-k + stats) over the same vectors, in-process;
 - end_to_end: a whole ``index_checkpoint`` run in a fresh process (hash, read, project, Arrow, the sorted
   DuckDB load, commit) with its peak RSS, beside "held" = basis + one layer + one chunk of logits;
@@ -29,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from bench.synthetic import save_gpt2_shaped  # noqa: E402
 from indexer.index.compute import resolve_compute  # noqa: E402
 from indexer.math.basis import logit_stats, write_basis  # noqa: E402
-from indexer.math.projection import chunk_rows, chunks, topk_bottomk  # noqa: E402
+from indexer.math.projection import chunk_rows, chunks, select, topk_bottomk  # noqa: E402
 
 MiB = 1 << 20
 SHAPES = {  # name: (d_model, d_ff, vocab)
@@ -56,6 +58,30 @@ def gemm_peak(d: int, vocab: int, rows: int, device: torch.device, seconds: floa
         _sync(device)
         best = min(best, time.perf_counter() - t)
     return 2 * rows * d * vocab / best / 1e9
+
+
+def selection_cost(d: int, vocab: int, rows: int, k: int, device: torch.device, repeats: int = 5
+                   ) -> tuple[float, float]:
+    """(torch.topk, select) seconds for one chunk's top-k and bottom-k, each divided by that chunk's GEMM seconds;
+    best of ``repeats``, all on the same logits."""
+    a, b = torch.randn(rows, d, device=device), torch.randn(vocab, d, device=device) * 0.02
+    logits = torch.empty(rows, vocab, device=device)
+
+    def best(fn) -> float:  # type: ignore[no-untyped-def]
+        fn()
+        _sync(device)
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    gemm = best(lambda: torch.mm(a, b.T, out=logits))
+    plain = best(lambda: (logits.topk(k, dim=1), logits.topk(k, dim=1, largest=False)))
+    strided = best(lambda: (select(logits, k, True), select(logits, k, False)))
+    return plain / gemm, strided / gemm
 
 
 def projection_rate(d: int, vocab: int, n_vectors: int, k: int, device: torch.device, budget: int) -> float:
@@ -125,13 +151,15 @@ def measure(name: str, ckpt: Path, d: int, d_ff: int, n_layer: int, vocab: int, 
     flop = 2 * n_vectors * d * vocab
     rows = chunk_rows(vocab, budget)
     peak = gemm_peak(d, vocab, rows, dev)
+    topk_cost, select_cost = selection_cost(d, vocab, rows, args.top_k, dev)
     proj = projection_rate(d, vocab, min(n_vectors, 4 * rows), args.top_k, dev, budget)
     exact_db = work / f"{name}-fp32.duckdb"
     e2e = end_to_end(ckpt, exact_db, args.top_k, dev.type, "fp32", ["ff_value"])
     base = lmdebugger(ckpt, args.top_k, dev.type) if args.baseline else None
     row = {
         "model": name, "device": dev.type, "precision": "fp32", "vectors": n_vectors, "GFLOP": flop / 1e9,
-        "gemm_peak": peak, "projection": proj, "proj/peak": proj / peak,
+        "gemm_peak": peak, "topk/gemm": topk_cost,
+        "select/gemm": select_cost, "projection": proj, "proj/peak": proj / peak,
         "end_to_end": flop / e2e["seconds"] / 1e9, "e2e/peak": flop / e2e["seconds"] / 1e9 / peak,
         "rows/s": e2e["rows"] / e2e["seconds"], "seconds": e2e["seconds"], "rss_MiB": e2e["maxrss_kib"] / 1024,
         "held_MiB": (vocab * d + d * d_ff + rows * vocab) * 4 / MiB, "topk_overlap": 1.0,
@@ -183,9 +211,9 @@ def main() -> None:
                 d, d_ff, vocab = SHAPES[shape]
                 ckpt = save_gpt2_shaped(work / shape, args.layers, d, d_ff, vocab)
                 results += measure(f"{shape} x{args.layers}L", ckpt, d, d_ff, args.layers, vocab, args, work)
-    cols = ["model", "device", "precision", "vectors", "GFLOP", "gemm_peak", "projection", "proj/peak",
-            "end_to_end", "e2e/peak", "rows/s", "seconds", "rss_MiB", "held_MiB", "topk_overlap", "lmdbg_s",
-            "speedup", "lmdbg_rss_MiB", "mem_ratio"]
+    cols = ["model", "device", "precision", "vectors", "GFLOP", "gemm_peak", "topk/gemm", "select/gemm", "projection",
+            "proj/peak", "end_to_end", "e2e/peak", "rows/s", "seconds", "rss_MiB", "held_MiB", "topk_overlap",
+            "lmdbg_s", "speedup", "lmdbg_rss_MiB", "mem_ratio"]
     print("\nGFLOP/s: gemm_peak, projection, end_to_end. held_MiB = basis + one layer + one chunk of logits.")
     print("speedup = lm-debugger seconds / lensdb seconds; mem_ratio = lm-debugger peak RSS / lensdb peak RSS.\n")
     print("| " + " | ".join(cols) + " |")
@@ -197,6 +225,8 @@ def main() -> None:
     for r in results:
         if r["precision"] != "fp32":
             continue
+        print(f"| {r['model']}: top-k + bottom-k / GEMM of a chunk (torch.topk → select) | "
+              f"{r['topk/gemm']:.2f} → {r['select/gemm']:.2f} | cheaper, exact |")
         print(f"| {r['model']}: end to end / GEMM peak | {r['e2e/peak']:.2f} | ≥ 0.80 |")
         if r["speedup"] is not None:
             print(f"| {r['model']}: speed-up over the lm-debugger method | {r['speedup']:.1f}× | ≥ 5× |")

@@ -14,7 +14,7 @@ from indexer.math.basis import (
     write_basis_blocks,
     write_basis_rows,
 )
-from indexer.math.projection import chunk_rows, chunks, topk_bottomk
+from indexer.math.projection import STRIDE, chunk_rows, chunks, select, topk_bottomk
 from indexer.model.adapters.base import Norm
 
 
@@ -31,6 +31,33 @@ def test_topk_bottomk_equals_dense_sort(vocab_tile: int | None, k: int) -> None:
     assert torch.equal(tb.bottom_ids, order.flip(1)[:, :kk])
     assert torch.allclose(tb.top_scores, dense.gather(1, order[:, :kk]))
     assert torch.allclose(tb.bottom_scores, dense.gather(1, order.flip(1)[:, :kk]))
+
+
+@pytest.mark.parametrize("vocab", [16 * STRIDE * 50 + 3, 20_011, 50_257])
+@pytest.mark.parametrize("k", [1, 5, 50])
+def test_select_equals_a_full_sort_on_vocabularies_where_it_takes_the_strided_path(vocab: int, k: int) -> None:
+    g = torch.Generator().manual_seed(vocab + k)
+    logits = torch.randn(9, vocab, generator=g)
+    for largest in (True, False):
+        scores, ids = select(logits, k, largest)
+        order = logits.argsort(dim=1, descending=largest)[:, :k]
+        assert torch.equal(ids, order) and torch.equal(scores, logits.gather(1, order))
+
+
+def test_select_finds_a_top_k_crowded_into_one_interleaved_set_and_the_tail() -> None:
+    """The worst case for the set maxima: every winner shares one set (columns j + i·nb) or sits in the tail
+    (the columns past STRIDE·nb), so one set and the tail must yield them all."""
+    k, nb = 12, 1000
+    vocab = STRIDE * nb + 5
+    logits = torch.randn(3, vocab, generator=torch.Generator().manual_seed(1))
+    planted = [7 + i * nb for i in range(STRIDE)] + list(range(STRIDE * nb, vocab))[:k - STRIDE]
+    for rank, col in enumerate(planted):
+        logits[:, col] = 100.0 - rank
+        logits[1, col] = -100.0 + rank  # row 1: the same columns are the bottom k
+    top, top_ids = select(logits, k, largest=True)
+    assert top_ids[0].tolist() == planted and top_ids[2].tolist() == planted
+    bottom, bottom_ids = select(logits, k, largest=False)
+    assert bottom_ids[1].tolist() == planted and bottom[1].tolist() == [-100.0 + r for r in range(k)]
 
 
 def test_k_larger_than_vocab_is_clamped() -> None:
