@@ -1,5 +1,5 @@
 """A run's resident memory kept at what it holds: glibc's allocator told to stop raising its mmap threshold, and
-DuckDB held to a small ``memory_limit`` while the run writes (``duckdb_spills``).
+DuckDB held to a small ``memory_limit`` and one thread while the run writes (``duckdb_spills``).
 
 glibc serves an allocation above ``M_MMAP_THRESHOLD`` with its own mapping, returned to the system when freed —
 but after each such free it raises the threshold to that size (up to 32 MiB). From then on each chunk's
@@ -40,13 +40,16 @@ def bound_heap_growth() -> bool:
     return _done
 
 
-DUCKDB_LIMIT = 256 << 20
+DUCKDB_LIMIT = 64 << 20
 """DuckDB's ``memory_limit`` while an index run writes (``duckdb_spills``)."""
+DUCKDB_THREADS = 1
+"""DuckDB's ``threads`` while an index run writes."""
 
 
 @contextmanager
 def duckdb_spills(con: duckdb.DuckDBPyConnection, limit: int = DUCKDB_LIMIT) -> Iterator[None]:
-    """Hold the DuckDB instance of ``con`` to ``limit`` bytes for the body, then restore its ``memory_limit``.
+    """Hold the DuckDB instance of ``con`` to ``limit`` bytes and ``DUCKDB_THREADS`` threads for the body, then
+    restore its ``memory_limit`` and ``threads``.
 
     A run's one transaction appends every stored vector (``vector_values``) and every basis row (a second
     ``[V, d]`` matrix) before it commits. Rows that fill no row group (122 880 rows; a Llama run's 30 k vectors of
@@ -55,8 +58,10 @@ def duckdb_spills(con: duckdb.DuckDBPyConnection, limit: int = DUCKDB_LIMIT) -> 
     commit. Under a limit DuckDB moves those blocks to its temporary folder (``<store>.tmp``) and reads them back
     at commit: the same rows, no slower within this machine's noise (960 MB appended under 100 MB: 27 s against
     30 s), the resident size bounded (a Llama-shaped run with stored vectors: peak 2942 MiB before, ~1750 MiB with
-    this and the block reads). 64 MiB was too little: a default MiniLM index then failed with DuckDB's "Out of
-    Memory" in an insert that cannot spill. An instance whose configuration is locked (the service's, hardened
+    this and the block reads). One thread: the appends run beside the projection's GEMM, whose threads already
+    take every core (on 2 cores a default MiniLM index took 20.0 s with DuckDB's 2 threads, 18.0 s with one),
+    and a one-thread insert buffers fewer row groups — with DuckDB's 2 threads 64 MiB was too little (a default
+    MiniLM index failed with "Out of Memory" in its token run's insert), with one it runs at 32 MiB. An instance whose configuration is locked (the service's, hardened
     with the operator's ``memory_limit`` and spill folder) is left as it is: there the operator's limit bounds
     the run, and reads never see a limit they did not configure."""
     cur = con.cursor()
@@ -65,13 +70,15 @@ def duckdb_spills(con: duckdb.DuckDBPyConnection, limit: int = DUCKDB_LIMIT) -> 
         if locked is not None and str(locked[0]).lower() == "true":  # the service's instance: the operator's limit
             yield
             return
-        before = cur.execute("SELECT current_setting('memory_limit')").fetchone()
+        before = cur.execute("SELECT current_setting('memory_limit'), current_setting('threads')").fetchone()
         cur.execute(f"SET memory_limit = '{max(1, limit >> 20)}MiB'")
+        cur.execute(f"SET threads = {DUCKDB_THREADS}")
         try:
             yield
         finally:
             if before is not None:
                 cur.execute(f"SET memory_limit = '{before[0]}'")
+                cur.execute(f"SET threads = {int(before[1])}")
     finally:
         cur.close()
 
