@@ -61,9 +61,10 @@ def duckdb_spills(con: duckdb.DuckDBPyConnection, limit: int = DUCKDB_LIMIT) -> 
     this and the block reads). One thread: the appends run beside the projection's GEMM, whose threads already
     take every core (on 2 cores a default MiniLM index took 20.0 s with DuckDB's 2 threads, 18.0 s with one),
     and a one-thread insert buffers fewer row groups — with DuckDB's 2 threads 64 MiB was too little (a default
-    MiniLM index failed with "Out of Memory" in its token run's insert), with one it runs at 32 MiB. An instance whose configuration is locked (the service's, hardened
-    with the operator's ``memory_limit`` and spill folder) is left as it is: there the operator's limit bounds
-    the run, and reads never see a limit they did not configure."""
+    MiniLM index failed with "Out of Memory" in its token run's insert), with one it runs at 32 MiB. An instance
+    whose configuration is locked (the service's, hardened with the operator's ``memory_limit`` and spill folder)
+    is left as it is: there the operator's limit bounds the run, and reads never see a limit they did not
+    configure."""
     cur = con.cursor()
     try:
         locked = cur.execute("SELECT current_setting('lock_configuration')").fetchone()
