@@ -181,3 +181,38 @@ def test_row_blocks_that_do_not_fit_are_refused() -> None:
         write_basis_rows(row_blocks(torch.ones(10, 4), 3), (12, 4), None, "folded")
     with pytest.raises(ValueError, match="do not fit"):
         write_basis_rows(row_blocks(torch.ones(10, 5), 3), (10, 4), None, "folded")
+
+
+def test_small_parts_are_projected_as_stacks_and_handed_out_as_if_alone() -> None:
+    """A layer's heads (parts of d_head vectors) go through one GEMM per stack of at most one chunk's rows; each
+    part gets the same rows as when projected alone, numbered from its own first vector."""
+    from indexer.index.compute import resolve_compute
+    from indexer.index.projector import Part, Projector
+
+    g = torch.Generator().manual_seed(3)
+    vocab, d = 211, 8
+    basis = write_basis(torch.randn(vocab, d, generator=g), None, "folded")
+    projector = Projector(top_k=4, budget=4 * vocab * 20, compute=resolve_compute("cpu"))  # 20 rows per chunk
+    sizes = [6, 6, 0, 6, 6, 25, 3]  # stacks: [6, 6, 0, 6], [6], [25] alone (two chunks), [3]
+    vectors = [torch.randn(n, d, generator=g) for n in sizes]
+    stacks: list[int] = []
+    chunks_of = projector.chunks
+
+    def counted(v, b, keep=False):  # type: ignore[no-untyped-def]
+        stacks.append(int(v.shape[0]))
+        return chunks_of(v, b, keep)
+
+    projector.chunks = counted  # type: ignore[method-assign]
+    parts = [Part("attn_o", 0, h, None, n, lambda v=v: v) for h, (n, v) in enumerate(zip(sizes, vectors, strict=True))]
+    together = list(projector.stream_parts(parts, basis, role="writes"))
+    assert stacks == [18, 6, 25, 3]
+    projector.chunks = chunks_of  # type: ignore[method-assign]
+    for got, v, h in zip(together, vectors, range(len(sizes)), strict=True):
+        alone = projector.stream("attn_o", 0, h, v, basis, role="writes")
+        a, b = list(alone.chunks), list(got.chunks)
+        assert (got.head, got.n, got.role) == (h, v.shape[0], "writes")
+        assert [c.first_index for c in b] == [c.first_index for c in a]
+        for x, y in zip(a, b, strict=True):
+            assert torch.equal(x.tb.top_ids, y.tb.top_ids) and torch.equal(x.tb.bottom_ids, y.tb.bottom_ids)
+            assert torch.allclose(x.tb.top_scores, y.tb.top_scores) and torch.equal(x.values, y.values)
+            assert torch.allclose(x.std, y.std) and torch.equal(x.norm, y.norm)

@@ -3,7 +3,7 @@
 It never touches the store, so it runs in the writer's process (local executor) or in a Ray worker.
 """
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -44,6 +44,24 @@ class Projected:
     expert: int | None = None
     role: str | None = None
     """The role whose basis rows read the stored vectors (``writes``/``reads``); None: vectors not stored."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """A part to project, its vectors made only when it is projected (a reading part's are a folded copy)."""
+
+    name: str
+    layer: int
+    head: int | None
+    expert: int | None
+    n: int
+    vectors: Callable[[], torch.Tensor]
+
+
+def _rows(c: Chunk, a: int, b: int) -> Chunk:
+    """Rows ``[a, b)`` of chunk ``c``, as the chunk of a part starting at row ``a``."""
+    tb = TopBottom(c.tb.top_scores[a:b], c.tb.top_ids[a:b], c.tb.bottom_scores[a:b], c.tb.bottom_ids[a:b])
+    return Chunk(0, tb, c.mean[a:b], c.std[a:b], c.norm[a:b], None if c.values is None else c.values[a:b])
 
 
 def to_cpu(tb: TopBottom) -> TopBottom:
@@ -95,6 +113,35 @@ class Projector:
         role's basis rows."""
         return Projected(name, layer, head, int(vectors.shape[0]), self.chunks(vectors, basis, role is not None),
                          expert, role)
+
+    def stream_parts(self, parts: Iterable[Part], basis: Basis, role: str | None = None) -> Iterator[Projected]:
+        """Parts that share ``basis`` (a layer's heads, experts), in order: consecutive small parts are stacked into
+        one chunk and projected by one GEMM, then handed out part by part (their vector ids unchanged).
+
+        A head has d_head vectors (32 in MiniLM): alone, its GEMM read the whole ``[V, d]`` basis for 32 rows and
+        ran at under half the GEMM peak (a default MiniLM index spent 5.1 of its 9.6 GEMM seconds on heads). A
+        stack never exceeds one chunk's rows, so it holds no more vectors than a chunk does."""
+        size = chunk_rows(basis.vocab_size, self.budget)
+        group: list[Part] = []
+        for part in parts:
+            if group and sum(p.n for p in group) + part.n > size:
+                yield from self._stacked(group, basis, role)
+                group = []
+            group.append(part)
+        if group:
+            yield from self._stacked(group, basis, role)
+
+    def _stacked(self, group: list[Part], basis: Basis, role: str | None) -> Iterator[Projected]:
+        if len(group) == 1:
+            p = group[0]
+            yield self.stream(p.name, p.layer, p.head, p.vectors(), basis, p.expert, role)
+            return
+        (chunk,) = self.chunks(torch.cat([p.vectors() for p in group]), basis, role is not None)
+        start = 0
+        for p in group:
+            pieces = [_rows(chunk, start, start + p.n)] if p.n else []
+            yield Projected(p.name, p.layer, p.head, p.n, pieces, p.expert, role)
+            start += p.n
 
     def project(self, name: str, layer: int, head: int | None, vectors: torch.Tensor, basis: Basis,
                 expert: int | None = None, role: str | None = None) -> Projected:
