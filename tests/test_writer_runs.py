@@ -230,3 +230,25 @@ def test_append_arrow_matches_columns_by_name_and_refuses_unknown_ones(tmp_path:
         with pytest.raises(TypeError, match="no column z"):
             append_arrow(con, "t", pa.table({"a": [1], "z": [2]}))
         assert con.execute("SELECT * FROM t").fetchall() == [(7, None, 1.5)]
+
+
+def test_vector_rows_go_ahead_of_the_token_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Vector rows and vector lists need no sort: once VALUE_BYTES of them are buffered they are appended while
+    later chunks are built, in id order, instead of waiting for the token run to close."""
+    monkeypatch.setattr("indexer.index.unit_writer.VALUE_BYTES", 4096)
+    with writer(tmp_path / "lens.duckdb") as con:
+        out = UnitWriter(con, 1, run_rows=10**9)
+        try:
+            for layer, chunks in _units():
+                out.write(Projected("ff_value", layer, None, sum(int(c.norm.shape[0]) for c in chunks), iter(chunks)))
+            out.wait()
+            assert out.n_runs == 0  # the token run is still open
+            early = con.execute("SELECT count(*) FROM vectors").fetchone()[0]  # type: ignore[index]
+            assert early > 0 and early == con.execute("SELECT count(*) FROM vector_lists").fetchone()[0]  # type: ignore[index]
+            assert con.execute("SELECT count(*) FROM vector_tokens").fetchone()[0] == 0  # type: ignore[index]
+            out.finish()
+        finally:
+            out.drain()
+        ids = [r[0] for r in con.execute("SELECT vector_id FROM vectors").fetchall()]
+        listed = [r[0] for r in con.execute("SELECT vector_id FROM vector_lists").fetchall()]
+    assert ids == listed == list(range(1, 3 * 40 + 1)) and out.n_vectors == 120

@@ -55,19 +55,27 @@ otherwise hold every vector of the run in float32)."""
 
 
 class _Run:
-    """Rows of consecutive chunks waiting to be appended together: vector rows, token columns, vector lists."""
+    """Rows of consecutive chunks waiting to be appended: token columns (sorted and appended together, as one
+    run), and the vector rows and vector lists, which need no sort and may go ahead (``take_vectors``)."""
 
     def __init__(self) -> None:
         self.vectors: list[pa.Table] = []
         self.tokens: list[dict[str, np.ndarray]] = []
         self.lists: list[pa.Table] = []
         self.rows = 0
+        self.vector_bytes = 0
 
     def add(self, vectors: pa.Table, tokens: dict[str, np.ndarray], lists: pa.Table) -> None:
         self.vectors.append(vectors)
         self.tokens.append(tokens)
         self.lists.append(lists)
         self.rows += len(tokens["token_id"])
+        self.vector_bytes += vectors.nbytes + lists.nbytes
+
+    def take_vectors(self) -> tuple[list[pa.Table], list[pa.Table]]:
+        """The buffered vector rows and lists, handed over and forgotten here."""
+        vectors, lists, self.vectors, self.lists, self.vector_bytes = self.vectors, self.lists, [], [], 0
+        return vectors, lists
 
 
 class UnitWriter:
@@ -135,12 +143,14 @@ class UnitWriter:
                     self._flush_values()
             if self._run.rows >= self.run_rows:
                 self.flush()
+            elif self._run.vector_bytes >= VALUE_BYTES:  # appended while later chunks are built, not with the run
+                self._submit(functools.partial(self._append_vectors, *self._run.take_vectors()))
 
     def flush(self) -> None:
         """Hand the buffered run to the append thread: sorted by token there, appended as one run; then the
         buffered stored vectors."""
         run, self._run = self._run, _Run()
-        if run.vectors:
+        if run.tokens:
             self._submit(functools.partial(self._append_run, run))
         self._flush_values()
 
@@ -178,13 +188,17 @@ class UnitWriter:
         self.n_projections += rows.num_rows
         pause_point("write")
 
+    def _append_vectors(self, vectors: list[pa.Table], lists: list[pa.Table]) -> None:
+        if vectors:
+            append_arrow(self.con, "vectors", pa.concat_tables(vectors))
+            # ids ascend from batch to batch, so vector_lists stays sorted by vector_id
+            append_arrow(self.con, "vector_lists", pa.concat_tables(lists))
+            self.n_vectors += sum(v.num_rows for v in vectors)
+
     def _append_run(self, run: "_Run") -> None:
         tokens = sorted_token_run(run.tokens)
-        append_arrow(self.con, "vectors", pa.concat_tables(run.vectors))
+        self._append_vectors(*run.take_vectors())
         append_arrow(self.con, "vector_tokens", tokens)
-        # ids ascend across runs, so vector_lists stays sorted by vector_id
-        append_arrow(self.con, "vector_lists", pa.concat_tables(run.lists))
-        self.n_vectors += sum(v.num_rows for v in run.vectors)
         self.n_projections += tokens.num_rows
         self.n_runs += 1
         pause_point("write")
