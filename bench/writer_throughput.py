@@ -9,8 +9,8 @@ unsorted copy of ``vector_tokens`` in a fresh file and commits: what DuckDB itse
     .venv/bin/python bench/writer_throughput.py [--layers 12] [--d-ff 3072] [--vocab 50257] [--top-k 50]
                                                 [--repeats 3]
 
-Prints each repeat, the medians and ``writer / duckdb`` beside its target (≥ 0.5); ``--profile`` splits the
-writer's seconds into its phases.
+Prints each repeat, the medians and ``writer / duckdb`` beside its target (≥ 0.5). (There is no ``--profile``:
+profile a run with py-spy, ``py-spy record --threads``.)
 """
 
 import argparse
