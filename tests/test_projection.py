@@ -193,7 +193,7 @@ def test_small_parts_are_projected_as_stacks_and_handed_out_as_if_alone() -> Non
     vocab, d = 211, 8
     basis = write_basis(torch.randn(vocab, d, generator=g), None, "folded")
     projector = Projector(top_k=4, budget=4 * vocab * 20, compute=resolve_compute("cpu"))  # 20 rows per chunk
-    sizes = [6, 6, 0, 6, 6, 25, 3]  # stacks: [6, 6, 0, 6], [6], [25] alone (two chunks), [3]
+    sizes = [6, 6, 0, 6, 6, 25, 3, 0, 0]  # stacks: [6, 6, 0, 6], [6], [25] alone (two chunks), [3, 0, 0]
     vectors = [torch.randn(n, d, generator=g) for n in sizes]
     stacks: list[int] = []
     chunks_of = projector.chunks
@@ -206,6 +206,8 @@ def test_small_parts_are_projected_as_stacks_and_handed_out_as_if_alone() -> Non
     parts = [Part("attn_o", 0, h, None, n, lambda v=v: v) for h, (n, v) in enumerate(zip(sizes, vectors, strict=True))]
     together = list(projector.stream_parts(parts, basis, role="writes"))
     assert stacks == [18, 6, 25, 3]
+    empty = list(projector.stream_parts([Part("attn_o", 1, h, None, 0, lambda: vectors[2]) for h in range(2)], basis))
+    assert [(p.n, list(p.chunks)) for p in empty] == [(0, []), (0, [])]
     projector.chunks = chunks_of  # type: ignore[method-assign]
     for got, v, h in zip(together, vectors, range(len(sizes)), strict=True):
         alone = projector.stream("attn_o", 0, h, v, basis, role="writes")

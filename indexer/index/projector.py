@@ -136,10 +136,10 @@ class Projector:
             p = group[0]
             yield self.stream(p.name, p.layer, p.head, p.vectors(), basis, p.expert, role)
             return
-        (chunk,) = self.chunks(torch.cat([p.vectors() for p in group]), basis, role is not None)
+        stacked = list(self.chunks(torch.cat([p.vectors() for p in group]), basis, role is not None))  # one chunk
         start = 0
         for p in group:
-            pieces = [_rows(chunk, start, start + p.n)] if p.n else []
+            pieces = [_rows(stacked[0], start, start + p.n)] if p.n else []
             yield Projected(p.name, p.layer, p.head, p.n, pieces, p.expert, role)
             start += p.n
 
