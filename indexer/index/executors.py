@@ -6,15 +6,14 @@ vector ids do not depend on the executor.
 - ``indexer.index.ray_pool.RayExecutor``: a pool of Ray actors (Ray is imported only when asked for).
 """
 
-import functools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
 from indexer.index.compute import Compute
 from indexer.index.options import IndexOptions
-from indexer.index.plan import Unit, unit_vectors, units_with_bases
-from indexer.index.projector import Part, Projected, Projector
+from indexer.index.plan import Unit, unit_parts, units_with_bases
+from indexer.index.projector import Projected, Projector
 from indexer.model.adapters import Adapter
 from schema.errors import LensdbError
 
@@ -39,9 +38,7 @@ class LocalExecutor:
             if self.opts.lora == "delta":  # a LoRA's update alone: matrices it does not adapt read as zeros
                 parts = [p for p in parts if bool(p.vectors.any())]
             role = self.adapter.spec(name).role if self.opts.vectors else None
-            todo = (Part(p.name, p.layer, p.head, p.expert, int(p.vectors.shape[0]),
-                         functools.partial(unit_vectors, p, mode)) for p in parts)
-            yield name, layer, basis.flags, self.projector.stream_parts(todo, basis, role)
+            yield name, layer, basis.flags, self.projector.stream_parts(unit_parts(parts, mode), basis, role)
             del parts  # before the next unit is read: one layer's vectors in memory, not two
 
 

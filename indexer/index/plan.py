@@ -4,11 +4,13 @@ One ``[V, d]`` basis per role is built at a time; a unit's basis is that matrix 
 (``unit_basis``: the norms between its vectors and the readout, a ``[d, d]`` map), so a per-layer basis costs no
 extra vocabulary-sized copy. Local and Ray executors both go through ``unit_basis``."""
 
-from collections.abc import Iterator
+import functools
+from collections.abc import Iterable, Iterator
 
 import torch
 
 from indexer.index.compute import Compute
+from indexer.index.projector import Part
 from indexer.math.basis import (
     ROW_BLOCK,
     Basis,
@@ -89,6 +91,12 @@ def unit_basis(adapter: Adapter, role_basis: Basis, name: str, layer: int, mode:
 def unit_vectors(part: Component, mode: BasisMode) -> torch.Tensor:
     """A part's vectors as projected: reading vectors get their input norm folded in."""
     return fold_reader(part.vectors, part.norm, mode) if part.role == "reads" else part.vectors
+
+
+def unit_parts(parts: Iterable[Component], mode: BasisMode) -> Iterator[Part]:
+    """A unit's parts as ``Projector.stream_parts`` takes them, each one's vectors made when it is projected."""
+    for p in parts:
+        yield Part(p.name, p.layer, p.head, p.expert, int(p.vectors.shape[0]), functools.partial(unit_vectors, p, mode))
 
 
 def units_with_bases(adapter: Adapter, plan: list[Unit], mode: BasisMode, compute: Compute,

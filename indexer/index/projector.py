@@ -142,9 +142,3 @@ class Projector:
             pieces = [_rows(stacked[0], start, start + p.n)] if p.n else []
             yield Projected(p.name, p.layer, p.head, p.n, pieces, p.expert, role)
             start += p.n
-
-    def project(self, name: str, layer: int, head: int | None, vectors: torch.Tensor, basis: Basis,
-                expert: int | None = None, role: str | None = None) -> Projected:
-        """A whole part at once (what a remote worker returns)."""
-        return Projected(name, layer, head, int(vectors.shape[0]), list(self.chunks(vectors, basis, role is not None)),
-                         expert, role)

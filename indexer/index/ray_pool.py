@@ -10,6 +10,7 @@ import os
 import socket
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from indexer.index.compute import DeviceChoice, Precision, resolve_compute
 from indexer.index.executors import ProjectedUnit
 from indexer.index.options import VERSION, IndexOptions
-from indexer.index.plan import Unit, role_basis, unit_basis, unit_vectors
+from indexer.index.plan import Unit, role_basis, unit_basis, unit_parts
 from indexer.index.projector import Projected, Projector
 from indexer.math.basis import BasisMode
 from indexer.model.adapters import adapter_for
@@ -68,9 +69,9 @@ class UnitWorker:
             self.basis = None  # one basis held at a time, as in a local run
             self.basis = (role, role_basis(self.adapter, role, mode, self.compute, self.reader))
         basis = unit_basis(self.adapter, self.basis[1], name, layer, mode)
-        return basis.flags, [self.projector.project(p.name, p.layer, p.head, unit_vectors(p, mode), basis,
-                                                    p.expert, role if self.vectors else None)
-                             for p in self.adapter.component(name, layer)]
+        parts = self.projector.stream_parts(unit_parts(self.adapter.component(name, layer), mode), basis,
+                                            role if self.vectors else None)
+        return basis.flags, [replace(p, chunks=list(p.chunks)) for p in parts]  # chunks computed here, then sent
 
 
 def connect(address: str | None) -> Any:
