@@ -96,12 +96,7 @@ class Checkpoint:
             step = max(1, READ_BLOCK // (4 * max(1, width)))
             for start in range(0, n, step):
                 stop = min(n, start + step)
-                # the file is opened per block: safetensors maps it, and every page read through one mapping
-                # stays resident until it closes (the layer's stored bytes again: +83 MiB at a Llama layer)
-                with safe_open(str(file), framework="pt") as f:
-                    sl = f.get_slice(name)
-                    block = sl[start:stop] if index is None else sl[index, start:stop]
-                block = _finite(block.to(torch.float32), file, name)
+                block = _block(file, name, start, stop, index)
                 if transpose:
                     out[:, start:stop].copy_(block.T)
                 else:
@@ -126,12 +121,7 @@ class Checkpoint:
             raise CheckpointError(f"{self.path}: tensor {name!r} is missing from the weights.")
         file, n = self._where[name], self.shapes[name][0]
         for start in range(0, n, rows):
-            try:
-                with safe_open(str(file), framework="pt") as f:
-                    t = f.get_slice(name)[start : min(n, start + rows)]
-            except Exception as err:  # safetensors raises its own untyped errors for corrupt files
-                raise CheckpointError(f"{file}: cannot read tensor {name!r}: {err}") from None
-            yield _finite(t.to(torch.float32), file, name)
+            yield _block(file, name, start, min(n, start + rows))
 
     def content_hash(self) -> str:
         """sha256 over config.json, every weight file and the tokenizer files: the checkpoint's identity."""
@@ -158,6 +148,20 @@ class Checkpoint:
                     while chunk := fh.read(1 << 24):
                         h.update(chunk)
         return h.hexdigest(), legacy
+
+
+def _block(file: Path, name: str, start: int, stop: int, index: int | None = None) -> torch.Tensor:
+    """Rows ``[start, stop)`` of a tensor (of its slice ``index`` along the first axis) as float32, checked finite.
+    The file is opened for this block alone: safetensors maps it, and every page read through one mapping stays
+    resident until it closes (reading a layer through one opening held its stored bytes too: +83 MiB at a Llama
+    layer)."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            sl = f.get_slice(name)
+            t = sl[start:stop] if index is None else sl[index, start:stop]
+    except Exception as err:  # safetensors raises its own untyped errors for corrupt files
+        raise CheckpointError(f"{file}: cannot read tensor {name!r}: {err}") from None
+    return _finite(t.to(torch.float32), file, name)
 
 
 def _finite(t: torch.Tensor, file: Path, name: str) -> torch.Tensor:
