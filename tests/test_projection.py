@@ -14,7 +14,7 @@ from indexer.math.basis import (
     write_basis_blocks,
     write_basis_rows,
 )
-from indexer.math.projection import STRIDE, chunk_rows, chunks, select, topk_bottomk
+from indexer.math.projection import GEMM_COLUMNS, STRIDE, chunk_rows, chunks, select, topk_bottomk
 from indexer.model.adapters.base import Norm
 
 
@@ -77,6 +77,38 @@ def test_scaled_unembedding_row_ranks_its_token_first() -> None:
         assert tb.bottom_ids[0, 0] == tid
 
 
+@pytest.mark.parametrize("vocab", [2 * GEMM_COLUMNS + 3, 3 * GEMM_COLUMNS + 805, 50_257])
+@pytest.mark.parametrize("k", [1, 50])
+def test_projection_in_vocabulary_slices_equals_a_full_sort(vocab: int, k: int) -> None:
+    """On the CPU the logits are computed GEMM_COLUMNS columns at a time into a slice-major workspace (a last
+    slice narrower than STRIDE is all tail); the top and bottom k are those of the whole product."""
+    g = torch.Generator().manual_seed(vocab + k)
+    vectors, basis = torch.randn(11, 24, generator=g), torch.randn(vocab, 24, generator=g)
+    dense = vectors @ basis.T
+    ws = torch.full((11 * vocab + 100,), float("nan"))
+    for workspace in (None, ws, ws):  # a reused workspace, over-long and dirty, changes nothing
+        tb = topk_bottomk(vectors, basis, k, workspace=workspace)
+        order = dense.argsort(dim=1, descending=True)
+        assert torch.equal(tb.top_ids, order[:, :k]) and torch.equal(tb.bottom_ids, order.flip(1)[:, :k])
+        assert torch.allclose(tb.top_scores, dense.gather(1, order[:, :k]))
+        assert torch.allclose(tb.bottom_scores, dense.gather(1, order.flip(1)[:, :k]))
+
+
+def test_sliced_projection_finds_winners_crowded_into_one_set_of_a_middle_slice_and_the_tail() -> None:
+    """Every winner in one interleaved set of the second slice (columns GEMM_COLUMNS + 9 + i·GEMM_COLUMNS/STRIDE),
+    in the last slice's tail or in the first column; eye(3) @ basis.T plants the logits exactly."""
+    k, vocab = 12, 3 * GEMM_COLUMNS + 5
+    logits = torch.randn(3, vocab, generator=torch.Generator().manual_seed(5))
+    step = GEMM_COLUMNS // STRIDE
+    planted = [GEMM_COLUMNS + 9 + i * step for i in range(STRIDE)] + list(range(vocab - 3, vocab)) + [0]
+    for rank, col in enumerate(planted):
+        logits[:, col] = 100.0 - rank
+        logits[1, col] = -100.0 + rank  # row 1: the same columns are the bottom k
+    tb = topk_bottomk(torch.eye(3), logits.T.contiguous(), k)
+    assert tb.top_ids[0].tolist() == planted and tb.top_ids[2].tolist() == planted
+    assert tb.bottom_ids[1].tolist() == planted and tb.bottom_scores[1].tolist() == [-100.0 + r for r in range(k)]
+
+
 def test_logit_stats_equal_dense_statistics() -> None:
     g = torch.Generator().manual_seed(2)
     unembed, vectors = torch.randn(300, 12, generator=g) + 0.3, torch.randn(9, 12, generator=g)
@@ -119,6 +151,8 @@ def test_chunks_cover_every_row_once() -> None:
     assert size == 7
     covered = [i for s in chunks(50, size) for i in range(s.start, s.stop)]
     assert covered == list(range(50))
+    assert [s.stop - s.start for s in chunks(3072, 333)] == [307, 307, 307, 307, 308] * 2  # no 75-row straggler
+    assert list(chunks(0, 7)) == []
     assert chunk_rows(vocab_size=10**9, budget_bytes=1) == 1
 
 
