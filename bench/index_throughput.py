@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
@@ -61,7 +62,7 @@ def gemm_peak(d: int, vocab: int, rows: int, device: torch.device, seconds: floa
     slices (what the indexer does on the CPU), whichever is faster: the reference never rewards a slow form."""
     a, b = torch.randn(rows, d, device=device), torch.randn(vocab, d, device=device)
     out = torch.empty(rows * vocab, device=device)
-    forms = [lambda: torch.mm(a, b.T, out=out.view(rows, vocab))]
+    forms: list[Callable[[], object]] = [lambda: torch.mm(a, b.T, out=out.view(rows, vocab))]
     if device.type == "cpu":
         forms.append(lambda: _sliced_mm(a, b, out))
     warm = time.perf_counter() + 1.0  # the first products of a process run at ~0.6 of the rest: not the peak
