@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from indexer.index.compute import resolve_compute
+from indexer.index.projector import Projector
 from indexer.math.basis import (
     fold_reader,
     logit_stats,
@@ -86,8 +88,12 @@ def test_projection_in_vocabulary_slices_equals_a_full_sort(vocab: int, k: int) 
     vectors, basis = torch.randn(11, 24, generator=g), torch.randn(vocab, 24, generator=g)
     dense = vectors @ basis.T
     ws = torch.full((11 * vocab + 100,), float("nan"))
+    wide = dense.double()
     for workspace in (None, ws, ws):  # a reused workspace, over-long and dirty, changes nothing
-        tb = topk_bottomk(vectors, basis, k, workspace=workspace)
+        tb = topk_bottomk(vectors, basis, k, workspace=workspace, stats=True)
+        assert tb.mean is not None and tb.std is not None  # taken from the slices on the way
+        assert torch.allclose(tb.mean, wide.mean(1), rtol=0, atol=1e-6 * float(wide.std(1).max()))
+        assert torch.allclose(tb.std, wide.std(1, unbiased=False), rtol=1e-6, atol=0)
         order = dense.argsort(dim=1, descending=True)
         assert torch.equal(tb.top_ids, order[:, :k]) and torch.equal(tb.bottom_ids, order.flip(1)[:, :k])
         assert torch.allclose(tb.top_scores, dense.gather(1, order[:, :k]))
@@ -107,6 +113,26 @@ def test_sliced_projection_finds_winners_crowded_into_one_set_of_a_middle_slice_
     tb = topk_bottomk(torch.eye(3), logits.T.contiguous(), k)
     assert tb.top_ids[0].tolist() == planted and tb.top_ids[2].tolist() == planted
     assert tb.bottom_ids[1].tolist() == planted and tb.bottom_scores[1].tolist() == [-100.0 + r for r in range(k)]
+
+
+def test_slice_stats_are_left_to_logit_stats_where_the_mean_would_cancel_the_variance() -> None:
+    """The std from the slices comes from sums of squares: with every logit near 40 ± 1 (a raw basis whose rows
+    share a large component) it would keep ~4 digits, so the slices give none and the projector's
+    ``logit_stats`` (centred covariance) gives the dense float64 std to float32 accuracy."""
+    g = torch.Generator().manual_seed(6)
+    unembed = torch.randn(3 * GEMM_COLUMNS + 11, 16, generator=g) * 0.25
+    unembed[:, 0] = 40.0
+    vectors = torch.randn(5, 16, generator=g)
+    vectors[:, 0] = 1.0
+    wide = (vectors @ unembed.T).double()
+    assert topk_bottomk(vectors, unembed, 5, stats=True).mean is None
+    vectors[:, 0] = 0.0  # the shared component no longer read: the slices' stats are exact again
+    assert topk_bottomk(vectors, unembed, 5, stats=True).mean is not None
+    vectors[:, 0] = 1.0
+    basis = write_basis(unembed, None, "raw")
+    (chunk,) = Projector(5, 1 << 30, resolve_compute("cpu")).chunks(vectors, basis)
+    assert torch.allclose(chunk.mean, wide.mean(1), rtol=1e-6)
+    assert torch.allclose(chunk.std, wide.std(1, unbiased=False), rtol=1e-5)
 
 
 def test_logit_stats_equal_dense_statistics() -> None:

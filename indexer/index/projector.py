@@ -96,11 +96,11 @@ class Projector:
             raw = vectors[part].to(self.compute.device)
             v = basis.prepare(raw)  # carried through the norms on the unit's path, where there are any
             if self.compute.exact:
-                tb = topk_bottomk(v, basis.matrix, self.top_k, workspace=ws)
-            else:
+                tb = topk_bottomk(v, basis.matrix, self.top_k, workspace=ws, stats=True)
+            else:  # stats from low-precision logits would be low-precision: from the exact basis instead
                 fast = basis.fast if basis.fast is not None else basis.matrix
                 tb = topk_bottomk(v, fast, self.top_k, exact_basis=basis.matrix, workspace=ws)
-            mean, std = logit_stats(v, basis)
+            mean, std = (tb.mean, tb.std) if tb.mean is not None and tb.std is not None else logit_stats(v, basis)
             norm = raw.to(torch.float64).norm(dim=1)  # the vector's own norm, as the checkpoint holds it
             pause_point("projection")
             # a copy: a view would keep the whole layer alive for as long as the writer buffers the chunk

@@ -38,13 +38,22 @@ class Basis:
     matrix: torch.Tensor
     flags: dict[str, object]
     col_mean: torch.Tensor = field(repr=False)
-    cov: torch.Tensor = field(repr=False)
 
     fast: torch.Tensor | None = field(default=None, repr=False)
     carry: torch.Tensor | None = field(default=None, repr=False)
     """``[d, d]``: vectors are carried as ``v @ carry`` before they meet ``matrix`` (the norms on a unit's path,
     ``indexer.math.carry.path_map``); ``None`` where no norm lies between them. One ``[V, d]`` matrix per role
     serves every layer: a unit's basis differs only by this small map."""
+    _cached: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def cov(self) -> torch.Tensor:
+        """The rows' covariance (d×d, float32), computed on first use and kept: 2·V·d² FLOPs (1.07 TFLOP, ten
+        seconds here, for a Llama-2 basis) and d² floats that a CPU run, which takes its logit stats from the
+        logits themselves (``topk_bottomk(stats=True)``), never needs."""
+        if "cov" not in self._cached:
+            self._cached["cov"] = _covariance(self.matrix, self.col_mean)
+        return self._cached["cov"]
 
     @property
     def vocab_size(self) -> int:
@@ -55,8 +64,8 @@ class Basis:
         matrix = self.matrix.to(device)
         fast = None if fast_dtype is None else matrix.to(fast_dtype)
         carry = None if self.carry is None else self.carry.to(device)
-        return replace(self, matrix=matrix, col_mean=self.col_mean.to(device), cov=self.cov.to(device), fast=fast,
-                       carry=carry)
+        return replace(self, matrix=matrix, col_mean=self.col_mean.to(device), fast=fast, carry=carry,
+                       _cached={name: t.to(device) for name, t in self._cached.items()})
 
     def at(self, carry: torch.Tensor | None) -> "Basis":
         """The same matrix read after ``carry`` (a unit's path map): no copy of the matrix."""
@@ -72,18 +81,21 @@ class Basis:
 
 
 def _basis(matrix: torch.Tensor, flags: dict[str, object], block: int = 1024) -> Basis:
-    """Column means (float64) and the covariance of the rows, over row blocks: never a float64 copy of the whole
-    matrix (1 GB for a 32000 × 4096 vocabulary). The rows are centred before their products, so no large mean
+    """The basis of ``matrix`` with its column means, summed in float64 over row blocks (never a float64 copy
+    of the whole matrix: 1 GB for a 32000 × 4096 vocabulary); the covariance waits until it is asked for."""
+    total = torch.zeros(matrix.shape[1], dtype=torch.float64, device=matrix.device)
+    for start in range(0, matrix.shape[0], block):
+        total += matrix[start : start + block].sum(dim=0, dtype=torch.float64)
+    return Basis(matrix=matrix.contiguous(), flags=flags, col_mean=total / matrix.shape[0])
+
+
+def _covariance(matrix: torch.Tensor, mean: torch.Tensor, block: int = 1024) -> torch.Tensor:
+    """The covariance of the rows over row blocks. The rows are centred before their products, so no large mean
     cancels later; each block's product runs in float32 (half the time of float64, 2·V·d² FLOPs in all) and the
     blocks are summed in float64. Memory beside the matrix: the float64 sum (d² · 8 B, 128 MiB at d = 4096), one
     block's float32 product (d² · 4 B) and the float32 result; never a float64 copy of a product or of the sum."""
-    n = matrix.shape[0]
-    total = torch.zeros(matrix.shape[1], dtype=torch.float64, device=matrix.device)
-    for start in range(0, n, block):
-        total += matrix[start : start + block].sum(dim=0, dtype=torch.float64)
-    mean = total / n
+    n, d = matrix.shape
     mean32 = mean.to(torch.float32)
-    d = matrix.shape[1]
     cov = torch.zeros(d, d, dtype=torch.float64, device=matrix.device)
     for start in range(0, n, block):
         rows = matrix[start : start + block].to(torch.float32) - mean32
@@ -91,7 +103,7 @@ def _basis(matrix: torch.Tensor, flags: dict[str, object], block: int = 1024) ->
         for i in range(0, d, 256):  # into the float64 sum a slab at a time: no float64 copy of the product
             cov[i : i + 256] += product[i : i + 256].to(torch.float64)
         del rows, product
-    return Basis(matrix=matrix.contiguous(), flags=flags, col_mean=mean, cov=cov.div_(n).to(torch.float32))
+    return cov.div_(n).to(torch.float32)
 
 
 def centre_rows(matrix: torch.Tensor) -> torch.Tensor:

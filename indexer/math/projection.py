@@ -24,6 +24,10 @@ class TopBottom:
     top_ids: torch.Tensor
     bottom_scores: torch.Tensor
     bottom_ids: torch.Tensor
+    mean: torch.Tensor | None = None
+    """Per row, float64: the mean of its logits over the vocabulary, where the projection took it in passing."""
+    std: torch.Tensor | None = None
+    """Likewise their standard deviation (population)."""
 
 
 STRIDE = 8
@@ -93,15 +97,20 @@ the time of the same products cut into 4096-column slices (2-core EPYC, torch 2.
 cache, and so does the pass that takes its sets' maxima and minima right after it."""
 
 
-def _sliced_topk(vectors: torch.Tensor, basis: torch.Tensor, k: int,
-                 workspace: torch.Tensor | None) -> TopBottom:
+def _sliced_topk(vectors: torch.Tensor, basis: torch.Tensor, k: int, workspace: torch.Tensor | None,
+                 stats: bool) -> TopBottom:
     """Top-k and bottom-k on the CPU: the logits computed ``GEMM_COLUMNS`` vocabulary columns at a time, each slice
     stored as its own contiguous block of the workspace and reduced to its sets' extremes while still in cache;
-    then ``select``'s candidate step over the whole buffer."""
+    then ``select``'s candidate step over the whole buffer.
+
+    ``stats``: also each row's logit mean and std, from every slice's float32 sum and norm (pairwise sums over
+    at most GEMM_COLUMNS values, combined in float64) — two more passes over a slice in cache, against a
+    d × d product per chunk and the basis covariance (2·V·d² FLOPs) for ``logit_stats``; left out (``None``)
+    where the mean is so large against the spread that ``CANCELLATION`` would cost the variance its digits."""
     rows, vocab = vectors.shape[0], basis.shape[0]
     need = rows * vocab
     flat = workspace[:need] if workspace is not None else torch.empty(need, dtype=basis.dtype)
-    highs, lows = [], []
+    highs, lows, sums, norms = [], [], [], []
     for first in range(0, vocab, GEMM_COLUMNS):
         width = min(GEMM_COLUMNS, vocab - first)
         logits = flat[rows * first : rows * (first + width)].view(rows, width)
@@ -109,9 +118,26 @@ def _sliced_topk(vectors: torch.Tensor, basis: torch.Tensor, k: int,
         grid = logits[:, : width // STRIDE * STRIDE].view(rows, STRIDE, width // STRIDE)
         highs.append(grid.amax(dim=1))
         lows.append(grid.amin(dim=1))
+        if stats:
+            sums.append(logits.sum(dim=1))
+            norms.append(torch.linalg.vector_norm(logits, dim=1))
     top = _from_sets(flat, rows, vocab, GEMM_COLUMNS, torch.cat(highs, dim=1), k, True, True)
     bottom = _from_sets(flat, rows, vocab, GEMM_COLUMNS, torch.cat(lows, dim=1), k, False, True)
-    return TopBottom(*top, *bottom)
+    if not stats:
+        return TopBottom(*top, *bottom)
+    mean = torch.stack(sums, dim=1).to(torch.float64).sum(dim=1) / vocab
+    square = torch.stack(norms, dim=1).to(torch.float64).square().sum(dim=1) / vocab
+    var = square - mean.square()
+    if bool((mean.square() > CANCELLATION * var).any()):  # E[x²] − mean² would lose the variance's digits
+        return TopBottom(*top, *bottom)
+    return TopBottom(*top, *bottom, mean=mean, std=var.clamp_min(0.0).sqrt())
+
+
+CANCELLATION = 8.0
+"""Largest mean² / variance for which a chunk's stats are taken from its slices: the float32 sum of squares has a
+relative error near 1e-7 of E[x²] = var·(1 + mean²/var), so up to 8 the variance keeps ~1e-6. Folded bases are
+centred over the vocabulary (mean ≈ 0); rows of a raw basis may share a large component, and their chunks are
+left to ``logit_stats``."""
 
 
 def _merge(scores: torch.Tensor, ids: torch.Tensor, k: int, largest: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,6 +148,7 @@ def _merge(scores: torch.Tensor, ids: torch.Tensor, k: int, largest: bool) -> tu
 def topk_bottomk(
     vectors: torch.Tensor, basis: torch.Tensor, k: int, vocab_tile: int | None = None,
     exact_basis: torch.Tensor | None = None, oversample: int = 2, workspace: torch.Tensor | None = None,
+    stats: bool = False,
 ) -> TopBottom:
     """Top-k and bottom-k of ``vectors @ basis.T`` per row, tiling the vocabulary by ``vocab_tile``.
 
@@ -129,9 +156,11 @@ def topk_bottomk(
     candidates per side are chosen from the fast logits and rescored exactly against ``exact_basis``.
     ``workspace``, a flat buffer of at least rows × tile elements of ``basis.dtype``, receives the logits:
     reusing it spares the allocator a fresh multi-MiB block (and its page faults) per chunk.
+    ``stats``: where the logits pass through the CPU's vocabulary slices, each row's logit mean and std are taken
+    on the way (``TopBottom.mean``/``std``; else they stay ``None``: ``indexer.math.basis.logit_stats``).
     """
     if exact_basis is None:
-        return _running_topk(vectors, basis, k, vocab_tile, workspace)
+        return _running_topk(vectors, basis, k, vocab_tile, workspace, stats)
     vocab = basis.shape[0]
     k = min(k, vocab)
     fast = _running_topk(vectors.to(basis.dtype), basis, min(vocab, oversample * k), vocab_tile, workspace)
@@ -149,12 +178,12 @@ def _rescore(vectors: torch.Tensor, basis: torch.Tensor, ids: torch.Tensor, k: i
 
 
 def _running_topk(vectors: torch.Tensor, basis: torch.Tensor, k: int, vocab_tile: int | None,
-                  workspace: torch.Tensor | None = None) -> TopBottom:
+                  workspace: torch.Tensor | None = None, stats: bool = False) -> TopBottom:
     vocab = basis.shape[0]
     k = min(k, vocab)
     if (vocab_tile is None and basis.device.type == "cpu" and vocab > GEMM_COLUMNS and vocab >= 16 * STRIDE * k
             and vectors.shape[0] > 0):
-        return _sliced_topk(vectors, basis, k, workspace)
+        return _sliced_topk(vectors, basis, k, workspace, stats)
     tile = vocab if vocab_tile is None else max(k, vocab_tile)
     run: TopBottom | None = None
     for start in range(0, vocab, tile):
