@@ -2,7 +2,8 @@
 
 Never materialises a dense (all vectors × vocab) matrix: vectors come in chunks sized to a memory budget and
 the vocabulary in tiles, and each tile's top/bottom-k is merged into the running answer (``torch.topk``,
-never a full sort). With one tile covering the vocabulary this is one GEMM and two selections per chunk.
+never a full sort). With one tile covering the vocabulary this is one GEMM and two selections per chunk; on the
+CPU that GEMM is computed in vocabulary slices (``GEMM_COLUMNS``), each reduced while it is still in cache.
 
 A selection on the CPU (``select``) first reduces each row to the maxima of ``STRIDE`` interleaved column sets
 and keeps only the sets whose maxima are among the k best: an exact top-k at a fraction of ``torch.topk``'s cost,
