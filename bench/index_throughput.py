@@ -36,7 +36,7 @@ from bench.synthetic import save_gpt2_shaped  # noqa: E402
 from indexer.index.compute import Compute, resolve_compute  # noqa: E402
 from indexer.index.projector import Projector  # noqa: E402
 from indexer.math.basis import write_basis  # noqa: E402
-from indexer.math.projection import GEMM_COLUMNS, chunk_rows, select, topk_bottomk  # noqa: E402
+from indexer.math.projection import chunk_rows, logit_slices, select, topk_bottomk  # noqa: E402
 
 MiB = 1 << 20
 SHAPES = {  # name: (d_model, d_ff, vocab)
@@ -51,12 +51,9 @@ def _sync(device: torch.device) -> None:
 
 
 def _sliced_mm(a: torch.Tensor, b: torch.Tensor, flat: torch.Tensor) -> None:
-    """(a @ b.T) as the indexer computes it on the CPU: GEMM_COLUMNS vocabulary columns at a time, each slice a
-    contiguous block of ``flat``."""
-    rows, vocab = a.shape[0], b.shape[0]
-    for first in range(0, vocab, GEMM_COLUMNS):
-        width = min(GEMM_COLUMNS, vocab - first)
-        torch.mm(a, b[first : first + width].T, out=flat[rows * first : rows * (first + width)].view(rows, width))
+    """(a @ b.T) as the indexer computes it on the CPU (``logit_slices``), with nothing done to the slices."""
+    for _ in logit_slices(a, b, flat):
+        pass
 
 
 def gemm_peak(d: int, vocab: int, rows: int, device: torch.device, seconds: float = 2.0) -> float:

@@ -98,6 +98,17 @@ the time of the same products cut into 4096-column slices (2-core EPYC, torch 2.
 cache, and so does the pass that takes its sets' maxima and minima right after it."""
 
 
+def logit_slices(vectors: torch.Tensor, basis: torch.Tensor, flat: torch.Tensor) -> Iterator[torch.Tensor]:
+    """``vectors @ basis.T`` computed ``GEMM_COLUMNS`` vocabulary columns at a time, each slice written to its own
+    contiguous ``rows × width`` block of ``flat`` (slice-major) and yielded while it is still in cache."""
+    rows, vocab = vectors.shape[0], basis.shape[0]
+    for first in range(0, vocab, GEMM_COLUMNS):
+        width = min(GEMM_COLUMNS, vocab - first)
+        logits = flat[rows * first : rows * (first + width)].view(rows, width)
+        torch.mm(vectors, basis[first : first + width].T, out=logits)
+        yield logits
+
+
 def _sliced_topk(vectors: torch.Tensor, basis: torch.Tensor, k: int, workspace: torch.Tensor | None,
                  stats: bool) -> TopBottom:
     """Top-k and bottom-k on the CPU: the logits computed ``GEMM_COLUMNS`` vocabulary columns at a time, each slice
@@ -112,10 +123,8 @@ def _sliced_topk(vectors: torch.Tensor, basis: torch.Tensor, k: int, workspace: 
     need = rows * vocab
     flat = workspace[:need] if workspace is not None else torch.empty(need, dtype=basis.dtype)
     highs, lows, sums, norms = [], [], [], []
-    for first in range(0, vocab, GEMM_COLUMNS):
-        width = min(GEMM_COLUMNS, vocab - first)
-        logits = flat[rows * first : rows * (first + width)].view(rows, width)
-        torch.mm(vectors, basis[first : first + width].T, out=logits)
+    for logits in logit_slices(vectors, basis, flat):
+        width = logits.shape[1]
         grid = logits[:, : width // STRIDE * STRIDE].view(rows, STRIDE, width // STRIDE)
         highs.append(grid.amax(dim=1))
         lows.append(grid.amin(dim=1))
