@@ -193,6 +193,26 @@ def test_a_run_holds_duckdb_to_its_limit_and_restores_it(tiny_gpt2: TinyModel, t
     con.close()
 
 
+@pytest.mark.parametrize("locked", [False, True])
+def test_a_run_commits_straight_into_the_file(tiny_gpt2: TinyModel, tmp_path: Path, locked: bool) -> None:
+    """An index run's commit checkpoints its rows into the file instead of logging them first (they would be
+    written twice), and the instance's checkpoint_threshold is back afterwards; an instance whose configuration
+    is locked (the service's) commits through its log as before."""
+    db, wal = tmp_path / "lens.duckdb", tmp_path / "lens.duckdb.wal"
+    with writer(db):
+        pass  # an existing store: nothing checkpoints the run's rows at close before the assertions
+    con = duckdb.connect(str(db), config={"lock_configuration": "true"} if locked else {})
+    threshold = con.execute("SELECT current_setting('checkpoint_threshold')").fetchall()  # all: no result left open
+    index_checkpoint(Store(db, con), tiny_gpt2.path, IndexOptions(name="g", top_k=3))
+    logged = wal.stat().st_size if wal.exists() else 0
+    assert (logged > 100_000) if locked else logged == 0
+    assert con.execute("SELECT current_setting('checkpoint_threshold')").fetchall() == threshold
+    rows = con.execute("SELECT count(*) FROM vector_tokens").fetchone()
+    con.close()
+    with duckdb.connect(str(db), read_only=True) as again:
+        assert again.execute("SELECT count(*) FROM vector_tokens").fetchone() == rows != (0,)
+
+
 def test_an_appended_batch_is_released_before_the_transaction_ends(tmp_path: Path) -> None:
     """append_arrow leaves nothing of its Arrow batch referenced by the open transaction: a run's stored vectors,
     basis rows and token runs are released as they are appended, not at commit (``register`` kept each one)."""

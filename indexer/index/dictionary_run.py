@@ -215,7 +215,7 @@ def _write(store: Store, d: Dictionary, parts: list[Part], adapter: Adapter, tar
     """The run's one transaction: the dictionary's row, its vectors and labels, or nothing."""
     chunk_mb = opts.chunk_mb or (1024 if compute.device.type == "cuda" else 64)
     projector = Projector(target.top_k, chunk_mb << 20, compute)
-    with store.transaction() as con:
+    with store.transaction(into_file=True) as con:
         for dictionary_id in old:
             delete_rows(con, "dictionaries", "dictionary_id = ?", [dictionary_id])
         sites = {p.role: {"hook": p.site.hook, "layer": p.site.layer, "site_layer": p.site.site_layer,

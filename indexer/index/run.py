@@ -96,7 +96,7 @@ def _index(store: Store, source: Source, adapter: Adapter, plan: list[Unit], voc
            started_at: datetime, attempt_id: int, cancel: threading.Event | None) -> IndexResult:
     """The run's one transaction: every row of the checkpoint and its run record, or nothing."""
     ckpt: Checkpoint = source.ckpt
-    with store.transaction() as con:
+    with store.transaction(into_file=True) as con:
         found = cw.find_checkpoint(con, content_hash)
         if found and not opts.replace:  # another writer indexed it between the two transactions
             con.execute("DELETE FROM run_attempts WHERE attempt_id = ?", [attempt_id])
