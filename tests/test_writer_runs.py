@@ -193,6 +193,36 @@ def test_a_run_holds_duckdb_to_its_limit_and_restores_it(tiny_gpt2: TinyModel, t
     con.close()
 
 
+def test_basis_rows_go_in_batches_of_value_bytes_each_row_once_in_token_order(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of basis rows (1024 rows each from W_U) are gathered into inserts of about VALUE_BYTES, not one small
+    insert per block, and every row lands once, in token order."""
+    from indexer.index import unit_writer
+    from indexer.index.records import basis_batch
+
+    matrix = torch.arange(100 * 8, dtype=torch.float32).reshape(100, 8)
+    monkeypatch.setattr(unit_writer, "VALUE_BYTES", 5 * basis_batch(1, "writes", matrix[:8]).nbytes)  # 5 blocks
+    inserts: list[int] = []
+
+    def counted(con: duckdb.DuckDBPyConnection, table: str, rows) -> None:  # type: ignore[no-untyped-def]
+        if table == "basis_rows":
+            inserts.append(rows.num_rows)
+        unit_writer_append(con, table, rows)
+
+    unit_writer_append = unit_writer.append_arrow
+    monkeypatch.setattr(unit_writer, "append_arrow", counted)
+    with writer(tmp_path / "lens.duckdb") as con:
+        out = UnitWriter(con, 1)
+        try:
+            out.basis_rows("writes", ((s, matrix[s : s + 8]) for s in range(0, 100, 8)))
+            out.finish()
+        finally:
+            out.drain()
+        got = con.execute('SELECT token_id, "values" FROM basis_rows ORDER BY rowid').fetchall()
+    assert inserts == [40, 40, 20]
+    assert [t for t, _ in got] == list(range(100)) and [v for _, v in got] == matrix.tolist()
+
+
 @pytest.mark.parametrize("locked", [False, True])
 def test_a_run_commits_straight_into_the_file(tiny_gpt2: TinyModel, tmp_path: Path, locked: bool) -> None:
     """An index run's commit checkpoints its rows into the file instead of logging them first (they would be

@@ -162,11 +162,17 @@ class UnitWriter:
 
     def basis_rows(self, role: str, blocks: Iterable[tuple[int, torch.Tensor]]) -> None:
         """The rows of a role's basis matrix that read this run's stored vectors, as (first token, rows) blocks in
-        token order (``indexer.index.plan.role_rows``): one block built while the one before is appended."""
+        token order (``indexer.index.plan.role_rows``): blocks gathered into batches of about ``VALUE_BYTES``, one
+        built while the one before is appended (an insert of 1024 rows of d = 768 cost ~20% more per row)."""
         self.flush()
+        batch: list[pa.Table] = []
         for start, rows in blocks:
-            self._submit(functools.partial(append_arrow, self.con, "basis_rows",
-                                           basis_batch(self.checkpoint_id, role, rows, start)))
+            batch.append(basis_batch(self.checkpoint_id, role, rows, start))
+            if sum(b.nbytes for b in batch) >= VALUE_BYTES:
+                self._submit(functools.partial(append_arrow, self.con, "basis_rows", pa.concat_tables(batch)))
+                batch = []
+        if batch:
+            self._submit(functools.partial(append_arrow, self.con, "basis_rows", pa.concat_tables(batch)))
 
     def pairs(self, name: str, layer: int, head: int, p: Pairs) -> None:
         """One head map: a vector row carrying the map's statistics, and its pairs staged for head_pairs."""
