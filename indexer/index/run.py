@@ -81,7 +81,8 @@ def index_checkpoint(
             with duckdb_spills(store.con):
                 result = _index(store, source, adapter, plan, vocab, name, content_hash, opts, compute, progress,
                                 started, started_at, attempt_id, cancel)
-                if store.creating:  # a new file's log goes into it here, under the limit, rather than at close
+                if store.creating:  # what the commit left in a new file's log (none, unless it could not
+                    # checkpoint: commit_into_file) goes into it here, under the limit, rather than at close
                     checkpoint_quietly(store.con)
             return result
         except BaseException as err:
