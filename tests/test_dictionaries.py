@@ -149,6 +149,23 @@ def test_gemma_scope_params_with_the_hook_from_the_release_path(db: Path, gpt2: 
     assert (hit.layer, hit.index) == (1, PLANT_DEC)
 
 
+def test_a_dictionary_run_commits_straight_into_the_file(db: Path, gpt2: TinyModel, tmp_path: Path) -> None:
+    """Like an index run, a dictionary run's commit checkpoints its latents into the file rather than logging
+    them first (``schema.writer.commit_into_file``)."""
+    from schema.writer import Store
+
+    enc, dec = planted(gpt2)
+    wal = Path(f"{db}.wal")
+    con = duckdb.connect(str(db))
+    try:
+        index_dictionary(Store(db, con), files.saelens(tmp_path / "sae", enc.T, dec, "blocks.0.hook_resid_pre"),
+                         DictionaryOptions(model="gpt2-tiny", device="cpu"))
+        assert (wal.stat().st_size if wal.exists() else 0) == 0
+        assert con.execute("SELECT count(*) FROM dictionary_latents").fetchall() == [(2 * N,)]  # encoder, decoder
+    finally:
+        con.close()
+
+
 def test_a_plain_direction_set_with_labels(db: Path, gpt2: TinyModel, tmp_path: Path) -> None:
     enc, dec = planted(gpt2)
     labels = [f"direction {i}" for i in range(N)]
