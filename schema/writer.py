@@ -176,6 +176,13 @@ def _transaction(con: duckdb.DuckDBPyConnection, p: Path, existed: bool,
         con.close()
 
 
+def configuration_locked(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether the DuckDB instance of ``con`` refuses ``SET`` (``lock_configuration``: the service's hardened
+    instance, whose settings are the operator's)."""
+    locked = con.execute("SELECT current_setting('lock_configuration')").fetchone()
+    return locked is not None and str(locked[0]).lower() == "true"
+
+
 def commit_into_file(con: duckdb.DuckDBPyConnection) -> None:
     """Commit the open transaction on ``con`` by checkpointing it into the file, not through the write-ahead log.
 
@@ -186,8 +193,7 @@ def commit_into_file(con: duckdb.DuckDBPyConnection) -> None:
     shape, 4 layers: 1.0–1.4 s less per run). The setting is database-wide: it is restored at once, and an
     instance whose configuration is locked (the service's) commits as usual. Where another transaction is open
     DuckDB cannot checkpoint and logs the commit as before."""
-    locked = con.execute("SELECT current_setting('lock_configuration')").fetchone()
-    if locked is not None and str(locked[0]).lower() == "true":
+    if configuration_locked(con):
         con.execute("COMMIT")
         return
     before = con.execute("SELECT current_setting('checkpoint_threshold')").fetchone()

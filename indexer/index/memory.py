@@ -18,6 +18,8 @@ from contextlib import contextmanager
 
 import duckdb
 
+from schema.writer import configuration_locked
+
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 THRESHOLD = 256 << 10
 
@@ -67,8 +69,7 @@ def duckdb_spills(con: duckdb.DuckDBPyConnection, limit: int = DUCKDB_LIMIT) -> 
     configure."""
     cur = con.cursor()
     try:
-        locked = cur.execute("SELECT current_setting('lock_configuration')").fetchone()
-        if locked is not None and str(locked[0]).lower() == "true":  # the service's instance: the operator's limit
+        if configuration_locked(cur):  # the service's instance: the operator's limit
             yield
             return
         before = cur.execute("SELECT current_setting('memory_limit'), current_setting('threads')").fetchone()
