@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import duckdb
 import pyarrow as pa
 
-from schema.connect import open_file, store_version
+from schema.connect import open_file, quote, store_version
 from schema.errors import StoreError
 from schema.ids import COUNTERS, next_id
 from schema.layout import SCHEMA_VERSION
@@ -176,11 +176,25 @@ def _transaction(con: duckdb.DuckDBPyConnection, p: Path, existed: bool,
         con.close()
 
 
-def configuration_locked(con: duckdb.DuckDBPyConnection) -> bool:
-    """Whether the DuckDB instance of ``con`` refuses ``SET`` (``lock_configuration``: the service's hardened
-    instance, whose settings are the operator's)."""
+@contextmanager
+def instance_settings(con: duckdb.DuckDBPyConnection, **values: object) -> Iterator[bool]:
+    """Set DuckDB settings of ``con``'s instance for the body, then put back what they were; yields whether they
+    were set. DuckDB's settings are database-wide, so each caller holds them no longer than it must; an instance
+    whose configuration is locked (the service's hardened instance, whose settings are the operator's) is left as
+    it is."""
     locked = con.execute("SELECT current_setting('lock_configuration')").fetchone()
-    return locked is not None and str(locked[0]).lower() == "true"
+    if locked is not None and str(locked[0]).lower() == "true":
+        yield False
+        return
+    before = {name: con.execute(f"SELECT current_setting({quote(name)})").fetchone()[0]  # type: ignore[index]
+              for name in values}
+    for name, value in values.items():
+        con.execute(f"SET {name} = {quote(str(value))}")
+    try:
+        yield True
+    finally:
+        for name, value in before.items():
+            con.execute(f"SET {name} = {quote(str(value))}")
 
 
 def commit_into_file(con: duckdb.DuckDBPyConnection) -> None:
@@ -193,16 +207,8 @@ def commit_into_file(con: duckdb.DuckDBPyConnection) -> None:
     shape, 4 layers: 1.0–1.4 s less per run). The setting is database-wide: it is restored at once, and an
     instance whose configuration is locked (the service's) commits as usual. Where another transaction is open
     DuckDB cannot checkpoint and logs the commit as before."""
-    if configuration_locked(con):
+    with instance_settings(con, checkpoint_threshold="0B"):
         con.execute("COMMIT")
-        return
-    before = con.execute("SELECT current_setting('checkpoint_threshold')").fetchone()
-    con.execute("SET checkpoint_threshold = '0B'")
-    try:
-        con.execute("COMMIT")
-    finally:
-        if before is not None:
-            con.execute(f"SET checkpoint_threshold = '{before[0]}'")
 
 
 def upgrade_store(path: str | os.PathLike[str]) -> tuple[int, int]:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import duckdb
 
-from schema.writer import configuration_locked
+from schema.writer import instance_settings
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number
 THRESHOLD = 256 << 10
@@ -69,18 +69,8 @@ def duckdb_spills(con: duckdb.DuckDBPyConnection, limit: int = DUCKDB_LIMIT) -> 
     configure."""
     cur = con.cursor()
     try:
-        if configuration_locked(cur):  # the service's instance: the operator's limit
+        with instance_settings(cur, memory_limit=f"{max(1, limit >> 20)}MiB", threads=DUCKDB_THREADS):
             yield
-            return
-        before = cur.execute("SELECT current_setting('memory_limit'), current_setting('threads')").fetchone()
-        cur.execute(f"SET memory_limit = '{max(1, limit >> 20)}MiB'")
-        cur.execute(f"SET threads = {DUCKDB_THREADS}")
-        try:
-            yield
-        finally:
-            if before is not None:
-                cur.execute(f"SET memory_limit = '{before[0]}'")
-                cur.execute(f"SET threads = {int(before[1])}")
     finally:
         cur.close()
 
