@@ -27,7 +27,8 @@ import queries  # noqa: E402
 from schema.ids import start_counters  # noqa: E402
 from schema.migrations import fill_token_forms  # noqa: E402
 from schema.optimize import optimize  # noqa: E402
-from schema.writer import writer  # noqa: E402
+from schema.runs import compact_store, note_runs  # noqa: E402
+from schema.writer import session, writer  # noqa: E402
 
 VOCAB, K, LAYERS, D_FF = 50257, 50, 12, 3072
 
@@ -38,11 +39,13 @@ def build(db: Path, rows: int) -> None:
     per_model = LAYERS * D_FF
     n_models = max(1, n_vectors // per_model)
     t = time.perf_counter()
+    merging = 0.0
     with writer(db) as con:
         con.execute("INSERT INTO vocabularies VALUES (1, 'synthetic', ?, 'WordLevel')", [VOCAB])
         con.execute("INSERT INTO tokens SELECT 1, i, 't' || i, 't' || i, 't' || i FROM range(?) r(i)", [VOCAB])
         fill_token_forms(con, 1)
-        for m in range(1, n_models + 1):
+    for m in range(1, n_models + 1):
+        with writer(db) as con:  # one transaction per checkpoint, as an index run commits
             con.execute("INSERT INTO models VALUES (?, ?, 'gpt2', 'gpt2', 1, 768, ?, ?, 12)",
                         [m, f"model-{m}", LAYERS, D_FF])
             con.execute("INSERT INTO checkpoints VALUES (?, ?, 'synthetic', ?, '/synthetic', NULL, now())",
@@ -76,10 +79,18 @@ def build(db: Path, rows: int) -> None:
                              ((CASE WHEN j < ? THEN 1 ELSE -1 END) * (0.1 - (j % ?) * 0.001))::REAL AS s
                       FROM range(?) a(v), range(?) b(j))
                 GROUP BY v ORDER BY v""", [first, K, K, K, K, m, VOCAB, K, K, per_model, per_vector])
-            print(f"  model {m}/{n_models}: {(m * per_model * per_vector) / 1e6:.0f} M rows, "
-                  f"{time.perf_counter() - t:.0f}s", flush=True)
+            note_runs(con, [first])  # its token rows are one sorted run, as the writer records it
+        with session(db) as store:  # then the merge of sorted runs every run does (schema.runs)
+            started = time.perf_counter()
+            merged = compact_store(store)
+            merging += time.perf_counter() - started
+        print(f"  model {m}/{n_models}: {(m * per_model * per_vector) / 1e6:.0f} M rows, "
+              f"{time.perf_counter() - t:.0f}s" + (f", merged {merged.runs_before - merged.runs_after + 1} runs "
+                                                  f"({merged.rows / 1e6:.0f} M rows)" if merged else ""), flush=True)
+    with writer(db) as con:
         con.execute("DELETE FROM id_counters")  # the ids above were given here, not by the writer's counters
         start_counters(con)
+    print(f"  built in {time.perf_counter() - t:.0f}s, of which merging sorted runs {merging:.0f}s", flush=True)
 
 
 _COLD = """

@@ -10,6 +10,7 @@ from schema.connect import check_version, quote
 from schema.ddl import schema_ddl, view_column_comments
 from schema.errors import StoreError
 from schema.layout import SCHEMA_VERSION, SORTED_BY_TOKEN
+from schema.runs import record_runs
 from schema.tables import metadata
 from schema.writer import writer
 
@@ -61,6 +62,7 @@ def optimize(path: str | os.PathLike[str]) -> dict[str, int]:
             con.execute(f"INSERT INTO fresh.main.{table.name} BY NAME SELECT * FROM src.main.{table.name}{order}")
             if table.name in SORTED_BY_TOKEN:
                 (rows[table.name],) = con.execute(f"SELECT count(*) FROM {table.name}").fetchone()  # type: ignore[misc]
+        record_runs(con, [0])  # every token table is one sorted run now (``schema.runs``)
         assert con.execute("SELECT value FROM lensdb_meta WHERE key = 'schema_version'").fetchone() == (
             str(SCHEMA_VERSION),)
         con.execute("USE memory")

@@ -30,6 +30,7 @@ from indexer.index.faults import pause_point
 from indexer.index.options import DictionaryOptions, DictionaryResult
 from indexer.index.plan import role_basis, site_basis
 from indexer.index.projector import Projector
+from indexer.index.run import merge_runs
 from indexer.index.unit_writer import UnitWriter
 from indexer.math.basis import BASIS_VERSION, BasisMode, fold_reader
 from indexer.model.adapters import Adapter, adapter_for
@@ -200,11 +201,12 @@ def index_dictionary(db: str | Path | Store, path: str | Path, options: Dictiona
             cw.mark_interrupted(tx)
             attempt_id = cw.log_attempt(tx, content_hash, d.path, opts.model, started_at)
         try:
-            return _write(store, d, parts, adapter, target, name, content_hash, [r[0] for r in found], opts,
-                          compute, progress, started, attempt_id, cancel)
+            result = _write(store, d, parts, adapter, target, name, content_hash, [r[0] for r in found], opts,
+                            compute, progress, started, attempt_id, cancel)
         except BaseException as err:
             cw.record_failure(store, attempt_id, err)
             raise
+        return merge_runs(store, result)
 
     return with_store(db, run)
 

@@ -11,7 +11,9 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
+import duckdb
 from tqdm import tqdm
 
 from indexer.index import catalog_writes as cw
@@ -20,7 +22,7 @@ from indexer.index.compute import Compute, matmul_mode, resolve_compute
 from indexer.index.executors import check_executor, executor_for
 from indexer.index.faults import pause_point
 from indexer.index.memory import bound_heap_growth, checkpoint_quietly, duckdb_spills
-from indexer.index.options import VERSION, IndexOptions, IndexResult
+from indexer.index.options import VERSION, DictionaryResult, IndexOptions, IndexResult
 from indexer.index.plan import Unit, plan_units, role_rows
 from indexer.index.projector import Projector
 from indexer.index.unit_writer import UnitWriter, run_rows
@@ -30,8 +32,11 @@ from indexer.model.checkpoint import Checkpoint
 from indexer.model.sources import Source, open_source
 from indexer.model.vocab import Vocabulary
 from schema.deletes import delete_rows
-from schema.errors import LensdbError
+from schema.errors import LensdbError, StoreError
+from schema.runs import compact_store
 from schema.writer import Store, insert_new, with_store
+
+R = TypeVar("R", IndexResult, DictionaryResult)
 
 
 def index_checkpoint(
@@ -81,13 +86,16 @@ def index_checkpoint(
             with duckdb_spills(store.con):
                 result = _index(store, source, adapter, plan, vocab, name, content_hash, opts, compute, progress,
                                 started, started_at, attempt_id, cancel)
-                if store.creating:  # what the commit left in a new file's log (none, unless it could not
-                    # checkpoint: commit_into_file) goes into it here, under the limit, rather than at close
-                    checkpoint_quietly(store.con)
-            return result
         except BaseException as err:
             cw.record_failure(store, attempt_id, err)
             raise
+        if result.status == "indexed":
+            result = merge_runs(store, result)
+        if store.creating:  # what the commits left in a new file's log (none, unless they could not checkpoint:
+            # commit_into_file) goes into it here, under the limit, rather than at close
+            with duckdb_spills(store.con):
+                checkpoint_quietly(store.con)
+        return result
 
     return with_store(db, run)
 
@@ -157,3 +165,22 @@ def _index(store: Store, source: Source, adapter: Adapter, plan: list[Unit], voc
         message=f"indexed {name}/{label}: {out.n_vectors} vectors, {out.n_projections} token rows "
         f"in {seconds:.1f}s{also}",
     )
+
+
+def merge_runs(store: Store, result: R) -> R:
+    """After a run committed: merge the newest sorted runs of token rows (``schema.runs.compact``), under the
+    run's memory limit, and say so in the run's message. The run's rows are in whatever happens here: a merge
+    that fails leaves the runs as they were, and the message says what failed."""
+    try:
+        with duckdb_spills(store.con):
+            merged = compact_store(store)
+    except (duckdb.Error, StoreError) as err:
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return result.model_copy(update={"message": f"{result.message}; merging its sorted runs of token rows "
+                                         f"failed ({why}): lookups read one more run until a later run merges it "
+                                         "or `lensdb optimize` rewrites the store"})
+    if merged is None:
+        return result
+    runs = merged.runs_before - merged.runs_after + 1
+    return result.model_copy(update={"message": f"{result.message}; merged the newest {runs} sorted runs of token "
+                                                f"rows into one ({merged.rows} rows)"})

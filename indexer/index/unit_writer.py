@@ -36,6 +36,7 @@ from indexer.index.records import (
 from indexer.math.token_maps import Pairs
 from schema.errors import Cancelled
 from schema.ids import peek_id, taken_through
+from schema.runs import note_runs
 from schema.writer import append_arrow
 
 
@@ -100,6 +101,8 @@ class UnitWriter:
         self.role_of = role_of
         self.dictionary_id = dictionary_id
         self.next_vector = peek_id(con, "vectors")
+        self.first_vector = self.next_vector
+        self.run_starts: list[int] = []  # the first vector id of each sorted run appended (``schema.runs``)
         self.units: list[tuple] = []
         self.value_blocks: list[tuple] = []  # (first id, last id, role) of parts whose vectors are stored
         self.n_vectors = 0
@@ -203,6 +206,7 @@ class UnitWriter:
 
     def _append_run(self, run: "_Run") -> None:
         tokens = sorted_token_run(run.tokens)
+        self.run_starts.append(int(run.tokens[0]["vector_id"][0]))
         self._append_vectors(*run.take_vectors())
         append_arrow(self.con, "vector_tokens", tokens)
         self.n_projections += tokens.num_rows
@@ -240,6 +244,8 @@ class UnitWriter:
         self.drain()
         self.stop_if_cancelled()
         self.con.execute("INSERT INTO head_pairs BY NAME SELECT * FROM staged_pairs ORDER BY token_id, vector_id")
+        if self.next_vector > self.first_vector:  # the head pairs lie in the first run's vector ids
+            note_runs(self.con, sorted({self.first_vector, *self.run_starts}))
         taken_through(self.con, "vectors", self.next_vector - 1)
         if self.units:
             cols = ["checkpoint_id", "component", "layer", "head", "first_vector_id", "last_vector_id", "first_index",
