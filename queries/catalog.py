@@ -11,6 +11,7 @@ They are cached per file by vocabulary id and content hash (a store rebuilt at t
 """
 
 import bisect
+import dataclasses
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,7 @@ class Catalog:
     units: list[Unit]
     vocab_hashes: dict[int, str] = field(default_factory=dict)
     dictionaries: dict[int, str] = field(default_factory=dict)  # dictionary id → name
+    snapshot: tuple | None = None  # the unchanging state it was read from, if any (``catalog``)
     _starts: list[int] = field(default_factory=list)
 
     def chosen(self, model: str | None, checkpoint: str | None) -> list[CheckpointRef]:
@@ -88,12 +90,19 @@ _CATALOGS: dict[str, Catalog] = {}
 _GLOBAL = threading.Lock()
 
 
-def catalog(con: duckdb.DuckDBPyConnection, path: Path) -> Catalog:
-    """The catalog of the store at ``path`` as ``con`` sees it (rebuilt when the store changed)."""
+def catalog(con: duckdb.DuckDBPyConnection, path: Path, snapshot: tuple | None = None) -> Catalog:
+    """The catalog of the store at ``path`` as ``con`` sees it (rebuilt when the store changed). ``snapshot``: a
+    name for a state of the store that cannot change (``readonly.open_hardened``): a catalog built under it is
+    reused without a statement (~1.4 ms of a warm lookup); without one, the store's generation is asked."""
     key = str(path.resolve())
     with _GLOBAL:
         cached = _CATALOGS.get(key)
+    if cached is not None and snapshot is not None and cached.snapshot == snapshot:
+        return cached
     if cached is not None and cached.generation == tuple(con.execute(q.store_generation()[0]).fetchone() or ()):
+        if snapshot is not None:
+            with _GLOBAL:
+                _CATALOGS[key] = dataclasses.replace(cached, snapshot=snapshot)
         return cached
     rows = con.execute(q.checkpoint_catalog()[0]).fetchall()
     ids = [r[0] for r in rows]
@@ -104,7 +113,7 @@ def catalog(con: duckdb.DuckDBPyConnection, path: Path) -> Catalog:
     checkpoints = {r[0]: CheckpointRef(r[0], r[1], r[2], r[3], r[4], bool(r[5])) for r in rows}
     units = [Unit(*r) for r in con.execute(q.vector_units()[0]).fetchall()]
     built = Catalog(generation, checkpoints, {r[1]: r[2] for r in rows}, units, vocab_hashes={r[2]: r[6] for r in rows},
-                    dictionaries=dictionaries)
+                    dictionaries=dictionaries, snapshot=snapshot)
     with _GLOBAL:
         _CATALOGS[key] = built
     return built

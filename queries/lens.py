@@ -64,11 +64,15 @@ class Lens:
     """A read-only view of one store. Create with ``queries.connect(path)``; ``queries.remote.RemoteLens`` asks
     the same questions of a running service (tests/test_lens_both.py runs one suite against both)."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, release: Callable[[], None] | None = None) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, path: Path, release: Callable[[], None] | None = None,
+                 snapshot: tuple | None = None) -> None:
         """``release``: gives ``con`` back to whoever lent it (``readonly.open_hardened``), on ``close`` or when
-        this Lens is garbage-collected; without it ``close`` closes ``con``."""
+        this Lens is garbage-collected; without it ``close`` closes ``con``. ``snapshot``: names a state of the
+        store that cannot change under ``con`` (a read-only instance): its catalog is then reused without asking
+        the store whether it changed (``queries.catalog``)."""
         self.con = con
         self.path = path
+        self.snapshot = snapshot
         self._release = weakref.finalize(self, release or con.close)
 
     def close(self) -> None:
@@ -85,7 +89,7 @@ class Lens:
         return self.con.execute(sql, params).fetchall()
 
     def _catalog(self) -> Catalog:
-        return catalog(self.con, self.path)
+        return catalog(self.con, self.path, self.snapshot)
 
     def _check_model(self, model: str | None, cat: Catalog | None = None) -> None:
         if model is None:  # nothing to check, and no catalog fetch on the lookup hot path
@@ -667,5 +671,5 @@ def connect(where: str | Path, *, limits: Limits | None = None, token: str | Non
         from queries.remote import RemoteLens
 
         return RemoteLens(where, token=token)  # type: ignore[return-value]
-    con, release = open_hardened(where, limits)
-    return Lens(con, Path(where), release)
+    con, release, snapshot = open_hardened(where, limits)
+    return Lens(con, Path(where), release, snapshot)

@@ -18,6 +18,7 @@ under the other. The instance closes with its last reader, which releases the fi
 only through Python and need none of what is locked, and its limits then bound every query it runs.
 """
 
+import itertools
 import json
 import math
 import os
@@ -108,6 +109,7 @@ class _Instance:
 
     def __init__(self, path: Path, limits: Limits) -> None:
         self.path = path
+        self.serial = next(_SERIALS)  # which opening of the file this is: a new instance may see a changed file
         self.spill = limits.temp_directory or tempfile.mkdtemp(prefix="lensdb-spill-")
         self.owns_spill = limits.temp_directory is None
         self.refs = 0
@@ -134,13 +136,16 @@ class _Instance:
             shutil.rmtree(self.spill, ignore_errors=True)
 
 
+_SERIALS = itertools.count(1)
 _OPEN: dict[tuple[str, Limits], _Instance] = {}
 _OPEN_LOCK = threading.RLock()  # re-entrant: a Lens collected mid-call gives its cursor back from here
 
 
 def open_hardened(path: str | Path, limits: Limits | None = None
-                  ) -> tuple[duckdb.DuckDBPyConnection, Callable[[], None]]:
-    """A read-only, locked-down, bounded connection to an existing store, and the function that gives it back.
+                  ) -> tuple[duckdb.DuckDBPyConnection, Callable[[], None], tuple]:
+    """A read-only, locked-down, bounded connection to an existing store, the function that gives it back, and
+    the snapshot it reads (``queries.catalog``): a store attached read-only cannot change while it is attached
+    (no other process may write it), so every cursor of one instance reads the same store.
 
     Every call for one file (and limits) in this process shares one instance (see the module docstring); each
     gets its own cursor, so calling it again (a notebook cell run twice) or from another thread just works. The
@@ -170,7 +175,7 @@ def open_hardened(path: str | Path, limits: Limits | None = None
                 cur.close()
                 _give_back(key, inst)
 
-    return cur, release
+    return cur, release, ("read-only instance", inst.serial)
 
 
 def _give_back(key: tuple[str, Limits], inst: _Instance) -> None:

@@ -174,3 +174,34 @@ def test_a_vector_found_through_the_units_is_the_one_the_vectors_table_names(ind
             assert vid is not None
             assert lens._rows(q.vector_by_id(vid)) == lens._rows(q.find_vector(name, comp, layer, idx, head, None))
         assert cat.vector_id(rows[0][5], "ff_value", 0, None, 10**6) is None
+
+
+def test_a_read_only_lens_reuses_its_catalog_and_a_new_opening_sees_a_changed_file(
+        store_copy: Path, tmp_path: Path) -> None:
+    """A store attached read-only cannot change under its instance, so the catalog is reused without asking the
+    store (no statement on the lookup path); once every reader closed and a writer added a model, the next
+    opening is another snapshot and sees it."""
+    from indexer import IndexOptions, index_checkpoint
+    from tests.tinymodels import save_gpt2
+
+    with queries.connect(store_copy) as lens:
+        first = lens._catalog()
+        sent: list[str] = []
+
+        class Recording:  # the cursor, with every statement sent through it noted
+            def __getattr__(self, name: str) -> object:
+                return getattr(real, name)
+
+            def execute(self, sql: str, *args: object) -> duckdb.DuckDBPyConnection:
+                sent.append(sql)
+                return real.execute(sql, *args)
+
+        real, lens.con = lens.con, Recording()  # type: ignore[assignment]
+        assert lens._catalog() is first and sent == []
+        assert lens.promoters("paris", limit=5) and not any("checkpoints" in s for s in sent)
+        lens.con = real
+        names = set(first.models)
+    index_checkpoint(store_copy, save_gpt2(tmp_path / "more", seed=11).path, IndexOptions(name="more", top_k=5))
+    with queries.connect(store_copy) as lens:
+        assert set(lens._catalog().models) == names | {"more"}
+        assert any(h.model == "more" for h in lens.promoters("paris", model="more", limit=5))
