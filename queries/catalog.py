@@ -12,6 +12,7 @@ They are cached per file by vocabulary id and content hash (a store rebuilt at t
 
 import bisect
 import dataclasses
+import functools
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,11 +91,24 @@ _CATALOGS: dict[str, Catalog] = {}
 _GLOBAL = threading.Lock()
 
 
+def store_key(path: Path) -> str:
+    """The store's absolute path, which keys what this process holds of it; remembered for absolute paths
+    (``Path.resolve`` costs ~40 µs, several times per lookup), resolved each time for relative ones (the working
+    folder may change)."""
+    p = Path(path)
+    return _resolved(p) if p.is_absolute() else str(p.resolve())
+
+
+@functools.lru_cache(maxsize=256)
+def _resolved(path: Path) -> str:
+    return str(path.resolve())
+
+
 def catalog(con: duckdb.DuckDBPyConnection, path: Path, snapshot: tuple | None = None) -> Catalog:
     """The catalog of the store at ``path`` as ``con`` sees it (rebuilt when the store changed). ``snapshot``: a
     name for a state of the store that cannot change (``readonly.open_hardened``): a catalog built under it is
     reused without a statement (~1.4 ms of a warm lookup); without one, the store's generation is asked."""
-    key = str(path.resolve())
+    key = store_key(path)
     with _GLOBAL:
         cached = _CATALOGS.get(key)
     if cached is not None and snapshot is not None and cached.snapshot == snapshot:
@@ -133,14 +147,14 @@ _WORDS: dict[tuple[str, int, str], Words] = {}
 
 def loaded_words(cat: Catalog, path: Path) -> dict[int, Words] | None:
     """Every vocabulary of ``cat`` held in memory, by vocab id, or None while one is not (then resolve in SQL)."""
-    key = str(path.resolve())
+    key = store_key(path)
     found = {vid: _WORDS.get((key, vid, h)) for vid, h in cat.vocab_hashes.items()}
     return None if any(w is None for w in found.values()) else found  # type: ignore[return-value]
 
 
 def load_words(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path) -> int:
     """Hold in memory the vocabularies of ``cat`` not held yet; returns how many were loaded."""
-    key = str(path.resolve())
+    key = store_key(path)
     missing = {vid: h for vid, h in cat.vocab_hashes.items() if (key, vid, h) not in _WORDS}
     if not missing:
         return 0

@@ -36,7 +36,7 @@ from typing import Any
 import duckdb
 
 from queries import sql as q
-from queries.catalog import Catalog
+from queries.catalog import Catalog, store_key
 from schema.errors import LensdbError
 
 CHUNK = 16384  # stored vectors per chunk: the unit read, held in memory and scanned (48 MiB at d = 768)
@@ -161,7 +161,7 @@ def _store(path: Path, cat: Catalog) -> tuple:
         made: tuple = (st.st_ino, st.st_mtime_ns)
     except OSError:
         made = ()
-    return (str(Path(path).resolve()), *made), cat.generation
+    return (store_key(path), *made), cat.generation
 
 
 def chunks(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path) -> list[Chunk]:

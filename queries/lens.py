@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from queries import exact, head_rows
 from queries import sql as q
-from queries.catalog import Catalog, catalog, load_words, loaded_words, select_units
+from queries.catalog import Catalog, catalog, load_words, loaded_words, select_units, store_key
 from queries.filters import HitFilter, token_list
 from queries.frames import TokenHits, with_frames
 from queries.readonly import DEFAULT_MAX_BYTES, DEFAULT_RSS_BUDGET_MB, Limits, open_hardened, run_readonly
@@ -365,7 +365,7 @@ class Lens:
                            + "; index with `lensdb index CHECKPOINT --head-maps`.")
         out: list[HeadRow] = []
         for ref in refs:
-            tables = head_rows.cached((str(self.path.resolve()), ref.checkpoint_id, kind),
+            tables = head_rows.cached((store_key(self.path), ref.checkpoint_id, kind),
                                       functools.partial(self._head_tables, ref.checkpoint_id, kind))
             for m in (m for m in matches if m.model == ref.model):
                 ids, best, z = head_rows.best_targets(tables, m.token_id, per_head)
