@@ -43,14 +43,18 @@ class Store:
     """One store file and this process's way of writing it: transactions one at a time, each committed whole or
     rolled back. ``con``: a read-write connection this process holds for as long as it writes (the lock);
     ``gate``: where a transaction waits for its turn (the service's write queue); ``creating``: the connection is
-    to a private new file that ``session`` puts in place at the end."""
+    to a private new file that ``session`` puts in place at the end; ``readers``: other cursors of ``con`` read
+    while it writes (the service's requests), so rows already in the store are not rewritten under them
+    (``schema.runs.compact_store``)."""
 
     def __init__(self, path: Path, con: duckdb.DuckDBPyConnection,
-                 gate: Callable[[], AbstractContextManager[Any]] | None = None, creating: bool = False) -> None:
+                 gate: Callable[[], AbstractContextManager[Any]] | None = None, creating: bool = False,
+                 readers: bool = False) -> None:
         self.path = path
         self.con = con
         self.gate = gate or contextlib.nullcontext
         self.creating = creating
+        self.readers = readers
 
     @contextmanager
     def transaction(self, into_file: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:

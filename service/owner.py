@@ -74,7 +74,7 @@ class StoreOwner:
         self.instance = secrets.token_hex(8)  # names this process in /health and in the note beside the store
         self.con = open_owner(self.path, limits(settings))
         self.writes = WriteQueue()
-        self.store = Store(self.path, self.con, gate=self.writes.turn)  # every write of this service goes here
+        self.store = Store(self.path, self.con, gate=self.writes.turn, readers=True)  # every write of this service
         self.jobs = JobRunner(self.store, after=self.warm if settings.warm else None)
         self.stop_watch = threading.Event()
         self._one_cycle = threading.Lock()  # cycles never overlap, whoever starts them

@@ -172,3 +172,26 @@ def test_a_replaced_checkpoints_empty_run_is_forgotten(tmp_path: Path) -> None:
     after = run_starts(con)
     assert starts[0] not in after and physical_runs(con) == len(after) == 1  # b's run and a's new one merged
     con.close()
+
+
+def test_the_service_leaves_the_merge_to_a_writer_that_holds_the_file_alone(tmp_path: Path) -> None:
+    """Its requests read beside its writes (``Store.readers``): two equal runs stay two, and the next run from
+    Python, with the file to itself, merges all three."""
+    from service.owner import StoreOwner
+    from service.settings import Settings
+
+    db = tmp_path / "lens.duckdb"
+    a, b, c = (save_gpt2(tmp_path / n, seed=s) for n, s in (("a", 1), ("b", 2), ("c", 3)))
+    index_checkpoint(db, a.path, IndexOptions(name="a", top_k=5))
+    svc = StoreOwner(Settings(db=db, warm=False))
+    try:
+        served = index_checkpoint(svc.store, b.path, IndexOptions(name="b", top_k=5))
+        assert "merged" not in served.message
+        with svc.store.transaction() as con:
+            assert len(run_starts(con)) == physical_runs(con) == 2
+    finally:
+        svc.close()
+    assert "merged the newest 3 sorted runs" in index_checkpoint(db, c.path, IndexOptions(name="c", top_k=5)).message
+    con = duckdb.connect(str(db), read_only=True)
+    assert len(run_starts(con)) == physical_runs(con) == 1
+    con.close()
