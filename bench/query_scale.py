@@ -5,8 +5,9 @@ DuckDB buffer pool; the OS page cache is dropped first when this process may do 
 (its statistics with its top and bottom tokens) on the warm connection.
 
 The store is built with the real schema and the real load order (each checkpoint's rows sorted by
-token_id), from SQL generators: M models × one checkpoint × L layers × F neurons, 2k rows per vector,
-random token ids over a 50257-token vocabulary.
+token_id, committed, then the newest sorted runs merged as the writer merges them: ``schema.runs``), from SQL
+generators: M models × one checkpoint × L layers × F neurons, 2k rows per vector, random token ids over a
+50257-token vocabulary.
 
     .venv/bin/python bench/query_scale.py [--rows 100_000_000] [--db /tmp/lensdb-scale.duckdb] [--keep]
 """
@@ -158,6 +159,15 @@ def measure(db: Path, args: argparse.Namespace, layout: str) -> dict:
             "os_cache_dropped": dropped}
 
 
+def loaded_runs(db: Path) -> str:
+    """How the store's token rows lie: the sorted runs the writer recorded (``schema.runs``)."""
+    with queries.connect(db) as lens:
+        found = lens.sql("SELECT value FROM lensdb_meta WHERE key = 'token_runs'").rows
+        (checkpoints,) = lens.sql("SELECT count(*) FROM checkpoints").rows[0]
+    runs = len(json.loads(found[0][0])) if found else checkpoints
+    return f"{runs} sorted runs from {checkpoints} checkpoint runs" + ("" if found else ", none merged")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100_000_000)
@@ -172,7 +182,7 @@ def main() -> None:
     if not db.exists():
         print(f"building {args.rows / 1e6:.0f} M rows into {db} …", flush=True)
         build(db, args.rows)
-    results = [measure(db, args, "as loaded (one sorted run per checkpoint)")]
+    results = [measure(db, args, f"as loaded ({loaded_runs(db)})")]
     if args.optimize:
         t = time.perf_counter()
         optimize(db)

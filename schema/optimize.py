@@ -18,9 +18,10 @@ from schema.writer import writer
 def optimize(path: str | os.PathLike[str]) -> dict[str, int]:
     """Rewrite the store into a fresh file with each token-sorted table as one sorted run, then swap it in.
 
-    Every index run appends its own sorted run, so after N runs a token lookup reads N row groups per table;
-    one run makes it one (100 M rows over 27 runs: first-touch lookups ~7 ms → ~4 ms, cold ~140 ms → ~50 ms;
-    bench/query_scale.py).
+    Every index run appends its own sorted runs and the writer merges the newest (``schema.runs``: about
+    log2 of the store's vectors of them, more where the service indexed), so a token lookup reads a few row
+    groups per table; one run makes it one (100 M rows over 27 runs, before the writer merged: first-touch
+    lookups ~7 ms → ~4 ms, cold ~140 ms → ~50 ms; bench/query_scale.py).
     A fresh file also drops the blocks earlier runs freed: it is smaller, and a cold open reads no free list
     (~8 ms less per open there). The store stays locked (read-only attach) until the new file has replaced it,
     so no writer can slip in between; an error or interrupt before the swap leaves the store as it was.

@@ -46,7 +46,8 @@ lensdb_meta = sa.Table(
     metadata,
     sa.Column("key", sa.String, primary_key=True, comment="setting name, e.g. schema_version"),
     sa.Column("value", sa.String, nullable=False, comment="its value as text"),
-    comment="Facts about the store itself; schema_version tells lensdb whether it can read this file.",
+    comment="Facts about the store itself; schema_version tells lensdb whether it can read this file, "
+    "token_runs where the token tables' sorted runs start (first vector ids, JSON).",
 )
 
 id_counters = sa.Table(
