@@ -50,6 +50,7 @@ def run_starts(con: duckdb.DuckDBPyConnection) -> list[int]:
 
 
 def record_runs(con: duckdb.DuckDBPyConnection, starts: list[int]) -> None:
+    """Replace the recorded starts of the sorted runs."""
     con.execute("INSERT OR REPLACE INTO lensdb_meta VALUES (?, ?)", [KEY, json.dumps(sorted(starts))])
 
 
@@ -77,7 +78,8 @@ def run_sizes(starts: list[int], blocks: list[tuple[int, int]]) -> list[int]:
 
 def merge_from(sizes: list[int]) -> int | None:
     """The first run of the newest runs to merge into one, or None: the oldest run no larger than all the runs
-    after it together. Merged, every run is larger than all later ones, so sizes at least halve run to run."""
+    after it together. Merged, every run is larger than all later ones together, so there are at most
+    log2(total / smallest) + 1 of them."""
     tail = 0
     first = None
     for i in range(len(sizes) - 1, -1, -1):
