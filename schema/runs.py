@@ -139,8 +139,8 @@ def compact_store(store: Store) -> Merged | None:
     appends, 2 threads; none in the same test with ``threads = 1``; the service's reliability test saw its
     consistency query fail while a merge ran). A new checkpoint's rows reach a lookup only through its catalog
     rows, but a merge rewrites rows every lookup reads: a request could see a token's hits twice. So the service
-    leaves the merge to the next run from the command line or Python, which holds the file alone, or to
-    ``lensdb optimize``."""
+    merges only when it starts, before its first request (``service.owner``); otherwise the next run from the
+    command line or Python, which holds the file alone, or ``lensdb optimize`` does."""
     if store.readers:
         return None
     with store.transaction(into_file=True) as con:

@@ -28,6 +28,7 @@ from indexer.watch.cycle import WatchReport, parse_every, watch_cycle, watch_loo
 from queries import Lens
 from queries.readonly import Limits, harden
 from schema.errors import LensdbError, StoreError
+from schema.runs import compact_store
 from schema.writer import Store, writer
 from service.allowed import permit
 from service.jobs import IndexRequest, Job, JobRunner, WriteQueue
@@ -75,6 +76,10 @@ class StoreOwner:
         self.con = open_owner(self.path, limits(settings))
         self.writes = WriteQueue()
         self.store = Store(self.path, self.con, gate=self.writes.turn, readers=True)  # every write of this service
+        self.merged = compact_store(Store(self.path, self.con))  # no request reads yet: runs the service indexed
+        if self.merged is not None:  # while it served (``Store.readers``) merge now
+            print(f"lensdb: merged the newest {self.merged.runs_before - self.merged.runs_after + 1} sorted runs "
+                  f"of token rows into one ({self.merged.rows} rows) before serving", file=sys.stderr)
         self.jobs = JobRunner(self.store, after=self.warm if settings.warm else None)
         self.stop_watch = threading.Event()
         self._one_cycle = threading.Lock()  # cycles never overlap, whoever starts them

@@ -98,7 +98,8 @@ def test_compact_rewrites_only_the_newest_runs_and_the_old_row_groups_go(tmp_pat
                     "logit_std) SELECT i, 1, 'ff_value', 0, i, 1, 0, 1 FROM range(60000) r(i)")
         for first, n in ((0, 40000), (40000, 10000), (50000, 10000)):
             con.execute("INSERT INTO vector_units (checkpoint_id, component, layer, first_vector_id, last_vector_id, "
-                        "first_index, role) VALUES (1, 'ff_value', 0, ?, ?, ?, 'writes')", [first, first + n - 1, first])
+                        "first_index, role) VALUES (1, 'ff_value', 0, ?, ?, ?, 'writes')",
+                        [first, first + n - 1, first])
             con.execute("INSERT INTO vector_tokens SELECT ? + i // 10, 'top', i % 10 + 1, (hash(i) % 5000)::INTEGER, "
                         "1, 1 FROM range(?) r(i) ORDER BY 4, 1", [first, n * 10])
         con.execute("INSERT INTO lensdb_meta VALUES ('token_runs', '[0, 40000, 50000]')")
@@ -192,6 +193,32 @@ def test_the_service_leaves_the_merge_to_a_writer_that_holds_the_file_alone(tmp_
     finally:
         svc.close()
     assert "merged the newest 3 sorted runs" in index_checkpoint(db, c.path, IndexOptions(name="c", top_k=5)).message
+    con = duckdb.connect(str(db), read_only=True)
+    assert len(run_starts(con)) == physical_runs(con) == 1
+    con.close()
+
+
+def test_a_service_merges_the_runs_it_indexed_when_it_starts_again(tmp_path: Path) -> None:
+    """Before its first request, nothing reads beside the merge: the runs indexed while it served merge then."""
+    from service.owner import StoreOwner
+    from service.settings import Settings
+
+    db = tmp_path / "lens.duckdb"
+    a, b = save_gpt2(tmp_path / "a", seed=1), save_gpt2(tmp_path / "b", seed=2)
+    index_checkpoint(db, a.path, IndexOptions(name="a", top_k=5))
+    svc = StoreOwner(Settings(db=db, warm=False))
+    try:
+        assert svc.merged is None
+        index_checkpoint(svc.store, b.path, IndexOptions(name="b", top_k=5))
+    finally:
+        svc.close()
+    again = StoreOwner(Settings(db=db, warm=False))
+    try:
+        assert again.merged is not None and (again.merged.runs_before, again.merged.runs_after) == (2, 1)
+        with again.lens() as lens:
+            assert {h.model for h in lens.promoters("paris", checkpoint="all", limit=1000)} == {"a", "b"}
+    finally:
+        again.close()
     con = duckdb.connect(str(db), read_only=True)
     assert len(run_starts(con)) == physical_runs(con) == 1
     con.close()
