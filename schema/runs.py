@@ -38,6 +38,10 @@ class Merged(NamedTuple):
     first_vector_id: int
     rows: int
 
+    def said(self) -> str:
+        return (f"merged the newest {self.runs_before - self.runs_after + 1} sorted runs of token rows into one "
+                f"({self.rows} rows)")
+
 
 def run_starts(con: duckdb.DuckDBPyConnection) -> list[int]:
     """The first vector id of each sorted run, ascending (see the module docstring)."""

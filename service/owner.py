@@ -28,7 +28,7 @@ from indexer.watch.cycle import WatchReport, parse_every, watch_cycle, watch_loo
 from queries import Lens
 from queries.readonly import Limits, harden
 from schema.errors import LensdbError, StoreError
-from schema.runs import compact_store
+from schema.runs import Merged, compact_store
 from schema.writer import Store, writer
 from service.allowed import permit
 from service.jobs import IndexRequest, Job, JobRunner, WriteQueue
@@ -76,10 +76,7 @@ class StoreOwner:
         self.con = open_owner(self.path, limits(settings))
         self.writes = WriteQueue()
         self.store = Store(self.path, self.con, gate=self.writes.turn, readers=True)  # every write of this service
-        self.merged = compact_store(Store(self.path, self.con))  # no request reads yet: runs the service indexed
-        if self.merged is not None:  # while it served (``Store.readers``) merge now
-            print(f"lensdb: merged the newest {self.merged.runs_before - self.merged.runs_after + 1} sorted runs "
-                  f"of token rows into one ({self.merged.rows} rows) before serving", file=sys.stderr)
+        self.merged = self._merge_runs()
         self.jobs = JobRunner(self.store, after=self.warm if settings.warm else None)
         self.stop_watch = threading.Event()
         self._one_cycle = threading.Lock()  # cycles never overlap, whoever starts them
@@ -96,6 +93,19 @@ class StoreOwner:
         if settings.warm:
             self.warmer = threading.Thread(target=self.warm, name="lensdb-warm", daemon=True)
             self.warmer.start()
+
+    def _merge_runs(self) -> Merged | None:
+        """Merge the sorted runs indexed while this store was served (``Store.readers``), before any request
+        reads; a merge that fails is reported and the service starts with the runs as they were."""
+        try:
+            merged = compact_store(Store(self.path, self.con))
+        except (duckdb.Error, StoreError) as err:
+            print(f"lensdb: merging the sorted runs of token rows failed (lookups read one more run each): "
+                  f"{str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+            return None
+        if merged is not None:
+            print(f"lensdb: {merged.said()} before serving", file=sys.stderr)
+        return merged
 
     def warm(self) -> None:
         """Load what token lookups read into memory (``Lens.warm``); a failure is reported, never raised."""

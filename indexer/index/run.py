@@ -181,6 +181,4 @@ def merge_runs(store: Store, result: R) -> R:
                                          "or `lensdb optimize` rewrites the store"})
     if merged is None:
         return result
-    runs = merged.runs_before - merged.runs_after + 1
-    return result.model_copy(update={"message": f"{result.message}; merged the newest {runs} sorted runs of token "
-                                                f"rows into one ({merged.rows} rows)"})
+    return result.model_copy(update={"message": f"{result.message}; {merged.said()}"})
