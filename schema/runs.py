@@ -17,6 +17,7 @@ leave its run, and a run left empty is forgotten.
 """
 
 import bisect
+import contextlib
 import json
 from typing import NamedTuple
 
@@ -44,10 +45,13 @@ class Merged(NamedTuple):
 
 
 def run_starts(con: duckdb.DuckDBPyConnection) -> list[int]:
-    """The first vector id of each sorted run, ascending (see the module docstring)."""
+    """The first vector id of each sorted run, ascending (see the module docstring). The starts steer only which
+    runs merge: any merge of the newest rows is correct, so a record that is missing or unreadable is replaced by
+    one run per checkpoint or dictionary."""
     row = con.execute("SELECT value FROM lensdb_meta WHERE key = ?", [KEY]).fetchone()
     if row is not None:
-        return [int(s) for s in json.loads(row[0])]
+        with contextlib.suppress(ValueError, TypeError):  # garbled by hand: read as if never recorded
+            return sorted(int(s) for s in json.loads(row[0]))
     found = con.execute("SELECT min(first_vector_id) FROM vector_units GROUP BY checkpoint_id, dictionary_id "
                         "ORDER BY 1").fetchall()
     return [int(r[0]) for r in found]
@@ -149,3 +153,16 @@ def compact_store(store: Store) -> Merged | None:
         return None
     with store.transaction(into_file=True) as con:
         return compact(con)
+
+
+def merge_said(store: Store) -> tuple[Merged | None, str | None]:
+    """``compact_store``, and what to tell the user about it: what it merged, or why it could not (the merge is
+    then rolled back and the runs stay as they were), or None when nothing needed merging."""
+    try:
+        merged = compact_store(store)
+    except (duckdb.Error, StoreError) as err:
+        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return None, (f"merging the sorted runs of token rows failed ({why}): lookups read one more run until a "
+                      "later run merges it or `lensdb optimize` rewrites the store")
+    return merged, merged.said() if merged is not None else None
+

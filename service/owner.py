@@ -28,7 +28,7 @@ from indexer.watch.cycle import WatchReport, parse_every, watch_cycle, watch_loo
 from queries import Lens
 from queries.readonly import Limits, harden
 from schema.errors import LensdbError, StoreError
-from schema.runs import Merged, compact_store
+from schema.runs import Merged, merge_said
 from schema.writer import Store, writer
 from service.allowed import permit
 from service.jobs import IndexRequest, Job, JobRunner, WriteQueue
@@ -96,15 +96,11 @@ class StoreOwner:
 
     def _merge_runs(self) -> Merged | None:
         """Merge the sorted runs indexed while this store was served (``Store.readers``), before any request
-        reads; a merge that fails is reported and the service starts with the runs as they were."""
-        try:
-            merged = compact_store(Store(self.path, self.con))
-        except (duckdb.Error, StoreError) as err:
-            print(f"lensdb: merging the sorted runs of token rows failed (lookups read one more run each): "
-                  f"{str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
-            return None
-        if merged is not None:
-            print(f"lensdb: {merged.said()} before serving", file=sys.stderr)
+        reads: through a Store of the same connection with no readers yet. A failure is reported, and the
+        service starts with the runs as they were."""
+        merged, said = merge_said(Store(self.path, self.con))
+        if said:
+            print(f"lensdb: {said}" + (" before serving" if merged else ""), file=sys.stderr)
         return merged
 
     def warm(self) -> None:

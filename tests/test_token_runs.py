@@ -222,3 +222,20 @@ def test_a_service_merges_the_runs_it_indexed_when_it_starts_again(tmp_path: Pat
     con = duckdb.connect(str(db), read_only=True)
     assert len(run_starts(con)) == physical_runs(con) == 1
     con.close()
+
+
+def test_a_garbled_record_of_runs_is_read_as_one_run_per_checkpoint(tmp_path: Path) -> None:
+    """``token_runs`` edited by hand: the next run neither fails nor trusts it; the runs are counted per checkpoint
+    (a merge of the newest rows is right whatever the record says), merged, and recorded again."""
+    db = tmp_path / "lens.duckdb"
+    a, b = save_gpt2(tmp_path / "a", seed=1), save_gpt2(tmp_path / "b", seed=2)
+    index_checkpoint(db, a.path, IndexOptions(name="a", top_k=5))
+    with writer(db) as con:
+        con.execute("UPDATE lensdb_meta SET value = '[1, \"x\"' WHERE key = 'token_runs'")
+    done = index_checkpoint(db, b.path, IndexOptions(name="b", top_k=5))
+    assert "merged the newest 2 sorted runs of token rows into one" in done.message
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*) FROM checkpoints").fetchone() == (2,)
+    assert run_starts(con) == [1] and physical_runs(con) == 1
+    assert json.loads(con.execute("SELECT value FROM lensdb_meta WHERE key = 'token_runs'").fetchone()[0]) == [1]
+    con.close()

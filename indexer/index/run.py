@@ -13,7 +13,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-import duckdb
 from tqdm import tqdm
 
 from indexer.index import catalog_writes as cw
@@ -32,8 +31,8 @@ from indexer.model.checkpoint import Checkpoint
 from indexer.model.sources import Source, open_source
 from indexer.model.vocab import Vocabulary
 from schema.deletes import delete_rows
-from schema.errors import LensdbError, StoreError
-from schema.runs import compact_store
+from schema.errors import LensdbError
+from schema.runs import merge_said
 from schema.writer import Store, insert_new, with_store
 
 R = TypeVar("R", IndexResult, DictionaryResult)
@@ -168,17 +167,8 @@ def _index(store: Store, source: Source, adapter: Adapter, plan: list[Unit], voc
 
 
 def merge_runs(store: Store, result: R) -> R:
-    """After a run committed: merge the newest sorted runs of token rows (``schema.runs.compact``), under the
-    run's memory limit, and say so in the run's message. The run's rows are in whatever happens here: a merge
-    that fails leaves the runs as they were, and the message says what failed."""
-    try:
-        with duckdb_spills(store.con):
-            merged = compact_store(store)
-    except (duckdb.Error, StoreError) as err:
-        why = str(err).splitlines()[0] if str(err) else type(err).__name__
-        return result.model_copy(update={"message": f"{result.message}; merging its sorted runs of token rows "
-                                         f"failed ({why}): lookups read one more run until a later run merges it "
-                                         "or `lensdb optimize` rewrites the store"})
-    if merged is None:
-        return result
-    return result.model_copy(update={"message": f"{result.message}; {merged.said()}"})
+    """After a run committed: merge the newest sorted runs of token rows (``schema.runs``), under the run's
+    memory limit, and say what happened in the run's message. The run's rows are in whatever happens here."""
+    with duckdb_spills(store.con):
+        _, said = merge_said(store)
+    return result.model_copy(update={"message": f"{result.message}; {said}"}) if said else result
