@@ -195,9 +195,10 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=40)
     ap.add_argument("--repeats", type=int, default=5, help="direction scans timed")
     ap.add_argument("--keep", action="store_true", help="keep the store for another run")
-    ap.add_argument("--value-cache-mb", type=int, default=8192,
-                    help="stored vectors and basis rows the warm Lens may hold (the service's value_cache_mb; the "
-                    "100 M-row store's 3 GB of values and 27 bases of 154 MB need ~7.2 GB; default 8192)")
+    ap.add_argument("--value-cache-mb", type=int, default=10240,
+                    help="token postings, stored vectors and basis rows the warm Lens may hold (the service's "
+                    "value_cache_mb; the 100 M-row store's 1.5 GB of postings, 3 GB of values and 27 bases of 154 MB "
+                    "need ~8.7 GB; default 10240)")
     ap.add_argument("--memory-limit", default="4GB", help="DuckDB's memory_limit for the Lens (default 4GB)")
     args = ap.parse_args()
     db = Path(args.db)

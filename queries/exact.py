@@ -31,13 +31,16 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 
 from queries import sql as q
 from queries.catalog import Catalog, store_key
 from schema.errors import LensdbError
+
+if TYPE_CHECKING:
+    from queries.postings import Bounds
 
 CHUNK = 16384  # stored vectors per chunk: the unit read, held in memory and scanned (48 MiB at d = 768)
 NO_VALUES = "vectors that could rank here have no stored values (indexed with --no-vectors, before schema " \
@@ -95,8 +98,8 @@ class Held:
 
 
 class ValueCache:
-    """Chunks of stored values (and the basis rows that read them) held in memory, least recently used out
-    first, within ``budget`` bytes (default a
+    """Chunks of stored values (and the basis rows that read them), and a store's token postings
+    (``queries.postings``), held in memory, least recently used out first, within ``budget`` bytes (default a
     quarter of the machine's memory; ``Lens.warm(value_cache_mb=…)`` or ``lensdb serve --value-cache-mb`` set it).
     Keyed by store file, catalog generation and chunk, so an index run or a forget is never answered from old
     values."""
@@ -153,7 +156,7 @@ _ROWS: OrderedDict[tuple, Any] = OrderedDict()  # basis rows by (file, generatio
 _LOCK = threading.Lock()
 
 
-def _store(path: Path, cat: Catalog) -> tuple:
+def store_of(path: Path, cat: Catalog) -> tuple:
     """What a held value belongs to: the file (its path, inode and last write: a store deleted and made again at
     the same path is another store) and the catalog generation."""
     try:
@@ -167,7 +170,7 @@ def _store(path: Path, cat: Catalog) -> tuple:
 def chunks(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path) -> list[Chunk]:
     """The store's stored-value blocks, adjacent blocks of one checkpoint and role joined and cut every
     ``CHUNK`` vectors; cached per file and catalog generation."""
-    key = _store(path, cat)
+    key = store_of(path, cat)
     with _LOCK:
         found = _CHUNKS.get(key)
     if found is None:
@@ -206,7 +209,7 @@ def _without(ranges: Sequence[tuple[int, int]], covered: Sequence[tuple[int, int
 
 
 def _key(store: tuple, chunk: Chunk) -> tuple:
-    """A held chunk's key: its store (``_store``) and first vector id."""
+    """A held chunk's key: its store (``store_of``) and first vector id."""
     return (*store, chunk.first)
 
 
@@ -242,7 +245,7 @@ def load(con: duckdb.DuckDBPyConnection, chunk: Chunk) -> Held:
 
 
 def held(con: duckdb.DuckDBPyConnection, store: tuple, chunk: Chunk) -> Held:
-    """A chunk of the store ``store`` (``_store``) from memory, else read (and kept, if it fits the budget)."""
+    """A chunk of the store ``store`` (``store_of``) from memory, else read (and kept, if it fits the budget)."""
     key = _key(store, chunk)
     found = CACHE.get(key)
     if found is None:
@@ -280,7 +283,7 @@ def preload(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path) -> int:
     """Hold as many chunks as the budget allows, the newest checkpoints first, then the basis rows that read them
     (a direction or a certificate then reads nothing from disk); the bytes held."""
     every = chunks(con, cat, path)
-    store = _store(path, cat)
+    store = store_of(path, cat)
     loads: list[tuple[tuple, Any]] = [(_key(store, c), functools.partial(load, con, c))
                                       for c in sorted(every, key=lambda c: (-c.checkpoint_id, c.first))]
     loads += [((*store, "basis", ckpt, role), functools.partial(_load_basis, con, ckpt, role))
@@ -299,7 +302,7 @@ def _basis_rows(con: duckdb.DuckDBPyConnection, path: Path, cat: Catalog, wanted
     statement for all that are not held (the most recently asked are held in memory)."""
     import numpy as np
 
-    store = _store(path, cat)
+    store = store_of(path, cat)
     keys = [(c, r, t) for c, r in sorted(wanted) for t in token_ids]
     have: dict[tuple[int, str, int], Any] = {}
     for c, r in wanted:
@@ -339,22 +342,25 @@ def _z(scores: Any, mean: Any, std: Any, wsum: float, wnorm: float) -> Any:
 
 def certify(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path,
             groups: list[tuple[list[tuple[int, int]], list[int]]], side: str, n: int,
-            stored: list[tuple]) -> tuple[list[tuple], Outcome]:
+            stored: list[tuple], bounds: "Bounds | None" = None) -> tuple[list[tuple], Outcome]:
     """Complete the stored hits of a token search into the exact top ``n`` (rows as ``sql.hits_in_ranges``
     returns them, plus exactly scored rows whose rank is None), with its ``Outcome``.
 
     ``stored``: the best ``n`` stored hits, strongest first; ``groups``: per vocabulary, the vector-id ranges
-    searched and the token ids asked for."""
+    searched and the token ids asked for; ``bounds``: the vectors' bounds held in memory (``queries.postings``),
+    which answer the test over vectors without stored values without a statement."""
     sign = 1.0 if side == "top" else -1.0
     out = Outcome()
     every = chunks(con, cat, path)
-    store = _store(path, cat)
+    store = store_of(path, cat)
     best = list(stored)
     for ranges, token_ids in groups:
         bound = best[n - 1][5] if len(best) >= n else None  # the n-th best z so far: what a newcomer must beat
         pieces = _intersect(ranges, every)
         bare = _without(ranges, pieces)
-        if bare and con.execute(*q.unvalued_beyond(bare, side, bound)).fetchone()[0]:  # type: ignore[index]
+        in_memory = bounds is not None and bound == bound  # a NaN bound (DuckDB's NaN order) is left to SQL
+        if bare and (bounds.any_beyond(bare, side, bound) if in_memory else  # type: ignore[union-attr]
+                     con.execute(*q.unvalued_beyond(bare, side, bound)).fetchone()[0]):  # type: ignore[index]
             out.inexact(NO_VALUES)
         if not pieces:
             continue
@@ -439,7 +445,7 @@ def scan(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path, weights: dict
     sign = 1.0 if side == "top" else -1.0
     out = Outcome()
     stored = chunks(con, cat, path)
-    store = _store(path, cat)
+    store = store_of(path, cat)
     found: list[tuple[int, float, float]] = []
     covered = 0
     for vocab_id, w in weights.items():

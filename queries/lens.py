@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 from pydantic import ValidationError
 
-from queries import exact, head_rows
+from queries import exact, head_rows, postings
 from queries import sql as q
 from queries.catalog import Catalog, catalog, load_words, loaded_words, select_units, store_key
 from queries.filters import HitFilter, token_list
@@ -122,12 +122,13 @@ class Lens:
 
     def warm(self, value_cache_mb: int | None = None) -> WarmInfo:
         """Bring what token lookups read into memory: every vocabulary's typed forms (exact lookups then resolve
-        without a statement), the blocks of the token-sorted tables (DuckDB's buffer pool), so a lookup no
-        longer pays to read and decompress them on first touch, and the stored vectors, newest checkpoints first,
-        as far as the value cache's budget allows (``value_cache_mb``, for this process; default a quarter of the
-        memory): exact answers and direction scans then score them from memory (``queries.exact``). ``lensdb
-        serve`` runs it at start and after each index job; it costs one scan of those tables (about 1 s per
-        100 M rows) and one read of the stored vectors."""
+        without a statement), the rows of the token-sorted tables with the vectors' bounds (``queries.postings``:
+        a token lookup and its certificate then run no statement; where they do not fit the budget, the tables'
+        blocks in DuckDB's buffer pool instead, so a lookup at least reads nothing from disk), and the stored
+        vectors, newest checkpoints first, as far as the value cache's budget allows (``value_cache_mb``, for this
+        process; default a quarter of the memory; the postings come first): exact answers and direction scans then
+        score them from memory (``queries.exact``). ``lensdb serve`` runs it at start and after each index job; it
+        costs one read of those tables (a few seconds per 100 M rows) and one of the stored vectors."""
         started = time.perf_counter()
         if value_cache_mb is not None:
             if value_cache_mb < 0:
@@ -135,10 +136,14 @@ class Lens:
             exact.CACHE.budget = value_cache_mb << 20
         cat = self._catalog()
         loaded = load_words(self.con, cat, self.path)
-        rows = sum(int(self._rows(q.warm_scan(table))[0][0]) for table in q.SORTED_BY_TOKEN)
-        held = exact.preload(self.con, cat, self.path)
+        found = postings.warm(self.con, cat, self.path)  # its read brings the tables' blocks in, as warm_scan does
+        rows = found.rows if found is not None else \
+            sum(int(self._rows(q.warm_scan(table))[0][0]) for table in q.SORTED_BY_TOKEN)
+        kept = found.nbytes if found is not None else 0
+        held = exact.preload(self.con, cat, self.path) - kept
         return WarmInfo(vocabularies=len(cat.vocab_hashes), loaded_vocabularies=loaded, rows=rows,
-                        values_mb=round(held / (1 << 20), 1), seconds=time.perf_counter() - started)
+                        postings_mb=round(kept / (1 << 20), 1), values_mb=round(held / (1 << 20), 1),
+                        seconds=time.perf_counter() - started)
 
     def tokens(self, token: str | int, model: str | None = None) -> TokenHits[TokenMatch]:
         """How ``token`` (a word, a raw token spelling, or an int id) resolves in each model's vocabulary.
@@ -182,8 +187,10 @@ class Lens:
             return out
         hits = out
         n = f.limit + f.offset
-        rows, outcome = exact.certify(self.con, cat, self.path, groups, side, n,
-                                      self._rows(q.hits_in_ranges(groups, side, n, 0)))
+        held = postings.held(cat, self.path)  # after warm: the token's rows and the bounds from memory
+        stored = held.hits(groups, side, n) if held is not None else self._rows(q.hits_in_ranges(groups, side, n, 0))
+        rows, outcome = exact.certify(self.con, cat, self.path, groups, side, n, stored,
+                                      held.bounds if held is not None else None)
         rows = rows[f.offset:]
         sources = self._source_names(cat, rows)
         for vector_id, sd, rank, token_id, score, z, src in rows:
@@ -268,7 +275,7 @@ class Lens:
                 vocab_id = cat.checkpoints[cat.unit_of(row[0]).checkpoint_id].vocab_id
                 wanted.setdefault(vocab_id, set()).add(row[-1])
         return {(vid, tid): shown for vid, ids in wanted.items()
-                for tid, shown in self._rows(q.token_displays(vid, sorted(ids)))}
+                for tid, shown in self._displays(cat, vid, sorted(ids)).items()}
 
     def promoters(self, token: "str | int | list[str | int] | None" = None, filter: HitFilter | None = None, *,
                   minus: "str | int | list[str | int] | None" = None, text: str | None = None,

@@ -64,17 +64,28 @@ def exact_in_memory(cat: Catalog, path: object, word: str) -> list[tuple] | None
             for name, vid in sorted(cat.models.items()) for tid in words[vid].ids.get(word, ())]
 
 
+def id_in_memory(cat: Catalog, path: object, token_id: int) -> list[tuple] | None:
+    """What ``sql.token_by_id(token_id)`` returns for the models of ``cat``, from the vocabularies ``Lens.warm``
+    loaded; None while one of them is not loaded."""
+    words = loaded_words(cat, path)  # type: ignore[arg-type]
+    if words is None:
+        return None
+    return [(name, vid, token_id, words[vid].token[token_id], words[vid].display[token_id])
+            for name, vid in sorted(cat.models.items()) if token_id in words[vid].token]
+
+
 def resolve(con: duckdb.DuckDBPyConnection, cat: Catalog, path: object, token: str | int,
             model: str | None = None) -> Resolution:
     """Resolve ``token`` in the vocabulary of ``model``, or of every model of ``cat``; statements only for the
-    models a cheaper form left unmatched (an exact lookup is in memory after ``Lens.warm``)."""
+    models a cheaper form left unmatched (an exact lookup or a token id is in memory after ``Lens.warm``)."""
     models = [model] if model is not None else sorted(cat.models)
 
     def rows(built: q.Sql) -> list[tuple]:
         return con.execute(*q.inline(built)).fetchall()
 
     if isinstance(token, int):
-        return combine(token, models, [("id", rows(q.token_by_id(token)))])
+        by_id = id_in_memory(cat, path, token)
+        return combine(token, models, [("id", by_id if by_id is not None else rows(q.token_by_id(token)))])
     exact = exact_in_memory(cat, path, token)
     if exact is None:
         exact = rows(q.resolve_token(token, ignore_case=False))

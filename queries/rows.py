@@ -192,7 +192,9 @@ class WarmInfo(Row):
 
     vocabularies: int = Field(description="vocabularies in the store")
     loaded_vocabularies: int = Field(description="vocabularies loaded by this call (the others were held)")
-    rows: int = Field(description="token rows read into DuckDB's buffer pool")
+    rows: int = Field(description="token rows read (held as postings, or into DuckDB's buffer pool)")
+    postings_mb: float = Field(0.0, description="token rows and vector bounds held in memory for lookups "
+                               "(queries.postings); 0 where they do not fit the value cache's budget")
     values_mb: float = Field(0.0, description="stored vectors and the basis rows that read them, held in memory "
                              "for exact answers (queries.exact)")
     seconds: float

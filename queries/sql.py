@@ -16,11 +16,18 @@ def literal(value: object) -> str | None:
         return "TRUE" if value else "FALSE"
     if isinstance(value, int):
         return str(int(value))
-    if isinstance(value, float) and value == value and abs(value) != float("inf"):
-        return repr(value)
+    if isinstance(value, float):
+        return double(value)  # as a bound parameter is: a DOUBLE (a bare literal would be a DECIMAL)
     if isinstance(value, str) and "\x00" not in value:
         return "'" + value.replace("'", "''") + "'"
     return None
+
+
+def double(value: float) -> str:
+    """A float as a DOUBLE literal, infinities and NaN included. A bare ``repr`` is not one: DuckDB reads
+    ``1.8703306913375854`` as a DECIMAL, against which the REAL it was printed from compares greater (the decimal
+    is the shortest that round-trips, not the binary value), and ``inf`` as a column name."""
+    return f"'{float(value)!r}'::DOUBLE"
 
 
 def inline(built: Sql) -> Sql:
@@ -138,6 +145,26 @@ def warm_scan(table: str) -> Sql:
     pairs = ", max(source_token_id)" if table == "head_pairs" else ""
     return (f"SELECT count(*), max(vector_id), max(side), max(rank), max(token_id), max(score), max(zscore){pairs} "
             f"FROM {table}", [])
+
+
+def postings_scan(table: str) -> Sql:
+    """Every row of a token-sorted table in its stored order, as ``queries.postings`` holds it (side as a flag)."""
+    if table not in SORTED_BY_TOKEN:
+        raise LensdbError(f"no token table {table!r}.")
+    source = ", source_token_id" if table == "head_pairs" else ""
+    return f"SELECT token_id, side = 'top', vector_id, rank, score, zscore{source} FROM {table}", []
+
+
+def table_rows(table: str) -> Sql:
+    """How many rows a token-sorted table holds."""
+    if table not in SORTED_BY_TOKEN:
+        raise LensdbError(f"no token table {table!r}.")
+    return f"SELECT count(*) FROM {table}", []
+
+
+def vector_bounds() -> Sql:
+    """Every vector's k-th z-score per side: the bounds a certificate tests (``unvalued_beyond``)."""
+    return "SELECT vector_id, top_zk, bottom_zk FROM vectors", []
 
 
 def resolve_token(word: str, ignore_case: bool, vocab_ids: list[int] | None = None, word_only: bool = False) -> Sql:
@@ -663,7 +690,7 @@ def certificate_scores(pieces: list[tuple[int, int, int, str]], token_ids: list[
     if side not in ("top", "bottom") or not pieces or not token_ids:
         raise LensdbError("a certificate needs a side, vector ranges and token ids.")
     col, beats, order = ("top_zk", ">", "DESC") if side == "top" else ("bottom_zk", "<", "ASC")
-    beyond = f" AND ({col} IS NULL OR {col} {beats} {float(bound)!r})" if bound is not None else ""
+    beyond = f" AND ({col} IS NULL OR {col} {beats} {double(bound)})" if bound is not None else ""
     cands = " UNION ALL ".join(
         f"SELECT vector_id, logit_mean, logit_std, {int(c)} AS checkpoint_id, {literal(str(r))} AS role FROM vectors "
         f"WHERE vector_id BETWEEN {int(a)} AND {int(z)}{beyond}" for a, z, c, r in pieces)
@@ -688,7 +715,7 @@ def unvalued_beyond(ranges: list[tuple[int, int]], side: str, bound: float | Non
         raise LensdbError("a certificate needs a side and vector ranges.")
     col, beats = ("top_zk", ">") if side == "top" else ("bottom_zk", "<")
     spans = " OR ".join(f"vector_id BETWEEN {int(a)} AND {int(z)}" for a, z in ranges)
-    beyond = f" AND ({col} IS NULL OR {col} {beats} {float(bound)!r})" if bound is not None else ""
+    beyond = f" AND ({col} IS NULL OR {col} {beats} {double(bound)})" if bound is not None else ""
     return f"SELECT count(*) FROM vectors WHERE ({spans}){beyond}", []
 
 

@@ -13,7 +13,7 @@ import queries
 from queries import sql as q
 from queries.catalog import loaded_words
 from queries.lens import rows_from_lists
-from queries.resolve import exact_in_memory
+from queries.resolve import exact_in_memory, id_in_memory
 from schema.errors import StoreError
 from schema.layout import SCHEMA_VERSION
 from schema.migrations import fill_vector_lists
@@ -30,7 +30,7 @@ def _forms(db: Path) -> list[str]:
     return forms + [f.upper() for f in forms[:200]] + [f" {f}" for f in forms[:50]] + ["", "zzz-not-a-token", "##"]
 
 
-def test_warm_resolution_equals_sql_for_every_form(indexed_store: Path) -> None:
+def test_warm_resolution_equals_sql_for_every_form_and_id(indexed_store: Path) -> None:
     with queries.connect(indexed_store) as lens:
         cat = lens._catalog()
         lens.warm()
@@ -38,6 +38,9 @@ def test_warm_resolution_equals_sql_for_every_form(indexed_store: Path) -> None:
         for form in _forms(indexed_store):
             sql = lens._rows(q.resolve_token(form, ignore_case=False))
             assert exact_in_memory(cat, lens.path, form) == sql, form
+        (largest,) = lens.con.execute("SELECT max(token_id) FROM tokens").fetchone()  # type: ignore[misc]
+        for token_id in range(-2, largest + 3):
+            assert id_in_memory(cat, lens.path, token_id) == lens._rows(q.token_by_id(token_id)), token_id
 
 
 def _older_store(store: Path, tmp_path: Path, change: str) -> Path:

@@ -7,9 +7,9 @@ from queries import sql as q
 
 
 @pytest.mark.parametrize("value, expected", [
-    (None, "NULL"), (True, "TRUE"), (7, "7"), (-3, "-3"), (0.5, "0.5"),
+    (None, "NULL"), (True, "TRUE"), (7, "7"), (-3, "-3"), (0.5, "'0.5'::DOUBLE"),
     ("paris", "'paris'"), ("it's", "'it''s'"), ("a?b", "'a?b'"), ("", "''"),
-    ("\x00", None), (float("nan"), None), (b"bytes", None),
+    ("\x00", None), (float("nan"), "'nan'::DOUBLE"), (-float("inf"), "'-inf'::DOUBLE"), (b"bytes", None),
 ])
 def test_literal(value: object, expected: str | None) -> None:
     assert q.literal(value) == expected
@@ -24,6 +24,20 @@ def test_inline_gives_the_same_answer_as_binding() -> None:
         sql, params = q.inline(built)
         assert params == [] and "?" not in sql.replace("'a?b'", "")
         assert con.execute(sql).fetchall() == con.execute(*built).fetchall()
+
+
+def test_an_inlined_float_compares_as_a_bound_one() -> None:
+    """A REAL compared with the float it was read as: bound, the float is a DOUBLE and equal; written as a bare
+    literal it was a DECIMAL (the shortest decimal that round-trips), which the REAL's binary value exceeds."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE v (z REAL)")
+    con.execute("INSERT INTO v SELECT (i / 7.0 + 0.1)::REAL FROM range(200) t(i)")
+    for (z,) in con.execute("SELECT z FROM v").fetchall():
+        built = ("SELECT count(*) FROM v WHERE z > ?", [z])
+        assert con.execute(*q.inline(built)).fetchall() == con.execute(*built).fetchall(), z
+    for bound in (float("inf"), -float("inf")):
+        built = ("SELECT count(*) FROM v WHERE z < ?", [bound])
+        assert q.inline(built)[1] == [] and con.execute(*q.inline(built)).fetchall() == con.execute(*built).fetchall()
 
 
 def test_inline_keeps_binding_when_a_value_cannot_be_written() -> None:
