@@ -58,6 +58,7 @@ class Catalog:
     vocab_hashes: dict[int, str] = field(default_factory=dict)
     dictionaries: dict[int, str] = field(default_factory=dict)  # dictionary id → name
     snapshot: tuple | None = None  # the unchanging state it was read from, if any (``catalog``)
+    memo: dict = field(default_factory=dict)  # what readers derive from it alone (a search's ranges per filter)
     _starts: list[int] = field(default_factory=list)
 
     def chosen(self, model: str | None, checkpoint: str | None) -> list[CheckpointRef]:

@@ -121,8 +121,7 @@ class ValueCache:
         """Keep ``held`` if it fits the budget, dropping the least recently used (and whatever an older version
         of the same file held); False when it is larger than the whole budget."""
         with self._lock:
-            for old in [k for k in self._held if k[0][0] == key[0][0] and k[:2] != key[:2]]:
-                self._used -= self._held.pop(old).nbytes
+            self._drop_stale(key)
             if held.nbytes > self.budget:
                 return False
             if key in self._held:
@@ -132,6 +131,16 @@ class ValueCache:
             self._held[key] = held
             self._used += held.nbytes
             return True
+
+    def drop_stale(self, key: tuple) -> None:
+        """Drop what an older version of ``key``'s file held (another inode, write or catalog generation): it can
+        never be asked for again, and would count against the budget of what replaces it."""
+        with self._lock:
+            self._drop_stale(key)
+
+    def _drop_stale(self, key: tuple) -> None:
+        for old in [k for k in self._held if k[0][0] == key[0][0] and k[:2] != key[:2]]:
+            self._used -= self._held.pop(old).nbytes
 
     @property
     def used(self) -> int:

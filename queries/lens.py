@@ -166,23 +166,34 @@ class Lens:
             units = [u for u in units if cat.dictionaries.get(u.dictionary_id or -1) == f.dictionary]
         return units
 
+    def _ranges(self, cat: Catalog, f: HitFilter) -> dict[int, list[tuple[int, int]]]:
+        """Per vocabulary, the joined vector-id ranges a search with filter ``f`` reads: the same for every token,
+        so the catalog remembers them (it is rebuilt when the store changes)."""
+        key = ("ranges", f.model, f.checkpoint, f.component, f.layer, f.head, f.expert, f.role, f.dictionary)
+        found = cat.memo.get(key)
+        if found is None:
+            refs = cat.chosen(f.model, f.checkpoint)
+            if f.checkpoint not in (None, "all") and not refs:
+                raise NotFound(f"no checkpoint {f.checkpoint!r}" + (f" in model {f.model!r}." if f.model
+                                                                     else " in any model."))
+            spans: dict[int, list[tuple[int, int]]] = {}
+            for u in self._units(cat, {r.checkpoint_id for r in refs}, f):
+                spans.setdefault(cat.checkpoints[u.checkpoint_id].vocab_id, []).append((u.first_id, u.last_id))
+            found = {vid: _merged(r) for vid, r in spans.items()}
+            if len(cat.memo) > 4096:  # filters are few; a client sending endless new ones only clears this
+                cat.memo.clear()
+            cat.memo[key] = found
+        return found
+
     def _hits(self, token: str | int, side: str, f: HitFilter) -> TokenHits[TokenHit]:
         cat = self._catalog()
         found = self._resolution(token, f.model, cat)
         matches = found.matches
-        refs = cat.chosen(f.model, f.checkpoint)
-        if f.checkpoint not in (None, "all") and not refs:
-            raise NotFound(f"no checkpoint {f.checkpoint!r}" + (f" in model {f.model!r}." if f.model
-                                                                 else " in any model."))
-        units = self._units(cat, {r.checkpoint_id for r in refs}, f)
+        ranges = self._ranges(cat, f)
         out: TokenHits[TokenHit] = TokenHits([], TokenHit, matches=matches, missing=found.missing, token=token)
         display = {(m.vocab_id, m.token_id): m.display for m in matches}
-        groups = []
-        for vid in sorted({m.vocab_id for m in matches}):
-            ranges = _merged([(u.first_id, u.last_id) for u in units
-                              if cat.checkpoints[u.checkpoint_id].vocab_id == vid])
-            if ranges:
-                groups.append((ranges, sorted({m.token_id for m in matches if m.vocab_id == vid})))
+        groups = [(ranges[vid], sorted({m.token_id for m in matches if m.vocab_id == vid}))
+                  for vid in sorted({m.vocab_id for m in matches}) if ranges.get(vid)]
         if not groups:
             return out
         hits = out

@@ -189,6 +189,7 @@ def warm(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path) -> Postings |
     found = exact.CACHE.get(key)
     if isinstance(found, Postings):
         return found
+    exact.CACHE.drop_stale(key)  # the postings of the store before its last run must not count against these
     counts = {t: int(con.execute(*q.table_rows(t)).fetchone()[0]) for t in q.SORTED_BY_TOKEN}  # type: ignore[index]
     if sum(ROW_BYTES[t] * c for t, c in counts.items()) > exact.CACHE.budget - exact.CACHE.used:
         return None

@@ -171,15 +171,25 @@ def test_postings_stay_within_the_value_cache_budget(store_copy: Path) -> None:
 
 
 def test_a_changed_store_is_never_answered_from_old_postings(store_copy: Path, tmp_path: Path) -> None:
+    """And the old postings do not count against the new ones' budget (room for the new ones only)."""
     exact.CACHE.clear()
-    with queries.connect(store_copy) as lens:
-        lens.warm()
-        assert postings.held(lens._catalog(), lens.path) is not None
-        assert {h.model for h in lens.promoters(5, checkpoint="all", limit=1000)} == {"gpt2-tiny", "bert-tiny"}
-    index_checkpoint(store_copy, save_gpt2(tmp_path / "third", seed=3).path, IndexOptions(name="third"))
-    with queries.connect(store_copy) as lens:
-        assert postings.held(lens._catalog(), lens.path) is None
-        assert "third" in {h.model for h in lens.promoters(5, checkpoint="all", limit=1000)}
-        lens.warm()
-        assert postings.held(lens._catalog(), lens.path) is not None
-        assert "third" in {h.model for h in lens.promoters(5, checkpoint="all", limit=1000)}
+    budget = exact.CACHE.budget
+    try:
+        with queries.connect(store_copy) as lens:
+            lens.warm(value_cache_mb=0)
+            exact.CACHE.budget = 1 << 40
+            lens.warm()
+            old = postings.held(lens._catalog(), lens.path)
+            assert old is not None
+            assert {h.model for h in lens.promoters(5, checkpoint="all", limit=1000)} == {"gpt2-tiny", "bert-tiny"}
+        index_checkpoint(store_copy, save_gpt2(tmp_path / "third", seed=3).path, IndexOptions(name="third"))
+        exact.CACHE.budget = int(old.nbytes * 1.6)  # the new postings are ~1.5 times the old ones
+        with queries.connect(store_copy) as lens:
+            assert postings.held(lens._catalog(), lens.path) is None
+            assert "third" in {h.model for h in lens.promoters(5, checkpoint="all", limit=1000)}
+            lens.warm()
+            new = postings.held(lens._catalog(), lens.path)
+            assert new is not None and old.nbytes + new.nbytes > exact.CACHE.budget >= new.nbytes
+            assert "third" in {h.model for h in lens.promoters(5, checkpoint="all", limit=1000)}
+    finally:
+        exact.CACHE.budget = budget
