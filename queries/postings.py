@@ -13,12 +13,15 @@ needs no statement either (``queries.exact``).
 They are held in the value cache (``exact.CACHE``, within its budget: ``value_cache_mb``) under the store's file
 and catalog generation, like stored values: a run that adds or forgets a checkpoint changes the generation and
 the lookup goes back to SQL until the next ``warm``. A merge of sorted runs changes no row, only their order.
+That next ``warm`` (a service's, after each index job) reads only the rows of the new vectors where nothing was
+forgotten meanwhile: vector ids only grow, so they are the ids past those already held.
 numpy and pyarrow are imported inside the functions, as in ``queries.exact``.
 """
 
 import itertools
+import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,7 @@ from queries import sql as q
 from queries.catalog import Catalog, catalog
 
 MAX_RUNS = 32  # more sorted runs than this (head maps unmerged, many service runs) are sorted into one at warm
+MAX_PARTS = 16  # warms that only added rows, before one reads everything again (each adds parts to every lookup)
 BATCH = 1 << 20  # rows per Arrow batch read
 ROW_BYTES = {"vector_tokens": 15, "head_pairs": 19}  # held bytes per row (see the module's docstring)
 
@@ -118,13 +122,18 @@ def _any_in(ids: Any, ranges: Sequence[tuple[int, int]]) -> bool:
     return bool(np.any((at < ids.size) & (ids[np.minimum(at, ids.size - 1)] <= ends)))
 
 
-@dataclass
+@dataclass(eq=False)
 class Postings:
-    """Both token-sorted tables and the vectors' bounds, as one store generation held them."""
+    """Both token-sorted tables and the vectors' bounds, as one store generation held them. ``tables``: each
+    table's rows as read by a full warm, then the rows of the vectors each later warm found new (vector ids only
+    grow, so a warm after an index run reads only the ids past ``covered``); ``counts``: rows held per table."""
 
     tables: list[Table]
     bounds: Bounds
     rows: int
+    origin: tuple = ()  # the file they were read from: its path and inode
+    covered: int = -1  # the largest vector id of the catalog they were read under
+    counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
@@ -181,34 +190,60 @@ def held(cat: Catalog, path: Path) -> Postings | None:
     return found if isinstance(found, Postings) else None
 
 
+_LATEST: "weakref.WeakValueDictionary[tuple, Postings]" = weakref.WeakValueDictionary()  # by origin
+
+
 def warm(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path) -> Postings | None:
     """Read and hold the postings of the store as ``cat`` describes it, if they fit what is left of the value
     cache's budget; None when they do not, or when the store changed while they were read (the catalog's
-    generation moved: a lookup then keeps using SQL)."""
+    generation moved: a lookup then keeps using SQL). Where this process held the postings of the same file
+    before its last runs, and those runs only added vectors, only the new vectors' rows are read."""
     key = _key(cat, path)
     found = exact.CACHE.get(key)
     if isinstance(found, Postings):
         return found
+    origin = key[0][:2]
     exact.CACHE.drop_stale(key)  # the postings of the store before its last run must not count against these
-    counts = {t: int(con.execute(*q.table_rows(t)).fetchone()[0]) for t in q.SORTED_BY_TOKEN}  # type: ignore[index]
-    if sum(ROW_BYTES[t] * c for t, c in counts.items()) > exact.CACHE.budget - exact.CACHE.used:
+    covered = max((u.last_id for u in cat.units), default=-1)
+    base = _unchanged(con, _LATEST.get(origin), origin, covered)
+    after = base.covered if base is not None else None
+    counts = {t: int(con.execute(*q.table_rows(t, after)).fetchone()[0]) for t in q.SORTED_BY_TOKEN}  # type: ignore[index]
+    kept = base.nbytes if base is not None else 0
+    if kept + sum(ROW_BYTES[t] * c for t, c in counts.items()) > exact.CACHE.budget - exact.CACHE.used:
         return None
-    wide = max((u.last_id for u in cat.units), default=0) >= 2 ** 31  # vector ids as int32 where they fit
-    tables = [_read(con, t, counts[t], wide) for t in q.SORTED_BY_TOKEN]
+    read = [_read(con, t, counts[t], covered >= 2 ** 31, after) for t in q.SORTED_BY_TOKEN]
     bounds = _bounds(con)
-    if any(t is None for t in tables) or catalog(con, path, cat.snapshot).generation != cat.generation:
+    if any(t is None for t in read) or catalog(con, path, cat.snapshot).generation != cat.generation:
         return None
-    made = Postings(tables, bounds, sum(counts.values()))  # type: ignore[arg-type]
-    return made if exact.CACHE.put(key, made) else None
+    tables = (base.tables if base is not None else []) + [t for t in read if t is not None and t.offsets]
+    total = {t: c + (base.counts[t] if base is not None else 0) for t, c in counts.items()}
+    made = Postings(tables, bounds, sum(total.values()), origin, covered, total)
+    if not exact.CACHE.put(key, made):
+        return None
+    _LATEST[origin] = made
+    return made
 
 
-def _read(con: duckdb.DuckDBPyConnection, table: str, count: int, wide: bool) -> Table | None:
-    """One table in its scan order (each sorted run as written), its runs found where token ids descend; None
-    when it no longer holds ``count`` rows (a run committed meanwhile)."""
+def _unchanged(con: duckdb.DuckDBPyConnection, base: Postings | None, origin: tuple, covered: int) -> Postings | None:
+    """``base`` if the store still holds exactly the rows it holds (nothing forgotten or replaced since: the
+    rows of its vector ids are as many as it read) and new rows can only be new vectors'; else None."""
+    if base is None or base.origin != origin or base.covered > covered or len(base.tables) >= MAX_PARTS:
+        return None
+    for table, held in base.counts.items():
+        (now,) = con.execute(*q.table_rows(table, None, base.covered)).fetchone()  # type: ignore[misc]
+        if now != held:
+            return None
+    return base
+
+
+def _read(con: duckdb.DuckDBPyConnection, table: str, count: int, wide: bool, after: int | None) -> Table | None:
+    """One table's rows (of the vector ids past ``after``, if given) in its scan order (each sorted run as
+    written), its runs found where token ids descend; None when they are no longer ``count`` rows (a run
+    committed meanwhile)."""
     import numpy as np
 
     pairs = table == "head_pairs"
-    sql, params = q.postings_scan(table)
+    sql, params = q.postings_scan(table, after)
     types = [np.int32, np.bool_, np.int64 if wide else np.int32, np.int16, np.float32, np.float32] + \
         ([np.int32] if pairs else [])
     columns: list[Any] = [np.empty(count, t) for t in types]

@@ -147,19 +147,27 @@ def warm_scan(table: str) -> Sql:
             f"FROM {table}", [])
 
 
-def postings_scan(table: str) -> Sql:
-    """Every row of a token-sorted table in its stored order, as ``queries.postings`` holds it (side as a flag)."""
+def _id_span(after: int | None, through: int | None) -> str:
+    spans = ([f"vector_id > {int(after)}"] if after is not None else []) + \
+        ([f"vector_id <= {int(through)}"] if through is not None else [])
+    return f" WHERE {' AND '.join(spans)}" if spans else ""
+
+
+def postings_scan(table: str, after: int | None = None) -> Sql:
+    """The rows of a token-sorted table (of the vector ids past ``after``) in their stored order, as
+    ``queries.postings`` holds them (side as a flag)."""
     if table not in SORTED_BY_TOKEN:
         raise LensdbError(f"no token table {table!r}.")
     source = ", source_token_id" if table == "head_pairs" else ""
-    return f"SELECT token_id, side = 'top', vector_id, rank, score, zscore{source} FROM {table}", []
+    return (f"SELECT token_id, side = 'top', vector_id, rank, score, zscore{source} FROM {table}"
+            f"{_id_span(after, None)}", [])
 
 
-def table_rows(table: str) -> Sql:
-    """How many rows a token-sorted table holds."""
+def table_rows(table: str, after: int | None = None, through: int | None = None) -> Sql:
+    """How many rows a token-sorted table holds (of the vector ids past ``after``, up to ``through``)."""
     if table not in SORTED_BY_TOKEN:
         raise LensdbError(f"no token table {table!r}.")
-    return f"SELECT count(*) FROM {table}", []
+    return f"SELECT count(*) FROM {table}{_id_span(after, through)}", []
 
 
 def vector_bounds() -> Sql:

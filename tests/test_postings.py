@@ -15,6 +15,7 @@ import queries
 from indexer import IndexOptions, index_checkpoint
 from queries import exact, postings
 from queries import sql as q
+from schema.deletes import forget
 from tests.tinymodels import save_bert, save_gpt2
 
 LAYOUTS = {  # physical orders of the same rows: what the writer leaves, three sorted runs, no order at all
@@ -64,14 +65,33 @@ class Counting:
         return Counting(self._con.cursor(), self.sent)
 
 
+def _agrees_with_sql(lens: queries.Lens, held: postings.Postings, rnd: random.Random) -> int:
+    """Compare ``held.hits`` with the SQL path for tokens of every vocabulary (40 each, one id past each end
+    among them), both sides, over every unit, the pair units and random subsets; returns the cases compared."""
+    cat = lens._catalog()
+    sizes = dict(lens.con.execute("SELECT vocab_id, count(*) FROM tokens GROUP BY ALL").fetchall())
+    checked = 0
+    for vocab in sorted({r.vocab_id for r in cat.checkpoints.values()}):
+        units = [u for u in cat.units if cat.checkpoints[u.checkpoint_id].vocab_id == vocab]
+        choices = [units, [u for u in units if u.role == "pairs"], rnd.sample(units, 5), rnd.sample(units, 1)]
+        for token in [-1, 0, sizes[vocab] - 1, sizes[vocab], *rnd.sample(range(sizes[vocab]), 36)]:
+            for units_of in choices:
+                groups = [(sorted((u.first_id, u.last_id) for u in units_of),
+                           sorted({token, rnd.randrange(sizes[vocab])}))]
+                for side in ("top", "bottom"):
+                    n = rnd.choice([1, 7, 1000])
+                    assert held.hits(groups, side, n) == lens._rows(q.hits_in_ranges(groups, side, n, 0)), \
+                        (token, side, n)
+                    checked += 1
+    return checked
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_postings_answer_what_sql_answers(paired_store: Path, tmp_path: Path, layout: str) -> None:
     db = _laid_out(paired_store, tmp_path, LAYOUTS[layout])
     exact.CACHE.clear()
-    rnd = random.Random(7)
     with queries.connect(db) as lens:
-        cat = lens._catalog()
-        held = postings.warm(lens.con, cat, lens.path)
+        held = postings.warm(lens.con, lens._catalog(), lens.path)
         assert held is not None and held.rows == sum(
             lens.con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in q.SORTED_BY_TOKEN)  # type: ignore[index]
         runs = [len(t.offsets) for t in held.tables]
@@ -79,24 +99,34 @@ def test_postings_answer_what_sql_answers(paired_store: Path, tmp_path: Path, la
                     for t in q.SORTED_BY_TOKEN]
         assert runs == {"as indexed": [1, 1], "three runs": residues, "scattered": [1, 1]}[layout]  # scattered: sorted
         assert layout != "three runs" or runs[0] == 3
-        vocabs = {r.vocab_id for r in cat.checkpoints.values()}
-        sizes = dict(lens.con.execute("SELECT vocab_id, count(*) FROM tokens GROUP BY ALL").fetchall())
-        checked = 0
-        for vocab in sorted(vocabs):
-            units = [u for u in cat.units if cat.checkpoints[u.checkpoint_id].vocab_id == vocab]
-            choices = [units, [u for u in units if u.role == "pairs"], rnd.sample(units, 5), rnd.sample(units, 1)]
-            tokens = [-1, 0, sizes[vocab] - 1, sizes[vocab], *rnd.sample(range(sizes[vocab]), 36)]  # past each end too
-            for token in tokens:
-                for units_of in choices:
-                    ranges = sorted((u.first_id, u.last_id) for u in units_of)
-                    merged = [r for r in ranges if r[0] <= r[1]]
-                    groups = [(merged, sorted({token, rnd.randrange(sizes[vocab])}))]
-                    for side in ("top", "bottom"):
-                        n = rnd.choice([1, 7, 1000])
-                        assert held.hits(groups, side, n) == lens._rows(q.hits_in_ranges(groups, side, n, 0)), \
-                            (token, side, n)
-                        checked += 1
-        assert checked == 2 * 4 * 40 * 2
+        assert _agrees_with_sql(lens, held, random.Random(7)) == 2 * 4 * 40 * 2
+
+
+def test_a_warm_after_new_runs_reads_only_their_rows_and_after_a_forget_everything(
+        paired_store: Path, tmp_path: Path) -> None:
+    db = tmp_path / "grown.duckdb"
+    shutil.copy(paired_store, db)
+    exact.CACHE.clear()
+    with queries.connect(db) as lens:
+        first = postings.warm(lens.con, lens._catalog(), lens.path)
+    assert first is not None
+    index_checkpoint(db, save_gpt2(tmp_path / "third", seed=3).path, IndexOptions(name="third", head_maps=True,
+                                                                                  top_k=5))
+    with queries.connect(db) as lens:
+        grown = postings.warm(lens.con, lens._catalog(), lens.path)
+        assert grown is not None and len(grown.tables) == 2 * len(first.tables)
+        assert all(a is b for a, b in zip(grown.tables, first.tables, strict=False))  # held, not read again
+        assert grown.counts == {t: lens.con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[index]
+                                for t in q.SORTED_BY_TOKEN}
+        assert "third" in {h.model for h in lens.promoters("paris", component="attn_ov_pair", limit=200)}
+        _agrees_with_sql(lens, grown, random.Random(5))
+    forget(db, "gpt2-tiny")
+    with queries.connect(db) as lens:
+        again = postings.warm(lens.con, lens._catalog(), lens.path)
+        assert again is not None and not {id(t) for t in again.tables} & {id(t) for t in grown.tables}
+        assert again.counts == {t: lens.con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]  # type: ignore[index]
+                                for t in q.SORTED_BY_TOKEN}
+        _agrees_with_sql(lens, again, random.Random(6))
 
 
 def test_bounds_answer_what_sql_answers(paired_store: Path, tmp_path: Path) -> None:
