@@ -203,9 +203,11 @@ def warm(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path) -> Postings |
     if isinstance(found, Postings):
         return found
     origin = key[0][:2]
+    latest = _LATEST.get(origin)  # before the cache lets go of it: the cache holds the only strong reference
     exact.CACHE.drop_stale(key)  # the postings of the store before its last run must not count against these
     covered = max((u.last_id for u in cat.units), default=-1)
-    base = _unchanged(con, _LATEST.get(origin), origin, covered)
+    base = _unchanged(con, latest, origin, covered)
+    del latest
     after = base.covered if base is not None else None
     counts = {t: int(con.execute(*q.table_rows(t, after)).fetchone()[0]) for t in q.SORTED_BY_TOKEN}  # type: ignore[index]
     kept = base.nbytes if base is not None else 0
