@@ -51,6 +51,7 @@ bench: install
 	$(PY) bench/index_memory.py
 	$(PY) bench/index_memory.py --shape gpt2-medium
 	$(PY) bench/query_scale.py --cold 15 --queries 60 --keep
+	$(PY) bench/postings_warm.py  # on a copy of the store query_scale kept
 	$(PY) bench/exact_search.py --db /tmp/lensdb-scale.duckdb --keep  # adds stored values to that store
 	$(PY) bench/check_scale.py  # on the store query_scale built (and kept), then removes it
 	$(PY) bench/service_latency.py

@@ -25,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import duckdb  # noqa: E402
+
 import queries  # noqa: E402
 from schema.ids import start_counters  # noqa: E402
 from schema.migrations import fill_token_forms  # noqa: E402
@@ -33,6 +35,47 @@ from schema.runs import compact_store, note_runs  # noqa: E402
 from schema.writer import session, writer  # noqa: E402
 
 VOCAB, K, LAYERS, D_FF = 50257, 50, 12, 3072
+
+
+def add_model(con: duckdb.DuckDBPyConnection, m: int) -> int:
+    """Model ``m``'s one checkpoint, as an index run writes it (its vectors, units, token rows sorted by token id
+    and vector lists), in the caller's transaction; returns its first vector id."""
+    per_vector = 2 * K
+    per_model = LAYERS * D_FF
+    con.execute("INSERT INTO models VALUES (?, ?, 'gpt2', 'gpt2', 1, 768, ?, ?, 12)",
+                [m, f"model-{m}", LAYERS, D_FF])
+    con.execute("INSERT INTO checkpoints VALUES (?, ?, 'synthetic', ?, '/synthetic', NULL, now())",
+                [m, m, f"hash-{m}"])
+    con.execute("INSERT INTO index_runs VALUES (?, ?, 'complete', now(), now(), 'folded', '{}', ?, "
+                "'[\"ff_value\"]', ?, ?, 0, 'bench')", [m, m, K, per_model, per_model * per_vector])
+    first = (m - 1) * per_model
+    # top_zk/bottom_zk: the z of each list's K-th row below (the exact search's certificate bound)
+    con.execute("""INSERT INTO vectors BY NAME SELECT ? + i AS vector_id, ? AS checkpoint_id,
+                   'ff_value' AS component, i // ? AS layer, NULL AS head, i % ? AS idx, 1.0 AS norm,
+                   0.0 AS logit_mean, 0.02 AS logit_std, (5.0 - (? - 1) * 0.01 + (hash(i) % 100) / 100.0)::REAL
+                   AS top_zk, -(5.0 - (? - 1) * 0.01 + (hash(i) % 100) / 100.0)::REAL AS bottom_zk
+                   FROM range(?) r(i)""", [first, m, D_FF, D_FF, K, K, per_model])
+    con.execute("""INSERT INTO vector_units BY NAME SELECT ? AS checkpoint_id, 'ff_value' AS component,
+                   l AS layer, NULL AS head, ? + l * ? AS first_vector_id,
+                   ? + (l + 1) * ? - 1 AS last_vector_id,
+                   0 AS first_index, 'writes' AS role FROM range(?) r(l)""",
+                [m, first, D_FF, first, D_FF, LAYERS])
+    con.execute("""INSERT INTO vector_tokens
+        SELECT ? + v, CASE WHEN j < ? THEN 'top' ELSE 'bottom' END, (j % ?) + 1,
+               (hash(v * 131 + j + ? * 7919) % ?)::INTEGER AS token_id,
+               (CASE WHEN j < ? THEN 1 ELSE -1 END) * (0.1 - (j % ?) * 0.001),
+               (CASE WHEN j < ? THEN 1 ELSE -1 END) * (5.0 - (j % ?) * 0.01 + (hash(v) % 100) / 100.0)
+        FROM range(?) a(v), range(?) b(j) ORDER BY token_id""",
+                [first, K, K, m, VOCAB, K, K, K, K, per_model, per_vector])
+    # what the indexer writes beside each run's token rows: the same tokens in vector order
+    con.execute("""INSERT INTO vector_lists
+        SELECT ? + v, list(t ORDER BY j) FILTER (WHERE j < ?), list(s ORDER BY j) FILTER (WHERE j < ?),
+               list(t ORDER BY j) FILTER (WHERE j >= ?), list(s ORDER BY j) FILTER (WHERE j >= ?)
+        FROM (SELECT v, j, (hash(v * 131 + j + ? * 7919) % ?)::INTEGER AS t,
+                     ((CASE WHEN j < ? THEN 1 ELSE -1 END) * (0.1 - (j % ?) * 0.001))::REAL AS s
+              FROM range(?) a(v), range(?) b(j))
+        GROUP BY v ORDER BY v""", [first, K, K, K, K, m, VOCAB, K, K, per_model, per_vector])
+    return first
 
 
 def build(db: Path, rows: int) -> None:
@@ -48,39 +91,7 @@ def build(db: Path, rows: int) -> None:
         fill_token_forms(con, 1)
     for m in range(1, n_models + 1):
         with writer(db) as con:  # one transaction per checkpoint, as an index run commits
-            con.execute("INSERT INTO models VALUES (?, ?, 'gpt2', 'gpt2', 1, 768, ?, ?, 12)",
-                        [m, f"model-{m}", LAYERS, D_FF])
-            con.execute("INSERT INTO checkpoints VALUES (?, ?, 'synthetic', ?, '/synthetic', NULL, now())",
-                        [m, m, f"hash-{m}"])
-            con.execute("INSERT INTO index_runs VALUES (?, ?, 'complete', now(), now(), 'folded', '{}', ?, "
-                        "'[\"ff_value\"]', ?, ?, 0, 'bench')", [m, m, K, per_model, per_model * per_vector])
-            first = (m - 1) * per_model
-            # top_zk/bottom_zk: the z of each list's K-th row below (the exact search's certificate bound)
-            con.execute("""INSERT INTO vectors BY NAME SELECT ? + i AS vector_id, ? AS checkpoint_id,
-                           'ff_value' AS component, i // ? AS layer, NULL AS head, i % ? AS idx, 1.0 AS norm,
-                           0.0 AS logit_mean, 0.02 AS logit_std, (5.0 - (? - 1) * 0.01 + (hash(i) % 100) / 100.0)::REAL
-                           AS top_zk, -(5.0 - (? - 1) * 0.01 + (hash(i) % 100) / 100.0)::REAL AS bottom_zk
-                           FROM range(?) r(i)""", [first, m, D_FF, D_FF, K, K, per_model])
-            con.execute("""INSERT INTO vector_units BY NAME SELECT ? AS checkpoint_id, 'ff_value' AS component,
-                           l AS layer, NULL AS head, ? + l * ? AS first_vector_id,
-                           ? + (l + 1) * ? - 1 AS last_vector_id,
-                           0 AS first_index, 'writes' AS role FROM range(?) r(l)""",
-                        [m, first, D_FF, first, D_FF, LAYERS])
-            con.execute("""INSERT INTO vector_tokens
-                SELECT ? + v, CASE WHEN j < ? THEN 'top' ELSE 'bottom' END, (j % ?) + 1,
-                       (hash(v * 131 + j + ? * 7919) % ?)::INTEGER AS token_id,
-                       (CASE WHEN j < ? THEN 1 ELSE -1 END) * (0.1 - (j % ?) * 0.001),
-                       (CASE WHEN j < ? THEN 1 ELSE -1 END) * (5.0 - (j % ?) * 0.01 + (hash(v) % 100) / 100.0)
-                FROM range(?) a(v), range(?) b(j) ORDER BY token_id""",
-                        [first, K, K, m, VOCAB, K, K, K, K, per_model, per_vector])
-            # what the indexer writes beside each run's token rows: the same tokens in vector order
-            con.execute("""INSERT INTO vector_lists
-                SELECT ? + v, list(t ORDER BY j) FILTER (WHERE j < ?), list(s ORDER BY j) FILTER (WHERE j < ?),
-                       list(t ORDER BY j) FILTER (WHERE j >= ?), list(s ORDER BY j) FILTER (WHERE j >= ?)
-                FROM (SELECT v, j, (hash(v * 131 + j + ? * 7919) % ?)::INTEGER AS t,
-                             ((CASE WHEN j < ? THEN 1 ELSE -1 END) * (0.1 - (j % ?) * 0.001))::REAL AS s
-                      FROM range(?) a(v), range(?) b(j))
-                GROUP BY v ORDER BY v""", [first, K, K, K, K, m, VOCAB, K, K, per_model, per_vector])
+            first = add_model(con, m)
             note_runs(con, [first])  # its token rows are one sorted run, as the writer records it
         with session(db) as store:  # then the merge of sorted runs every run does (schema.runs)
             started = time.perf_counter()
