@@ -39,8 +39,8 @@ ROW_BYTES = {"vector_tokens": 15, "head_pairs": 19}  # held bytes per row (see t
 
 @dataclass
 class Table:
-    """One token-sorted table's rows: column arrays, split into sorted runs, each run with the row offset of
-    every token id (``offsets[r][t]`` … ``offsets[r][t + 1]``)."""
+    """Rows of one token-sorted table (all, or those of the vectors one warm found new): column arrays, split into
+    sorted runs, each run with the row offset of every token id (``offsets[r][t]`` … ``offsets[r][t + 1]``)."""
 
     offsets: list[Any]
     vector_id: Any
@@ -59,7 +59,7 @@ class Table:
         """Row offsets of ``token_id``'s rows, run after run."""
         import numpy as np
 
-        spans = [(int(o[token_id]), int(o[token_id + 1])) for o in self.offsets if token_id + 1 < len(o)]
+        spans = [(int(o[token_id]), int(o[token_id + 1])) for o in self.offsets if 0 <= token_id < len(o) - 1]
         return np.concatenate([np.arange(a, z) for a, z in spans if z > a] or [np.empty(0, np.int64)])
 
 
