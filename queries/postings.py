@@ -32,7 +32,7 @@ from queries import sql as q
 from queries.catalog import Catalog, catalog
 
 MAX_RUNS = 32  # more sorted runs than this (head maps unmerged, many service runs) are sorted into one at warm
-MAX_PARTS = 16  # warms that only added rows, before one reads everything again (each adds parts to every lookup)
+MAX_PARTS = 16  # parts (one table's rows as one warm read them) before a warm reads all again: each costs every lookup
 BATCH = 1 << 20  # rows per Arrow batch read
 ROW_BYTES = {"vector_tokens": 15, "head_pairs": 19}  # held bytes per row (see the module's docstring)
 
