@@ -130,10 +130,13 @@ class Postings:
 
     tables: list[Table]
     bounds: Bounds
-    rows: int
     origin: tuple = ()  # the file they were read from: its path and inode
     covered: int = -1  # the largest vector id of the catalog they were read under
     counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return sum(self.counts.values())
 
     @property
     def nbytes(self) -> int:
@@ -219,7 +222,7 @@ def warm(con: duckdb.DuckDBPyConnection, cat: Catalog, path: Path) -> Postings |
         return None
     tables = (base.tables if base is not None else []) + [t for t in read if t is not None and t.offsets]
     total = {t: c + (base.counts[t] if base is not None else 0) for t, c in counts.items()}
-    made = Postings(tables, bounds, sum(total.values()), origin, covered, total)
+    made = Postings(tables, bounds, origin, covered, total)
     if not exact.CACHE.put(key, made):
         return None
     _LATEST[origin] = made
