@@ -16,7 +16,15 @@ from indexer.math.basis import (
     write_basis_blocks,
     write_basis_rows,
 )
-from indexer.math.projection import GEMM_COLUMNS, STRIDE, chunk_rows, chunks, select, topk_bottomk
+from indexer.math.projection import (
+    GEMM_COLUMNS,
+    STRIDE,
+    chunk_rows,
+    chunks,
+    select,
+    topk_bottomk,
+    workspace_size,
+)
 from indexer.model.adapters.base import Norm
 
 
@@ -98,6 +106,25 @@ def test_projection_in_vocabulary_slices_equals_a_full_sort(vocab: int, k: int) 
         assert torch.equal(tb.top_ids, order[:, :k]) and torch.equal(tb.bottom_ids, order.flip(1)[:, :k])
         assert torch.allclose(tb.top_scores, dense.gather(1, order[:, :k]))
         assert torch.allclose(tb.bottom_scores, dense.gather(1, order.flip(1)[:, :k]))
+
+
+def test_a_workspace_of_workspace_size_takes_the_set_extremes_in_place() -> None:
+    """Past the logits, a workspace of ``workspace_size`` receives both sides' set extremes (each slice's
+    interleaved sets, slice after slice): a chunk then allocates no per-slice arrays and concatenates none (its
+    temporaries were ~60 MB of fresh pages, each 4 KiB a page fault under the run's mmap threshold)."""
+    rows, vocab, k = 5, 2 * GEMM_COLUMNS + 803, 7
+    g = torch.Generator().manual_seed(3)
+    vectors, basis = torch.randn(rows, 16, generator=g), torch.randn(vocab, 16, generator=g)
+    ws = torch.full((workspace_size(rows, vocab),), float("nan"))
+    tb = topk_bottomk(vectors, basis, k, workspace=ws)
+    dense = vectors @ basis.T
+    grids = [dense[:, a : a + min(GEMM_COLUMNS, vocab - a) // STRIDE * STRIDE].reshape(rows, STRIDE, -1)
+             for a in range(0, vocab, GEMM_COLUMNS)]
+    highs, lows = ws[rows * vocab :].view(2, rows, -1)
+    assert torch.allclose(highs, torch.cat([x.amax(1) for x in grids], 1), atol=1e-5)
+    assert torch.allclose(lows, torch.cat([x.amin(1) for x in grids], 1), atol=1e-5)
+    order = dense.argsort(dim=1, descending=True)
+    assert torch.equal(tb.top_ids, order[:, :k]) and torch.equal(tb.bottom_ids, order.flip(1)[:, :k])
 
 
 def test_sliced_projection_finds_winners_crowded_into_one_set_of_a_middle_slice_and_the_tail() -> None:

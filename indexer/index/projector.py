@@ -11,7 +11,7 @@ import torch
 from indexer.index.compute import Compute
 from indexer.index.faults import pause_point
 from indexer.math.basis import Basis, logit_stats
-from indexer.math.projection import TopBottom, chunk_rows, chunks, topk_bottomk
+from indexer.math.projection import TopBottom, chunk_rows, chunks, topk_bottomk, workspace_size
 
 
 @dataclass(frozen=True)
@@ -79,9 +79,11 @@ class Projector:
         self._ws: torch.Tensor | None = None
 
     def _workspace(self, basis: Basis, rows: int) -> torch.Tensor:
-        """One logits buffer for the whole run (reallocated only if a basis needs a bigger or other one)."""
+        """One logits buffer for the whole run, on the CPU with room for the set extremes (reallocated only if a
+        basis needs a bigger or other one)."""
         fast = basis.fast if basis.fast is not None else basis.matrix
-        need = rows * basis.vocab_size
+        cpu = fast.device.type == "cpu"
+        need = workspace_size(rows, basis.vocab_size) if cpu else rows * basis.vocab_size
         ws = self._ws
         if ws is None or ws.numel() < need or ws.dtype != fast.dtype or ws.device != fast.device:
             ws = self._ws = torch.empty(need, dtype=fast.dtype, device=fast.device)

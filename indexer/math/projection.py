@@ -72,24 +72,35 @@ def _set_layout(vocab: int, columns: int) -> tuple[torch.Tensor, torch.Tensor, t
     return torch.cat(start), torch.cat(width), torch.cat(offset)
 
 
+def set_count(vocab: int, columns: int = 0) -> int:
+    """Sets of a row of ``vocab`` logits in slices of ``columns`` (0: one slice): the width of its extremes."""
+    return int(_set_layout(vocab, columns or vocab)[0].shape[0])
+
+
 def _from_sets(flat: torch.Tensor, rows: int, vocab: int, columns: int, extremes: torch.Tensor, k: int,
                largest: bool, sorted: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The exact top-k of a slice-major buffer ``flat`` (slices of ``columns`` columns, each a contiguous
-    rows × width block) from its sets' maxima (minima when not ``largest``), ``extremes``: [rows, sets]."""
+    rows × width block) from its sets' maxima (minima when not ``largest``), ``extremes``: [rows, sets].
+
+    Index arithmetic runs on [rows, k] arrays and the one [rows, k, STRIDE] array of candidate positions is
+    built in place (``addcmul``): each chunk's temporaries were ~60 MB of fresh pages, a page fault per 4 KiB
+    under the run's fixed mmap threshold (``indexer.index.memory``)."""
     _, sets = select(extremes, k, largest, sorted=False)
-    start, width, offset = (t[sets] for t in _set_layout(vocab, columns))
-    step = (width // STRIDE).unsqueeze(2) * torch.arange(STRIDE)
-    first = start * rows + torch.arange(rows).unsqueeze(1) * width + offset
-    scores = flat.take(first.unsqueeze(2) + step).view(rows, -1)
-    ids = ((start + offset).unsqueeze(2) + step).view(rows, -1)
+    start, width, offset = _set_layout(vocab, columns)
+    set_width, column = width[sets], start[sets] + offset[sets]
+    gap = set_width // STRIDE
+    first = start[sets] * rows + torch.arange(rows).unsqueeze(1) * set_width + offset[sets]
+    positions = torch.addcmul(first.unsqueeze(2), gap.unsqueeze(2), torch.arange(STRIDE))
     last = (vocab - 1) // columns * columns  # the last slice, the only one that may have tail columns
     main = last + (vocab - last) // STRIDE * STRIDE
-    if main < vocab:
+    best, pos = flat.take(positions).view(rows, -1).topk(k, dim=1, largest=largest, sorted=sorted or main < vocab)
+    slot = pos // STRIDE  # which of the k sets, then which member of it
+    ids = column.gather(1, slot) + (pos - slot * STRIDE) * gap.gather(1, slot)
+    if main < vocab:  # the tail columns, in no set: taken whole beside the sets' best k
         tail = flat[rows * last : rows * vocab].view(rows, vocab - last)[:, main - last :]
-        scores = torch.cat([scores, tail], dim=1)
-        ids = torch.cat([ids, torch.arange(main, vocab).expand(rows, vocab - main)], dim=1)
-    best, pos = scores.topk(k, dim=1, largest=largest, sorted=sorted)
-    return best, ids.gather(1, pos)
+        best, pos = torch.cat([best, tail], dim=1).topk(k, dim=1, largest=largest, sorted=sorted)
+        ids = torch.cat([ids, torch.arange(main, vocab).expand(rows, vocab - main)], dim=1).gather(1, pos)
+    return best, ids
 
 
 GEMM_COLUMNS = 4096
@@ -109,6 +120,12 @@ def logit_slices(vectors: torch.Tensor, basis: torch.Tensor, flat: torch.Tensor)
         yield logits
 
 
+def workspace_size(rows: int, vocab: int) -> int:
+    """Elements of a reusable ``workspace`` for chunks of up to ``rows`` vectors: their logits, then (where the CPU
+    computes them in slices) both sides' set extremes, rows × V / 4 more."""
+    return rows * vocab + 2 * rows * set_count(vocab, GEMM_COLUMNS)
+
+
 def _sliced_topk(vectors: torch.Tensor, basis: torch.Tensor, k: int, workspace: torch.Tensor | None,
                  stats: bool) -> TopBottom:
     """Top-k and bottom-k on the CPU: the logits computed ``GEMM_COLUMNS`` vocabulary columns at a time, each slice
@@ -120,19 +137,23 @@ def _sliced_topk(vectors: torch.Tensor, basis: torch.Tensor, k: int, workspace: 
     d × d product per chunk and the basis covariance (2·V·d² FLOPs) for ``logit_stats``; left out (``None``)
     where the mean is so large against the spread that ``CANCELLATION`` would cost the variance its digits."""
     rows, vocab = vectors.shape[0], basis.shape[0]
-    need = rows * vocab
-    flat = workspace[:need] if workspace is not None else torch.empty(need, dtype=basis.dtype)
-    highs, lows, sums, norms = [], [], [], []
+    need, extra = rows * vocab, 2 * rows * set_count(vocab, GEMM_COLUMNS)
+    if workspace is None:
+        workspace = torch.empty(need + extra, dtype=basis.dtype)
+    flat, spare = workspace[:need], workspace[need : need + extra]
+    highs, lows = (spare if spare.numel() == extra else torch.empty(extra, dtype=basis.dtype)).view(2, rows, -1)
+    sums, norms, at = [], [], 0
     for logits in logit_slices(vectors, basis, flat):
-        width = logits.shape[1]
-        grid = logits[:, : width // STRIDE * STRIDE].view(rows, STRIDE, width // STRIDE)
-        highs.append(grid.amax(dim=1))
-        lows.append(grid.amin(dim=1))
+        n = logits.shape[1] // STRIDE
+        grid = logits[:, : n * STRIDE].view(rows, STRIDE, n)
+        torch.amax(grid, dim=1, out=highs[:, at : at + n])  # in place: no per-slice arrays to concatenate
+        torch.amin(grid, dim=1, out=lows[:, at : at + n])
+        at += n
         if stats:
             sums.append(logits.sum(dim=1))
             norms.append(torch.linalg.vector_norm(logits, dim=1))
-    top = _from_sets(flat, rows, vocab, GEMM_COLUMNS, torch.cat(highs, dim=1), k, True, True)
-    bottom = _from_sets(flat, rows, vocab, GEMM_COLUMNS, torch.cat(lows, dim=1), k, False, True)
+    top = _from_sets(flat, rows, vocab, GEMM_COLUMNS, highs, k, True, True)
+    bottom = _from_sets(flat, rows, vocab, GEMM_COLUMNS, lows, k, False, True)
     if not stats:
         return TopBottom(*top, *bottom)
     mean = torch.stack(sums, dim=1).to(torch.float64).sum(dim=1) / vocab
@@ -164,8 +185,9 @@ def topk_bottomk(
 
     With ``exact_basis`` (the fp32 basis, ``basis`` then being a low-precision copy), ``oversample · k``
     candidates per side are chosen from the fast logits and rescored exactly against ``exact_basis``.
-    ``workspace``, a flat buffer of at least rows × tile elements of ``basis.dtype``, receives the logits:
-    reusing it spares the allocator a fresh multi-MiB block (and its page faults) per chunk.
+    ``workspace``, a flat buffer of at least rows × tile elements of ``basis.dtype``, receives the logits (and the
+    sets' extremes where it has room for them: ``workspace_size``): reusing it spares the allocator fresh
+    multi-MiB blocks (and their page faults) per chunk.
     ``stats``: where the logits pass through the CPU's vocabulary slices, each row's logit mean and std are taken
     on the way (``TopBottom.mean``/``std``; else they stay ``None``: ``indexer.math.basis.logit_stats``).
     """
