@@ -36,7 +36,13 @@ from bench.synthetic import save_gpt2_shaped  # noqa: E402
 from indexer.index.compute import Compute, resolve_compute  # noqa: E402
 from indexer.index.projector import Projector  # noqa: E402
 from indexer.math.basis import write_basis  # noqa: E402
-from indexer.math.projection import chunk_rows, logit_slices, select, topk_bottomk  # noqa: E402
+from indexer.math.projection import (  # noqa: E402
+    chunk_rows,
+    logit_slices,
+    select,
+    topk_bottomk,
+    workspace_size,
+)
 
 MiB = 1 << 20
 SHAPES = {  # name: (d_model, d_ff, vocab)
@@ -86,8 +92,9 @@ def selection_cost(d: int, vocab: int, rows: int, k: int, device: torch.device, 
     indexer runs it (``topk_bottomk``: on the CPU sliced GEMMs, each slice's set extremes taken in cache, the
     candidate step) divided by the best GEMM, whole or sliced. Best of ``repeats``."""
     a, b = torch.randn(rows, d, device=device), torch.randn(vocab, d, device=device) * 0.02
-    flat = torch.empty(rows * vocab, device=device)
-    logits = flat.view(rows, vocab)
+    # as the indexer's workspace: the logits, then (on the CPU) room for the sets' extremes
+    flat = torch.empty(workspace_size(rows, vocab) if device.type == "cpu" else rows * vocab, device=device)
+    logits = flat[: rows * vocab].view(rows, vocab)
 
     def best(fn) -> float:  # type: ignore[no-untyped-def]
         fn()
