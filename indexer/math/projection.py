@@ -86,14 +86,15 @@ def _from_sets(flat: torch.Tensor, rows: int, vocab: int, columns: int, extremes
     built in place (``addcmul``): each chunk's temporaries were ~60 MB of fresh pages, a page fault per 4 KiB
     under the run's fixed mmap threshold (``indexer.index.memory``)."""
     _, sets = select(extremes, k, largest, sorted=False)
-    start, width, offset = _set_layout(vocab, columns)
-    set_width, column = width[sets], start[sets] + offset[sets]
-    gap = set_width // STRIDE
-    first = start[sets] * rows + torch.arange(rows).unsqueeze(1) * set_width + offset[sets]
+    start, width, offset = (t[sets] for t in _set_layout(vocab, columns))
+    gap = width // STRIDE
+    first = start * rows + torch.arange(rows).unsqueeze(1) * width + offset
     positions = torch.addcmul(first.unsqueeze(2), gap.unsqueeze(2), torch.arange(STRIDE))
+    column = start + offset
     last = (vocab - 1) // columns * columns  # the last slice, the only one that may have tail columns
     main = last + (vocab - last) // STRIDE * STRIDE
-    best, pos = flat.take(positions).view(rows, -1).topk(k, dim=1, largest=largest, sorted=sorted or main < vocab)
+    # sorted here only if no tail follows (its selection below sorts the final k)
+    best, pos = flat.take(positions).view(rows, -1).topk(k, dim=1, largest=largest, sorted=sorted and main == vocab)
     slot = pos // STRIDE  # which of the k sets, then which member of it
     ids = column.gather(1, slot) + (pos - slot * STRIDE) * gap.gather(1, slot)
     if main < vocab:  # the tail columns, in no set: taken whole beside the sets' best k
