@@ -72,9 +72,9 @@ def _set_layout(vocab: int, columns: int) -> tuple[torch.Tensor, torch.Tensor, t
     return torch.cat(start), torch.cat(width), torch.cat(offset)
 
 
-def set_count(vocab: int, columns: int = 0) -> int:
-    """Sets of a row of ``vocab`` logits in slices of ``columns`` (0: one slice): the width of its extremes."""
-    return int(_set_layout(vocab, columns or vocab)[0].shape[0])
+def set_count(vocab: int, columns: int) -> int:
+    """Sets of a row of ``vocab`` logits in slices of ``columns``: the width of its extremes."""
+    return int(_set_layout(vocab, columns)[0].shape[0])
 
 
 def _from_sets(flat: torch.Tensor, rows: int, vocab: int, columns: int, extremes: torch.Tensor, k: int,
