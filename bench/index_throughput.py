@@ -93,7 +93,7 @@ def selection_cost(d: int, vocab: int, rows: int, k: int, device: torch.device, 
     candidate step) divided by the best GEMM, whole or sliced. Best of ``repeats``."""
     a, b = torch.randn(rows, d, device=device), torch.randn(vocab, d, device=device) * 0.02
     # as the indexer's workspace: the logits, then (on the CPU) room for the sets' extremes
-    flat = torch.empty(workspace_size(rows, vocab) if device.type == "cpu" else rows * vocab, device=device)
+    flat = torch.empty(workspace_size(rows, vocab, device), device=device)
     logits = flat[: rows * vocab].view(rows, vocab)
 
     def best(fn) -> float:  # type: ignore[no-untyped-def]

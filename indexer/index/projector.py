@@ -82,8 +82,7 @@ class Projector:
         """One logits buffer for the whole run, on the CPU with room for the set extremes (reallocated only if a
         basis needs a bigger or other one)."""
         fast = basis.fast if basis.fast is not None else basis.matrix
-        cpu = fast.device.type == "cpu"
-        need = workspace_size(rows, basis.vocab_size) if cpu else rows * basis.vocab_size
+        need = workspace_size(rows, basis.vocab_size, fast.device)
         ws = self._ws
         if ws is None or ws.numel() < need or ws.dtype != fast.dtype or ws.device != fast.device:
             ws = self._ws = torch.empty(need, dtype=fast.dtype, device=fast.device)

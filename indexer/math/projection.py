@@ -121,10 +121,11 @@ def logit_slices(vectors: torch.Tensor, basis: torch.Tensor, flat: torch.Tensor)
         yield logits
 
 
-def workspace_size(rows: int, vocab: int) -> int:
-    """Elements of a reusable ``workspace`` for chunks of up to ``rows`` vectors: their logits, then (where the CPU
-    computes them in slices) both sides' set extremes, rows × V / 4 more."""
-    return rows * vocab + 2 * rows * set_count(vocab, GEMM_COLUMNS)
+def workspace_size(rows: int, vocab: int, device: torch.device | str = "cpu") -> int:
+    """Elements of a reusable ``workspace`` for chunks of up to ``rows`` vectors on ``device``: their logits, then
+    on the CPU (which computes them in slices) both sides' set extremes, rows × V / 4 more."""
+    extremes = 2 * rows * set_count(vocab, GEMM_COLUMNS) if torch.device(device).type == "cpu" else 0
+    return rows * vocab + extremes
 
 
 def _sliced_topk(vectors: torch.Tensor, basis: torch.Tensor, k: int, workspace: torch.Tensor | None,
@@ -138,7 +139,8 @@ def _sliced_topk(vectors: torch.Tensor, basis: torch.Tensor, k: int, workspace: 
     d × d product per chunk and the basis covariance (2·V·d² FLOPs) for ``logit_stats``; left out (``None``)
     where the mean is so large against the spread that ``CANCELLATION`` would cost the variance its digits."""
     rows, vocab = vectors.shape[0], basis.shape[0]
-    need, extra = rows * vocab, 2 * rows * set_count(vocab, GEMM_COLUMNS)
+    need = rows * vocab
+    extra = workspace_size(rows, vocab) - need
     if workspace is None:
         workspace = torch.empty(need + extra, dtype=basis.dtype)
     flat, spare = workspace[:need], workspace[need : need + extra]
