@@ -50,6 +50,7 @@ bench: install
 	$(PY) bench/writer_throughput.py --repeats 5
 	$(PY) bench/index_memory.py
 	$(PY) bench/index_memory.py --shape gpt2-medium
+	$(PY) bench/index_memory.py --layers 4 --top-k 50  # fills a token run (~5 M rows), as a real model does
 	$(PY) bench/query_scale.py --cold 15 --queries 60 --keep
 	$(PY) bench/postings_warm.py  # on a copy of the store query_scale kept
 	$(PY) bench/exact_search.py --db /tmp/lensdb-scale.duckdb --keep  # adds stored values to that store

@@ -25,6 +25,7 @@ from indexer.index.projector import Chunk, Projected
 from indexer.index.records import (
     TOKEN_ROW_BYTES,
     basis_batch,
+    joined_columns,
     kth_zscores,
     list_batch,
     pair_batch,
@@ -49,6 +50,13 @@ def run_rows(chunk_bytes: int) -> int:
 RUN_ROWS = run_rows(64 << 20)
 
 
+TOKEN_BLOCK_ROWS = 1 << 20
+"""Token rows a buffered run keeps in one block per column. A chunk's columns (~50 k rows) are mostly below glibc's
+mmap threshold, so a run held chunk by chunk sat in the heap, which cannot give back memory freed below its top:
+a 5 M-row run of a Llama-shaped index held ~130 MiB of heap until the run was sorted, and the sort's copies came
+on top. Joined every ``TOKEN_BLOCK_ROWS`` rows, the chunks' pieces are reused by the next chunks and the blocks are
+mappings of their own, each returned to the system as the sort consumes it."""
+
 VALUE_BYTES = 16 << 20
 """Bytes of stored vectors (``vector_values``) buffered before they are appended: they go in their own batches, in
 vector-id order, not with the token run, whose rows are ~40× smaller per vector (a run of Llama-sized vectors would
@@ -61,16 +69,24 @@ class _Run:
 
     def __init__(self) -> None:
         self.vectors: list[pa.Table] = []
-        self.tokens: list[dict[str, np.ndarray]] = []
+        self.tokens: list[dict[str, np.ndarray]] = []  # blocks of TOKEN_BLOCK_ROWS rows, then the latest chunks
         self.lists: list[pa.Table] = []
         self.rows = 0
         self.vector_bytes = 0
+        self._blocks = 0
+        self._loose_rows = 0
 
     def add(self, vectors: pa.Table, tokens: dict[str, np.ndarray], lists: pa.Table) -> None:
         self.vectors.append(vectors)
         self.tokens.append(tokens)
         self.lists.append(lists)
-        self.rows += len(tokens["token_id"])
+        n = len(tokens["token_id"])
+        self.rows += n
+        self._loose_rows += n
+        if self._loose_rows >= TOKEN_BLOCK_ROWS:  # the chunks since the last block become one
+            self.tokens[self._blocks :] = [joined_columns(self.tokens[self._blocks :])]
+            self._blocks += 1
+            self._loose_rows = 0
         self.vector_bytes += vectors.nbytes + lists.nbytes
 
     def take_vectors(self) -> tuple[list[pa.Table], list[pa.Table]]:
@@ -205,8 +221,8 @@ class UnitWriter:
             self.n_vectors += sum(v.num_rows for v in vectors)
 
     def _append_run(self, run: "_Run") -> None:
-        tokens = sorted_token_run(run.tokens)
         self.run_starts.append(int(run.tokens[0]["vector_id"][0]))
+        tokens = sorted_token_run(run.tokens)  # empties run.tokens: the future that holds ``run`` pins nothing
         self._append_vectors(*run.take_vectors())
         append_arrow(self.con, "vector_tokens", tokens)
         self.n_projections += tokens.num_rows
