@@ -63,7 +63,8 @@ def basis_batch(checkpoint_id: int, role: str, matrix: torch.Tensor, start: int 
 
 _SIDES = pa.array(["top", "bottom"], pa.string())
 TOKEN_ROW_BYTES = 23
-"""Bytes of one buffered token row: vector_id 8, side 1, rank 2, token_id 4, score 4, z-score 4."""
+"""Bytes of one sorted token row: vector_id 8, side 1, rank 2, token_id 4, score 4, z-score 4. A buffered row
+holds only the last three (``token_values``, 12 B): the others follow from its place (``row_places``)."""
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -72,10 +73,9 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
-def token_columns(first_id: int, tb: TopBottom, mean: torch.Tensor, std: torch.Tensor) -> dict[str, np.ndarray]:
-    """One chunk's token rows as numpy columns, in vector order: per vector its top k then its bottom k, rank 1 =
-    strongest. ``side`` is 0 (top) or 1 (bottom)."""
-    n, k = tb.top_scores.shape
+def token_values(tb: TopBottom, mean: torch.Tensor, std: torch.Tensor) -> dict[str, np.ndarray]:
+    """One chunk's token ids, scores and z-scores, in vector order: per vector its top k then its bottom k, rank 1
+    = strongest."""
     scores = np.concatenate([_np(tb.top_scores), _np(tb.bottom_scores)], axis=1).astype(np.float32)
     # from the statistics as the vectors table stores them (FLOAT): every stored z-score then equals
     # (score - logit_mean) / logit_std recomputed from the stored columns (vector_lists relies on it)
@@ -84,13 +84,29 @@ def token_columns(first_id: int, tb: TopBottom, mean: torch.Tensor, std: torch.T
     sd = np.where(sd > 0, sd, 1.0)
     z = (scores.astype(np.float64) - m[:, None]) / sd[:, None]
     return {
-        "vector_id": np.repeat(np.arange(first_id, first_id + n, dtype=np.int64), 2 * k),
-        "side": np.tile(np.repeat(np.array([0, 1], dtype=np.int8), k), n),
-        "rank": np.tile(np.arange(1, k + 1, dtype=np.int16), 2 * n),
         "token_id": np.concatenate([_np(tb.top_ids), _np(tb.bottom_ids)], axis=1).reshape(-1).astype(np.int32),
         "score": scores.reshape(-1),
         "zscore": z.reshape(-1).astype(np.float32),
     }
+
+
+def row_places(rows: np.ndarray, first_id: int, k: int) -> dict[str, np.ndarray]:
+    """Vector id, side (0 top, 1 bottom) and rank of token rows from their places ``rows`` (int64) in consecutive
+    vectors from ``first_id`` with 2k rows each, its top k then its bottom k (``token_values``' order). ``rows`` is
+    overwritten: a run's sort order is 8 B a row that is not needed again."""
+    vector = rows // (2 * k)
+    np.remainder(rows, 2 * k, out=rows)  # each row's place in its vector
+    side = (rows >= k).astype(np.int8)
+    np.remainder(rows, k, out=rows)
+    vector += first_id
+    return {"vector_id": vector, "side": side, "rank": (rows + 1).astype(np.int16)}
+
+
+def token_columns(first_id: int, tb: TopBottom, mean: torch.Tensor, std: torch.Tensor) -> dict[str, np.ndarray]:
+    """One chunk's token rows as numpy columns, in vector order (``token_values`` with their ``row_places``)."""
+    k = int(tb.top_scores.shape[1])
+    rows = np.arange(2 * k * int(tb.top_scores.shape[0]), dtype=np.int64)
+    return {**row_places(rows, first_id, k), **token_values(tb, mean, std)}
 
 
 def token_table(columns: dict[str, np.ndarray]) -> pa.Table:
@@ -108,17 +124,20 @@ def joined_columns(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return joined
 
 
-def sorted_token_run(parts: list[dict[str, np.ndarray]]) -> pa.Table:
-    """Token rows (given in ascending vector order, in pieces) as one table sorted by (token_id, vector_id): a
-    stable sort by token id alone (torch's radix sort, linear in the rows) keeps each token's rows in vector order.
-    Appended as one run, every row group of it spans a narrow range of token ids, so lookups skip the rest.
+def sorted_token_run(parts: list[dict[str, np.ndarray]], first_id: int, k: int) -> pa.Table:
+    """A run's ``token_values`` (consecutive vectors from ``first_id``, k rows a side, in pieces) as one table of
+    token rows sorted by (token_id, vector_id): a stable sort by token id alone (torch's radix sort, linear in the
+    rows) keeps each token's rows in vector order, and each row's vector id, side and rank follow from its place
+    before the sort (``row_places``). Appended as one run, every row group of it spans a narrow range of token
+    ids, so lookups skip the rest.
 
     ``parts`` is emptied (``joined_columns``) and each sorted column replaces the joined one, so the run is held
-    once, plus one column and the order, instead of three times (its pieces, their join and the sorted copy: ~70 B
-    a row, ~350 MB for a 5 M-row run)."""
+    once plus the order and one column, where it was held three times (its pieces, their join and the sorted copy:
+    ~70 B a row, ~350 MB for a 5 M-row run)."""
     joined = joined_columns(parts)
     order = torch.sort(torch.from_numpy(joined["token_id"]), stable=True).indices.numpy()
-    return token_table({name: joined.pop(name)[order] for name in list(joined)})
+    values = {name: joined.pop(name)[order] for name in list(joined)}
+    return token_table({**row_places(order, first_id, k), **values})
 
 
 def projection_batch(first_id: int, tb: TopBottom, mean: torch.Tensor, std: torch.Tensor) -> pa.Table:

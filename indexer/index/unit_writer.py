@@ -5,8 +5,9 @@ Token rows are not staged and sorted again at commit: the writer buffers them as
 ``vector_tokens`` with one Arrow insert, beside the run's ``vectors`` and ``vector_lists`` rows. A checkpoint
 that fits one run (every checkpoint up to ``run_rows`` token rows) is stored exactly as before, one run sorted
 by (token_id, vector_id); a larger one as several such runs, each of whose row groups spans a narrow range of
-token ids, so a lookup reads about one row group per run. Memory: one run of buffered rows (``TOKEN_ROW_BYTES``
-each, plus its sort) whatever the size of the model.
+token ids, so a lookup reads about one row group per run. Memory: one run of buffered rows (12 B each: a row's
+token, score and z-score; its vector id, side and rank follow from its place) and the run being sorted
+(``TOKEN_ROW_BYTES`` a row once sorted), whatever the size of the model.
 """
 
 import functools
@@ -30,7 +31,7 @@ from indexer.index.records import (
     list_batch,
     pair_batch,
     sorted_token_run,
-    token_columns,
+    token_values,
     values_batch,
     vector_batch,
 )
@@ -73,10 +74,22 @@ class _Run:
         self.lists: list[pa.Table] = []
         self.rows = 0
         self.vector_bytes = 0
+        self.first_id = 0  # the run's vectors are consecutive from here, with k token rows a side
+        self.k = 0
+        self._next_id = 0
         self._blocks = 0
         self._loose_rows = 0
 
-    def add(self, vectors: pa.Table, tokens: dict[str, np.ndarray], lists: pa.Table) -> None:
+    def takes(self, first_id: int, k: int) -> bool:
+        """Whether a chunk of vectors from ``first_id`` with k rows a side continues this run (an empty run takes
+        any): its token rows keep only their values, their places give the rest (``records.row_places``)."""
+        return not self.tokens or (first_id == self._next_id and k == self.k)
+
+    def add(self, vectors: pa.Table, tokens: dict[str, np.ndarray], lists: pa.Table, first_id: int, k: int) -> None:
+        """One chunk's rows; its ``tokens`` are ``records.token_values`` of vectors from ``first_id`` (``takes``)."""
+        if not self.tokens:
+            self.first_id, self.k = first_id, k
+        self._next_id = first_id + len(tokens["token_id"]) // (2 * k)
         self.vectors.append(vectors)
         self.tokens.append(tokens)
         self.lists.append(lists)
@@ -148,13 +161,14 @@ class UnitWriter:
     def _write_chunks(self, name: str, layer: int, head: int | None, parts: Iterable[Chunk],
                       expert: int | None = None, keep: bool = False) -> None:
         for c in parts:
-            first = self.next_vector
+            first, k = self.next_vector, int(c.tb.top_scores.shape[1])
             self.next_vector += int(c.norm.shape[0])
-            tokens = token_columns(first, c.tb, c.mean, c.std)
+            if not self._run.takes(first, k):
+                self.flush()
+            tokens = token_values(c.tb, c.mean, c.std)
             self._run.add(vector_batch(first, self.checkpoint_id, name, layer, head, c.first_index, c.norm, c.mean,
-                                       c.std, expert, self.dictionary_id,
-                                       kth_zscores(tokens["zscore"], int(c.tb.top_scores.shape[1]))),
-                          tokens, list_batch(first, c.tb))
+                                       c.std, expert, self.dictionary_id, kth_zscores(tokens["zscore"], k)),
+                          tokens, list_batch(first, c.tb), first, k)
             if keep and c.values is not None:
                 self._values.append(values_batch(first, c.values))
                 self._value_bytes += self._values[-1].nbytes
@@ -221,8 +235,8 @@ class UnitWriter:
             self.n_vectors += sum(v.num_rows for v in vectors)
 
     def _append_run(self, run: "_Run") -> None:
-        self.run_starts.append(int(run.tokens[0]["vector_id"][0]))
-        tokens = sorted_token_run(run.tokens)  # empties run.tokens: the future that holds ``run`` pins nothing
+        self.run_starts.append(run.first_id)
+        tokens = sorted_token_run(run.tokens, run.first_id, run.k)  # empties run.tokens: ``run`` pins nothing
         self._append_vectors(*run.take_vectors())
         append_arrow(self.con, "vector_tokens", tokens)
         self.n_projections += tokens.num_rows
