@@ -301,7 +301,7 @@ def test_a_run_commits_straight_into_the_file(tiny_gpt2: TinyModel, tmp_path: Pa
 
 def test_a_run_is_sorted_without_holding_its_rows_three_times() -> None:
     """sorted_token_run empties the buffered columns as it joins them and the joined ones as it sorts them, and a
-    buffered row holds only its token, score and z-score: at its peak the sort holds ~1.3 times the sorted run
+    buffered row holds only its token, score and z-score: at its peak the sort holds ~1.35 times the sorted run
     (numpy's allocations, as tracemalloc counts them), where it held the chunks, their join and the sorted copy at
     once, 3 times (~350 MB for a 5 M-row run)."""
     import tracemalloc
