@@ -76,20 +76,18 @@ class _Run:
         self.vector_bytes = 0
         self.first_id = 0  # the run's vectors are consecutive from here, with k token rows a side
         self.k = 0
-        self._next_id = 0
         self._blocks = 0
         self._loose_rows = 0
 
     def takes(self, first_id: int, k: int) -> bool:
         """Whether a chunk of vectors from ``first_id`` with k rows a side continues this run (an empty run takes
         any): its token rows keep only their values, their places give the rest (``records.row_places``)."""
-        return not self.tokens or (first_id == self._next_id and k == self.k)
+        return not self.tokens or (k == self.k and first_id == self.first_id + self.rows // (2 * k))
 
     def add(self, vectors: pa.Table, tokens: dict[str, np.ndarray], lists: pa.Table, first_id: int, k: int) -> None:
         """One chunk's rows; its ``tokens`` are ``records.token_values`` of vectors from ``first_id`` (``takes``)."""
         if not self.tokens:
             self.first_id, self.k = first_id, k
-        self._next_id = first_id + len(tokens["token_id"]) // (2 * k)
         self.vectors.append(vectors)
         self.tokens.append(tokens)
         self.lists.append(lists)
