@@ -43,8 +43,10 @@ from schema.writer import append_arrow
 
 
 def run_rows(chunk_bytes: int) -> int:
-    """Token rows buffered per sorted run: four chunks' worth of bytes with the sort's gathered copy and its order
-    (64 MiB chunks on the CPU: ~5 M rows, MiniLM's whole index in one run; 1 GiB chunks on a GPU: ~80 M rows)."""
+    """Token rows buffered per sorted run: four chunks' worth of bytes as the sort held them before session 12 (a
+    sorted row, its gathered copy and its order; 64 MiB chunks on the CPU: ~5 M rows, MiniLM's whole index in one
+    run; 1 GiB chunks on a GPU: ~80 M rows). Kept at that length, so runs and lookups are as they were: a run now
+    costs 12 B a row while buffered and ~1.35 sorted rows at its sort."""
     return max(1, 4 * chunk_bytes // (2 * TOKEN_ROW_BYTES + 8))
 
 
