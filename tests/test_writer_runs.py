@@ -66,11 +66,43 @@ def _expected() -> dict[tuple, tuple[float, float]]:
 
 
 @pytest.mark.parametrize(("run_rows", "runs"), [(1, 9), (100, 7), (333, 3), (10**9, 1)])
-def test_runs_hold_every_row_once_each_sorted_by_token(tmp_path: Path, run_rows: int, runs: int) -> None:
-    """9 chunks of 128, 128 and 64 token rows per unit; a run closes at the first chunk that fills it."""
+@pytest.mark.parametrize("slice_rows", [None, 7])
+def test_runs_hold_every_row_once_each_sorted_by_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_rows: int,
+                                                       runs: int, slice_rows: int | None) -> None:
+    """9 chunks of 128, 128 and 64 token rows per unit; a run closes at the first chunk that fills it. Appended in
+    slices of 7 rows (each gathered while the one before is inserted), a run is stored as it is appended whole."""
+    if slice_rows:
+        monkeypatch.setattr("indexer.index.records.TOKEN_SLICE_ROWS", slice_rows)
     db = tmp_path / "lens.duckdb"
     assert _write(db, run_rows) == runs
     _assert_stored(db, runs)
+
+
+def test_a_run_appended_in_slices_lies_in_the_row_groups_one_insert_makes(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run is appended in slices of whole row groups: its 300 000 rows lie in the row groups they fill appended as
+    one table. A slice that ends inside a row group leaves it part-filled (the control: slices of 200 000 rows)."""
+    from indexer.index.records import ROW_GROUP_ROWS
+
+    def groups(slice_rows: int) -> list[tuple[int, int]]:
+        monkeypatch.setattr("indexer.index.records.TOKEN_SLICE_ROWS", slice_rows)
+        db = tmp_path / f"{slice_rows}.duckdb"
+        with writer(db) as con:
+            out = UnitWriter(con, 1, run_rows=10**9)
+            try:
+                for layer, chunks in _units(layers=3, n=1000, k=50, vocab=50_000):
+                    out.write(Projected("ff_value", layer, None, 1000, iter(chunks)))
+                out.finish()
+            finally:
+                out.drain()
+        with duckdb.connect(str(db), read_only=True) as con:
+            return con.execute("SELECT row_group_id, min(count) FROM pragma_storage_info('vector_tokens') "
+                               "WHERE column_name = 'token_id' GROUP BY ALL ORDER BY ALL").fetchall()
+
+    whole = groups(10**9)
+    assert len(whole) == 3  # 300 000 rows: two full row groups and a part
+    assert groups(2 * ROW_GROUP_ROWS) == groups(ROW_GROUP_ROWS) == whole
+    assert groups(200_000) == [(0, ROW_GROUP_ROWS), (1, 200_000 - ROW_GROUP_ROWS), (2, 100_000)]
 
 
 @pytest.mark.parametrize(("run_rows", "runs"), [(333, 3), (10**9, 1)])
@@ -299,16 +331,17 @@ def test_a_run_commits_straight_into_the_file(tiny_gpt2: TinyModel, tmp_path: Pa
         assert again.execute("SELECT count(*) FROM vector_tokens").fetchone() == rows != (0,)
 
 
-def test_a_run_is_sorted_without_holding_its_rows_three_times() -> None:
-    """sorted_token_run empties the buffered columns as it joins them and the joined ones as it sorts them, and a
-    buffered row holds only its token, score and z-score: at its peak the sort holds ~1.35 times the sorted run
-    (numpy's allocations, as tracemalloc counts them), where it held the chunks, their join and the sorted copy at
-    once, 3 times (~350 MB for a 5 M-row run)."""
+def test_a_run_is_sorted_and_appended_without_being_held_whole_once_sorted() -> None:
+    """sorted_token_slices empties the buffered columns as it joins them and builds the sorted rows a slice at a
+    time: consumed slice by slice, as the writer appends them, a run's sort holds at its peak less than the sorted
+    run itself (numpy's allocations, as tracemalloc counts them: the buffered run, 12 B a row, its order, 8 B, and a
+    slice). Building the sorted run whole held 1.35 times it (after session 12), and 3 times before (the chunks,
+    their join and the sorted copy at once: ~350 MB for a 5 M-row run)."""
     import tracemalloc
 
     import numpy as np
 
-    from indexer.index.records import sorted_token_run, token_columns, token_values
+    from indexer.index.records import sorted_token_slices, token_columns, token_values
 
     g = torch.Generator().manual_seed(0)
     k, n, chunks = 50, 400, 10
@@ -324,23 +357,30 @@ def test_a_run_is_sorted_without_holding_its_rows_three_times() -> None:
     expected = {name: np.concatenate([r[name] for r in rows]) for name in rows[0]}
     order = np.lexsort((expected["vector_id"], expected["token_id"]))
     run_bytes = sum(v.nbytes for v in expected.values())
+    want = {name: values[order] for name, values in expected.items()}  # side: 0 top, 1 bottom
     tracemalloc.start()
     try:
         held = tracemalloc.get_traced_memory()[0]
         parts = [{name: v.copy() for name, v in p.items()} for p in parts]  # the run as buffered, counted from here
         start = tracemalloc.get_traced_memory()[0]
         tracemalloc.reset_peak()
-        table = sorted_token_run(parts, 1, k)
+        at = 0
+        for table in sorted_token_slices(parts, 1, k, rows=n * 2 * k):  # ten slices, each checked and dropped
+            for name, values in want.items():
+                column = table.column(name).combine_chunks()
+                if name == "side":  # dictionary-encoded: its indices into ("top", "bottom")
+                    assert column.dictionary.to_pylist() == ["top", "bottom"]
+                    column = column.indices
+                got = column.to_numpy()
+                assert np.array_equal(got, values[at : at + table.num_rows]), name
+            at += table.num_rows
+            del table, column, got
         grew = tracemalloc.get_traced_memory()[1] - start
     finally:
         tracemalloc.stop()
-    assert parts == []
+    assert parts == [] and at == len(order)
     peak = (start + grew - held) / run_bytes  # at its peak, as a multiple of the sorted run
-    assert peak < 1.6, f"the sort held {peak:.2f} times the run"
-    for name, values in expected.items():
-        got = table.column(name).to_numpy() if name != "side" else table.column(name).to_pylist()
-        want = values[order] if name != "side" else [["top", "bottom"][s] for s in values[order]]
-        assert np.array_equal(np.asarray(got), np.asarray(want)), name
+    assert peak < 1.0, f"the sort held {peak:.2f} times the run"
 
 
 def test_an_appended_batch_is_released_before_the_transaction_ends(tmp_path: Path) -> None:

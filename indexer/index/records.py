@@ -1,5 +1,7 @@
 """Arrow batches for the store, built from projection results. No I/O: the store copies them in."""
 
+from collections.abc import Iterator
+
 import numpy as np
 import pyarrow as pa
 import torch
@@ -124,20 +126,35 @@ def joined_columns(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return joined
 
 
-def sorted_token_run(parts: list[dict[str, np.ndarray]], first_id: int, k: int) -> pa.Table:
-    """A run's ``token_values`` (consecutive vectors from ``first_id``, k rows a side, in pieces) as one table of
-    token rows sorted by (token_id, vector_id): a stable sort by token id alone (torch's radix sort, linear in the
-    rows) keeps each token's rows in vector order, and each row's vector id, side and rank follow from its place
-    before the sort (``row_places``). Appended as one run, every row group of it spans a narrow range of token
-    ids, so lookups skip the rest.
+ROW_GROUP_ROWS = 122_880
+"""Rows of a DuckDB row group (its default ``row_group_size``, which lensdb leaves as it is)."""
 
-    ``parts`` is emptied (``joined_columns``) and each sorted column replaces the joined one, so the run is held
-    once plus the order and one column, where it was held three times (its pieces, their join and the sorted copy:
-    ~70 B a row, ~350 MB for a 5 M-row run)."""
+TOKEN_SLICE_ROWS = 8 * ROW_GROUP_ROWS
+"""Rows of a sorted run built at a time (``sorted_token_slices``): DuckDB's insert of a slice runs on one core while
+the next slice is gathered on the other, and a run is never held whole in its sorted form (23 B a row). A whole
+number of row groups: an insert that ends inside one leaves it part-filled, and the next insert starts another."""
+
+
+def sorted_token_slices(parts: list[dict[str, np.ndarray]], first_id: int, k: int,
+                        rows: int | None = None) -> Iterator[pa.Table]:
+    """A run's ``token_values`` (consecutive vectors from ``first_id``, k rows a side, in pieces) as tables of token
+    rows sorted by (token_id, vector_id), ``rows`` at a time: appended in turn they are one sorted run, every row
+    group of which spans a narrow range of token ids, so lookups skip the rest. A stable sort by token id alone
+    (torch's radix sort, linear in the rows) keeps each token's rows in vector order, and each row's vector id,
+    side and rank follow from its place before the sort (``row_places``).
+
+    ``parts`` is emptied as it is joined (``joined_columns``); what is held is the run once (12 B a row), its order
+    (8 B) and the slice being built, where the whole sorted run (23 B a row) was held before it was appended.
+    ``rows``: default ``TOKEN_SLICE_ROWS``."""
+    rows = rows or TOKEN_SLICE_ROWS
     joined = joined_columns(parts)
+    if not joined:
+        return
     order = torch.sort(torch.from_numpy(joined["token_id"]), stable=True).indices.numpy()
-    values = {name: joined.pop(name)[order] for name in list(joined)}
-    return token_table({**row_places(order, first_id, k), **values})
+    for start in range(0, len(order), rows):
+        part = order[start : start + rows]
+        values = {name: column[part] for name, column in joined.items()}
+        yield token_table({**row_places(part.copy(), first_id, k), **values})
 
 
 def projection_batch(first_id: int, tb: TopBottom, mean: torch.Tensor, std: torch.Tensor) -> pa.Table:

@@ -2,12 +2,12 @@
 
 Token rows are not staged and sorted again at commit: the writer buffers them as numpy columns up to a run of
 ``run_rows`` rows, sorts that run by token id (a stable radix sort, linear in its rows) and appends it to
-``vector_tokens`` with one Arrow insert, beside the run's ``vectors`` and ``vector_lists`` rows. A checkpoint
-that fits one run (every checkpoint up to ``run_rows`` token rows) is stored exactly as before, one run sorted
-by (token_id, vector_id); a larger one as several such runs, each of whose row groups spans a narrow range of
-token ids, so a lookup reads about one row group per run. Memory: one run of buffered rows (12 B each: a row's
-token, score and z-score; its vector id, side and rank follow from its place) and the run being sorted
-(``TOKEN_ROW_BYTES`` a row once sorted), whatever the size of the model.
+``vector_tokens`` in sorted slices, one gathered while the one before is inserted, beside the run's ``vectors`` and
+``vector_lists`` rows. A checkpoint that fits one run (every checkpoint up to ``run_rows`` token rows) is stored
+exactly as before, one run sorted by (token_id, vector_id); a larger one as several such runs, each of whose row
+groups spans a narrow range of token ids, so a lookup reads about one row group per run. Memory: one run of
+buffered rows (12 B each: a row's token, score and z-score; its vector id, side and rank follow from its place) and
+the run being appended (those 12 B, its order, 8 B, and a sorted slice), whatever the size of the model.
 """
 
 import functools
@@ -30,7 +30,7 @@ from indexer.index.records import (
     kth_zscores,
     list_batch,
     pair_batch,
-    sorted_token_run,
+    sorted_token_slices,
     token_values,
     values_batch,
     vector_batch,
@@ -46,7 +46,7 @@ def run_rows(chunk_bytes: int) -> int:
     """Token rows buffered per sorted run: four chunks' worth of bytes as the sort held them before session 12 (a
     sorted row, its gathered copy and its order; 64 MiB chunks on the CPU: ~5 M rows, MiniLM's whole index in one
     run; 1 GiB chunks on a GPU: ~80 M rows). Kept at that length, so runs and lookups are as they were: a run now
-    costs 12 B a row while buffered and ~1.35 sorted rows at its sort."""
+    costs 12 B a row while buffered and 20 B a row (and one sorted slice) while it is appended."""
     return max(1, 4 * chunk_bytes // (2 * TOKEN_ROW_BYTES + 8))
 
 
@@ -138,6 +138,7 @@ class UnitWriter:
         self.n_projections = 0
         self.n_runs = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lensdb-append")
+        self._gather = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lensdb-gather")  # a run's sorted slices
         self._pending: deque[Future[None]] = deque()
         self._run: _Run = _Run()
         self._values: list[pa.Table] = []
@@ -235,11 +236,18 @@ class UnitWriter:
             self.n_vectors += sum(v.num_rows for v in vectors)
 
     def _append_run(self, run: "_Run") -> None:
+        """Sort the run and append it slice by slice: each slice is gathered on a second thread while the one before
+        is inserted (DuckDB's insert of a slice runs on one core), and the run's join and sort while its buffered
+        vector rows are appended."""
         self.run_starts.append(run.first_id)
-        tokens = sorted_token_run(run.tokens, run.first_id, run.k)  # empties run.tokens: ``run`` pins nothing
+        slices = sorted_token_slices(run.tokens, run.first_id, run.k)  # empties run.tokens: ``run`` pins nothing
+        following = self._gather.submit(next, slices, None)
         self._append_vectors(*run.take_vectors())
-        append_arrow(self.con, "vector_tokens", tokens)
-        self.n_projections += tokens.num_rows
+        while (tokens := following.result()) is not None:
+            following = self._gather.submit(next, slices, None)
+            append_arrow(self.con, "vector_tokens", tokens)
+            self.n_projections += tokens.num_rows
+            del tokens  # freed before the next slice is waited for
         self.n_runs += 1
         pause_point("write")
 
@@ -267,6 +275,7 @@ class UnitWriter:
             for fut in self._pending:
                 fut.cancel()
             self._pool.shutdown(wait=True)
+            self._gather.shutdown(wait=True)
 
     def finish(self) -> None:
         """Append the last run, then the staged head-map pairs sorted by token_id (token lookups skip row groups)."""
