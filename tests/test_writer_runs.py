@@ -81,8 +81,11 @@ def test_runs_hold_every_row_once_each_sorted_by_token(tmp_path: Path, monkeypat
 def test_a_run_appended_in_slices_lies_in_the_row_groups_one_insert_makes(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A run is appended in slices of whole row groups: its 300 000 rows lie in the row groups they fill appended as
-    one table. A slice that ends inside a row group leaves it part-filled (the control: slices of 200 000 rows)."""
-    from indexer.index.records import ROW_GROUP_ROWS
+    one table (ROW_GROUP_ROWS is DuckDB's row group: the first two are full). A slice that ends inside a row group
+    leaves it part-filled (the control: slices of 200 000 rows)."""
+    from indexer.index.records import ROW_GROUP_ROWS, TOKEN_SLICE_ROWS
+
+    assert TOKEN_SLICE_ROWS % ROW_GROUP_ROWS == 0  # the writer's own slices are whole row groups
 
     def groups(slice_rows: int) -> list[tuple[int, int]]:
         monkeypatch.setattr("indexer.index.records.TOKEN_SLICE_ROWS", slice_rows)
