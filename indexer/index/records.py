@@ -95,7 +95,7 @@ def token_values(tb: TopBottom, mean: torch.Tensor, std: torch.Tensor) -> dict[s
 def row_places(rows: np.ndarray, first_id: int, k: int) -> dict[str, np.ndarray]:
     """Vector id, side (0 top, 1 bottom) and rank of token rows from their places ``rows`` (int64) in consecutive
     vectors from ``first_id`` with 2k rows each, its top k then its bottom k (``token_values``' order). ``rows`` is
-    overwritten: a run's sort order is 8 B a row that is not needed again."""
+    overwritten, to spare a second array of its size (a caller that still needs it passes a copy)."""
     vector = rows // (2 * k)
     np.remainder(rows, 2 * k, out=rows)  # each row's place in its vector
     side = (rows >= k).astype(np.int8)
@@ -144,7 +144,8 @@ def sorted_token_slices(parts: list[dict[str, np.ndarray]], first_id: int, k: in
     side and rank follow from its place before the sort (``row_places``).
 
     ``parts`` is emptied as it is joined (``joined_columns``); what is held is the run once (12 B a row), its order
-    (8 B) and the slice being built, where the whole sorted run (23 B a row) was held before it was appended.
+    (8 B) and the slice being built (with the one before it, while the writer inserts that), where the whole sorted
+    run (23 B a row) was held before it was appended.
     ``rows``: default ``TOKEN_SLICE_ROWS``."""
     rows = rows or TOKEN_SLICE_ROWS
     joined = joined_columns(parts)

@@ -7,7 +7,8 @@ Token rows are not staged and sorted again at commit: the writer buffers them as
 exactly as before, one run sorted by (token_id, vector_id); a larger one as several such runs, each of whose row
 groups spans a narrow range of token ids, so a lookup reads about one row group per run. Memory: one run of
 buffered rows (12 B each: a row's token, score and z-score; its vector id, side and rank follow from its place) and
-the run being appended (those 12 B, its order, 8 B, and a sorted slice), whatever the size of the model.
+the run being appended (those 12 B, its order, 8 B, and two sorted slices: one inserted, the next gathered),
+whatever the size of the model.
 """
 
 import functools
@@ -46,7 +47,7 @@ def run_rows(chunk_bytes: int) -> int:
     """Token rows buffered per sorted run: four chunks' worth of bytes as the sort held them before session 12 (a
     sorted row, its gathered copy and its order; 64 MiB chunks on the CPU: ~5 M rows, MiniLM's whole index in one
     run; 1 GiB chunks on a GPU: ~80 M rows). Kept at that length, so runs and lookups are as they were: a run now
-    costs 12 B a row while buffered and 20 B a row (and one sorted slice) while it is appended."""
+    costs 12 B a row while buffered and 20 B a row (and two sorted slices) while it is appended."""
     return max(1, 4 * chunk_bytes // (2 * TOKEN_ROW_BYTES + 8))
 
 
