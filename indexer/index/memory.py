@@ -42,8 +42,11 @@ def bound_heap_growth() -> bool:
     return _done
 
 
-DUCKDB_LIMIT = 64 << 20
-"""DuckDB's ``memory_limit`` while an index run writes (``duckdb_spills``)."""
+DUCKDB_LIMIT = 32 << 20
+"""DuckDB's ``memory_limit`` while an index run writes (``duckdb_spills``). 32 MiB rather than 64 (with
+``unit_writer.VALUE_BYTES`` at 4 MiB rather than 16) took 36 MiB off a Llama-shaped run's peak and ~55 MiB off a
+default MiniLM index's, in the same time. Raising it for the commit, once the basis is freed, made a Llama-shaped
+commit ~2 s faster but moved the run's peak there (+33–50 MiB): not done."""
 DUCKDB_THREADS = 1
 """DuckDB's ``threads`` while an index run writes."""
 
