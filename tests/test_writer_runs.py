@@ -337,9 +337,9 @@ def test_a_run_commits_straight_into_the_file(tiny_gpt2: TinyModel, tmp_path: Pa
 def test_a_run_is_sorted_and_appended_without_being_held_whole_once_sorted() -> None:
     """sorted_token_slices empties the buffered columns as it joins them and builds the sorted rows a slice at a
     time: consumed slice by slice, as the writer appends them, a run's sort holds at its peak less than the sorted
-    run itself (numpy's allocations, as tracemalloc counts them: the buffered scores and z-scores, 8 B a row, the
-    sort keys, 8 B, and a slice). Building the sorted run whole held 1.35 times it (after session 12), and 3 times
-    before (the chunks, their join and the sorted copy at once: ~350 MB for a 5 M-row run)."""
+    run itself (numpy's allocations, as tracemalloc counts them: the buffered run, 12 B a row, its order, 8 B, and a
+    slice). Building the sorted run whole held 1.35 times it (after session 12), and 3 times before (the chunks,
+    their join and the sorted copy at once: ~350 MB for a 5 M-row run)."""
     import tracemalloc
 
     import numpy as np
@@ -384,56 +384,6 @@ def test_a_run_is_sorted_and_appended_without_being_held_whole_once_sorted() -> 
     assert parts == [] and at == len(order)
     peak = (start + grew - held) / run_bytes  # at its peak, as a multiple of the sorted run
     assert peak < 1.0, f"the sort held {peak:.2f} times the run"
-
-
-_SORT_PEAK = """
-import sys
-from pathlib import Path
-import numpy as np
-from indexer.index.memory import bound_heap_growth
-from indexer.index.records import sorted_token_slices
-
-def kib(key):
-    return next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
-                if line.startswith(key + ":"))
-
-bound_heap_growth()  # as an index run does: large arrays are mappings of their own, freed whole
-rng, rows, piece = np.random.default_rng(0), 4_000_000, 1_000_000
-parts = [{"token_id": rng.integers(0, 50_257, piece, dtype=np.int32),
-          "score": rng.standard_normal(piece, dtype=np.float32),
-          "zscore": rng.standard_normal(piece, dtype=np.float32)} for _ in range(rows // piece)]
-Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from here
-held = kib("VmRSS")
-for table in sorted_token_slices(parts, 1, 50, rows=100_000):
-    del table
-print((kib("VmHWM") - held) * 1024 / rows)
-"""
-
-
-def test_a_run_is_sorted_in_place_not_beside_a_second_order() -> None:
-    """A run's sort holds, beyond its buffered rows (12 B a row), its sort keys (8 B, sorted in place; the token ids
-    are freed as the keys take them) and a slice: measured as the peak resident size of a fresh process while a
-    4 M-row run is sorted and sliced: ~8 B a row. Torch's stable sort of the joined token ids held its order (8 B) and
-    16 B a row of its own buffers on top: ~25 B a row."""
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parents[1]
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pytest.skip("this kernel cannot reset a process's peak resident size (/proc/self/clear_refs)")
-    out = subprocess.run([sys.executable, "-c", _SORT_PEAK], cwd=root, capture_output=True, text=True, check=True)
-    grew = float(out.stdout.strip())
-    assert grew < 14, f"sorting the run grew the process by {grew:.1f} B a row"
-
-
-def test_a_run_is_never_longer_than_its_sort_keys_can_place() -> None:
-    """A row's place in its run is the low 32 bits of its sort key (``records.sort_keys``): however large the chunk
-    asked for (``--chunk-mb``), a run stops at 2³¹ rows, leaving room for the one chunk it may run over by."""
-    from indexer.index.unit_writer import run_rows
-
-    assert run_rows(1 << 40) == 1 << 31  # a 1 TiB chunk
 
 
 def test_an_appended_batch_is_released_before_the_transaction_ends(tmp_path: Path) -> None:

@@ -135,51 +135,27 @@ the next slice is gathered on the other, and a run is never held whole in its so
 number of row groups: an insert that ends inside one leaves it part-filled, and the next insert starts another."""
 
 
-def sort_keys(pieces: list[np.ndarray]) -> np.ndarray:
-    """One int64 key per token row, ``token_id << 32 | place``, from a run's token-id pieces in row order; ``pieces``
-    is emptied as it is read, and only a piece-sized temporary is made beside the keys. Sorted, the keys are the
-    run's (token_id, place) order: every key is distinct, so no stable sort is needed, and each key carries both
-    its token id and the row it came from."""
-    keys = np.empty(sum(len(p) for p in pieces), dtype=np.int64)
-    at = 0
-    while pieces:
-        piece = pieces.pop(0)
-        part = keys[at : at + len(piece)]
-        part[:] = piece
-        part <<= 32
-        part |= np.arange(at, at + len(piece), dtype=np.int64)
-        at += len(piece)
-        del piece
-    return keys
-
-
 def sorted_token_slices(parts: list[dict[str, np.ndarray]], first_id: int, k: int,
                         rows: int | None = None) -> Iterator[pa.Table]:
     """A run's ``token_values`` (consecutive vectors from ``first_id``, k rows a side, in pieces) as tables of token
     rows sorted by (token_id, vector_id), ``rows`` at a time: appended in turn they are one sorted run, every row
-    group of which spans a narrow range of token ids, so lookups skip the rest. Sorting (token id, place) keys
-    (``sort_keys``) keeps each token's rows in vector order, since places ascend with vector ids; each row's vector
-    id, side and rank follow from its place (``row_places``), its token id from its key.
+    group of which spans a narrow range of token ids, so lookups skip the rest. A stable sort by token id alone
+    (torch's radix sort, linear in the rows) keeps each token's rows in vector order, and each row's vector id,
+    side and rank follow from its place before the sort (``row_places``).
 
-    ``parts`` is emptied as it is read (``joined_columns``); what is held is the run's scores and z-scores (8 B a
-    row), its keys (8 B, sorted in place: numpy's sort of int64 needs no second array) and the slice being built
-    (with the one before it, while the writer inserts that). Before session 14 the token ids were joined too and
-    sorted by torch's stable radix sort, whose order (8 B a row) came beside 16 B a row of its own buffers: 36 B a
-    row at the sort against 16 B now, and slower: a 5 M-row run sorted and sliced in 0.41–0.44 s against 0.26–0.29 s
-    (its first slice 0.18–0.21 s against 0.12 s; the token ids are no longer gathered).
+    ``parts`` is emptied as it is joined (``joined_columns``); what is held is the run once (12 B a row), its order
+    (8 B) and the slice being built (with the one before it, while the writer inserts that), where the whole sorted
+    run (23 B a row) was held before it was appended.
     ``rows``: default ``TOKEN_SLICE_ROWS``."""
     rows = rows or TOKEN_SLICE_ROWS
-    if not parts:
-        return
-    keys = sort_keys([p.pop("token_id") for p in parts])
     joined = joined_columns(parts)
-    keys.sort()
-    for start in range(0, len(keys), rows):
-        part = keys[start : start + rows]
-        place = part & 0xFFFFFFFF
-        values = {name: column[place] for name, column in joined.items()}
-        token_id = (part >> 32).astype(np.int32)
-        yield token_table({**row_places(place, first_id, k), "token_id": token_id, **values})
+    if not joined:
+        return
+    order = torch.sort(torch.from_numpy(joined["token_id"]), stable=True).indices.numpy()
+    for start in range(0, len(order), rows):
+        part = order[start : start + rows]
+        values = {name: column[part] for name, column in joined.items()}
+        yield token_table({**row_places(part.copy(), first_id, k), **values})
 
 
 def projection_batch(first_id: int, tb: TopBottom, mean: torch.Tensor, std: torch.Tensor) -> pa.Table:

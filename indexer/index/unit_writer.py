@@ -1,14 +1,14 @@
 """The write step of a run: projected units in, rows appended to the store inside the run's transaction.
 
 Token rows are not staged and sorted again at commit: the writer buffers them as numpy columns up to a run of
-``run_rows`` rows, sorts that run by token id (one int64 key a row, sorted in place: ``records.sort_keys``) and
-appends it to ``vector_tokens`` in sorted slices, one gathered while the one before is inserted, beside the run's
-``vectors`` and ``vector_lists`` rows. A checkpoint that fits one run (every checkpoint up to ``run_rows`` token
-rows) is stored exactly as before, one run sorted by (token_id, vector_id); a larger one as several such runs, each
-of whose row groups spans a narrow range of token ids, so a lookup reads about one row group per run. Memory: one
-run of buffered rows (12 B each: a row's token, score and z-score; its vector id, side and rank follow from its
-place) and the run being appended (its scores and z-scores, 8 B, its sort keys, 8 B, and two sorted slices: one
-inserted, the next gathered), whatever the size of the model.
+``run_rows`` rows, sorts that run by token id (a stable radix sort, linear in its rows) and appends it to
+``vector_tokens`` in sorted slices, one gathered while the one before is inserted, beside the run's ``vectors`` and
+``vector_lists`` rows. A checkpoint that fits one run (every checkpoint up to ``run_rows`` token rows) is stored
+exactly as before, one run sorted by (token_id, vector_id); a larger one as several such runs, each of whose row
+groups spans a narrow range of token ids, so a lookup reads about one row group per run. Memory: one run of
+buffered rows (12 B each: a row's token, score and z-score; its vector id, side and rank follow from its place) and
+the run being appended (those 12 B, its order, 8 B, and two sorted slices: one inserted, the next gathered),
+whatever the size of the model.
 """
 
 import functools
@@ -47,10 +47,8 @@ def run_rows(chunk_bytes: int) -> int:
     """Token rows buffered per sorted run: four chunks' worth of bytes as the sort held them before session 12 (a
     sorted row, its gathered copy and its order; 64 MiB chunks on the CPU: ~5 M rows, MiniLM's whole index in one
     run; 1 GiB chunks on a GPU: ~80 M rows). Kept at that length, so runs and lookups are as they were: a run now
-    costs 12 B a row while buffered and 16 B a row (and two sorted slices) while it is sorted and appended. At most
-    2³¹ rows (a run may pass it by one chunk): a row's place in its run is the low 32 bits of its sort key
-    (``records.sort_keys``)."""
-    return max(1, min(1 << 31, 4 * chunk_bytes // (2 * TOKEN_ROW_BYTES + 8)))
+    costs 12 B a row while buffered and 20 B a row (and two sorted slices) while it is appended."""
+    return max(1, 4 * chunk_bytes // (2 * TOKEN_ROW_BYTES + 8))
 
 
 RUN_ROWS = run_rows(64 << 20)
