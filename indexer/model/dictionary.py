@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from indexer.errors import CheckpointError
-from indexer.model.checkpoint import MAX_JSON, check_regular_entries, open_regular, read_json, tensor_shapes
+from indexer.model.checkpoint import MAX_JSON, check_regular_entries, hash_into, open_regular, read_json, tensor_shapes
 
 SAELENS_CFG, SAELENS_WEIGHTS = "cfg.json", "sae_weights.safetensors"
 SPARSIFY_WEIGHTS = "sae.safetensors"
@@ -83,8 +83,7 @@ class Dictionary:
         for file in self.files:
             h.update(b"\x00" + file.name.encode() + b"\x00")
             with open_regular(file) as fh:
-                while chunk := fh.read(1 << 24):
-                    h.update(chunk)
+                hash_into(h, fh)
         return h.hexdigest()
 
 

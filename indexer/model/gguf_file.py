@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from indexer.errors import CheckpointError
-from indexer.model.checkpoint import Checkpoint, open_regular
+from indexer.model.checkpoint import Checkpoint, hash_into, open_regular
 from indexer.model.sources import Source
 from indexer.model.vocab import Vocabulary, vocabulary_from
 from schema.errors import LensdbError
@@ -80,8 +80,7 @@ class GGUFCheckpoint(Checkpoint):
     def content_hash(self) -> str:
         h = hashlib.sha256(b"gguf")
         with self.path.open("rb") as fh:
-            while chunk := fh.read(1 << 24):
-                h.update(chunk)
+            hash_into(h, fh)
         return h.hexdigest()
 
 
