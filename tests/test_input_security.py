@@ -206,6 +206,7 @@ def test_a_store_hashed_without_the_tokenizer_still_knows_its_checkpoints(folder
     con.close()
 
 
+@pytest.mark.skipif(not hasattr(resource, "RUSAGE_THREAD"), reason="per-thread page faults: Linux only")
 def test_the_content_hash_reads_large_files_through_one_small_buffer(folder: Path) -> None:
     """Under an index run's fixed mmap threshold every read buffer above it is a fresh mapping, a page fault per
     4 KiB: hashing a 64 MiB file in 16 MiB reads faulted ~16 k times (and hashed from memory, not cache)."""
@@ -217,7 +218,8 @@ def test_the_content_hash_reads_large_files_through_one_small_buffer(folder: Pat
     faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
     h = hashlib.sha256((folder / "config.json").read_bytes())
     h.update(b"model.safetensors" + (folder / "model.safetensors").read_bytes())
-    for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json", "special_tokens_map.json", "merges.txt"):
+    for name in ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                 "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "merges.txt"):
         if (folder / name).is_file():
             h.update(b"\x00tokenizer file\x00" + name.encode() + b"\x00" + (folder / name).read_bytes())
     assert new == h.hexdigest()
