@@ -28,7 +28,7 @@ import torch
 from safetensors import safe_open
 
 from indexer.errors import CheckpointError
-from indexer.model.checkpoint import Checkpoint, _read_header, default_name, read_json
+from indexer.model.checkpoint import Checkpoint, _read_header, default_name, hash_into, open_regular, read_json
 from indexer.model.sources import Source, open_source
 from schema.errors import LensdbError
 
@@ -80,7 +80,8 @@ class LoraCheckpoint(Checkpoint):
         h = hashlib.sha256(self.base.content_hash().encode())
         h.update(b"lora-delta" if self.delta else b"lora-merged")
         for file in (self.adapter_file.parent / CONFIG, self.adapter_file):
-            h.update(file.read_bytes())
+            with open_regular(file) as fh:
+                hash_into(h, fh)
         return h.hexdigest()
 
 
